@@ -1,0 +1,158 @@
+"""`convert`: a GLM-4 checkpoint folder (or cached Hub id) to one finished GGUF file."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from glm4_local.atomic import atomic_output, check_writable_target, output_error, temp_path_beside
+from glm4_local.errors import CheckpointError
+from glm4_local.spec import ModelSpec
+
+from .outtypes import OutType, out_type
+from .quantize import quantize
+from .safetensors import SafetensorsCheckpoint, find_weight_files
+from .source import looks_like_repo_id, resolve_source
+from .tensors import PlannedTensor, plan_tensors
+from .vocab import Vocabulary, build_vocabulary, read_json
+from .writer import ModelInfo, write_gguf
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+@dataclass
+class Checkpoint:
+    """Everything read from a checkpoint folder before any output is written."""
+
+    folder: Path
+    spec: ModelSpec
+    info: ModelInfo
+    vocab: Vocabulary
+    tensors: SafetensorsCheckpoint
+    plan: list[PlannedTensor]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    path: Path
+    out_type: OutType
+    input_bytes: int
+    output_bytes: int
+    seconds: float
+
+
+class ProgressSink:
+    """What a conversion reports: a phase starting with a byte total, then bytes done."""
+
+    def start(self, phase: str, total_bytes: int, total_tensors: int) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def tensor_done(self) -> None: ...
+
+
+def model_name(source: str, folder: Path) -> str:
+    if looks_like_repo_id(source) and not Path(source).exists():
+        return source.split("/")[-1]
+    return folder.resolve().name
+
+
+def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
+    folder = resolve_source(source, download)
+    config = read_json(folder / "config.json")
+    spec = ModelSpec.from_config(config, where=str(folder / "config.json"))
+    tokenizer_config = read_json(folder / "tokenizer_config.json", required=False)
+    generation = read_json(folder / "generation_config.json", required=False)
+    tokenizer_path = folder / "tokenizer.model"
+    if not tokenizer_path.is_file():
+        raise CheckpointError(f"{tokenizer_path}: missing (GLM-4's tiktoken vocabulary is needed)")
+    tensors = SafetensorsCheckpoint(find_weight_files(folder))
+    shapes = {name: entry.shape for name, entry in tensors.entries.items()}
+    plan = plan_tensors(spec, shapes, where=str(folder))
+    vocab = build_vocabulary(tokenizer_path, tokenizer_config, spec.vocab_size)
+    template = tokenizer_config.get("chat_template")
+    pad = config.get("pad_token_id")
+    info = ModelInfo(
+        name=model_name(source, folder),
+        chat_template=template if isinstance(template, str) else None,
+        temperature=_float_or_none(generation.get("temperature")),
+        top_p=_float_or_none(generation.get("top_p")),
+        pad_token_id=pad if isinstance(pad, int) else None,
+    )
+    return Checkpoint(folder, spec, info, vocab, tensors, plan)
+
+
+def _float_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def default_output(name: str, kind: OutType, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
+    return models_dir / f"{name}-{kind.label}.gguf"
+
+
+def _direct_weight_type(kind: OutType, checkpoint: Checkpoint) -> gguf.GGMLQuantizationType:
+    if kind.tensor_type is not None:
+        return kind.tensor_type
+    # The quantizer's input: 16-bit, bf16 when the checkpoint is bf16 so nothing is rounded twice.
+    bf16 = "BF16" in checkpoint.tensors.dtypes()
+    return gguf.GGMLQuantizationType.BF16 if bf16 else gguf.GGMLQuantizationType.F16
+
+
+def convert(
+    source: str,
+    outtype: str = "q4_k_m",
+    output: Path | None = None,
+    force: bool = False,
+    download: bool = False,
+    imatrix: Path | None = None,
+    progress: ProgressSink | None = None,
+    models_dir: Path = DEFAULT_MODELS_DIR,
+) -> ConvertResult:
+    """Convert `source` to a GGUF of type `outtype`; the file appears only when complete."""
+    kind = out_type(outtype)
+    started = time.perf_counter()
+    checkpoint = load_checkpoint(source, download)
+    if output is None:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    path = output or default_output(checkpoint.info.name, kind, models_dir)
+    check_writable_target(path, force)
+    if imatrix is not None and not imatrix.is_file():
+        raise CheckpointError(f"{imatrix}: imatrix file not found")
+    sink = progress or ProgressSink()
+    weight_type = _direct_weight_type(kind, checkpoint)
+    try:
+        with atomic_output(path, force) as tmp:
+            if kind.direct:
+                _write(checkpoint, tmp, weight_type, kind.file_type, sink)
+            else:
+                _write_quantized(checkpoint, tmp, weight_type, kind, imatrix, sink)
+    finally:
+        checkpoint.tensors.close()
+    return ConvertResult(path, kind, checkpoint.tensors.total_bytes, path.stat().st_size,
+                         time.perf_counter() - started)
+
+
+def _write(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
+           file_type: gguf.LlamaFileType, sink: ProgressSink) -> None:
+    sink.start("Converting", checkpoint.tensors.total_bytes, len(checkpoint.plan))
+    write_gguf(dest, checkpoint.spec, checkpoint.vocab, checkpoint.info, checkpoint.plan,
+               checkpoint.tensors, weight_type, file_type, progress=sink)
+
+
+def _write_quantized(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
+                     kind: OutType, imatrix: Path | None, sink: ProgressSink) -> None:
+    staging = temp_path_beside(dest, "16bit")
+    try:
+        file_type = (gguf.LlamaFileType.MOSTLY_BF16 if weight_type == gguf.GGMLQuantizationType.BF16
+                     else gguf.LlamaFileType.MOSTLY_F16)
+        _write(checkpoint, staging, weight_type, file_type, sink)
+        sink.start(f"Quantizing to {kind.label}", 0, 0)
+        quantize(staging, dest, kind.file_type, imatrix=imatrix)
+    except OSError as e:
+        raise output_error(dest, e) from e
+    finally:
+        staging.unlink(missing_ok=True)
+

@@ -1,0 +1,118 @@
+"""Read and check a GGUF file's header before llama.cpp is handed it; summarise it for `info`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from glm4_local.errors import GGUFFileError
+
+K = gguf.Keys
+ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.CHATGLM]
+GOOD_PRE_TOKENIZER = "glm4"
+GLM4_SPECIAL_TOKENS = ("<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",
+                       "<|observation|>")
+
+
+@dataclass
+class GGUFSummary:
+    path: Path
+    architecture: str
+    name: str | None
+    file_type: str
+    size_bytes: int
+    parameters: int
+    context_length: int | None
+    vocab_size: int
+    special_tokens: dict[str, int]
+    chat_template: bool
+    pre_tokenizer: str | None
+    merges: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _field(reader: gguf.GGUFReader, key: str) -> Any:
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    """A parsed GGUF header; GGUFFileError (naming the file) for anything unreadable or truncated."""
+    if not path.is_file():
+        raise GGUFFileError(f"{path}: no such file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise GGUFFileError(f"{path}: cannot read ({e.strerror})") from e
+    if magic != b"GGUF":
+        raise GGUFFileError(f"{path}: not a GGUF file")
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OSError, TypeError) as e:
+        raise GGUFFileError(f"{path}: corrupt or truncated GGUF ({e})") from e
+    size = path.stat().st_size
+    for tensor in reader.tensors:
+        if tensor.data_offset + tensor.n_bytes > size:
+            raise GGUFFileError(f"{path}: truncated GGUF (tensor {tensor.name} ends past the end of the file)")
+    return reader
+
+
+def check_glm4(path: Path) -> gguf.GGUFReader:
+    """The reader of a GLM-4 (`chatglm`) GGUF; GGUFFileError for another architecture."""
+    reader = open_gguf(path)
+    arch = _field(reader, K.General.ARCHITECTURE)
+    if arch != ARCH:
+        raise GGUFFileError(f"{path}: architecture {arch!r} is not GLM-4 ('{ARCH}')")
+    return reader
+
+
+def tokenizer_warnings(reader: gguf.GGUFReader, specials: dict[str, int]) -> list[str]:
+    """Settings known to make llama.cpp tokenize differently from GLM-4's own tokenizer."""
+    warnings = []
+    pre = _field(reader, K.Tokenizer.PRE)
+    if pre != GOOD_PRE_TOKENIZER:
+        warnings.append(
+            f"pre-tokenizer {pre!r} mis-tokenizes GLM-4 (llama.cpp splits many vocabulary words that GLM-4 keeps "
+            f"whole); reconvert with glm4-local convert"
+        )
+    if _field(reader, K.Tokenizer.ADD_BOS):
+        warnings.append("adds a BOS token, which GLM-4 never saw in training")
+    missing = [t for t in GLM4_SPECIAL_TOKENS if t not in specials]
+    if missing:
+        warnings.append(f"special tokens missing from the vocabulary: {', '.join(missing)}")
+    return warnings
+
+
+def summarize(path: Path) -> GGUFSummary:
+    reader = open_gguf(path)
+    arch = str(_field(reader, K.General.ARCHITECTURE))
+    tokens = _field(reader, K.Tokenizer.LIST) or []
+    types = _field(reader, K.Tokenizer.TOKEN_TYPE) or []
+    control = int(gguf.TokenType.CONTROL)
+    specials = {tokens[i]: i for i, t in enumerate(types) if t == control}
+    ftype = _field(reader, K.General.FILE_TYPE)
+    merges = reader.get_field(K.Tokenizer.MERGES)
+    summary = GGUFSummary(
+        path=path,
+        architecture=arch,
+        name=_field(reader, K.General.NAME),
+        file_type=gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else "unknown",
+        size_bytes=path.stat().st_size,
+        parameters=sum(int(np.prod(t.shape, dtype=np.int64)) for t in reader.tensors),
+        context_length=_field(reader, K.LLM.CONTEXT_LENGTH.format(arch=arch)),
+        vocab_size=len(tokens),
+        special_tokens=specials,
+        chat_template=_field(reader, K.Tokenizer.CHAT_TEMPLATE) is not None,
+        pre_tokenizer=_field(reader, K.Tokenizer.PRE),
+        merges=len(merges.data) if merges is not None else 0,
+    )
+    if arch != ARCH:
+        summary.warnings.append(f"architecture {arch!r} is not GLM-4 ('{ARCH}'); glm4-local cannot chat with it")
+    else:
+        summary.warnings.extend(tokenizer_warnings(reader, specials))
+    return summary

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny checkpoints and their GGUFs, built once per session; user folders isolated."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import factory  # noqa: E402
+
+from glm4_local.convert.pipeline import convert  # noqa: E402
+
+
+def pytest_configure() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+needs_real_tokenizer = pytest.mark.skipif(
+    not factory.REAL_TOKENIZER.is_file(),
+    reason=f"GLM-4 reference files not found at {factory.REAL_TOKENIZER.parent} (../shared absent)",
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test runs in its own folder with its own Hugging Face cache: nothing touches $HOME."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """make_checkpoint(**Spec fields) -> folder; the same spec is built only once per session."""
+    built: dict[factory.Spec, Path] = {}
+
+    def make(**fields: object) -> Path:
+        spec = factory.Spec(**fields)  # type: ignore[arg-type]
+        if spec not in built:
+            root = tmp_path_factory.mktemp("ckpt")
+            built[spec] = factory.build_checkpoint(root / "glm-4-tiny", spec)
+        return built[spec]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_gguf(tmp_path_factory: pytest.TempPathFactory, make_checkpoint: Callable[..., Path]) -> Callable[..., Path]:
+    """make_gguf(outtype, **Spec fields) -> GGUF path, converted once per session."""
+    built: dict[tuple, Path] = {}
+
+    def make(outtype: str = "f32", **fields: object) -> Path:
+        key = (outtype, tuple(sorted(fields.items())))
+        if key not in built:
+            folder = make_checkpoint(**fields)
+            out = tmp_path_factory.mktemp("gguf") / f"tiny-{outtype}.gguf"
+            convert(str(folder), outtype, output=out)
+            built[key] = out
+        return built[key]
+
+    return make
+
+
+REAL_SHAPE = factory.Shape(n_embd=64, n_head=2, n_head_kv=1, head_dim=32, n_ff=128)
+
+
+@pytest.fixture(scope="session")
+def real_vocab_gguf(make_gguf: Callable[..., Path]) -> Path:
+    if not factory.REAL_TOKENIZER.is_file():
+        pytest.skip(f"GLM-4 reference files not found at {factory.REAL_TOKENIZER.parent}")
+    return make_gguf("f16", real_tokenizer=True, shape=REAL_SHAPE)

@@ -1,0 +1,123 @@
+"""llama.cpp must tokenize exactly like GLM-4's own tokenizer (tiktoken over tokenizer.model)."""
+
+from __future__ import annotations
+
+import json
+import random
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import tiktoken
+
+from glm4_local import runtime
+from glm4_local.convert import writer
+from glm4_local.convert.pipeline import convert
+from glm4_local.convert.vocab import PATTERN, load_ranks
+
+CORPUS: dict[str, str] = json.loads((Path(__file__).parent / "data" / "corpus.json").read_text(encoding="utf-8"))
+
+
+def reference_encoder(tokenizer_model: Path) -> tiktoken.Encoding:
+    return tiktoken.Encoding("glm4", pat_str=PATTERN, mergeable_ranks=load_ranks(tokenizer_model),
+                             special_tokens={})
+
+
+def vocabulary_mismatches(llm, encoder: tiktoken.Encoding, ranks: dict[bytes, int]) -> list[tuple[int, str]]:
+    bad = []
+    for token, rank in ranks.items():
+        try:
+            text = token.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # a fragment of a character: no text can be just this token
+        if runtime.tokenize(llm, text) != encoder.encode_ordinary(text):
+            bad.append((rank, text))
+    return bad
+
+
+def corpus_mismatches(llm, encoder: tiktoken.Encoding, texts: list[str]) -> list[str]:
+    return [t for t in texts if runtime.tokenize(llm, t) != encoder.encode_ordinary(t)]
+
+
+def corpus_variants() -> list[str]:
+    texts = list(CORPUS.values())
+    return texts + [" " + t for t in texts] + ["\n".join(texts), "".join(texts)]
+
+
+def test_corpus_covers_the_languages_it_claims() -> None:
+    languages = [k for k in CORPUS if len(k) <= 7 and not k.startswith(("code", "json", "emoji", "mixed", "math", "rare"))]
+    assert len(languages) >= 20
+    assert {"zh", "ja", "ko", "ar", "ru", "vi", "hi"} <= set(CORPUS)
+
+
+def test_synthetic_vocabulary_parity(make_gguf: Callable[..., Path], make_checkpoint: Callable[..., Path]) -> None:
+    folder = make_checkpoint()
+    llm = runtime.load(make_gguf("f32"), vocab_only=True)
+    ranks = load_ranks(folder / "tokenizer.model")
+    encoder = reference_encoder(folder / "tokenizer.model")
+    assert vocabulary_mismatches(llm, encoder, ranks) == []
+    assert corpus_mismatches(llm, encoder, corpus_variants()) == []
+
+
+def test_real_vocabulary_every_entry(real_vocab_gguf: Path) -> None:
+    import factory
+
+    ranks = load_ranks(factory.REAL_TOKENIZER)
+    llm = runtime.load(real_vocab_gguf, vocab_only=True)
+    assert len(ranks) == 151329
+    assert vocabulary_mismatches(llm, reference_encoder(factory.REAL_TOKENIZER), ranks) == []
+
+
+def test_real_vocabulary_multilingual_corpus(real_vocab_gguf: Path) -> None:
+    import factory
+
+    llm = runtime.load(real_vocab_gguf, vocab_only=True)
+    assert corpus_mismatches(llm, reference_encoder(factory.REAL_TOKENIZER), corpus_variants()) == []
+
+
+def assigned_characters(seed: int, count: int) -> list[str]:
+    """Random strings from the corpus' characters and any code point assigned in Python's Unicode
+    database (llama.cpp's tables predate Unicode 16, so later code points may split differently)."""
+    rng = random.Random(seed)
+    alphabet = sorted(set("".join(CORPUS.values())))
+    out = []
+    while len(out) < count:
+        chars = []
+        for _ in range(rng.randint(1, 40)):
+            c = rng.choice(alphabet) if rng.random() < 0.8 else chr(rng.randint(0x20, 0x2FFFF))
+            if unicodedata.category(c) not in ("Cn", "Cs"):
+                chars.append(c)
+        out.append("".join(chars))
+    return out
+
+
+def test_real_vocabulary_random_text(real_vocab_gguf: Path) -> None:
+    import factory
+
+    llm = runtime.load(real_vocab_gguf, vocab_only=True)
+    encoder = reference_encoder(factory.REAL_TOKENIZER)
+    assert corpus_mismatches(llm, encoder, assigned_characters(seed=0, count=2000)) == []
+
+
+def test_markup_in_user_text_stays_plain_text(real_vocab_gguf: Path) -> None:
+    llm = runtime.load(real_vocab_gguf, vocab_only=True)
+    plain = runtime.tokenize(llm, "<|assistant|>[gMASK]")
+    assert 151337 not in plain and 151331 not in plain
+    assert runtime.tokenize(llm, "<|assistant|>[gMASK]", special=True) == [151337, 151331]
+
+
+@pytest.mark.heavy
+def test_chatglm_bpe_pre_tokenizer_would_mis_tokenize(
+    real_vocab_gguf: Path, make_checkpoint: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why we write `glm4`: llama.cpp's `chatglm-bpe` splits words GLM-4 keeps whole."""
+    from conftest import REAL_SHAPE
+
+    monkeypatch.setattr(writer, "PRE_TOKENIZER", "chatglm-bpe")
+    other = tmp_path / "other.gguf"
+    convert(str(make_checkpoint(real_tokenizer=True, shape=REAL_SHAPE)), "f16", output=other)
+    good = runtime.load(real_vocab_gguf, vocab_only=True)
+    bad = runtime.load(other, vocab_only=True)
+    assert len(runtime.tokenize(good, " 根据")) == 1
+    assert len(runtime.tokenize(bad, " 根据")) > 1
