@@ -77,6 +77,13 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float,
     return max_abs, top1, kl
 
 
+def top1_disagreements(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> list[int]:
+    """Positions where the candidate's top token is worse, by the reference, than the reference's
+    own top token by more than `tolerance`: real disagreements, not near-ties broken by rounding."""
+    picked = np.take_along_axis(reference, candidate.argmax(-1)[:, None], axis=-1)[:, 0]
+    return [int(i) for i in np.where(reference.max(-1) - picked > tolerance)[0]]
+
+
 def verify(gguf_path: Path, source: str, prompts: tuple[str, ...] = PROMPTS) -> VerifyReport:
     summary = summarize(gguf_path)
     checkpoint = load_checkpoint(source)
