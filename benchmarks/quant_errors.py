@@ -17,11 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import factory  # noqa: E402
-
-from glm4_local.convert.outtypes import OUT_TYPES  # noqa: E402
-from glm4_local.convert.pipeline import convert  # noqa: E402
-from glm4_local.convert.verify import verify  # noqa: E402
+import factory
+from glm4_local.convert.outtypes import OUT_TYPES
+from glm4_local.convert.pipeline import convert
+from glm4_local.convert.verify import verify
 
 CHECKPOINTS = {
     "seed0": factory.Spec(),

@@ -53,7 +53,9 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
                 raise CheckpointError(f"{path}: truncated safetensors file (no header)")
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > min(_MAX_HEADER_BYTES, size - 8):
-                raise CheckpointError(f"{path}: corrupt safetensors header (length {header_len} for a {size}-byte file)")
+                raise CheckpointError(
+                    f"{path}: corrupt safetensors header (length {header_len} for a {size}-byte file)"
+                )
             header_bytes = f.read(header_len)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e

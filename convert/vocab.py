@@ -56,6 +56,25 @@ def token_text(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
+def token_bytes(text: str) -> bytes | None:
+    """Inverse of token_text; None for text that is not a byte-mapped token (e.g. a special token)."""
+    inverse = {c: b for b, c in byte_to_unicode().items()}
+    try:
+        return bytes(inverse[c] for c in text)
+    except KeyError:
+        return None
+
+
+def missing_splits(tokens: list[str], types: list[int], merges: list[str]) -> int:
+    """How many two-token splits of vocabulary tokens the merges leave out (0 for an exact vocab)."""
+    ranks = {}
+    for rank, (text, kind) in enumerate(zip(tokens, types, strict=True)):
+        raw = token_bytes(text) if kind == gguf.TokenType.NORMAL else None
+        if raw is not None:
+            ranks[raw] = rank
+    return len(set(bpe_merges(ranks)) - set(merges))
+
+
 def load_ranks(path: Path) -> dict[bytes, int]:
     """Read a tiktoken rank file (`base64 rank` per line); ranks must be 0..n-1."""
     try:

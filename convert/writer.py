@@ -129,7 +129,7 @@ def write_gguf(
     writer = gguf.GGUFWriter(path, ARCH)
     add_metadata(writer, spec, vocab, info, file_type)
     types = [stored_type(p, weight_type) for p in plan]
-    for planned, qtype in zip(plan, types):
+    for planned, qtype in zip(plan, types, strict=True):
         writer.add_tensor_info(
             planned.name, planned.shape, np.dtype(np.float32), stored_nbytes(planned.shape, qtype), raw_dtype=qtype
         )
@@ -139,7 +139,7 @@ def write_gguf(
         writer.write_ti_data_to_file()
         assert writer.fout is not None
         out = writer.fout[0]
-        for planned, qtype in zip(plan, types):
+        for planned, qtype in zip(plan, types, strict=True):
             writer.write_padding(out, out.tell())
             written = 0
             for block, source_bytes in encode_blocks(checkpoint, planned, qtype):

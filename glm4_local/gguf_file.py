@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import gguf
-import numpy as np
 
+from glm4_local.convert.vocab import missing_splits
 from glm4_local.errors import GGUFFileError
+from glm4_local.gguf_header import GGUFHeader, read_gguf_header
 
 K = gguf.Keys
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.CHATGLM]
@@ -35,12 +36,11 @@ class GGUFSummary:
     warnings: list[str] = field(default_factory=list)
 
 
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
-    f = reader.get_field(key)
-    return None if f is None else f.contents()
+def _field(reader: GGUFHeader, key: str) -> Any:
+    return reader.get(key)
 
 
-def open_gguf(path: Path) -> gguf.GGUFReader:
+def open_gguf(path: Path) -> GGUFHeader:
     """A parsed GGUF header; GGUFFileError (naming the file) for anything unreadable or truncated."""
     if not path.is_file():
         raise GGUFFileError(f"{path}: no such file")
@@ -52,17 +52,19 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
     if magic != b"GGUF":
         raise GGUFFileError(f"{path}: not a GGUF file")
     try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, KeyError, OSError, TypeError) as e:
+        reader = read_gguf_header(path)
+    except ValueError as e:
         raise GGUFFileError(f"{path}: corrupt or truncated GGUF ({e})") from e
+    except OSError as e:
+        raise GGUFFileError(f"{path}: cannot read ({e.strerror or e})") from e
     size = path.stat().st_size
     for tensor in reader.tensors:
-        if tensor.data_offset + tensor.n_bytes > size:
+        if tensor.offset + tensor.n_bytes > size:
             raise GGUFFileError(f"{path}: truncated GGUF (tensor {tensor.name} ends past the end of the file)")
     return reader
 
 
-def check_glm4(path: Path) -> gguf.GGUFReader:
+def check_glm4(path: Path) -> GGUFHeader:
     """The reader of a GLM-4 (`chatglm`) GGUF; GGUFFileError for another architecture."""
     reader = open_gguf(path)
     arch = _field(reader, K.General.ARCHITECTURE)
@@ -71,7 +73,7 @@ def check_glm4(path: Path) -> gguf.GGUFReader:
     return reader
 
 
-def tokenizer_warnings(reader: gguf.GGUFReader, specials: dict[str, int]) -> list[str]:
+def tokenizer_warnings(reader: GGUFHeader, specials: dict[str, int]) -> list[str]:
     """Settings known to make llama.cpp tokenize differently from GLM-4's own tokenizer."""
     warnings = []
     pre = _field(reader, K.Tokenizer.PRE)
@@ -82,6 +84,15 @@ def tokenizer_warnings(reader: gguf.GGUFReader, specials: dict[str, int]) -> lis
         )
     if _field(reader, K.Tokenizer.ADD_BOS):
         warnings.append("adds a BOS token, which GLM-4 never saw in training")
+    tokens = _field(reader, K.Tokenizer.LIST) or []
+    types = _field(reader, K.Tokenizer.TOKEN_TYPE) or []
+    merges = _field(reader, K.Tokenizer.MERGES) or []
+    left_out = missing_splits(tokens, types, merges) if tokens and len(types) == len(tokens) else 0
+    if left_out:
+        warnings.append(
+            f"merges leave out {left_out:,} ways to build vocabulary tokens, so llama.cpp splits some text "
+            "differently from GLM-4; reconvert with glm4-local convert"
+        )
     missing = [t for t in GLM4_SPECIAL_TOKENS if t not in specials]
     if missing:
         warnings.append(f"special tokens missing from the vocabulary: {', '.join(missing)}")
@@ -96,20 +107,20 @@ def summarize(path: Path) -> GGUFSummary:
     control = int(gguf.TokenType.CONTROL)
     specials = {tokens[i]: i for i, t in enumerate(types) if t == control}
     ftype = _field(reader, K.General.FILE_TYPE)
-    merges = reader.get_field(K.Tokenizer.MERGES)
+    merges = _field(reader, K.Tokenizer.MERGES) or []
     summary = GGUFSummary(
         path=path,
         architecture=arch,
         name=_field(reader, K.General.NAME),
         file_type=gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else "unknown",
         size_bytes=path.stat().st_size,
-        parameters=sum(int(np.prod(t.shape, dtype=np.int64)) for t in reader.tensors),
+        parameters=sum(t.n_elements for t in reader.tensors),
         context_length=_field(reader, K.LLM.CONTEXT_LENGTH.format(arch=arch)),
         vocab_size=len(tokens),
         special_tokens=specials,
         chat_template=_field(reader, K.Tokenizer.CHAT_TEMPLATE) is not None,
         pre_tokenizer=_field(reader, K.Tokenizer.PRE),
-        merges=len(merges.data) if merges is not None else 0,
+        merges=len(merges),
     )
     if arch != ARCH:
         summary.warnings.append(f"architecture {arch!r} is not GLM-4 ('{ARCH}'); glm4-local cannot chat with it")

@@ -11,7 +11,6 @@ import numpy as np
 from glm4_local.errors import GGUFFileError
 from glm4_local.gguf_file import check_glm4
 
-
 F32_CACHE = 0  # GGML_TYPE_F32
 
 

@@ -11,9 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import factory  # noqa: E402
-
-from glm4_local.convert.pipeline import convert  # noqa: E402
+import factory
+from glm4_local.convert.pipeline import convert
 
 
 def pytest_configure() -> None:

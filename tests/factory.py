@@ -8,6 +8,7 @@ transformers model is an oracle for either.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import shutil
 from collections import Counter
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import regex
-
 from glm4_local.convert.vocab import DEFAULT_SPECIAL_TOKENS, PATTERN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def train_bpe(text: str, n_merges: int) -> list[bytes]:
     for _ in range(n_merges):
         pairs: Counter[tuple[bytes, bytes]] = Counter()
         for word, count in words.items():
-            for a, b in zip(word, word[1:]):
+            for a, b in itertools.pairwise(word):
                 pairs[a, b] += count
         candidates = [(c, p) for p, c in pairs.items() if p[0] + p[1] not in known]
         if not candidates:
