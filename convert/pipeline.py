@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
+import numpy as np
 
 from glm4_local.atomic import atomic_output, check_writable_target, output_error, temp_path_beside
 from glm4_local.errors import CheckpointError
 from glm4_local.spec import ModelSpec
 
 from .outtypes import OutType, out_type
-from .quantize import quantize
+from .quantize import load_imatrix, quantize
 from .safetensors import SafetensorsCheckpoint, find_weight_files
 from .source import looks_like_repo_id, resolve_source
 from .tensors import PlannedTensor, plan_tensors
@@ -121,6 +122,7 @@ def convert(
     check_writable_target(path, force)
     if imatrix is not None and not imatrix.is_file():
         raise CheckpointError(f"{imatrix}: imatrix file not found")
+    importance = load_imatrix(imatrix) if imatrix is not None else None
     sink = progress or ProgressSink()
     weight_type = _direct_weight_type(kind, checkpoint)
     try:
@@ -128,7 +130,7 @@ def convert(
             if kind.direct:
                 _write(checkpoint, tmp, weight_type, kind.file_type, sink)
             else:
-                _write_quantized(checkpoint, tmp, weight_type, kind, imatrix, sink)
+                _write_quantized(checkpoint, tmp, weight_type, kind, importance, sink)
     finally:
         checkpoint.tensors.close()
     return ConvertResult(path, kind, checkpoint.tensors.total_bytes, path.stat().st_size,
@@ -143,14 +145,16 @@ def _write(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizatio
 
 
 def _write_quantized(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
-                     kind: OutType, imatrix: Path | None, sink: ProgressSink) -> None:
+                     kind: OutType, imatrix: dict[str, np.ndarray] | None, sink: ProgressSink) -> None:
     staging = temp_path_beside(dest, "16bit")
     try:
         file_type = (gguf.LlamaFileType.MOSTLY_BF16 if weight_type == gguf.GGMLQuantizationType.BF16
                      else gguf.LlamaFileType.MOSTLY_F16)
         _write(checkpoint, staging, weight_type, file_type, sink)
-        sink.start(f"Quantizing to {kind.label}", 0, 0)
+        staged_bytes = staging.stat().st_size
+        sink.start(f"Quantizing to {kind.label}", staged_bytes, 0)
         quantize(staging, dest, kind.file_type, imatrix=imatrix)
+        sink.advance(staged_bytes)
     except OSError as e:
         raise output_error(dest, e) from e
     finally:

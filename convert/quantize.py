@@ -57,8 +57,8 @@ def _imatrix_array(values: dict[str, np.ndarray]):  # -> ctypes array, kept aliv
     return entries, keep
 
 
-def quantize(source: Path, dest: Path, file_type: gguf.LlamaFileType, imatrix: Path | None = None,
-             threads: int = 0) -> None:
+def quantize(source: Path, dest: Path, file_type: gguf.LlamaFileType,
+             imatrix: dict[str, np.ndarray] | None = None, threads: int = 0) -> None:
     """Quantize `source` into `dest`; raise Glm4LocalError when llama.cpp reports failure.
 
     The C call runs in a worker thread so that Ctrl-C still reaches Python at once: the caller's
@@ -66,13 +66,16 @@ def quantize(source: Path, dest: Path, file_type: gguf.LlamaFileType, imatrix: P
     """
     import llama_cpp
 
+    from glm4_local.runtime import capture_llama_logs
+
+    errors = capture_llama_logs()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(file_type)
     params.nthread = threads
     params.max_buf_size = MAX_BUFFER_BYTES
     keep_alive: object = None
     if imatrix is not None:
-        entries, keep_alive = _imatrix_array(load_imatrix(imatrix))
+        entries, keep_alive = _imatrix_array(imatrix)
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     result: list[int] = []
     worker = threading.Thread(
@@ -86,4 +89,5 @@ def quantize(source: Path, dest: Path, file_type: gguf.LlamaFileType, imatrix: P
         worker.join(timeout=0.2)
     del keep_alive
     if not result or result[0] != 0:
-        raise Glm4LocalError(f"{dest}: llama.cpp quantizer failed (code {result[0] if result else '?'})")
+        detail = next((e for e in errors if e), f"code {result[0] if result else '?'}")
+        raise Glm4LocalError(f"{dest}: llama.cpp quantizer failed ({detail})")

@@ -24,6 +24,7 @@ def load(path: Path, n_ctx: int = 512, logits_all: bool = False, vocab_only: boo
     from llama_cpp import Llama
 
     cache = {"type_k": F32_CACHE, "type_v": F32_CACHE} if exact_cache else {}
+    errors = capture_llama_logs()
     try:
         return Llama(
             model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
@@ -31,7 +32,30 @@ def load(path: Path, n_ctx: int = 512, logits_all: bool = False, vocab_only: boo
             n_batch=min(n_ctx, 512), verbose=False, **cache,
         )
     except (ValueError, RuntimeError) as e:
-        raise GGUFFileError(f"{path}: llama.cpp could not load it ({e})") from e
+        detail = next((line for line in errors if line), str(e))
+        raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
+
+
+_errors: list[str] = []
+_log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
+
+
+def capture_llama_logs() -> list[str]:
+    """Route llama.cpp's log through us: drop its chatter, keep error lines for our messages."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def on_log(level: int, text: bytes, user_data: object) -> None:
+            if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml.h: NONE, DEBUG, INFO, WARN, ERROR, CONT)
+                _errors.append(text.decode("utf-8", errors="replace").strip())
+
+        _log_callback = on_log
+        llama_cpp.llama_log_set(on_log, None)
+    _errors.clear()
+    return _errors
 
 
 def tokenize(llm, text: str, special: bool = False) -> list[int]:

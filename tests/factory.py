@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import regex
+
 from glm4_local.convert.vocab import DEFAULT_SPECIAL_TOKENS, PATTERN
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,11 +11,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from glm4_local.convert import writer
-from glm4_local.convert.pipeline import convert
 from typer.testing import CliRunner
 
 from glm4_local.cli import app
+from glm4_local.convert import writer
+from glm4_local.convert.pipeline import convert
 
 runner = CliRunner()
 

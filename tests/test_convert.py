@@ -6,16 +6,16 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import factory
 import gguf
 import numpy as np
 import pytest
+
+import factory
+from glm4_local import runtime
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert, load_checkpoint
 from glm4_local.convert.reference import ReferenceModel
 from glm4_local.convert.verify import LIMITS, PROMPTS, compare, verify
-
-from glm4_local import runtime
 
 K = gguf.Keys
 

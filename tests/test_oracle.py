@@ -6,14 +6,14 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-import factory
 import numpy as np
 import pytest
+
+import factory
+from glm4_local import runtime
 from glm4_local.convert.pipeline import load_checkpoint
 from glm4_local.convert.reference import ReferenceModel
 from glm4_local.convert.verify import LIMITS, PROMPTS, compare, top1_disagreements
-
-from glm4_local import runtime
 
 torch = pytest.importorskip("torch", reason="oracle tests need torch (pip install -e '.[oracle]')")
 transformers = pytest.importorskip("transformers", reason="oracle tests need transformers")

@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import factory
 import pytest
+
+import factory
 from glm4_local.convert.pipeline import convert
 from glm4_local.convert.source import cached_snapshot, hub_cache_dir, resolve_source
-
 from glm4_local.errors import CheckpointError, SourceError
 from glm4_local.spec import ModelSpec
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import tiktoken
+
+from glm4_local import runtime
 from glm4_local.convert import writer
 from glm4_local.convert.pipeline import convert
 from glm4_local.convert.vocab import PATTERN, load_ranks
-
-from glm4_local import runtime
 
 CORPUS: dict[str, str] = json.loads((Path(__file__).parent / "data" / "corpus.json").read_text(encoding="utf-8"))
 
