@@ -156,3 +156,20 @@ def test_quantized_conversion_leaves_no_temporary_file(make_checkpoint: Callable
     out.parent.mkdir()
     convert(str(make_checkpoint()), "q4_0", output=out)
     assert [p.name for p in out.parent.iterdir()] == ["m.gguf"]
+
+
+def test_base_model_without_chat_template_or_generation_config(make_checkpoint: Callable[..., Path],
+                                                               tmp_path: Path) -> None:
+    """glm-4-9b (base): no chat template, no generation defaults, no rope_ratio."""
+    import shutil
+
+    folder = Path(shutil.copytree(make_checkpoint(), tmp_path / "glm-4-9b-tiny"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").unlink()
+    reader = gguf.GGUFReader(convert(str(folder), "f16", output=tmp_path / "base.gguf").path)
+    assert field(reader, K.Tokenizer.CHAT_TEMPLATE) is None
+    assert field(reader, K.General.SAMPLING_TEMP) is None
+    assert field(reader, K.General.NAME) == "glm-4-9b-tiny"
+    assert field(reader, K.Rope.FREQ_BASE.format(arch="chatglm")) == pytest.approx(10000.0)
