@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
@@ -120,3 +121,75 @@ def verify(
         raise fail(f"{file}: disagrees with the reference beyond the {report.file_type} limits", 2)
     out.print("OK", markup=False)
 
+
+
+@app.command()
+def chat(
+    model: Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
+                                                "(default: the newest there).")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer this once and exit "
+                                               "(stdin, if piped, is appended).")] = None,
+    tools: Annotated[Path | None, typer.Option("--tools", help="OpenAI-style JSON list of functions.")] = None,
+    tool_exec: Annotated[Path | None, typer.Option("--tool-exec", help="Executable that answers tool calls "
+                                                   "(the call arrives as JSON on stdin).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
+    temp: Annotated[float | None, typer.Option("--temp", help="Temperature (0: greedy).")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p")] = None,
+    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")] = None,
+    ctx: Annotated[str, typer.Option("--ctx", help="Context tokens, or 'max' for the model's trained "
+                                     "context.")] = "8192",
+    gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Prompt batch size.")] = 512,
+    flash_attn: Annotated[bool, typer.Option("--flash-attn")] = False,
+    cache_type_k: Annotated[str, typer.Option("--cache-type-k", help="f16, q8_0 or q4_0.")] = "f16",
+    cache_type_v: Annotated[str, typer.Option("--cache-type-v", help="f16, q8_0 or q4_0.")] = "f16",
+    mlock: Annotated[bool, typer.Option("--mlock")] = False,
+    no_mmap: Annotated[bool, typer.Option("--no-mmap")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show token counts and speed.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Non-interactive: print content, tool_calls, usage, "
+                                          "timings as JSON.")] = False,
+) -> None:
+    """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
+    from glm4_local.chat_setup import RuntimeOptions, SamplingOptions
+    from glm4_local.chat_start import start_chat
+
+    runtime_options = RuntimeOptions(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,
+                                     mlock, not no_mmap)
+    sampling = SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
+    run(start_chat, model, runtime_options, sampling, system=system, prompt=prompt, tools_path=tools,
+        tool_exec=tool_exec, resume=resume, verbose=verbose, as_json=as_json, console=out, errors=err)
+
+
+@app.command()
+def render(
+    conversation: Annotated[Path, typer.Argument(help="OpenAI-style messages JSON (as /save writes).")],
+    tools: Annotated[Path | None, typer.Option("--tools", help="OpenAI-style JSON list of functions.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Use this model's template (and vocabulary "
+                                              "for --tokens).")] = None,
+    tokens: Annotated[bool, typer.Option("--tokens", help="Print the token ids the chat would feed, as JSON.")
+                      ] = False,
+) -> None:
+    """Print the exact prompt GLM-4 sees for a conversation (no trailing newline)."""
+    from glm4_local.chat_start import render_conversation
+
+    result = run(render_conversation, conversation, tools, model, tokens)
+    if isinstance(result, list):
+        out.print(json.dumps(result), markup=False)
+    else:
+        sys.stdout.buffer.write(result.encode("utf-8"))
+        sys.stdout.flush()
+
+
+@app.command()
+def doctor() -> None:
+    """What this machine's llama.cpp can do: offload, CPU features, RAM, and which GLM-4 fits."""
+    from glm4_local.doctor import collect, render
+
+    for line in render(run(collect)):
+        out.print(line, markup=False)

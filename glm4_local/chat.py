@@ -1,0 +1,181 @@
+"""The chat engine: a conversation, the model's template and the runtime, turn by turn (no UI here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from glm4_local.errors import Glm4LocalError
+from glm4_local.runtime import ChatRuntime, Generation, Sampling, Timings
+from glm4_local.session import Autosave, Conversation, Message, turns
+from glm4_local.template import render_pieces, to_glm_messages
+from glm4_local.toolcalls import Reply, parse_reply
+
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_P = 0.8
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    sampling: Sampling = Sampling()
+    max_tokens: int | None = None
+    seed: int | None = None
+
+    def reply_reserve(self, n_ctx: int) -> int:
+        """Context kept free for the reply when fitting the prompt."""
+        return min(self.max_tokens or 1024, n_ctx // 2)
+
+
+@dataclass
+class TurnResult:
+    reply: Reply
+    stopped_by: str | None
+    interrupted: bool
+    timings: Timings
+    dropped_turns: int = 0
+
+
+@dataclass
+class Turn:
+    """A reply in progress: iterate `display()` for what to show; then call finish()."""
+
+    generation: Generation
+    engine: ChatEngine
+    dropped_turns: int
+    generated: list[str] = field(default_factory=list)
+
+    def display(self) -> Iterator[str]:
+        """Streamed text to show: the answer without GLM-4's leading metadata line.
+
+        Text before the first newline is metadata (a tool name, or empty for an answer); a tool call
+        is shown when complete, so only an answer's content streams.
+        """
+        head: list[str] = []
+        streaming = False
+        for chunk in self.generation.chunks:
+            self.generated.append(chunk)
+            if streaming:
+                yield chunk
+                continue
+            head.append(chunk)
+            joined = "".join(head)
+            metadata, newline, rest = joined.partition("\n")
+            if newline and not metadata.strip():
+                streaming = True
+                if rest:
+                    yield rest
+        if not streaming and "\n" not in "".join(head):
+            yield "".join(head)  # no metadata line at all: plain text
+
+    def finish(self, interrupted: bool = False) -> TurnResult:
+        return self.engine._record(self, interrupted)
+
+
+class ChatEngine:
+    def __init__(self, runtime: ChatRuntime, template: str, conversation: Conversation,
+                 settings: ChatSettings, autosave: Autosave | None = None,
+                 notify: Callable[[str], None] = lambda message: None) -> None:
+        self.runtime = runtime
+        self.template = template
+        self.conversation = conversation
+        self.settings = settings
+        self.autosave = autosave
+        self.notify = notify
+        self.dropped_turns = 0  # oldest turns left out of the prompt; only grows, so the cache stays valid
+        self.last: TurnResult | None = None
+
+    # -- conversation edits -------------------------------------------------------------------
+    def reset(self) -> None:
+        system = self.conversation.system_prompt
+        self.conversation.messages.clear()
+        self.conversation.set_system(system)
+        self.dropped_turns = 0
+        self._save()
+
+    def undo(self) -> bool:
+        """Remove the last turn (the user's message and everything after it)."""
+        head, groups = turns(self.conversation.messages)
+        if not groups:
+            return False
+        self.conversation.messages[:] = head + [m for g in groups[:-1] for m in g]
+        self.dropped_turns = min(self.dropped_turns, max(0, len(groups) - 2))
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        if self.autosave:
+            self.autosave.save(self.conversation)
+
+    # -- turns -------------------------------------------------------------------------------
+    def send(self, text: str) -> Turn:
+        self.conversation.messages.append({"role": "user", "content": text})
+        self._save()
+        return self._start()
+
+    def send_observation(self, result: str) -> Turn:
+        self.conversation.messages.append({"role": "tool", "content": result})
+        self._save()
+        return self._start()
+
+    def retry(self) -> Turn | None:
+        """Drop the last reply (and any tool exchange after the last user message) and answer again."""
+        messages = self.conversation.messages
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+        if last_user is None:
+            return None
+        del messages[last_user + 1 :]
+        self._save()
+        return self._start()
+
+    def prompt_tokens(self, messages: list[Message]) -> list[int]:
+        glm = to_glm_messages(messages, self.conversation.tools)
+        return self.runtime.tokens(render_pieces(self.template, glm, add_generation_prompt=True))
+
+    def _fitted_prompt(self) -> tuple[list[int], int]:
+        """Prompt tokens for the conversation, leaving out the oldest turns when it would not fit."""
+        budget = self.runtime.n_ctx - self.settings.reply_reserve(self.runtime.n_ctx)
+        head, groups = turns(self.conversation.messages)
+        newly_dropped = 0
+        while True:
+            kept = head + [m for g in groups[self.dropped_turns :] for m in g]
+            tokens = self.prompt_tokens(kept)
+            # drop well below the limit when dropping at all, so the next turns reuse the cache
+            target = budget if newly_dropped == 0 else budget * 3 // 4
+            if len(tokens) <= target or len(groups) - self.dropped_turns <= 1:
+                break
+            self.dropped_turns += 1
+            newly_dropped += 1
+        if len(tokens) > budget:
+            self.conversation.messages.pop()  # the message that cannot fit is not kept
+            self._save()
+            raise Glm4LocalError(f"this message needs {len(tokens)} tokens of context, more than the "
+                                 f"{budget} available; shorten it or raise --ctx")
+        if newly_dropped:
+            self.notify(f"context full: left out the {newly_dropped} oldest turn(s) "
+                        f"({self.dropped_turns} in all); the system prompt and tools are kept")
+        return tokens, newly_dropped
+
+    def _start(self) -> Turn:
+        tokens, dropped = self._fitted_prompt()
+        s = self.settings
+        return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens, s.seed), self, dropped)
+
+    def _record(self, turn: Turn, interrupted: bool) -> TurnResult:
+        generated = "".join(turn.generated)
+        reply = parse_reply(generated, self.conversation.tools)
+        stopped_by = turn.generation.stopped_by
+        if reply.tool_call and not interrupted and stopped_by == "<|observation|>":
+            message: dict[str, Any] = reply.tool_call.as_message()
+        else:
+            metadata, newline, content = generated.partition("\n")
+            message = {"role": "assistant", "content": content if newline else generated}
+            if newline and metadata.strip():
+                message["metadata"] = metadata  # a malformed call: kept verbatim as the model wrote it
+                reply = Reply(generated, None, reply.problem or "the model's tool call was cut off")
+            if interrupted:
+                message["interrupted"] = True
+        self.conversation.messages.append(message)
+        self._save()
+        self.last = TurnResult(reply, stopped_by, interrupted, turn.generation.timings, turn.dropped_turns)
+        return self.last

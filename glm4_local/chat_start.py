@@ -1,0 +1,102 @@
+"""The `chat` and `render` commands as library functions (the CLI only parses options)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from glm4_local.chat_setup import (
+    ModelFacts,
+    RuntimeOptions,
+    SamplingOptions,
+    build_engine,
+    context_size,
+    load_runtime,
+    sampling_settings,
+)
+from glm4_local.default_template import GLM4_CHAT_TEMPLATE
+from glm4_local.errors import Glm4LocalError
+from glm4_local.models import resolve_model
+from glm4_local.oneshot import run_oneshot
+from glm4_local.runtime import ChatRuntime, load
+from glm4_local.session import Autosave, Conversation, load_conversation
+from glm4_local.template import render_pieces, to_glm_messages
+from glm4_local.toolcalls import load_tools
+
+
+def _conversation(resume: bool, system: str | None, tools_path: Path | None) -> tuple[Conversation, Autosave]:
+    if resume:
+        latest = Autosave.latest()
+        if latest is None:
+            raise Glm4LocalError("no saved conversation to resume (they are kept in "
+                                 f"{Autosave().path.parent})")
+        conversation, autosave = load_conversation(latest), Autosave(latest)
+    else:
+        conversation, autosave = Conversation(), Autosave()
+    if system is not None:
+        conversation.set_system(system)
+    if tools_path is not None:
+        conversation.tools = load_tools(tools_path)
+    return conversation, autosave
+
+
+def _oneshot_text(prompt: str | None) -> str:
+    piped = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    if prompt and piped:
+        return f"{prompt}\n\n{piped}"
+    text = prompt or piped or ""
+    if not text.strip():
+        raise Glm4LocalError("nothing to answer: give -p TEXT or pipe text on stdin")
+    return text
+
+
+def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: SamplingOptions, *,
+               system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: Path | None,
+               resume: bool, verbose: bool, as_json: bool, console: Console, errors: Console) -> None:
+    if tool_exec is not None and not tool_exec.is_file():
+        raise Glm4LocalError(f"{tool_exec}: tool executable not found")
+    interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
+    text = None if interactive else _oneshot_text(prompt)
+    conversation, autosave = _conversation(resume, system, tools_path)
+    facts = ModelFacts.read(resolve_model(model))
+    n_ctx = context_size(runtime_options.ctx, facts.train_ctx)
+    kv = facts.kv_cache_bytes(n_ctx, runtime_options.cache_type_k, runtime_options.cache_type_v)
+    if interactive or verbose:
+        errors.print(f"{facts.path.name}: context {n_ctx:,} tokens (trained {facts.train_ctx:,}), "
+                     f"KV cache {kv / 2**30:.2f} GiB", markup=False, highlight=False)
+    runtime = load_runtime(facts, runtime_options, n_ctx)
+    settings = sampling_settings(facts, sampling)
+
+    def notify(message: str) -> None:
+        errors.print(message, style="yellow", markup=False, highlight=False)
+
+    engine = build_engine(facts, runtime, conversation, settings, autosave if interactive else None, notify)
+    if not interactive:
+        run_oneshot(engine, text or "", tool_exec, as_json)
+        if verbose and engine.last:
+            t = engine.last.timings
+            errors.print(f"prompt {t.prompt_tokens} tokens ({t.prefill_tps:.1f} tok/s), generated "
+                         f"{t.generated_tokens} ({t.decode_tps:.1f} tok/s)", markup=False, highlight=False)
+        return
+    from glm4_local.repl import Repl
+
+    if resume:
+        errors.print(f"resumed {autosave.path} ({len(conversation.messages)} messages)", markup=False)
+    Repl(engine, console, tool_exec=tool_exec, verbose=verbose).run()
+
+
+def render_conversation(conversation_path: Path, tools_path: Path | None, model: str | None,
+                        tokens: bool) -> str | list[int]:
+    conversation = load_conversation(conversation_path)
+    tools = load_tools(tools_path) if tools_path else conversation.tools
+    if tokens and model is None:
+        raise Glm4LocalError("--tokens needs --model (token ids come from the model's vocabulary)")
+    path = resolve_model(model) if model is not None else None
+    template = ModelFacts.read(path).template if path else GLM4_CHAT_TEMPLATE
+    pieces = render_pieces(template, to_glm_messages(conversation.messages, tools), add_generation_prompt=True)
+    if not tokens:
+        return "".join(p.text for p in pieces)
+    assert path is not None
+    return ChatRuntime(load(path, vocab_only=True)).tokens(pieces)

@@ -1,0 +1,95 @@
+"""Non-interactive chat (`-p`, or stdin not a terminal): the answer on stdout, or --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from glm4_local.chat import ChatEngine, Turn, TurnResult
+from glm4_local.errors import Glm4LocalError
+from glm4_local.toolcalls import ToolCall
+
+MAX_TOOL_ROUNDS = 8
+
+
+def run_tool(executable: Path, call: ToolCall, timeout: float = 300.0) -> str:
+    """Run the user's own tool executable with the call as JSON on stdin; its stdout is the result."""
+    payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
+    try:
+        done = subprocess.run([str(executable)], input=payload, capture_output=True, text=True, timeout=timeout)
+    except OSError as e:
+        raise Glm4LocalError(f"{executable}: cannot run tool executable ({e.strerror})") from e
+    except subprocess.TimeoutExpired:
+        return json.dumps({"error": f"tool timed out after {timeout:.0f} s"})
+    if done.returncode != 0:
+        return json.dumps({"error": f"tool exited with {done.returncode}", "stderr": done.stderr[-2000:]},
+                          ensure_ascii=False)
+    return done.stdout
+
+
+@dataclass
+class Answer:
+    content: str
+    tool_calls: list[dict[str, Any]]
+    results: list[TurnResult]
+
+    def as_json(self) -> dict[str, Any]:
+        prompt = self.results[0].timings.prompt_tokens if self.results else 0
+        completion = sum(r.timings.generated_tokens for r in self.results)
+        last = self.results[-1].timings if self.results else None
+        return {
+            "content": self.content,
+            "tool_calls": self.tool_calls,
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "timings": {
+                "prompt_tokens_evaluated": sum(r.timings.evaluated_tokens for r in self.results),
+                "prefill_seconds": round(sum(r.timings.prefill_seconds for r in self.results), 4),
+                "decode_seconds": round(sum(r.timings.decode_seconds for r in self.results), 4),
+                "prefill_tokens_per_second": round(last.prefill_tps, 2) if last else 0.0,
+                "decode_tokens_per_second": round(last.decode_tps, 2) if last else 0.0,
+            },
+        }
+
+
+def answer(engine: ChatEngine, text: str, tool_exec: Path | None, out: TextIO | None) -> Answer:
+    """One user message; with tool_exec, tool calls are run and answered until a plain reply."""
+    turn: Turn = engine.send(text)
+    results: list[TurnResult] = []
+    calls: list[dict[str, Any]] = []
+    for _ in range(MAX_TOOL_ROUNDS):
+        streamed = False
+        for chunk in turn.display():
+            streamed = True
+            if out:
+                out.write(chunk)
+                out.flush()
+        result = turn.finish()
+        results.append(result)
+        call = result.reply.tool_call
+        if call is None:
+            # a malformed tool call is shown as the text the model wrote
+            content = result.reply.text if result.reply.problem else engine.conversation.messages[-1]["content"]
+            if out and not streamed:
+                out.write(content or "")
+            return Answer(content or "", calls, results)
+        calls.append(engine.conversation.messages[-1]["tool_calls"][0])
+        if tool_exec is None:
+            return Answer("", calls, results)
+        turn = engine.send_observation(run_tool(tool_exec, call))
+    raise Glm4LocalError(f"stopped after {MAX_TOOL_ROUNDS} tool calls in a row")
+
+
+def run_oneshot(engine: ChatEngine, text: str, tool_exec: Path | None, as_json: bool) -> None:
+    out = None if as_json else sys.stdout
+    result = answer(engine, text, tool_exec, out)
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
+        return
+    for call in result.tool_calls if tool_exec is None else []:
+        function = call["function"]
+        sys.stdout.write(f"{function['name']}\n{function['arguments']}")
+    sys.stdout.write("\n")

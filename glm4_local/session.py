@@ -1,0 +1,148 @@
+"""A conversation: OpenAI-style messages, their files (save/load/autosave) and the context budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glm4_local.atomic import temp_path_beside
+from glm4_local.errors import Glm4LocalError
+
+Message = dict[str, Any]
+ROLES = ("system", "user", "assistant", "tool", "observation")
+
+
+def data_home() -> Path:
+    """Where conversations are autosaved: $GLM4_LOCAL_HOME, else $XDG_DATA_HOME/glm4-local."""
+    if os.environ.get("GLM4_LOCAL_HOME"):
+        return Path(os.environ["GLM4_LOCAL_HOME"]).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "glm4-local"
+
+
+def sessions_dir() -> Path:
+    return data_home() / "sessions"
+
+
+@dataclass
+class Conversation:
+    messages: list[Message] = field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+    def to_json(self) -> Any:
+        """A plain message list, or {"messages", "tools"} when there are tools."""
+        return {"messages": self.messages, "tools": self.tools} if self.tools else self.messages
+
+    @property
+    def system_prompt(self) -> str | None:
+        first = self.messages[0] if self.messages else None
+        return first["content"] if first and first.get("role") == "system" else None
+
+    def set_system(self, text: str | None) -> None:
+        if self.messages and self.messages[0].get("role") == "system":
+            self.messages.pop(0)
+        if text:
+            self.messages.insert(0, {"role": "system", "content": text})
+
+
+def parse_conversation(data: Any, where: str) -> Conversation:
+    """A message list or {"messages": [...], "tools": [...]}, checked enough to render."""
+    tools = None
+    if isinstance(data, dict):
+        tools = data.get("tools")
+        data = data.get("messages")
+    if not isinstance(data, list):
+        raise Glm4LocalError(f"{where}: expected a JSON list of messages or an object with \"messages\"")
+    for i, message in enumerate(data):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise Glm4LocalError(f"{where}: message {i} needs a role ({', '.join(ROLES)})")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise Glm4LocalError(f"{where}: message {i} content must be text")
+    if tools is not None and not isinstance(tools, list):
+        raise Glm4LocalError(f"{where}: \"tools\" must be a list")
+    return Conversation(list(data), tools or None)
+
+
+def load_conversation(path: Path) -> Conversation:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise Glm4LocalError(f"{path}: no such file") from None
+    except OSError as e:
+        raise Glm4LocalError(f"{path}: cannot read ({e.strerror})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Glm4LocalError(f"{path}: not valid JSON ({e})") from e
+    return parse_conversation(data, str(path))
+
+
+def save_json(path: Path, data: Any) -> None:
+    """Write atomically: the previous file stays whole until the new one is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_beside(path)
+    try:
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise Glm4LocalError(f"{path}: cannot write ({e.strerror})") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Autosave:
+    """One file per chat session in sessions_dir(), rewritten after every turn."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or sessions_dir() / time.strftime("%Y%m%d-%H%M%S.json")
+        if path is None and self.path.exists():
+            self.path = self.path.with_name(f"{self.path.stem}-{os.getpid()}.json")
+
+    def save(self, conversation: Conversation) -> None:
+        save_json(self.path, conversation.to_json())
+
+    @staticmethod
+    def latest() -> Path | None:
+        folder = sessions_dir()
+        files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+        return files[-1] if files else None
+
+
+def turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message]]]:
+    """(leading system messages, turns): a turn starts at a user message and runs to the next one."""
+    head: list[Message] = []
+    groups: list[list[Message]] = []
+    for message in messages:
+        if not groups and message.get("role") == "system":
+            head.append(message)
+        elif message.get("role") == "user" or not groups:
+            groups.append([message])
+        else:
+            groups[-1].append(message)
+    return head, groups
+
+
+def fit_to_context(messages: Sequence[Message], count: Callable[[list[Message]], int], budget: int
+                   ) -> tuple[list[Message], int]:
+    """Drop the oldest turns until `count(messages) <= budget`; system prompt and tools are kept.
+
+    Returns the messages kept and how many turns were dropped. The last turn is never dropped:
+    if it alone does not fit, that is an error the user must hear about.
+    """
+    head, groups = turns(messages)
+    dropped = 0
+    while True:
+        kept = head + [m for group in groups for m in group]
+        if count(kept) <= budget:
+            return kept, dropped
+        if len(groups) <= 1:
+            raise Glm4LocalError(
+                f"this message needs {count(kept)} tokens with the system prompt, more than the {budget} "
+                "the context leaves; shorten it or raise --ctx"
+            )
+        groups.pop(0)
+        dropped += 1

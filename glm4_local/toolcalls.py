@@ -1,0 +1,84 @@
+"""Function calling: reading tools.json, and telling a GLM-4 tool call from a plain reply.
+
+After <|assistant|> GLM-4 writes `{metadata}\\n{content}`. A plain answer has empty metadata; a tool
+call has the function name as metadata and its JSON arguments as content.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glm4_local.errors import Glm4LocalError
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # the model's JSON text, verbatim
+
+    def as_message(self) -> dict[str, Any]:
+        """The OpenAI-style assistant message that records this call in the conversation."""
+        call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the model answered: text (possibly a malformed call, shown as text) or a valid call."""
+
+    text: str
+    tool_call: ToolCall | None = None
+    problem: str | None = None  # why a call-looking reply was not accepted
+
+
+def load_tools(path: Path) -> list[dict[str, Any]]:
+    """An OpenAI-style list of functions; each entry needs type 'function' and a function name."""
+    try:
+        tools = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise Glm4LocalError(f"{path}: cannot read ({e.strerror})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Glm4LocalError(f"{path}: not valid JSON ({e})") from e
+    if isinstance(tools, dict) and isinstance(tools.get("tools"), list):
+        tools = tools["tools"]
+    if not isinstance(tools, list):
+        raise Glm4LocalError(f"{path}: expected a JSON list of tools")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") not in ("function", "python", "simple_browser", "cogview"):
+            raise Glm4LocalError(f"{path}: tool {i} needs \"type\": \"function\"")
+        if tool["type"] == "function":
+            function = tool.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+                raise Glm4LocalError(f"{path}: tool {i} needs a \"function\" object with a \"name\"")
+    return tools
+
+
+def tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {t["function"]["name"] if t.get("type") == "function" else str(t.get("type")) for t in tools}
+
+
+def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Reply:
+    """Split the generated `{metadata}\\n{content}` into a plain reply or a checked tool call."""
+    metadata, newline, content = generated.partition("\n")
+    if not newline:
+        return Reply(generated)
+    if not metadata.strip():
+        return Reply(content)
+    name = metadata.strip()
+    if not tools:
+        return Reply(generated, problem=f"the model called {name!r} but no tools were given")
+    if name not in tool_names(tools):
+        return Reply(generated, problem=f"the model called unknown tool {name!r}")
+    try:
+        json.loads(content)
+    except json.JSONDecodeError as e:
+        if tools and name in {str(t.get("type")) for t in tools if t.get("type") != "function"}:
+            return Reply(generated, ToolCall(name, content))  # built-in tools (python) take free text
+        return Reply(generated, problem=f"arguments for {name!r} are not valid JSON ({e.msg})")
+    return Reply(generated, ToolCall(name, content))
