@@ -100,8 +100,9 @@ def gpu_layers(requested: str) -> int:
 
 def sampling_settings(facts: ModelFacts, options: SamplingOptions) -> ChatSettings:
     """The GGUF's general.sampling.* defaults (else GLM-4's 0.8 / 0.8), overridden by options."""
-    temp = facts.header.get(K.General.SAMPLING_TEMP, DEFAULT_TEMPERATURE)
-    top_p = facts.header.get(K.General.SAMPLING_TOP_P, DEFAULT_TOP_P)
+    # stored as float32: 0.8 reads back as 0.800000011920929
+    temp = round(facts.header.get(K.General.SAMPLING_TEMP, DEFAULT_TEMPERATURE), 6)
+    top_p = round(facts.header.get(K.General.SAMPLING_TOP_P, DEFAULT_TOP_P), 6)
     top_k = facts.header.get(K.General.SAMPLING_TOP_K, 0)
     sampling = Sampling(
         temperature=options.temp if options.temp is not None else float(temp),

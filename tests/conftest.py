@@ -75,3 +75,25 @@ def real_vocab_gguf(make_gguf: Callable[..., Path]) -> Path:
     if not factory.REAL_TOKENIZER.is_file():
         pytest.skip(f"GLM-4 reference files not found at {factory.REAL_TOKENIZER.parent}")
     return make_gguf("f16", real_tokenizer=True, shape=REAL_SHAPE)
+
+
+SCRIPT_WORDS = ("lookup", "{}", "Sunny", " day")
+SCRIPTS: dict[str, dict[str, object]] = {
+    "answer": {"script": (("<|assistant|>", "\n"), ("\n", "Sunny"), ("Sunny", " day"), (" day", "<|user|>"))},
+    "endoftext": {"script": (("<|assistant|>", "\n"), ("\n", "Sunny"), ("Sunny", "<|endoftext|>"))},
+    "tool": {"script": (("<|assistant|>", "lookup"), ("lookup", "\n"), ("\n", "{}"), ("{}", "<|observation|>"),
+                        ("Sunny", " day"), (" day", "<|user|>")), "after_observation": "Sunny"},
+    "bad_json": {"script": (("<|assistant|>", "lookup"), ("lookup", "\n"), ("\n", "{"), ("{", "<|observation|>"))},
+    "endless": {"script": (("<|assistant|>", "\n"), ("\n", " day"), (" day", " day"))},
+}
+
+
+@pytest.fixture(scope="session")
+def scripted_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
+    """A tiny GGUF whose replies are fixed by SCRIPTS[name], whatever the sampling settings."""
+
+    def make(name: str) -> Path:
+        return make_gguf("f32", dtype="f32", extra_tokens=SCRIPT_WORDS,
+                         script=SCRIPTS[name]["script"], after_observation=SCRIPTS[name].get("after_observation"))
+
+    return make

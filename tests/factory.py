@@ -230,6 +230,9 @@ class Spec:
     real_tokenizer: bool = False
     n_merges: int = 300
     seed: int = 0
+    extra_tokens: tuple[str, ...] = ()  # whole words added after the trained merges (single tokens)
+    script: tuple[tuple[str, str], ...] | None = None  # (token, next token): a scripted model, see below
+    after_observation: str | None = None  # what follows <|assistant|> once an observation is in context
 
     def with_(self, **changes: object) -> Spec:
         return replace(self, **changes)
@@ -241,6 +244,7 @@ def vocabulary(spec: Spec) -> tuple[list[bytes] | None, int, int]:
         n_ranks = sum(1 for line in REAL_TOKENIZER.read_bytes().splitlines() if line)
         return None, n_ranks, 151552
     tokens = train_bpe(CORPUS, spec.n_merges)
+    tokens += [w.encode() for w in spec.extra_tokens if w.encode() not in set(tokens)]
     n = len(tokens)
     return tokens, n, (n + len(DEFAULT_SPECIAL_TOKENS) + 63) // 64 * 64
 
@@ -255,7 +259,12 @@ def build_checkpoint(folder: Path, spec: Spec) -> Path:
         write_tokenizer_model(folder / "tokenizer.model", tokens)
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(n_ranks), ensure_ascii=False))
     (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.8, "top_p": 0.8}))
-    weights = random_weights(spec.shape, vocab, spec.seed)
+    if spec.script is None:
+        weights = random_weights(spec.shape, vocab, spec.seed)
+    else:
+        ids = {t.decode("utf-8", "replace"): i for i, t in enumerate(tokens or [])}
+        ids |= {text: n_ranks + i for i, text in enumerate(DEFAULT_SPECIAL_TOKENS)}
+        weights = scripted_weights(spec, vocab, ids)
     if spec.layout == "glm":
         config = glm_config(spec.shape, vocab, n_ranks)
     else:
@@ -274,4 +283,40 @@ def stored_weights(spec: Spec) -> dict[str, np.ndarray]:
         return {k: (to_bf16_bits(v).astype(np.uint32) << 16).view(np.float32) for k, v in weights.items()}
     if spec.dtype == "f16":
         return {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}
+    return weights
+
+
+def scripted_weights(spec: Spec, vocab: int, ids: dict[str, int]) -> dict[str, np.ndarray]:
+    """Weights whose next token is fixed by the current token (`spec.script`), whatever the sampler.
+
+    Every layer is zero except layer 0: its attention averages a flag that <|observation|> raises,
+    and its MLP turns "current token is <|assistant|> and the flag is up" into one more dimension,
+    so a model can call a tool first and answer once the tool's result is in its context.
+    """
+    s = spec.shape
+    weights = {k: np.zeros_like(v) for k, v in random_weights(s, vocab, 0).items()}
+    for k in weights:
+        if k.endswith("layernorm.weight") or k == "model.norm.weight":
+            weights[k][:] = 1.0
+    script = dict(spec.script or ())
+    states = sorted({*script, *script.values()} - {""}, key=lambda t: ids[t])
+    dim = {t: i + 1 for i, t in enumerate(states)}  # dim 0: every unscripted token
+    flag, gated = s.n_embd - 2, s.n_embd - 1
+    assert len(states) + 1 < flag, "too many scripted tokens for n_embd"
+    embed = weights["model.embed_tokens.weight"]
+    embed[:, 0] = 10.0
+    for token, d in dim.items():
+        embed[ids[token]] = 0.0
+        embed[ids[token], d] = 10.0
+    head = weights["lm_head.weight"]
+    for token, following in script.items():
+        head[ids[following], dim[token]] = 5.0
+    if spec.after_observation:
+        p = "model.layers.0."
+        weights[p + "self_attn.v_proj.weight"][0, dim["<|observation|>"]] = 1000.0 / 16
+        weights[p + "self_attn.o_proj.weight"][flag, 0] = 1.0
+        weights[p + "mlp.gate_up_proj.weight"][0, dim["<|assistant|>"]] = 1.0  # gate: current is <|assistant|>
+        weights[p + "mlp.gate_up_proj.weight"][s.n_ff, flag] = 1.0  # up: the observation flag
+        weights[p + "mlp.down_proj.weight"][gated, 0] = 10.0
+        head[ids[spec.after_observation], gated] = 5.0
     return weights
