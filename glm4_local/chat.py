@@ -18,7 +18,7 @@ DEFAULT_TOP_P = 0.8
 
 @dataclass(frozen=True)
 class ChatSettings:
-    sampling: Sampling = Sampling()
+    sampling: Sampling = field(default_factory=Sampling)
     max_tokens: int | None = None
     seed: int | None = None
 

@@ -33,6 +33,13 @@ class RuntimeOptions:
     mlock: bool = False
     mmap: bool = True
 
+    def validate(self) -> None:
+        for name, value in (("--cache-type-k", self.cache_type_k), ("--cache-type-v", self.cache_type_v)):
+            if value not in CACHE_TYPES:
+                raise Glm4LocalError(f"{name} {value!r}: choose one of {', '.join(CACHE_TYPES)}")
+        if self.gpu_layers not in ("auto", "all"):
+            gpu_layers(self.gpu_layers)  # raises for anything but a number
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -115,9 +122,7 @@ def sampling_settings(facts: ModelFacts, options: SamplingOptions) -> ChatSettin
 
 
 def load_runtime(facts: ModelFacts, options: RuntimeOptions, n_ctx: int) -> ChatRuntime:
-    for name, value in (("--cache-type-k", options.cache_type_k), ("--cache-type-v", options.cache_type_v)):
-        if value not in CACHE_TYPES:
-            raise Glm4LocalError(f"{name} {value!r}: choose one of {', '.join(CACHE_TYPES)}")
+    options.validate()
     llm = load(
         facts.path, n_ctx=n_ctx, n_gpu_layers=gpu_layers(options.gpu_layers),
         n_threads=options.threads or max(1, os.cpu_count() or 2), n_batch=min(options.batch, n_ctx),

@@ -55,6 +55,7 @@ def _oneshot_text(prompt: str | None) -> str:
 def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: SamplingOptions, *,
                system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: Path | None,
                resume: bool, verbose: bool, as_json: bool, console: Console, errors: Console) -> None:
+    runtime_options.validate()
     if tool_exec is not None and not tool_exec.is_file():
         raise Glm4LocalError(f"{tool_exec}: tool executable not found")
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json

@@ -37,18 +37,18 @@ def key_bindings() -> KeyBindings:
     keys = KeyBindings()
 
     @keys.add("escape", "enter")
-    def _(event) -> None:  # noqa: ANN001 - prompt_toolkit's event type
+    def _(event) -> None:
         event.current_buffer.insert_text("\n")
 
     @keys.add("c-c")
-    def _(event) -> None:  # noqa: ANN001
+    def _(event) -> None:
         if event.current_buffer.text:
             event.current_buffer.reset()
         else:
             event.app.exit(result=EXIT)
 
     @keys.add("c-d")
-    def _(event) -> None:  # noqa: ANN001
+    def _(event) -> None:
         if not event.current_buffer.text:
             event.app.exit(result=EXIT)
 
@@ -95,7 +95,7 @@ class Repl:
                 except Glm4LocalError as e:
                     self.say(f"error: {e}", "red")
                 continue
-            self.converse(lambda: self.engine.send(line))
+            self.converse(lambda text=line: self.engine.send(text))
 
     # -- a reply and its tool calls ------------------------------------------------------------
     def converse(self, start: Callable[[], Turn | None]) -> None:
@@ -128,7 +128,8 @@ class Repl:
         markdown = self.console.is_terminal
         try:
             if markdown:
-                with Live(Markdown(""), console=self.console, refresh_per_second=12, vertical_overflow="visible") as live:
+                live = Live(Markdown(""), console=self.console, refresh_per_second=12, vertical_overflow="visible")
+                with live:
                     for chunk in turn.display():
                         written.append(chunk)
                         live.update(Markdown("".join(written)), refresh=False)

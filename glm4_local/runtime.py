@@ -125,6 +125,14 @@ class ChatRuntime:
         self.special_ids = {t: self._special_id(t) for t in (*STOP_TOKENS, "[gMASK]", "<sop>", "<|system|>",
                                                             "<|assistant|>")}
         self.stop_ids = {self.special_ids[t]: t for t in STOP_TOKENS}
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes; a dict lookup beats a ctypes call per token
+
+    def piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            # control tokens other than the stops (e.g. [sMASK]) are not text: they render as nothing
+            piece = self._pieces[token] = self.llm.detokenize([token], special=False)
+        return piece
 
     def _special_id(self, text: str) -> int:
         ids = tokenize(self.llm, text, special=True)
@@ -175,27 +183,27 @@ class ChatRuntime:
         timings = gen.timings
         timings.prompt_tokens = len(prompt)
         timings.evaluated_tokens = len(prompt) - min(self.cached_prefix(prompt), len(prompt) - 1)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        started = time.perf_counter()
+        decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        stop_ids, piece, clock = self.stop_ids, self.piece, time.perf_counter
+        started = clock()
         first_at = started
         tokens = self.llm.generate(prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
                                    temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty)
         try:
-            for token in tokens:
-                now = time.perf_counter()
-                if timings.generated_tokens == 0:
+            for count, token in enumerate(tokens, 1):
+                now = clock()
+                if count == 1:
                     first_at = now
                     timings.prefill_seconds = now - started
-                timings.generated_tokens += 1
+                timings.generated_tokens = count
                 timings.decode_seconds = now - first_at
-                if token in self.stop_ids:
-                    gen.stopped_by = self.stop_ids[token]
+                if token in stop_ids:
+                    gen.stopped_by = stop_ids[token]
                     break
-                # control tokens other than the stops (e.g. [sMASK]) are not text: they render as nothing
-                text = decoder.decode(self.llm.detokenize([token], special=False))
+                text = decode(piece(token))
                 if text:
                     yield text
-                if timings.generated_tokens >= limit:
+                if count >= limit:
                     gen.stopped_by = "max_tokens"
                     break
             # bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD

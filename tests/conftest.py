@@ -84,7 +84,9 @@ SCRIPTS: dict[str, dict[str, object]] = {
     "tool": {"script": (("<|assistant|>", "lookup"), ("lookup", "\n"), ("\n", "{}"), ("{}", "<|observation|>"),
                         ("Sunny", " day"), (" day", "<|user|>")), "after_observation": "Sunny"},
     "bad_json": {"script": (("<|assistant|>", "lookup"), ("lookup", "\n"), ("\n", "{"), ("{", "<|observation|>"))},
-    "endless": {"script": (("<|assistant|>", "\n"), ("\n", " day"), (" day", " day"))},
+    # a long trained context so that a reply can run for seconds (Ctrl-C tests)
+    "endless": {"script": (("<|assistant|>", "\n"), ("\n", " day"), (" day", " day")),
+                "shape": factory.Shape(context=65536)},
 }
 
 
@@ -93,7 +95,9 @@ def scripted_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
     """A tiny GGUF whose replies are fixed by SCRIPTS[name], whatever the sampling settings."""
 
     def make(name: str) -> Path:
-        return make_gguf("f32", dtype="f32", extra_tokens=SCRIPT_WORDS,
-                         script=SCRIPTS[name]["script"], after_observation=SCRIPTS[name].get("after_observation"))
+        scenario = SCRIPTS[name]
+        return make_gguf("f32", dtype="f32", extra_tokens=SCRIPT_WORDS, script=scenario["script"],
+                         after_observation=scenario.get("after_observation"),
+                         shape=scenario.get("shape", factory.Shape()))
 
     return make

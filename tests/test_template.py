@@ -74,7 +74,7 @@ def random_conversation(rng: random.Random) -> tuple[list[dict[str, Any]], list[
 
 @needs_reference
 def test_builtin_template_is_the_published_one() -> None:
-    assert GLM4_CHAT_TEMPLATE == REAL_TEMPLATES["glm-4-9b-chat"]
+    assert REAL_TEMPLATES["glm-4-9b-chat"] == GLM4_CHAT_TEMPLATE
 
 
 @needs_reference

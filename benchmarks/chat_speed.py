@@ -1,0 +1,127 @@
+"""Decode speed of `glm4-local chat` against a bare llama-cpp-python loop, and time-to-first-token
+as a conversation grows, with and without reusing the KV cache. Both measured in one run.
+
+    python benchmarks/chat_speed.py [--tokens 200] [--rounds 5] [--turns 12]
+
+The model is a generated GLM-4-shaped GGUF (about 100M parameters, q8_0) whose scripted weights
+never emit a stop token, so every run decodes exactly the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import factory
+from glm4_local.chat import ChatEngine
+from glm4_local.chat_setup import (
+    ModelFacts,
+    RuntimeOptions,
+    SamplingOptions,
+    load_runtime,
+    sampling_settings,
+)
+from glm4_local.convert.pipeline import convert
+from glm4_local.session import Conversation
+
+SHAPE = factory.Shape(n_layer=8, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128, n_ff=2816, context=16384)
+SCRIPT = (("<|assistant|>", "\n"), ("\n", " day"), (" day", " day"))
+THREADS = os.cpu_count() or 2
+CTX = 4096
+
+
+def build_model(folder: Path) -> Path:
+    spec = factory.Spec(dtype="f32", shape=SHAPE, extra_tokens=("lookup", "{}", "Sunny", " day"), script=SCRIPT)
+    factory.build_checkpoint(folder / "ckpt", spec)
+    return convert(str(folder / "ckpt"), "q8_0", output=folder / "bench-q8_0.gguf").path
+
+
+def engine(path: Path, max_tokens: int) -> ChatEngine:
+    facts = ModelFacts.read(path)
+    runtime = load_runtime(facts, RuntimeOptions(threads=THREADS), CTX)
+    settings = sampling_settings(facts, SamplingOptions(temp=0.0, max_tokens=max_tokens))
+    return ChatEngine(runtime, facts.template, Conversation(), settings)
+
+
+def chat_decode_tps(chat: ChatEngine) -> float:
+    chat.runtime.llm.reset()
+    chat.conversation.messages.clear()
+    turn = chat.send("Tell me about the weather.")
+    for _ in turn.display():
+        pass
+    return turn.finish().timings.decode_tps
+
+
+def bare_decode_tps(llm, prompt: list[int], n_tokens: int) -> float:
+    """The baseline: llama-cpp-python's own generate loop, nothing else."""
+    llm.reset()
+    first = last = 0.0
+    for i, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=0, top_p=0.8, repeat_penalty=1.0)):
+        now = time.perf_counter()
+        if i == 0:
+            first = now
+        last = now
+        if i + 1 == n_tokens:
+            break
+    return (n_tokens - 1) / (last - first)
+
+
+def decode_comparison(path: Path, n_tokens: int, rounds: int) -> dict[str, float]:
+    chat = engine(path, n_tokens)
+    prompt = chat.prompt_tokens([{"role": "user", "content": "Tell me about the weather."}])
+    ours, bare = [], []
+    for _ in range(rounds):  # interleaved, so machine noise hits both alike
+        bare.append(bare_decode_tps(chat.runtime.llm, prompt, n_tokens))
+        ours.append(chat_decode_tps(chat))
+    cli = subprocess.run([sys.executable, "-m", "glm4_local", "chat", str(path), "-p", "Tell me about the weather.",
+                          "--json", "--temp", "0", "--max-tokens", str(n_tokens), "--threads", str(THREADS),
+                          "--ctx", str(CTX)], capture_output=True, text=True, check=True)
+    cli_tps = json.loads(cli.stdout)["timings"]["decode_tokens_per_second"]
+    return {"bare_tps": statistics.median(bare), "chat_tps": statistics.median(ours), "cli_tps": cli_tps,
+            "ratio": statistics.median(ours) / statistics.median(bare)}
+
+
+def ttft_by_turn(path: Path, turns: int, reuse_cache: bool) -> list[tuple[int, int, float]]:
+    """(prompt tokens, evaluated tokens, time to first token) for each turn of one conversation."""
+    chat = engine(path, 8)
+    rows = []
+    for i in range(turns):
+        if not reuse_cache:
+            chat.runtime.llm.reset()
+        turn = chat.send(f"Question {i}: " + "tell me more about it " * 20)
+        for _ in turn.display():
+            pass
+        t = turn.finish().timings
+        rows.append((t.prompt_tokens, t.evaluated_tokens, t.prefill_seconds))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--turns", type=int, default=12)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_model(Path(tmp))
+        d = decode_comparison(path, args.tokens, args.rounds)
+        print(f"decode: bare llama-cpp-python {d['bare_tps']:.1f} tok/s, glm4-local chat engine "
+              f"{d['chat_tps']:.1f} tok/s (ratio {d['ratio']:.3f}), chat CLI --json {d['cli_tps']:.1f} tok/s")
+        cached = ttft_by_turn(path, args.turns, reuse_cache=True)
+        fresh = ttft_by_turn(path, args.turns, reuse_cache=False)
+    print("turn  prompt  evaluated  TTFT(cache)  evaluated  TTFT(no cache)  ratio")
+    for i, ((p, e, t), (_, e2, t2)) in enumerate(zip(cached, fresh, strict=True)):
+        print(f"{i + 1:4} {p:7} {e:10} {t * 1000:10.1f}ms {e2:10} {t2 * 1000:12.1f}ms  {t / t2:6.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The interactive chat in a real pseudo-terminal: typing, streaming, commands, Ctrl-C, Ctrl-D, resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pexpect
+import pytest
+
+PROMPT = "›"  # prompt_toolkit moves the cursor over the space after it
+
+
+def spawn(args: list[str], home: Path, cwd: Path) -> pexpect.spawn:
+    env = {"GLM4_LOCAL_HOME": str(home), "PATH": "/usr/bin:/bin", "TERM": "xterm", "COLUMNS": "100",
+           "LINES": "40", "HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat", *args], env=env, cwd=str(cwd),
+                          encoding="utf-8", timeout=30, dimensions=(40, 100))
+    child.expect_exact(PROMPT)
+    return child
+
+
+def saved(home: Path) -> list[dict]:
+    files = sorted((home / "sessions").glob("*.json"))
+    assert len(files) == 1, files
+    data = json.loads(files[0].read_text())
+    return data["messages"] if isinstance(data, dict) else data
+
+
+def ask(child: pexpect.spawn, text: str, expect: str) -> None:
+    child.send(text + "\r")
+    child.expect_exact(expect)
+    child.expect_exact(PROMPT)
+
+
+def test_conversation_autosave_and_ctrl_d(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    child = spawn([str(scripted_gguf("answer")), "--system", "你是一个乐于助人的助手"], tmp_path, tmp_path)
+    ask(child, "Weather today?", "Sunny day")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert saved(tmp_path) == [{"role": "system", "content": "你是一个乐于助人的助手"},
+                               {"role": "user", "content": "Weather today?"},
+                               {"role": "assistant", "content": "Sunny day"}]
+
+
+def test_multiline_input_and_commands(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    child = spawn([str(scripted_gguf("answer")), "--verbose"], tmp_path, tmp_path)
+    child.send("line one\x1b\rline two\r")  # Esc, Enter: a new line in the same message
+    child.expect_exact("Sunny day")
+    child.expect(r"generated 4 tokens")
+    child.expect_exact(PROMPT)
+    ask(child, "/system Be brief.", "system prompt set")
+    ask(child, "/save out.json", "saved to out.json")
+    ask(child, "/stats", "stop: <|user|>")
+    ask(child, "/undo", "removed the last exchange")
+    ask(child, "/help", "/retry")
+    ask(child, "/load out.json", "loaded 3 messages")
+    ask(child, "/retry", "Sunny day")
+    child.sendcontrol("c")  # at an empty prompt: leave
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert json.loads((tmp_path / "out.json").read_text())[:2] == [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "line one\nline two"}]
+    assert [m["role"] for m in saved(tmp_path)] == ["system", "user", "assistant"]
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_it(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    child = spawn([str(scripted_gguf("endless")), "--ctx", "max"], tmp_path, tmp_path)
+    child.send("go on forever\r")
+    child.expect_exact("day day day")
+    time.sleep(0.3)
+    child.sendcontrol("c")
+    child.expect_exact("[interrupted")
+    child.expect_exact(PROMPT)
+    ask(child, "/stats", "stop: None")  # the session goes on
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    reply = saved(tmp_path)[-1]
+    assert reply["interrupted"] is True and reply["content"].startswith(" day day day")
+
+
+def test_resume_continues_the_last_conversation(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    child = spawn([str(scripted_gguf("answer"))], tmp_path, tmp_path)
+    ask(child, "first", "Sunny day")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    child = spawn([str(scripted_gguf("answer")), "--resume"], tmp_path, tmp_path)
+    ask(child, "second", "Sunny day")
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    assert [m["content"] for m in saved(tmp_path)] == ["first", "Sunny day", "second", "Sunny day"]
+
+
+@pytest.mark.parametrize("stdin_is_tty", [True])
+def test_no_model_message_in_terminal(tmp_path: Path, stdin_is_tty: bool) -> None:
+    env = {"GLM4_LOCAL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "TERM": "xterm", "HOME": str(tmp_path),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat"], env=env, cwd=str(tmp_path),
+                          encoding="utf-8", timeout=60)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1
+    assert "no model found" in child.before and "Traceback" not in child.before
