@@ -65,8 +65,9 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
     n_ctx = context_size(runtime_options.ctx, facts.train_ctx)
     kv = facts.kv_cache_bytes(n_ctx, runtime_options.cache_type_k, runtime_options.cache_type_v)
     if interactive or verbose:
+        size = f"{kv / 2**30:.2f} GiB" if kv >= 2**30 else f"{kv / 2**20:.0f} MiB"
         errors.print(f"{facts.path.name}: context {n_ctx:,} tokens (trained {facts.train_ctx:,}), "
-                     f"KV cache {kv / 2**30:.2f} GiB", markup=False, highlight=False)
+                     f"KV cache {size}", markup=False, highlight=False)
     runtime = load_runtime(facts, runtime_options, n_ctx)
     settings = sampling_settings(facts, sampling)
 

@@ -110,3 +110,20 @@ def test_no_model_message_in_terminal(tmp_path: Path, stdin_is_tty: bool) -> Non
     child.close()
     assert child.exitstatus == 1
     assert "no model found" in child.before and "Traceback" not in child.before
+
+
+def test_tool_call_answered_by_typing_the_result(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {"name": "lookup", "parameters": {}}}]))
+    child = spawn([str(scripted_gguf("tool")), "--tools", str(tools)], tmp_path, tmp_path)
+    child.send("Weather in Paris?\r")
+    child.expect_exact("→ lookup({})")
+    child.expect_exact("result›")
+    child.send('{"sky": "clear"}\r')
+    child.expect_exact("Sunny day")
+    child.expect_exact(PROMPT)
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    roles = [m["role"] for m in saved(tmp_path)]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert saved(tmp_path)[2]["content"] == '{"sky": "clear"}'
