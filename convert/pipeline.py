@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 
 from glm4_local.atomic import atomic_output, check_writable_target, output_error, temp_path_beside
-from glm4_local.errors import CheckpointError
+from glm4_local.errors import CheckpointError, OutputError
 from glm4_local.spec import ModelSpec
 
 from .outtypes import OutType, out_type
@@ -94,7 +94,7 @@ def default_output(name: str, kind: OutType, models_dir: Path = DEFAULT_MODELS_D
     return models_dir / f"{name}-{kind.label}.gguf"
 
 
-def _direct_weight_type(kind: OutType, checkpoint: Checkpoint) -> gguf.GGMLQuantizationType:
+def _written_weight_type(kind: OutType, checkpoint: Checkpoint) -> gguf.GGMLQuantizationType:
     if kind.tensor_type is not None:
         return kind.tensor_type
     # The quantizer's input: 16-bit, bf16 when the checkpoint is bf16 so nothing is rounded twice.
@@ -117,14 +117,17 @@ def convert(
     started = time.perf_counter()
     checkpoint = load_checkpoint(source, download)
     if output is None:
-        models_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"{models_dir}: cannot create the models folder ({e.strerror})") from e
     path = output or default_output(checkpoint.info.name, kind, models_dir)
     check_writable_target(path, force)
     if imatrix is not None and not imatrix.is_file():
         raise CheckpointError(f"{imatrix}: imatrix file not found")
     importance = load_imatrix(imatrix) if imatrix is not None else None
     sink = progress or ProgressSink()
-    weight_type = _direct_weight_type(kind, checkpoint)
+    weight_type = _written_weight_type(kind, checkpoint)
     try:
         with atomic_output(path, force) as tmp:
             if kind.direct:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -17,7 +18,7 @@ from glm4_local.errors import Glm4LocalError
 
 app = typer.Typer(
     name="glm4-local", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="GLM-4-9B-Chat on your own machine: convert checkpoints to GGUF, inspect and verify them.",
+    help="GLM-4-9B-Chat on your own machine: convert checkpoints to GGUF, verify them, and chat.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -30,18 +31,22 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(on_interrupt: str = "interrupted") -> Iterator[None]:
     """Library exceptions become one line on stderr and an exit code; never a traceback."""
     try:
         yield
     except Glm4LocalError as e:
         raise fail(str(e), e.exit_code) from None
     except KeyboardInterrupt:
-        raise fail("interrupted; no output file was left behind", 130) from None
+        raise fail(on_interrupt, 130) from None
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        raise typer.Exit(0) from None
 
 
-def run(func: Callable[..., R], *args: object, **kwargs: object) -> R:
-    with user_errors():
+def run(func: Callable[..., R], *args: object, on_interrupt: str = "interrupted", **kwargs: object) -> R:
+    with user_errors(on_interrupt):
         return func(*args, **kwargs)
 
 
@@ -67,7 +72,8 @@ def convert(
     bar = RichProgress(err) if show else None
     with bar or nullcontext():
         result = run(convert_checkpoint, source, outtype=outtype, output=output, force=force,
-                     download=download, imatrix=imatrix, progress=bar)
+                     download=download, imatrix=imatrix, progress=bar,
+                     on_interrupt="interrupted; no output file was left behind")
     if not quiet:
         gb = result.input_bytes / 1e9
         err.print(f"wrote {result.path} ({result.output_bytes / 1e9:.2f} GB, {result.out_type.label}) "

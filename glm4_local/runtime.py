@@ -158,7 +158,7 @@ class ChatRuntime:
 
     def cached_prefix(self, tokens: Sequence[int]) -> int:
         """How many leading tokens of `tokens` are already in the KV cache."""
-        cached = self.llm._input_ids[: self.llm.n_tokens]
+        cached = self.llm.input_ids  # the tokens the KV cache holds
         n = 0
         for a, b in zip(cached, tokens, strict=False):
             if a != b:
