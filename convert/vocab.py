@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -21,6 +20,7 @@ from typing import Any
 import gguf
 
 from glm4_local.errors import CheckpointError
+from glm4_local.jsonfile import read_json as read_json_file
 
 PRE_TOKENIZER = "glm4"
 # The regex GLM-4's own tokenizer (tiktoken) splits text with before BPE.
@@ -159,12 +159,7 @@ def read_json(path: Path, required: bool = True) -> dict[str, Any]:
         if required:
             raise CheckpointError(f"{path}: missing")
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    data = read_json_file(path, CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

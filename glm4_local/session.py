@@ -12,6 +12,7 @@ from typing import Any
 
 from glm4_local.atomic import temp_path_beside
 from glm4_local.errors import Glm4LocalError
+from glm4_local.jsonfile import read_json
 
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool", "observation")
@@ -70,15 +71,7 @@ def parse_conversation(data: Any, where: str) -> Conversation:
 
 
 def load_conversation(path: Path) -> Conversation:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise Glm4LocalError(f"{path}: no such file") from None
-    except OSError as e:
-        raise Glm4LocalError(f"{path}: cannot read ({e.strerror})") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Glm4LocalError(f"{path}: not valid JSON ({e})") from e
-    return parse_conversation(data, str(path))
+    return parse_conversation(read_json(path), str(path))
 
 
 def save_json(path: Path, data: Any) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from glm4_local.errors import Glm4LocalError
+from glm4_local.jsonfile import read_json
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,7 @@ class Reply:
 
 def load_tools(path: Path) -> list[dict[str, Any]]:
     """An OpenAI-style list of functions; each entry needs type 'function' and a function name."""
-    try:
-        tools = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise Glm4LocalError(f"{path}: cannot read ({e.strerror})") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Glm4LocalError(f"{path}: not valid JSON ({e})") from e
+    tools = read_json(path)
     if isinstance(tools, dict) and isinstance(tools.get("tools"), list):
         tools = tools["tools"]
     if not isinstance(tools, list):

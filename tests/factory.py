@@ -320,3 +320,16 @@ def scripted_weights(spec: Spec, vocab: int, ids: dict[str, int]) -> dict[str, n
         weights[p + "mlp.down_proj.weight"][gated, 0] = 10.0
         head[ids[spec.after_observation], gated] = 5.0
     return weights
+
+
+def write_foreign_gguf(path: Path, arch: str = "llama") -> Path:
+    """A small valid GGUF of another architecture."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import factory
 from glm4_local.cli import app
 from glm4_local.default_template import GLM4_CHAT_TEMPLATE
 from glm4_local.template import render_text, to_glm_messages
@@ -114,16 +115,7 @@ def test_bad_model_files_are_refused_before_llama_cpp(make_gguf: Callable[..., P
     one_line_error(invoke(["chat", str(cut), "-p", "hi"]), "cut.gguf", "truncated")
     (tmp_path / "junk.gguf").write_bytes(b"\x00" * 64)
     one_line_error(invoke(["chat", str(tmp_path / "junk.gguf"), "-p", "hi"]), "not a GGUF file")
-    import gguf
-    import numpy as np
-
-    other = tmp_path / "llama.gguf"
-    w = gguf.GGUFWriter(other, "llama")
-    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    other = factory.write_foreign_gguf(tmp_path / "llama.gguf")
     one_line_error(invoke(["chat", str(other), "-p", "hi"]), "llama", "not GLM-4")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import factory
 from glm4_local.cli import app
 from glm4_local.convert import writer
 from glm4_local.convert.pipeline import convert
@@ -76,13 +77,7 @@ def test_info_on_corrupt_and_foreign_files(make_gguf: Callable[..., Path], tmp_p
     (tmp_path / "text.gguf").write_text("hello")
     result = runner.invoke(app, ["info", str(tmp_path / "text.gguf")])
     assert result.exit_code == 1 and "not a GGUF file" in result.stderr
-    foreign = tmp_path / "llama.gguf"
-    w = gguf.GGUFWriter(foreign, "llama")
-    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    foreign = factory.write_foreign_gguf(tmp_path / "llama.gguf")
     result = runner.invoke(app, ["info", str(foreign)])
     assert result.exit_code == 0 and "architecture 'llama' is not GLM-4" in result.stderr
 
