@@ -22,9 +22,9 @@ from .vocab import EOS_TOKEN, EOT_TOKEN, PRE_TOKENIZER, Vocabulary
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.CHATGLM]
 Q = gguf.GGMLQuantizationType
-# Rows per block: bounded by bytes so the 151552-row embedding and a 4096-row matrix alike stay small.
+# Row blocks are sized in bytes (as float32) so the 151552-row embedding and a 4096-row matrix
+# alike are converted in small pieces.
 BLOCK_BYTES = 64 * 1024 * 1024
-
 
 
 class Progress(Protocol):

@@ -10,7 +10,7 @@ from glm4_local.errors import Glm4LocalError
 from glm4_local.runtime import ChatRuntime, Generation, Sampling, Timings
 from glm4_local.session import Autosave, Conversation, Message, turns
 from glm4_local.template import render_pieces, to_glm_messages
-from glm4_local.toolcalls import Reply, parse_reply
+from glm4_local.toolcalls import Reply, may_be_call, parse_reply
 
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.8
@@ -51,22 +51,30 @@ class Turn:
         Text before the first newline is metadata (a tool name, or empty for an answer); a tool call
         is shown when complete, so only an answer's content streams.
         """
-        head: list[str] = []
-        streaming = False
+        head = ""
+        streaming = holding = False
         for chunk in self.generation.chunks:
             self.generated.append(chunk)
             if streaming:
                 yield chunk
                 continue
-            head.append(chunk)
-            joined = "".join(head)
-            metadata, newline, rest = joined.partition("\n")
-            if newline and not metadata.strip():
+            if holding:
+                continue
+            head += chunk
+            metadata, newline, rest = head.partition("\n")
+            if not newline:
+                continue
+            if not metadata.strip():
                 streaming = True
                 if rest:
                     yield rest
-        if not streaming and "\n" not in "".join(head):
-            yield "".join(head)  # no metadata line at all: plain text
+            elif may_be_call(metadata, self.engine.conversation.tools):
+                holding = True  # shown whole once finished: a call, or a malformed one as text
+            else:
+                streaming = True  # text that just lacks GLM-4's leading newline
+                yield head
+        if not streaming and not holding and head:
+            yield head  # no newline at all: plain text
 
     def finish(self, interrupted: bool = False) -> TurnResult:
         return self.engine._record(self, interrupted)
@@ -165,16 +173,17 @@ class ChatEngine:
         generated = "".join(turn.generated)
         reply = parse_reply(generated, self.conversation.tools)
         stopped_by = turn.generation.stopped_by
+        metadata, newline, content = generated.partition("\n")
         if reply.tool_call and not interrupted and stopped_by == "<|observation|>":
             message: dict[str, Any] = reply.tool_call.as_message()
+        elif newline and metadata.strip() and may_be_call(metadata, self.conversation.tools):
+            # a malformed or cut-off call: kept verbatim as the model wrote it, shown as text
+            message = {"role": "assistant", "metadata": metadata, "content": content}
+            reply = Reply(generated, None, reply.problem or "the model's tool call was cut off")
         else:
-            metadata, newline, content = generated.partition("\n")
-            message = {"role": "assistant", "content": content if newline else generated}
-            if newline and metadata.strip():
-                message["metadata"] = metadata  # a malformed call: kept verbatim as the model wrote it
-                reply = Reply(generated, None, reply.problem or "the model's tool call was cut off")
-            if interrupted:
-                message["interrupted"] = True
+            message = {"role": "assistant", "content": content if newline and not metadata.strip() else generated}
+        if interrupted:
+            message["interrupted"] = True
         self.conversation.messages.append(message)
         self._save()
         self.last = TurnResult(reply, stopped_by, interrupted, turn.generation.timings, turn.dropped_turns)

@@ -1,11 +1,11 @@
-"""A conversation: OpenAI-style messages, their files (save/load/autosave) and the context budget."""
+"""A conversation: OpenAI-style messages, their files (save, load, autosave) and its turns."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,25 +117,3 @@ def turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message
         else:
             groups[-1].append(message)
     return head, groups
-
-
-def fit_to_context(messages: Sequence[Message], count: Callable[[list[Message]], int], budget: int
-                   ) -> tuple[list[Message], int]:
-    """Drop the oldest turns until `count(messages) <= budget`; system prompt and tools are kept.
-
-    Returns the messages kept and how many turns were dropped. The last turn is never dropped:
-    if it alone does not fit, that is an error the user must hear about.
-    """
-    head, groups = turns(messages)
-    dropped = 0
-    while True:
-        kept = head + [m for group in groups for m in group]
-        if count(kept) <= budget:
-            return kept, dropped
-        if len(groups) <= 1:
-            raise Glm4LocalError(
-                f"this message needs {count(kept)} tokens with the system prompt, more than the {budget} "
-                "the context leaves; shorten it or raise --ctx"
-            )
-        groups.pop(0)
-        dropped += 1

@@ -7,6 +7,7 @@ call has the function name as metadata and its JSON arguments as content.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 from glm4_local.errors import Glm4LocalError
 from glm4_local.jsonfile import read_json
+
+CALL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,14 @@ def tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
     return {t["function"]["name"] if t.get("type") == "function" else str(t.get("type")) for t in tools}
 
 
+def may_be_call(first_line: str, tools: Sequence[Mapping[str, Any]] | None) -> bool:
+    """Whether a reply's first line could name a function (else it is just the first line of text).
+
+    Without tools GLM-4 has nothing to call, so its replies are text whatever their first line.
+    """
+    return bool(tools) and bool(CALL_NAME.fullmatch(first_line.strip()))
+
+
 def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Reply:
     """Split the generated `{metadata}\\n{content}` into a plain reply or a checked tool call."""
     metadata, newline, content = generated.partition("\n")
@@ -66,9 +77,9 @@ def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Re
         return Reply(generated)
     if not metadata.strip():
         return Reply(content)
+    if not tools or not may_be_call(metadata, tools):
+        return Reply(generated)
     name = metadata.strip()
-    if not tools:
-        return Reply(generated, problem=f"the model called {name!r} but no tools were given")
     if name not in tool_names(tools):
         return Reply(generated, problem=f"the model called unknown tool {name!r}")
     try:

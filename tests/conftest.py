@@ -32,6 +32,8 @@ def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.delenv("HF_HOME", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("GLM4_LOCAL_HOME", str(tmp_path / "glm4-local-home"))
+    monkeypatch.delenv("GLM4_LOCAL_MODELS", raising=False)
     yield
 
 

@@ -71,14 +71,19 @@ def test_tool_call_then_answer_from_observation(scripted_gguf: Callable[[str], P
     assert second.timings.evaluated_tokens < 30 < second.timings.prompt_tokens
 
 
-@pytest.mark.parametrize("tools,problem", [(TOOLS, "not valid JSON"), (None, "no tools were given")])
-def test_malformed_call_is_text_not_a_crash(scripted_gguf: Callable[[str], Path], tools: list | None,
-                                            problem: str) -> None:
-    engine = engine_for(scripted_gguf("bad_json"), tools=tools)
-    _, result = reply_text(engine, "x")
-    assert result.reply.tool_call is None and problem in (result.reply.problem or "")
+def test_malformed_call_is_text_not_a_crash(scripted_gguf: Callable[[str], Path]) -> None:
+    engine = engine_for(scripted_gguf("bad_json"), tools=TOOLS)
+    shown, result = reply_text(engine, "x")
+    assert shown == "" and result.reply.tool_call is None and "not valid JSON" in (result.reply.problem or "")
     assert result.reply.text == "lookup\n{"
     assert engine.conversation.messages[-1] == {"role": "assistant", "content": "{", "metadata": "lookup"}
+
+
+def test_without_tools_a_name_like_first_line_is_just_text(scripted_gguf: Callable[[str], Path]) -> None:
+    engine = engine_for(scripted_gguf("bad_json"))
+    shown, result = reply_text(engine, "x")
+    assert shown == "lookup\n{" and result.reply.problem is None
+    assert engine.conversation.messages[-1] == {"role": "assistant", "content": "lookup\n{"}
 
 
 def test_second_turn_evaluates_only_new_tokens(scripted_gguf: Callable[[str], Path]) -> None:

@@ -137,6 +137,7 @@ def test_openai_mapping() -> None:
     ("get_weather\n{\"city\": ", None, "not valid JSON"),
     ("launch_rockets\n{}", None, "unknown tool"),
     ("no newline at all", None, None),
+    ("Sure, here it is:\nfirst line", None, None),  # a first line that is no function name is text
 ])
 def test_parse_reply(generated: str, name: str | None, problem: str | None) -> None:
     reply = parse_reply(generated, TOOLS)
