@@ -3,7 +3,8 @@
     python benchmarks/quant_errors.py [--out benchmarks/out/quant_errors.json]
 
 Prints, per output type, the worst max-abs logit error, the worst top-1 agreement and the worst mean
-KL divergence over several checkpoints (seeds, layouts, KV groups, rope ratios). These numbers set
+KL divergence over several checkpoints (seeds, layouts, KV groups, rope ratios, and GLM-4's own
+151552-token vocabulary when ../shared has it). These numbers set
 the limits in glm4_local/convert/verify.py and the table in the README.
 """
 
@@ -28,6 +29,8 @@ CHECKPOINTS = {
     "seed2-f16-kv1-rope1e4": factory.Spec(seed=2, dtype="f16", shape=factory.Shape(n_head_kv=1, rope_ratio=10000)),
     "seed3-4layers": factory.Spec(seed=3, shape=factory.Shape(n_layer=4)),
 }
+if factory.REAL_TOKENIZER.is_file():
+    CHECKPOINTS["seed0-glm4-vocab-3-shards"] = factory.Spec(real_tokenizer=True, shards=3)
 
 
 def main() -> None:

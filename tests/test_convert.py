@@ -173,3 +173,17 @@ def test_base_model_without_chat_template_or_generation_config(make_checkpoint: 
     assert field(reader, K.General.SAMPLING_TEMP) is None
     assert field(reader, K.General.NAME) == "glm-4-9b-tiny"
     assert field(reader, K.Rope.FREQ_BASE.format(arch="chatglm")) == pytest.approx(10000.0)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("outtype", sorted(OUT_TYPES))
+def test_real_vocabulary_model_every_output_type(make_gguf: Callable[..., Path],
+                                                 make_checkpoint: Callable[..., Path], outtype: str) -> None:
+    """The 9B model's own vocabulary (151552 rows, bf16, sharded) through every output type."""
+    if not factory.REAL_TOKENIZER.is_file():
+        pytest.skip(f"GLM-4 reference files not found at {factory.REAL_TOKENIZER.parent}")
+    fields = {"real_tokenizer": True, "shards": 3, "shape": factory.Shape(n_layer=2, n_head_kv=2)}
+    report = verify(make_gguf(outtype, **fields), str(make_checkpoint(**fields)))
+    print(f"real vocab {outtype}: max_abs={report.max_abs_error:.4f} top1={report.top1_agreement:.4f} "
+          f"kl={report.mean_kl:.2e}")
+    assert report.passed, report
