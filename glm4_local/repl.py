@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.live import Live
@@ -63,12 +63,14 @@ class Repl:
         self.tool_exec = tool_exec
         self.verbose = verbose
         history_file = history_file or data_home() / "history"
+        history: History
         try:
             history_file.parent.mkdir(parents=True, exist_ok=True)
             history = FileHistory(str(history_file))
         except OSError:
             history = InMemoryHistory()
-        self.prompt = PromptSession(history=history, key_bindings=key_bindings(), multiline=False)
+        self.prompt: PromptSession[object] = PromptSession(
+            history=history, key_bindings=key_bindings(), multiline=False)
         self.commands: dict[str, Callable[[str], object]] = {
             "/help": lambda _: self.say(HELP), "/reset": self.cmd_reset, "/system": self.cmd_system,
             "/save": self.cmd_save, "/load": self.cmd_load, "/retry": self.cmd_retry, "/undo": self.cmd_undo,
