@@ -14,10 +14,10 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from glm4_local.errors import Glm4LocalError
@@ -81,6 +81,14 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+@lru_cache(maxsize=8)
+def _compiled(template: str) -> Template:
+    try:
+        return _environment().from_string(template)
+    except TemplateError as e:
+        raise TemplateRenderError(f"the model's chat template is not valid Jinja: {e}") from e
+
+
 def render_text(template: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
     """The prompt string, exactly as transformers' apply_chat_template renders it."""
     return "".join(p.text for p in render_pieces(template, messages, add_generation_prompt))
@@ -97,8 +105,7 @@ def render_pieces(template: str, messages: Sequence[Mapping[str, Any]], add_gene
             g["tools"] = [_protect_tool(t, markers) for t in m["tools"]]
         guarded.append(g)
     try:
-        rendered = _environment().from_string(template).render(
-            messages=guarded, add_generation_prompt=add_generation_prompt)
+        rendered = _compiled(template).render(messages=guarded, add_generation_prompt=add_generation_prompt)
     except TemplateError as e:
         raise TemplateRenderError(f"chat template failed on this conversation: {e}") from e
     except (TypeError, KeyError, AttributeError) as e:

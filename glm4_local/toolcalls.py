@@ -85,7 +85,7 @@ def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Re
     try:
         json.loads(content)
     except json.JSONDecodeError as e:
-        if tools and name in {str(t.get("type")) for t in tools if t.get("type") != "function"}:
+        if name in {str(t.get("type")) for t in tools if t.get("type") != "function"}:
             return Reply(generated, ToolCall(name, content))  # built-in tools (python) take free text
         return Reply(generated, problem=f"arguments for {name!r} are not valid JSON ({e.msg})")
     return Reply(generated, ToolCall(name, content))
