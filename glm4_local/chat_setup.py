@@ -8,13 +8,12 @@ from pathlib import Path
 
 import gguf
 
-from glm4_local.chat import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, ChatEngine, ChatSettings
+from glm4_local.chat import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, ChatSettings
 from glm4_local.default_template import GLM4_CHAT_TEMPLATE
 from glm4_local.errors import Glm4LocalError
 from glm4_local.gguf_file import check_glm4
 from glm4_local.gguf_header import GGUFHeader
 from glm4_local.runtime import CACHE_TYPES, ChatRuntime, Sampling, gpu_offload_available, load
-from glm4_local.session import Autosave, Conversation
 
 K = gguf.Keys
 ARCH = "chatglm"
@@ -128,10 +127,7 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, n_ctx: int) -> Chat
         n_threads=options.threads or max(1, os.cpu_count() or 2), n_batch=min(options.batch, n_ctx),
         flash_attn=options.flash_attn, type_k=CACHE_TYPES[options.cache_type_k],
         type_v=CACHE_TYPES[options.cache_type_v], use_mlock=options.mlock, use_mmap=options.mmap,
+        header=facts.header,
     )
     return ChatRuntime(llm)
 
-
-def build_engine(facts: ModelFacts, runtime: ChatRuntime, conversation: Conversation, settings: ChatSettings,
-                 autosave: Autosave | None, notify) -> ChatEngine:
-    return ChatEngine(runtime, facts.template, conversation, settings, autosave, notify)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from glm4_local.chat import ChatEngine
 from glm4_local.chat_setup import (
     ModelFacts,
     RuntimeOptions,
     SamplingOptions,
-    build_engine,
     context_size,
     load_runtime,
     sampling_settings,
@@ -74,7 +74,7 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
     def notify(message: str) -> None:
         errors.print(message, style="yellow", markup=False, highlight=False)
 
-    engine = build_engine(facts, runtime, conversation, settings, autosave if interactive else None, notify)
+    engine = ChatEngine(runtime, facts.template, conversation, settings, autosave if interactive else None, notify)
     if not interactive:
         run_oneshot(engine, text or "", tool_exec, as_json)
         if verbose and engine.last:
@@ -96,9 +96,10 @@ def render_conversation(conversation_path: Path, tools_path: Path | None, model:
     if tokens and model is None:
         raise Glm4LocalError("--tokens needs --model (token ids come from the model's vocabulary)")
     path = resolve_model(model) if model is not None else None
-    template = ModelFacts.read(path).template if path else GLM4_CHAT_TEMPLATE
+    facts = ModelFacts.read(path) if path else None
+    template = facts.template if facts else GLM4_CHAT_TEMPLATE
     pieces = render_pieces(template, to_glm_messages(conversation.messages, tools), add_generation_prompt=True)
     if not tokens:
         return "".join(p.text for p in pieces)
-    assert path is not None
-    return ChatRuntime(load(path, vocab_only=True)).tokens(pieces)
+    assert facts is not None
+    return ChatRuntime(load(facts.path, vocab_only=True, header=facts.header)).tokens(pieces)

@@ -13,10 +13,10 @@ import numpy as np
 
 from glm4_local.errors import GGUFFileError, Glm4LocalError
 from glm4_local.gguf_file import check_glm4
+from glm4_local.gguf_header import GGUFHeader
 from glm4_local.template import Piece, merged_text
 
-F32_CACHE = 0  # GGML_TYPE_F32
-CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # GGML type ids
 STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
 
 _errors: list[str] = []
@@ -49,15 +49,18 @@ def gpu_offload_available() -> bool:
 
 def load(path: Path, n_ctx: int = 512, logits_all: bool = False, vocab_only: bool = False,
          n_gpu_layers: int = 0, n_threads: int | None = None, exact_cache: bool = False,
-         n_batch: int | None = None, **extra: object):  # -> llama_cpp.Llama
+         n_batch: int | None = None, header: GGUFHeader | None = None,
+         **extra: object):  # -> llama_cpp.Llama
     """A llama.cpp model for a checked GLM-4 GGUF; GGUFFileError if llama.cpp refuses it.
 
     `exact_cache` keeps the KV cache in f32 so that measured errors are the file's, not the cache's.
+    `header`: the file's header when the caller has already checked it (it takes ~1 s for GLM-4).
     """
-    check_glm4(path)
+    if header is None:
+        check_glm4(path)
     from llama_cpp import Llama
 
-    cache = {"type_k": F32_CACHE, "type_v": F32_CACHE} if exact_cache else {}
+    cache = {"type_k": CACHE_TYPES["f32"], "type_v": CACHE_TYPES["f32"]} if exact_cache else {}
     errors = capture_llama_logs()
     try:
         return Llama(
