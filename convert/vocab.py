@@ -56,9 +56,14 @@ def token_text(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
+@cache
+def _unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in byte_to_unicode().items()}
+
+
 def token_bytes(text: str) -> bytes | None:
     """Inverse of token_text; None for text that is not a byte-mapped token (e.g. a special token)."""
-    inverse = {c: b for b, c in byte_to_unicode().items()}
+    inverse = _unicode_to_byte()
     try:
         return bytes(inverse[c] for c in text)
     except KeyError:

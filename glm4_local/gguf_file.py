@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import gguf
 
@@ -36,10 +35,6 @@ class GGUFSummary:
     warnings: list[str] = field(default_factory=list)
 
 
-def _field(reader: GGUFHeader, key: str) -> Any:
-    return reader.get(key)
-
-
 def open_gguf(path: Path) -> GGUFHeader:
     """A parsed GGUF header; GGUFFileError (naming the file) for anything unreadable or truncated."""
     if not path.is_file():
@@ -67,7 +62,7 @@ def open_gguf(path: Path) -> GGUFHeader:
 def check_glm4(path: Path) -> GGUFHeader:
     """The reader of a GLM-4 (`chatglm`) GGUF; GGUFFileError for another architecture."""
     reader = open_gguf(path)
-    arch = _field(reader, K.General.ARCHITECTURE)
+    arch = reader.get(K.General.ARCHITECTURE)
     if arch != ARCH:
         raise GGUFFileError(f"{path}: architecture {arch!r} is not GLM-4 ('{ARCH}')")
     return reader
@@ -76,17 +71,17 @@ def check_glm4(path: Path) -> GGUFHeader:
 def tokenizer_warnings(reader: GGUFHeader, specials: dict[str, int]) -> list[str]:
     """Settings known to make llama.cpp tokenize differently from GLM-4's own tokenizer."""
     warnings = []
-    pre = _field(reader, K.Tokenizer.PRE)
+    pre = reader.get(K.Tokenizer.PRE)
     if pre != GOOD_PRE_TOKENIZER:
         warnings.append(
             f"pre-tokenizer {pre!r} mis-tokenizes GLM-4 (llama.cpp splits many vocabulary words that GLM-4 keeps "
             f"whole); reconvert with glm4-local convert"
         )
-    if _field(reader, K.Tokenizer.ADD_BOS):
+    if reader.get(K.Tokenizer.ADD_BOS):
         warnings.append("adds a BOS token, which GLM-4 never saw in training")
-    tokens = _field(reader, K.Tokenizer.LIST) or []
-    types = _field(reader, K.Tokenizer.TOKEN_TYPE) or []
-    merges = _field(reader, K.Tokenizer.MERGES) or []
+    tokens = reader.get(K.Tokenizer.LIST) or []
+    types = reader.get(K.Tokenizer.TOKEN_TYPE) or []
+    merges = reader.get(K.Tokenizer.MERGES) or []
     left_out = missing_splits(tokens, types, merges) if tokens and len(types) == len(tokens) else 0
     if left_out:
         warnings.append(
@@ -101,25 +96,25 @@ def tokenizer_warnings(reader: GGUFHeader, specials: dict[str, int]) -> list[str
 
 def summarize(path: Path) -> GGUFSummary:
     reader = open_gguf(path)
-    arch = str(_field(reader, K.General.ARCHITECTURE))
-    tokens = _field(reader, K.Tokenizer.LIST) or []
-    types = _field(reader, K.Tokenizer.TOKEN_TYPE) or []
+    arch = str(reader.get(K.General.ARCHITECTURE))
+    tokens = reader.get(K.Tokenizer.LIST) or []
+    types = reader.get(K.Tokenizer.TOKEN_TYPE) or []
     control = int(gguf.TokenType.CONTROL)
     specials = {tokens[i]: i for i, t in enumerate(types) if t == control}
-    ftype = _field(reader, K.General.FILE_TYPE)
-    merges = _field(reader, K.Tokenizer.MERGES) or []
+    ftype = reader.get(K.General.FILE_TYPE)
+    merges = reader.get(K.Tokenizer.MERGES) or []
     summary = GGUFSummary(
         path=path,
         architecture=arch,
-        name=_field(reader, K.General.NAME),
+        name=reader.get(K.General.NAME),
         file_type=gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else "unknown",
         size_bytes=path.stat().st_size,
         parameters=sum(t.n_elements for t in reader.tensors),
-        context_length=_field(reader, K.LLM.CONTEXT_LENGTH.format(arch=arch)),
+        context_length=reader.get(K.LLM.CONTEXT_LENGTH.format(arch=arch)),
         vocab_size=len(tokens),
         special_tokens=specials,
-        chat_template=_field(reader, K.Tokenizer.CHAT_TEMPLATE) is not None,
-        pre_tokenizer=_field(reader, K.Tokenizer.PRE),
+        chat_template=reader.get(K.Tokenizer.CHAT_TEMPLATE) is not None,
+        pre_tokenizer=reader.get(K.Tokenizer.PRE),
         merges=len(merges),
     )
     if arch != ARCH:
