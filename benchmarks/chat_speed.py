@@ -22,16 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import factory
-from glm4_local.chat import ChatEngine
-from glm4_local.chat_setup import (
-    ModelFacts,
-    RuntimeOptions,
-    SamplingOptions,
-    load_runtime,
-    sampling_settings,
-)
+from glm4_local.chat.engine import ChatEngine
+from glm4_local.chat.options import RuntimeOptions, SamplingOptions
+from glm4_local.chat.setup import open_engine
+from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
-from glm4_local.session import Conversation
 
 SHAPE = factory.Shape(n_layer=8, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128, n_ff=2816, context=16384)
 SCRIPT = (("<|assistant|>", "\n"), ("\n", " day"), (" day", " day"))
@@ -42,14 +37,11 @@ CTX = 4096
 def build_model(folder: Path) -> Path:
     spec = factory.Spec(dtype="f32", shape=SHAPE, extra_tokens=("lookup", "{}", "Sunny", " day"), script=SCRIPT)
     factory.build_checkpoint(folder / "ckpt", spec)
-    return convert(str(folder / "ckpt"), "q8_0", output=folder / "bench-q8_0.gguf").path
+    return convert(str(folder / "ckpt"), OUT_TYPES["q8_0"], output=folder / "bench-q8_0.gguf").path
 
 
 def engine(path: Path, max_tokens: int) -> ChatEngine:
-    facts = ModelFacts.read(path)
-    runtime = load_runtime(facts, RuntimeOptions(threads=THREADS), CTX)
-    settings = sampling_settings(facts, SamplingOptions(temp=0.0, max_tokens=max_tokens))
-    return ChatEngine(runtime, facts.template, Conversation(), settings)
+    return open_engine(path, RuntimeOptions(ctx=CTX, threads=THREADS), SamplingOptions(temp=0.0, max_tokens=max_tokens))
 
 
 def chat_decode_tps(chat: ChatEngine) -> float:

@@ -5,7 +5,7 @@
 Prints, per output type, the worst max-abs logit error, the worst top-1 agreement and the worst mean
 KL divergence over several checkpoints (seeds, layouts, KV groups, rope ratios, and GLM-4's own
 151552-token vocabulary when ../shared has it). These numbers set
-the limits in glm4_local/convert/verify.py and the table in the README.
+the limits in convert/outtypes.py and the table in the README.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, spec in CHECKPOINTS.items():
             folder = factory.build_checkpoint(Path(tmp) / label, spec)
-            for name in OUT_TYPES:
+            for name, kind in OUT_TYPES.items():
                 out = Path(tmp) / f"{label}-{name}.gguf"
-                convert(str(folder), name, output=out)
+                convert(str(folder), kind, output=out)
                 r = verify(out, str(folder))
                 w = worst.setdefault(name, {"max_abs": 0.0, "top1": 1.0, "kl": 0.0})
                 w["max_abs"] = max(w["max_abs"], r.max_abs_error)

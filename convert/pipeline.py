@@ -9,17 +9,18 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from glm4_local.atomic import atomic_output, check_writable_target, output_error, temp_path_beside
-from glm4_local.errors import CheckpointError, OutputError
-from glm4_local.spec import ModelSpec
-
-from .outtypes import OutType, out_type
-from .quantize import load_imatrix, quantize
-from .safetensors import SafetensorsCheckpoint, find_weight_files
-from .source import looks_like_repo_id, resolve_source
-from .tensors import PlannedTensor, plan_tensors
-from .vocab import Vocabulary, build_vocabulary, read_json
-from .writer import ModelInfo, write_gguf
+from glm4_local.convert.imatrix import load_imatrix
+from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OutType
+from glm4_local.convert.safetensors import SafetensorsCheckpoint, find_weight_files
+from glm4_local.convert.source import looks_like_repo_id, resolve_source
+from glm4_local.convert.tensors import PlannedTensor, plan_tensors
+from glm4_local.convert.vocab import Vocabulary, build_vocabulary, read_json
+from glm4_local.convert.writer import ModelInfo, write_gguf
+from glm4_local.core.atomic import atomic_output, check_writable_target, output_error, temp_path_beside
+from glm4_local.core.errors import CheckpointError, OutputError
+from glm4_local.core.families import family_for_config
+from glm4_local.core.llama import quantize
+from glm4_local.core.model_family import ModelFamily, ModelSpec
 
 DEFAULT_MODELS_DIR = Path("models")
 
@@ -29,6 +30,7 @@ class Checkpoint:
     """Everything read from a checkpoint folder before any output is written."""
 
     folder: Path
+    family: ModelFamily
     spec: ModelSpec
     info: ModelInfo
     vocab: Vocabulary
@@ -63,8 +65,10 @@ def model_name(source: str, folder: Path) -> str:
 
 def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
     folder = resolve_source(source, download)
-    config = read_json(folder / "config.json")
-    spec = ModelSpec.from_config(config, where=str(folder / "config.json"))
+    config_path = folder / "config.json"
+    config = read_json(config_path)
+    family = family_for_config(config, str(config_path))
+    spec = family.spec_from_config(config, str(config_path))
     tokenizer_config = read_json(folder / "tokenizer_config.json", required=False)
     generation = read_json(folder / "generation_config.json", required=False)
     tokenizer_path = folder / "tokenizer.model"
@@ -72,8 +76,8 @@ def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
         raise CheckpointError(f"{tokenizer_path}: missing (GLM-4's tiktoken vocabulary is needed)")
     tensors = SafetensorsCheckpoint(find_weight_files(folder))
     shapes = {name: entry.shape for name, entry in tensors.entries.items()}
-    plan = plan_tensors(spec, shapes, where=str(folder))
-    vocab = build_vocabulary(tokenizer_path, tokenizer_config, spec.vocab_size)
+    plan = plan_tensors(family, spec, shapes, where=str(folder))
+    vocab = build_vocabulary(family, tokenizer_path, tokenizer_config, spec.vocab_size)
     template = tokenizer_config.get("chat_template")
     pad = config.get("pad_token_id")
     info = ModelInfo(
@@ -83,7 +87,7 @@ def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
         top_p=_float_or_none(generation.get("top_p")),
         pad_token_id=pad if isinstance(pad, int) else None,
     )
-    return Checkpoint(folder, spec, info, vocab, tensors, plan)
+    return Checkpoint(folder, family, spec, info, vocab, tensors, plan)
 
 
 def _float_or_none(value: object) -> float | None:
@@ -104,7 +108,7 @@ def _written_weight_type(kind: OutType, checkpoint: Checkpoint) -> gguf.GGMLQuan
 
 def convert(
     source: str,
-    outtype: str = "q4_k_m",
+    kind: OutType = DEFAULT_OUT_TYPE,
     output: Path | None = None,
     force: bool = False,
     download: bool = False,
@@ -112,8 +116,7 @@ def convert(
     progress: ProgressSink | None = None,
     models_dir: Path = DEFAULT_MODELS_DIR,
 ) -> ConvertResult:
-    """Convert `source` to a GGUF of type `outtype`; the file appears only when complete."""
-    kind = out_type(outtype)
+    """Convert `source` to a GGUF of type `kind`; the file appears only when complete."""
     started = time.perf_counter()
     checkpoint = load_checkpoint(source, download)
     if output is None:
@@ -143,7 +146,7 @@ def convert(
 def _write(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
            file_type: gguf.LlamaFileType, sink: ProgressSink) -> None:
     sink.start("Converting", checkpoint.tensors.total_bytes, len(checkpoint.plan))
-    write_gguf(dest, checkpoint.spec, checkpoint.vocab, checkpoint.info, checkpoint.plan,
+    write_gguf(dest, checkpoint.family, checkpoint.spec, checkpoint.vocab, checkpoint.info, checkpoint.plan,
                checkpoint.tensors, weight_type, file_type, progress=sink)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glm4_local.errors import CheckpointError
+from glm4_local.core.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

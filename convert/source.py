@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 
-from glm4_local.errors import SourceError
+from glm4_local.core.errors import SourceError, SourceNotCachedError
 
 # What a conversion needs from a repo; never code (*.py) and never pickles.
 DOWNLOAD_PATTERNS = ("*.safetensors", "*.json", "tokenizer.model")
@@ -60,11 +60,8 @@ def resolve_source(source: str, download: bool = False) -> Path:
         return snapshot
     if download:
         return download_to_cache(source)
-    raise SourceError(
-        f"{source}: not a folder and not in the Hugging Face cache ({hub_cache_dir()}); "
-        f"download it with `glm4-local convert {source} --download` "
-        f"(needs `pip install \"glm4-local[download]\"`) or `huggingface-cli download {source}`"
-    )
+    raise SourceNotCachedError(f"{source}: not a folder and not in the Hugging Face cache ({hub_cache_dir()})",
+                               source)
 
 
 def download_to_cache(repo_id: str) -> Path:
@@ -73,7 +70,7 @@ def download_to_cache(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as e:
         raise SourceError(
-            f"{repo_id}: --download needs huggingface_hub: pip install \"glm4-local[download]\""
+            f"{repo_id}: downloading needs huggingface_hub: pip install \"glm4-local[download]\""
         ) from e
     try:
         return Path(snapshot_download(repo_id, allow_patterns=list(DOWNLOAD_PATTERNS)))

@@ -5,47 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import numpy as np
 
-from glm4_local import runtime
-from glm4_local.gguf_file import summarize
-
-from .pipeline import load_checkpoint
-from .reference import ReferenceModel
-
-PROMPTS = (
-    "[gMASK]<sop><|user|>\nWhat is the capital of France? Answer in one word.<|assistant|>",
-    "[gMASK]<sop><|user|>\n请用一句话介绍长城。<|assistant|>",
-    "[gMASK]<sop><|system|>\nYou translate English to Chinese.<|user|>\nGood morning, 朋友!<|assistant|>",
-)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Worst acceptable agreement with the reference for one file type (measured; see README)."""
-
-    max_abs_error: float
-    min_top1: float
-    max_mean_kl: float
-
-
-# Worst case over tiny random checkpoints (benchmarks/quant_errors.py: four with a small vocabulary,
-# one with GLM-4's own) with about 2x head-room.
-# Logit errors scale with the logits' size, so max-abs is a coarse guard; KL and top-1 decide.
-# 16-bit files keep top-1 at 0.99 rather than 1.0: a 9B model has near-ties that rounding may flip.
-LIMITS: dict[str, Limits] = {
-    "ALL_F32": Limits(1e-3, 1.0, 1e-8),
-    "F16": Limits(0.05, 0.99, 1e-5),
-    "BF16": Limits(0.3, 0.99, 3e-4),
-    "Q8_0": Limits(1.0, 0.9, 3e-3),
-    "Q6_K": Limits(2.5, 0.88, 0.025),
-    "Q5_K_M": Limits(3.5, 0.75, 0.06),
-    "Q5_1": Limits(4.5, 0.85, 0.05),
-    "Q5_0": Limits(4.5, 0.85, 0.1),
-    "Q4_K_M": Limits(7.5, 0.7, 0.25),
-    "Q4_1": Limits(8.0, 0.7, 0.3),
-    "Q4_0": Limits(9.5, 0.7, 0.3),
-}
+from glm4_local.convert.outtypes import Limits, out_type_for_file_type
+from glm4_local.convert.pipeline import load_checkpoint
+from glm4_local.convert.reference import ReferenceModel
+from glm4_local.core import llama
+from glm4_local.core.gguf_file import check_model
 
 
 @dataclass(frozen=True)
@@ -85,16 +52,17 @@ def top1_disagreements(reference: np.ndarray, candidate: np.ndarray, tolerance: 
     return [int(i) for i in np.where(reference.max(-1) - picked > tolerance)[0]]
 
 
-def verify(gguf_path: Path, source: str, prompts: tuple[str, ...] = PROMPTS) -> VerifyReport:
-    summary = summarize(gguf_path)
+def verify(gguf_path: Path, source: str, prompts: tuple[str, ...] | None = None) -> VerifyReport:
+    """Run the family's probe prompts (or `prompts`) through both; limits by the file's type."""
+    header, _ = check_model(gguf_path)
+    kind = out_type_for_file_type(header.get(gguf.Keys.General.FILE_TYPE))
     checkpoint = load_checkpoint(source)
-    reference = ReferenceModel(checkpoint.spec, checkpoint.tensors, checkpoint.plan)
-    llm = runtime.load(gguf_path, n_ctx=512, logits_all=True, exact_cache=True)
+    reference = ReferenceModel(checkpoint.family, checkpoint.spec, checkpoint.tensors, checkpoint.plan)
+    llm = llama.load(gguf_path, header=header, n_ctx=512, logits_all=True, exact_cache=True)
     refs, cands = [], []
-    for prompt in prompts:
-        tokens = runtime.tokenize(llm, prompt, special=True)
-        cands.append(runtime.all_logits(llm, tokens))
+    for prompt in prompts or checkpoint.family.probe_prompts:
+        tokens = llama.tokenize(llm, prompt, special=True)
+        cands.append(llama.all_logits(llm, tokens))
         refs.append(reference.logits(tokens))
     max_abs, top1, kl = compare(np.concatenate(refs), np.concatenate(cands))
-    limits = LIMITS.get(summary.file_type, LIMITS["Q4_0"])
-    return VerifyReport(summary.file_type, sum(len(r) for r in refs), max_abs, top1, kl, limits)
+    return VerifyReport(kind.label, sum(len(r) for r in refs), max_abs, top1, kl, kind.limits)

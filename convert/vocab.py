@@ -1,10 +1,7 @@
-"""GLM-4's tiktoken vocabulary as a GGUF BPE vocabulary that llama.cpp tokenizes identically.
+"""A tiktoken vocabulary (tokenizer.model) as a GGUF BPE vocabulary that llama.cpp tokenizes identically.
 
-tiktoken merges the adjacent pair whose concatenation has the lowest rank. llama.cpp merges the
-pair listed earliest in `tokenizer.ggml.merges`. Listing *every* split of every token into two
-tokens, ordered by the rank of the token they make, gives llama.cpp the same choices. The `glm4`
-pre-tokenizer (same regex as GLM-4) also makes llama.cpp emit a whole pre-tokenized piece as one
-token when it is in the vocabulary, exactly as tiktoken does; `chatglm-bpe` does not.
+The merges list every two-token split of every token in rank order (see core/bpe.py); the family's
+pre-tokenizer makes llama.cpp look a whole pre-tokenized piece up first, as tiktoken does.
 """
 
 from __future__ import annotations
@@ -13,71 +10,15 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from glm4_local.errors import CheckpointError
-from glm4_local.jsonfile import read_json as read_json_file
-
-PRE_TOKENIZER = "glm4"
-# The regex GLM-4's own tokenizer (tiktoken) splits text with before BPE.
-PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Fixed in GLM-4's tokenizer code; they follow the last rank in this order.
-DEFAULT_SPECIAL_TOKENS = (
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
-    "<|assistant|>", "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>",
-    "<|begin_of_video|>", "<|end_of_video|>",
-)
-EOS_TOKEN = "<|endoftext|>"
-EOT_TOKEN = "<|user|>"
-
-
-@cache
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from bytes to printable characters, which GGUF BPE vocabularies use."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
-def token_text(token: bytes) -> str:
-    table = byte_to_unicode()
-    return "".join(table[b] for b in token)
-
-
-@cache
-def _unicode_to_byte() -> dict[str, int]:
-    return {c: b for b, c in byte_to_unicode().items()}
-
-
-def token_bytes(text: str) -> bytes | None:
-    """Inverse of token_text; None for text that is not a byte-mapped token (e.g. a special token)."""
-    inverse = _unicode_to_byte()
-    try:
-        return bytes(inverse[c] for c in text)
-    except KeyError:
-        return None
-
-
-def missing_splits(tokens: list[str], types: list[int], merges: list[str]) -> int:
-    """How many two-token splits of vocabulary tokens the merges leave out (0 for an exact vocab)."""
-    ranks = {}
-    for rank, (text, kind) in enumerate(zip(tokens, types, strict=True)):
-        raw = token_bytes(text) if kind == gguf.TokenType.NORMAL else None
-        if raw is not None:
-            ranks[raw] = rank
-    return len(set(bpe_merges(ranks)) - set(merges))
+from glm4_local.core.bpe import bpe_merges, token_text
+from glm4_local.core.errors import CheckpointError
+from glm4_local.core.jsonfile import read_json as read_json_file
+from glm4_local.core.model_family import ModelFamily
 
 
 def load_ranks(path: Path) -> dict[bytes, int]:
@@ -101,24 +42,12 @@ def load_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def special_tokens(tokenizer_config: Mapping[str, Any], first_id: int) -> dict[int, str]:
-    """Special token ids -> text, from tokenizer_config.json when it lists them."""
+def special_tokens(family: ModelFamily, tokenizer_config: Mapping[str, Any], first_id: int) -> dict[int, str]:
+    """Special token ids -> text, from tokenizer_config.json when it lists them, else the family's."""
     decoder = tokenizer_config.get("added_tokens_decoder")
     if isinstance(decoder, dict) and decoder:
         return {int(i): str(entry["content"]) for i, entry in decoder.items()}
-    return {first_id + i: text for i, text in enumerate(DEFAULT_SPECIAL_TOKENS)}
-
-
-def bpe_merges(ranks: Mapping[bytes, int]) -> list[str]:
-    """Every split of every token into two tokens, ordered by the made token's rank."""
-    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
-    merges: list[str] = []
-    for token, _ in by_rank:
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in ranks and right in ranks:
-                merges.append(f"{token_text(left)} {token_text(right)}")
-    return merges
+    return {first_id + i: text for i, text in enumerate(family.special_tokens)}
 
 
 @dataclass(frozen=True)
@@ -132,10 +61,11 @@ class Vocabulary:
         return self.special_ids[text]
 
 
-def build_vocabulary(tokenizer_path: Path, tokenizer_config: Mapping[str, Any], vocab_size: int) -> Vocabulary:
+def build_vocabulary(family: ModelFamily, tokenizer_path: Path, tokenizer_config: Mapping[str, Any],
+                     vocab_size: int) -> Vocabulary:
     """The GGUF vocabulary: ranked tokens, then special tokens, then padding up to vocab_size."""
     ranks = load_ranks(tokenizer_path)
-    specials = special_tokens(tokenizer_config, len(ranks))
+    specials = special_tokens(family, tokenizer_config, len(ranks))
     size = max(vocab_size, len(ranks), max(specials, default=0) + 1)
     if size > vocab_size:
         raise CheckpointError(
@@ -151,7 +81,7 @@ def build_vocabulary(tokenizer_path: Path, tokenizer_config: Mapping[str, Any], 
             raise CheckpointError(f"{tokenizer_path}: special token {text!r} id {token_id} collides with a rank")
         tokens[token_id] = text
         types[token_id] = gguf.TokenType.CONTROL
-    for needed in (EOS_TOKEN, EOT_TOKEN):
+    for needed in (family.eos_token, family.eot_token):
         if needed not in specials.values():
             raise CheckpointError(f"{tokenizer_path}: special token {needed} is not defined")
     special_ids = {text: token_id for token_id, text in specials.items()}

@@ -1,7 +1,8 @@
-"""Write a `chatglm` GGUF: metadata through GGUFWriter's setters, tensors streamed in row blocks.
+"""Write a GGUF: metadata through GGUFWriter's setters, tensors streamed in row blocks.
 
-Tensor data is written block by block straight from the memory-mapped checkpoint, so the
-process never holds more than one block of one tensor (plus its encoded copy) in memory.
+GGUFWriter writes the header (metadata and tensor table); tensor data is then appended block by
+block straight from the memory-mapped checkpoint, so the process never holds more than one block
+of one tensor (plus its encoded copy) in memory.
 """
 
 from __future__ import annotations
@@ -9,18 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import gguf
 import numpy as np
 
-from glm4_local.spec import ModelSpec
+from glm4_local.convert.safetensors import SafetensorsCheckpoint
+from glm4_local.convert.tensors import PlannedTensor
+from glm4_local.convert.vocab import Vocabulary
+from glm4_local.core.model_family import ModelFamily, ModelSpec
 
-from .safetensors import SafetensorsCheckpoint
-from .tensors import PlannedTensor
-from .vocab import EOS_TOKEN, EOT_TOKEN, PRE_TOKENIZER, Vocabulary
-
-ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.CHATGLM]
 Q = gguf.GGMLQuantizationType
 # Row blocks are sized in bytes (as float32) so the 151552-row embedding and a 4096-row matrix
 # alike are converted in small pieces.
@@ -44,9 +43,8 @@ class ModelInfo:
     pad_token_id: int | None
 
 
-def add_metadata(
-    writer: gguf.GGUFWriter, spec: ModelSpec, vocab: Vocabulary, info: ModelInfo, file_type: gguf.LlamaFileType
-) -> None:
+def add_metadata(writer: gguf.GGUFWriter, family: ModelFamily, spec: ModelSpec, vocab: Vocabulary, info: ModelInfo,
+                 file_type: gguf.LlamaFileType) -> None:
     writer.add_name(info.name)
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -61,7 +59,7 @@ def add_metadata(
     writer.add_layer_norm_rms_eps(spec.rms_eps)
     writer.add_rope_dimension_count(spec.rope_dim)
     writer.add_rope_freq_base(spec.rope_base)
-    add_vocabulary(writer, vocab, info.pad_token_id)
+    add_vocabulary(writer, family, vocab, info.pad_token_id)
     if info.chat_template:
         writer.add_chat_template(info.chat_template)
     if info.temperature is not None:
@@ -70,15 +68,16 @@ def add_metadata(
         writer.add_sampling_top_p(info.top_p)
 
 
-def add_vocabulary(writer: gguf.GGUFWriter, vocab: Vocabulary, pad_token_id: int | None) -> None:
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(PRE_TOKENIZER)
+def add_vocabulary(writer: gguf.GGUFWriter, family: ModelFamily, vocab: Vocabulary, pad_token_id: int | None
+                   ) -> None:
+    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+    writer.add_tokenizer_pre(family.pre_tokenizer)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
     writer.add_token_merges(vocab.merges)
-    eos = vocab.id_of(EOS_TOKEN)
+    eos = vocab.id_of(family.eos_token)
     writer.add_eos_token_id(eos)
-    writer.add_eot_token_id(vocab.id_of(EOT_TOKEN))
+    writer.add_eot_token_id(vocab.id_of(family.eot_token))
     writer.add_pad_token_id(pad_token_id if pad_token_id is not None else eos)
     writer.add_add_bos_token(False)
 
@@ -116,6 +115,7 @@ def encode_blocks(
 
 def write_gguf(
     path: Path,
+    family: ModelFamily,
     spec: ModelSpec,
     vocab: Vocabulary,
     info: ModelInfo,
@@ -126,8 +126,8 @@ def write_gguf(
     progress: Progress | None = None,
 ) -> None:
     """Write the whole GGUF to `path` (the caller makes it atomic)."""
-    writer = gguf.GGUFWriter(path, ARCH)
-    add_metadata(writer, spec, vocab, info, file_type)
+    writer = gguf.GGUFWriter(path, family.arch_name)
+    add_metadata(writer, family, spec, vocab, info, file_type)
     types = [stored_type(p, weight_type) for p in plan]
     for planned, qtype in zip(plan, types, strict=True):
         writer.add_tensor_info(
@@ -137,10 +137,11 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        assert writer.fout is not None
-        out = writer.fout[0]
+    finally:
+        writer.close()
+    with path.open("ab") as out:
         for planned, qtype in zip(plan, types, strict=True):
-            writer.write_padding(out, out.tell())
+            _pad(out, writer.data_alignment)
             written = 0
             for block, source_bytes in encode_blocks(checkpoint, planned, qtype):
                 out.write(np.ascontiguousarray(block).data)  # file.write reports ENOSPC; tofile does not
@@ -150,9 +151,12 @@ def write_gguf(
             planned_bytes = stored_nbytes(planned.shape, qtype)
             if written != planned_bytes:
                 raise AssertionError(f"{planned.name}: wrote {written} bytes, planned {planned_bytes}")
-            writer.write_padding(out, written)
             if progress:
                 progress.tensor_done()
-        out.flush()
-    finally:
-        writer.close()
+        _pad(out, writer.data_alignment)
+
+
+def _pad(out: BinaryIO, alignment: int) -> None:
+    """Zeros up to the next multiple of `alignment`, where GGUF tensor data starts and ends."""
+    position = out.tell()
+    out.write(bytes(gguf.GGUFWriter.ggml_pad(position, alignment) - position))

@@ -14,7 +14,10 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from glm4_local.errors import Glm4LocalError
+from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX
+from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
+from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
+from glm4_local.core.llama import CACHE_TYPES
 
 app = typer.Typer(
     name="glm4-local", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -30,13 +33,24 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def with_hint(error: Glm4LocalError) -> str:
+    """The library's message, plus what to type about it (only the CLI knows its flags)."""
+    if isinstance(error, OutputExistsError):
+        return f"{error} (use --force to overwrite)"
+    if isinstance(error, SourceNotCachedError):
+        repo = error.repo_id
+        return (f"{error}; download it with `glm4-local convert {repo} --download` "
+                f"(needs `pip install \"glm4-local[download]\"`) or `huggingface-cli download {repo}`")
+    return str(error)
+
+
 @contextmanager
 def user_errors(on_interrupt: str = "interrupted") -> Iterator[None]:
     """Library exceptions become one line on stderr and an exit code; never a traceback."""
     try:
         yield
     except Glm4LocalError as e:
-        raise fail(str(e), e.exit_code) from None
+        raise fail(with_hint(e), e.exit_code) from None
     except KeyboardInterrupt:
         raise fail(on_interrupt, 130) from None
     except BrokenPipeError:
@@ -50,11 +64,18 @@ def run(func: Callable[..., R], *args: object, on_interrupt: str = "interrupted"
         return func(*args, **kwargs)
 
 
+def parsed(flag: str, parse: Callable[[str], R], text: str) -> R:
+    """An option's typed value; a value it cannot take is one line naming the flag."""
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise fail(f"{flag} {e}") from None
+
+
 @app.command()
 def convert(
     source: Annotated[str, typer.Argument(help="Checkpoint folder, or a Hub repo id in the local HF cache.")],
-    outtype: Annotated[str, typer.Option("--outtype", "-t", help="f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 "
-                                         "q4_k_m q5_k_m q6_k")] = "q4_k_m",
+    outtype: Annotated[str, typer.Option("--outtype", "-t", help=" ".join(OUT_TYPES))] = DEFAULT_OUT_TYPE.name,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: "
                                                 "models/<name>-<TYPE>.gguf).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
@@ -65,13 +86,15 @@ def convert(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Convert a GLM-4 Hugging Face checkpoint to a GGUF file."""
+    from glm4_local.convert.outtypes import out_type
     from glm4_local.convert.pipeline import convert as convert_checkpoint
-    from glm4_local.progress import RichProgress
+    from glm4_local.frontends.progress import RichProgress
 
+    kind = run(out_type, outtype)
     show = not quiet and err.is_terminal
     bar = RichProgress(err) if show else None
     with bar or nullcontext():
-        result = run(convert_checkpoint, source, outtype=outtype, output=output, force=force,
+        result = run(convert_checkpoint, source, kind, output=output, force=force,
                      download=download, imatrix=imatrix, progress=bar,
                      on_interrupt="interrupted; no output file was left behind")
     if not quiet:
@@ -87,7 +110,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Describe a GGUF file and flag settings known to mis-tokenize GLM-4."""
-    from glm4_local.gguf_file import summarize
+    from glm4_local.core.gguf_file import summarize
 
     summary = run(summarize, file)
     if as_json:
@@ -128,7 +151,6 @@ def verify(
     out.print("OK", markup=False)
 
 
-
 @app.command()
 def chat(
     model: Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
@@ -148,13 +170,13 @@ def chat(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")] = None,
     ctx: Annotated[str, typer.Option("--ctx", help="Context tokens, or 'max' for the model's trained "
-                                     "context.")] = "8192",
+                                     "context.")] = str(DEFAULT_CTX),
     gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Prompt batch size.")] = 512,
+    batch: Annotated[int, typer.Option("--batch", help="Prompt batch size.")] = DEFAULT_BATCH,
     flash_attn: Annotated[bool, typer.Option("--flash-attn")] = False,
-    cache_type_k: Annotated[str, typer.Option("--cache-type-k", help="f16, q8_0 or q4_0.")] = "f16",
-    cache_type_v: Annotated[str, typer.Option("--cache-type-v", help="f16, q8_0 or q4_0.")] = "f16",
+    cache_type_k: Annotated[str, typer.Option("--cache-type-k", help=", ".join(CACHE_TYPES))] = "f16",
+    cache_type_v: Annotated[str, typer.Option("--cache-type-v", help=", ".join(CACHE_TYPES))] = "f16",
     mlock: Annotated[bool, typer.Option("--mlock")] = False,
     no_mmap: Annotated[bool, typer.Option("--no-mmap")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show token counts and speed.")] = False,
@@ -162,12 +184,17 @@ def chat(
                                           "timings as JSON.")] = False,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
-    from glm4_local.chat_setup import RuntimeOptions, SamplingOptions
-    from glm4_local.chat_start import start_chat
+    from glm4_local.chat import options as o
+    from glm4_local.frontends.commands import start_chat
 
-    runtime_options = RuntimeOptions(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,
-                                     mlock, not no_mmap)
-    sampling = SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
+    runtime_options = o.RuntimeOptions(
+        ctx=parsed("--ctx", o.parse_context_size, ctx),
+        gpu_layers=parsed("--gpu-layers", o.parse_gpu_layers, gpu_layers),
+        threads=threads, batch=batch, flash_attn=flash_attn,
+        cache_type_k=parsed("--cache-type-k", o.parse_cache_type, cache_type_k),
+        cache_type_v=parsed("--cache-type-v", o.parse_cache_type, cache_type_v), mlock=mlock, mmap=not no_mmap,
+    )
+    sampling = o.SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
     run(start_chat, model, runtime_options, sampling, system=system, prompt=prompt, tools_path=tools,
         tool_exec=tool_exec, resume=resume, verbose=verbose, as_json=as_json, console=out, errors=err)
 
@@ -182,8 +209,10 @@ def render(
                       ] = False,
 ) -> None:
     """Print the exact prompt GLM-4 sees for a conversation (no trailing newline)."""
-    from glm4_local.chat_start import render_conversation
+    from glm4_local.frontends.commands import render_conversation
 
+    if tokens and model is None:
+        raise fail("--tokens needs --model (token ids come from the model's vocabulary)")
     result = run(render_conversation, conversation, tools, model, tokens)
     if isinstance(result, list):
         out.print(json.dumps(result), markup=False)
@@ -195,7 +224,7 @@ def render(
 @app.command()
 def doctor() -> None:
     """What this machine's llama.cpp can do: offload, CPU features, RAM, and which GLM-4 fits."""
-    from glm4_local.doctor import collect, render
+    from glm4_local.frontends.doctor import collect, render
 
     for line in render(run(collect)):
         out.print(line, markup=False)

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import factory
+from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 
 
@@ -62,7 +63,7 @@ def make_gguf(tmp_path_factory: pytest.TempPathFactory, make_checkpoint: Callabl
         if key not in built:
             folder = make_checkpoint(**fields)
             out = tmp_path_factory.mktemp("gguf") / f"tiny-{outtype}.gguf"
-            convert(str(folder), outtype, output=out)
+            convert(str(folder), OUT_TYPES[outtype], output=out)
             built[key] = out
         return built[key]
 

@@ -15,10 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import gguf
 import numpy as np
+import pytest
 import regex
 
-from glm4_local.convert.vocab import DEFAULT_SPECIAL_TOKENS, PATTERN
+from glm4_local.core.glm4 import PATTERN
+from glm4_local.core.glm4 import SPECIAL_TOKENS as DEFAULT_SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "glm4-reference" / "glm-4-9b-chat"
@@ -333,3 +336,9 @@ def write_foreign_gguf(path: Path, arch: str = "llama") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_pre_tokenizer(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make conversions in this test write another pre-tokenizer name (as other converters do)."""
+    original = gguf.GGUFWriter.add_tokenizer_pre
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tokenizer_pre", lambda writer, _: original(writer, name))

@@ -7,22 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from glm4_local.chat import ChatEngine, ChatSettings
-from glm4_local.chat_setup import ModelFacts, RuntimeOptions, SamplingOptions, load_runtime, sampling_settings
-from glm4_local.errors import Glm4LocalError
-from glm4_local.runtime import Sampling
-from glm4_local.session import Autosave, Conversation, load_conversation, turns
+from glm4_local.chat.engine import ChatEngine, ChatSettings
+from glm4_local.chat.options import RuntimeOptions, SamplingOptions
+from glm4_local.chat.runtime import Sampling
+from glm4_local.chat.session import Autosave, Conversation, load_conversation, turns
+from glm4_local.chat.setup import ModelFacts, open_engine, sampling_settings
+from glm4_local.core.errors import Glm4LocalError
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 
 
 def engine_for(path: Path, n_ctx: int = 2048, tools: list | None = None, max_tokens: int | None = None,
                autosave: Autosave | None = None, notes: list[str] | None = None, temp: float = 0.8) -> ChatEngine:
-    facts = ModelFacts.read(path)
-    runtime = load_runtime(facts, RuntimeOptions(), n_ctx)
-    settings = sampling_settings(facts, SamplingOptions(max_tokens=max_tokens, temp=temp, seed=3))
     sink = notes if notes is not None else []
-    return ChatEngine(runtime, facts.template, Conversation(tools=tools), settings, autosave, sink.append)
+    return open_engine(path, RuntimeOptions(ctx=n_ctx), SamplingOptions(max_tokens=max_tokens, temp=temp, seed=3),
+                       Conversation(tools=tools), autosave, sink.append)
 
 
 def reply_text(engine: ChatEngine, text: str) -> tuple[str, object]:
@@ -113,7 +112,7 @@ def test_context_overflow_drops_oldest_turns_keeps_system(scripted_gguf: Callabl
 
 def test_message_too_long_for_context_is_an_error(scripted_gguf: Callable[[str], Path]) -> None:
     engine = engine_for(scripted_gguf("answer"), n_ctx=128)
-    with pytest.raises(Glm4LocalError, match="raise --ctx"):
+    with pytest.raises(Glm4LocalError, match="larger context"):
         engine.send("word " * 400)
     assert engine.conversation.messages == []
 

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 import factory
+from glm4_local.chat.template import ChatTemplate, to_glm_messages
 from glm4_local.cli import app
-from glm4_local.default_template import GLM4_CHAT_TEMPLATE
-from glm4_local.template import render_text, to_glm_messages
+from glm4_local.core.glm4 import GLM4_9B
 
 runner = CliRunner()
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up <|user|> weather",
@@ -145,13 +145,13 @@ def test_render_prints_exact_bytes(tmp_path: Path) -> None:
     path = conversation_file(tmp_path)
     result = invoke(["render", str(path), "--tools", str(write_tools(tmp_path))])
     messages = json.loads(path.read_text())
-    expected = render_text(GLM4_CHAT_TEMPLATE, to_glm_messages(messages, TOOLS))
+    expected = ChatTemplate.of(GLM4_9B).text(to_glm_messages(messages, TOOLS))
     assert result.stdout_bytes == expected.encode()
     assert expected.endswith("<|observation|>\n晴<|assistant|>")
 
 
 def test_render_tokens_as_the_chat_feeds_them(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
-    from glm4_local import runtime
+    from glm4_local.core import llama as runtime
 
     model = make_gguf("q8_0")
     path = conversation_file(tmp_path)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import factory
 from glm4_local.cli import app
-from glm4_local.convert import writer
+from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 
 runner = CliRunner()
@@ -62,8 +62,8 @@ def test_info_json(make_gguf: Callable[..., Path]) -> None:
 
 def test_info_flags_a_mis_tokenizing_gguf(make_checkpoint: Callable[..., Path], tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer, "PRE_TOKENIZER", "chatglm-bpe")
-    convert(str(make_checkpoint()), "f16", output=tmp_path / "other.gguf")
+    factory.write_pre_tokenizer(monkeypatch, "chatglm-bpe")
+    convert(str(make_checkpoint()), OUT_TYPES["f16"], output=tmp_path / "other.gguf")
     result = runner.invoke(app, ["info", str(tmp_path / "other.gguf")])
     assert result.exit_code == 0
     assert "warning: pre-tokenizer 'chatglm-bpe' mis-tokenizes GLM-4" in result.stderr
@@ -117,7 +117,7 @@ def test_info_flags_incomplete_merges(make_checkpoint: Callable[..., Path], tmp_
 
     with monkeypatch.context() as patch:
         patch.setattr(vocab, "bpe_merges", one_split_per_token)
-        convert(str(make_checkpoint()), "f16", output=tmp_path / "partial.gguf")
+        convert(str(make_checkpoint()), OUT_TYPES["f16"], output=tmp_path / "partial.gguf")
     result = runner.invoke(app, ["info", str(tmp_path / "partial.gguf")])
     assert result.exit_code == 0
     assert "warning: merges leave out" in result.stderr, result.stderr

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 
 import factory
-from glm4_local import runtime
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert, load_checkpoint
 from glm4_local.convert.reference import ReferenceModel
-from glm4_local.convert.verify import LIMITS, PROMPTS, compare, verify
+from glm4_local.convert.verify import compare, verify
+from glm4_local.core import llama as runtime
+from glm4_local.core.glm4 import GLM4_9B
+
+PROMPTS = GLM4_9B.probe_prompts
 
 K = gguf.Keys
 
@@ -112,7 +115,7 @@ def test_every_output_type_runs_within_its_limits(make_gguf: Callable[..., Path]
     path = make_gguf(outtype)
     report = verify(path, str(make_checkpoint()))
     print(f"{outtype}: max_abs={report.max_abs_error:.4f} top1={report.top1_agreement:.4f} kl={report.mean_kl:.2e}")
-    assert report.file_type == OUT_TYPES[outtype].file_type.name.removeprefix("MOSTLY_")
+    assert report.file_type == OUT_TYPES[outtype].label
     assert report.passed, report
     if outtype in ("f32", "f16", "bf16"):
         assert report.top1_agreement == 1.0
@@ -133,28 +136,28 @@ def test_shapes_and_dtypes_agree_with_numpy_reference(make_gguf: Callable[..., P
     fields = {"dtype": dtype, "shape": factory.Shape(n_head_kv=kv, rope_ratio=rope_ratio)}
     path = make_gguf("f32", **fields)
     ckpt = load_checkpoint(str(make_checkpoint(**fields)))
-    reference = ReferenceModel(ckpt.spec, ckpt.tensors, ckpt.plan)
+    reference = ReferenceModel(ckpt.family, ckpt.spec, ckpt.tensors, ckpt.plan)
     for tokens in prompt_tokens(path):
         max_abs, top1, _ = compare(reference.logits(tokens), llama_logits(path, tokens))
         assert top1 == 1.0
-        assert max_abs <= LIMITS["ALL_F32"].max_abs_error
+        assert max_abs <= OUT_TYPES["f32"].limits.max_abs_error
 
 
 def test_default_output_path_and_no_overwrite(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
-    result = convert(str(make_checkpoint()), "q8_0", models_dir=tmp_path / "models")
+    result = convert(str(make_checkpoint()), OUT_TYPES["q8_0"], models_dir=tmp_path / "models")
     assert result.path == tmp_path / "models" / "glm-4-tiny-Q8_0.gguf"
-    from glm4_local.errors import OutputError
+    from glm4_local.core.errors import OutputError
 
     with pytest.raises(OutputError, match="already exists"):
-        convert(str(make_checkpoint()), "q8_0", models_dir=tmp_path / "models")
-    convert(str(make_checkpoint()), "q8_0", models_dir=tmp_path / "models", force=True)
+        convert(str(make_checkpoint()), OUT_TYPES["q8_0"], models_dir=tmp_path / "models")
+    convert(str(make_checkpoint()), OUT_TYPES["q8_0"], models_dir=tmp_path / "models", force=True)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["glm-4-tiny-Q8_0.gguf"]
 
 
 def test_quantized_conversion_leaves_no_temporary_file(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     out = tmp_path / "out" / "m.gguf"
     out.parent.mkdir()
-    convert(str(make_checkpoint()), "q4_0", output=out)
+    convert(str(make_checkpoint()), OUT_TYPES["q4_0"], output=out)
     assert [p.name for p in out.parent.iterdir()] == ["m.gguf"]
 
 
@@ -168,7 +171,7 @@ def test_base_model_without_chat_template_or_generation_config(make_checkpoint: 
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "generation_config.json").unlink()
-    reader = gguf.GGUFReader(convert(str(folder), "f16", output=tmp_path / "base.gguf").path)
+    reader = gguf.GGUFReader(convert(str(folder), OUT_TYPES["f16"], output=tmp_path / "base.gguf").path)
     assert field(reader, K.Tokenizer.CHAT_TEMPLATE) is None
     assert field(reader, K.General.SAMPLING_TEMP) is None
     assert field(reader, K.General.NAME) == "glm-4-9b-tiny"

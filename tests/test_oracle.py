@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 
 import factory
-from glm4_local import runtime
+from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import load_checkpoint
 from glm4_local.convert.reference import ReferenceModel
-from glm4_local.convert.verify import LIMITS, PROMPTS, compare, top1_disagreements
+from glm4_local.convert.verify import compare, top1_disagreements
+from glm4_local.core import llama as runtime
+from glm4_local.core.glm4 import GLM4_9B
+
+PROMPTS = GLM4_9B.probe_prompts
 
 torch = pytest.importorskip("torch", reason="oracle tests need torch (pip install -e '.[oracle]')")
 transformers = pytest.importorskip("transformers", reason="oracle tests need transformers")
@@ -47,7 +51,7 @@ def test_llama_cpp_matches_transformers(make_gguf: Callable[..., Path], make_che
     gguf_path = make_gguf(outtype, layout=layout, shape=shape)
     hf_folder = make_checkpoint(layout="glm", shape=shape)  # same seed: the same weights
     llm = runtime.load(gguf_path, n_ctx=256, logits_all=True, exact_cache=True)
-    limits = LIMITS[{"f32": "ALL_F32", "f16": "F16", "bf16": "BF16"}[outtype]]
+    limits = OUT_TYPES[outtype].limits
     for prompt in PROMPTS:
         tokens = runtime.tokenize(llm, prompt, special=True)
         reference, candidate = hf_logits(hf_folder, tokens), runtime.all_logits(llm, tokens)
@@ -60,7 +64,7 @@ def test_llama_cpp_matches_transformers(make_gguf: Callable[..., Path], make_che
 def test_numpy_reference_matches_transformers(make_checkpoint: Callable[..., Path], layout: str) -> None:
     shape = SHAPES["kv4-rope500"]
     ckpt = load_checkpoint(str(make_checkpoint(layout=layout, shape=shape, dtype="f32")))
-    reference = ReferenceModel(ckpt.spec, ckpt.tensors, ckpt.plan)
+    reference = ReferenceModel(ckpt.family, ckpt.spec, ckpt.tensors, ckpt.plan)
     tokens = list(range(3, 40, 3))
     ours = reference.logits(tokens)
     theirs = hf_logits(make_checkpoint(layout="glm", shape=shape, dtype="f32"), tokens)
@@ -77,5 +81,5 @@ def test_real_vocabulary_model_matches_transformers(real_vocab_gguf: Path,
     for prompt in PROMPTS:
         tokens = runtime.tokenize(llm, prompt, special=True)
         reference, candidate = hf_logits(hf_folder, tokens), runtime.all_logits(llm, tokens)
-        assert top1_disagreements(reference, candidate, LIMITS["F16"].max_abs_error) == []
-        assert compare(reference, candidate)[0] <= LIMITS["F16"].max_abs_error
+        assert top1_disagreements(reference, candidate, OUT_TYPES["f16"].limits.max_abs_error) == []
+        assert compare(reference, candidate)[0] <= OUT_TYPES["f16"].limits.max_abs_error

@@ -9,10 +9,11 @@ import gguf
 import numpy as np
 import pytest
 
+from glm4_local.convert.imatrix import load_imatrix
+from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
-from glm4_local.convert.quantize import load_imatrix
 from glm4_local.convert.verify import verify
-from glm4_local.errors import Glm4LocalError
+from glm4_local.core.errors import Glm4LocalError
 
 
 def write_imatrix(path: Path, gguf_path: Path, seed: int = 0) -> None:
@@ -37,7 +38,8 @@ def test_imatrix_changes_the_quantization(make_gguf: Callable[..., Path], make_c
     write_imatrix(imatrix, make_gguf("f16"))
     values = load_imatrix(imatrix)
     assert "blk.0.ffn_down.weight" in values and values["blk.0.ffn_down.weight"].shape == (512,)
-    with_imatrix = convert(str(make_checkpoint()), "q4_k_m", output=tmp_path / "i.gguf", imatrix=imatrix).path
+    with_imatrix = convert(str(make_checkpoint()), OUT_TYPES["q4_k_m"], output=tmp_path / "i.gguf",
+                           imatrix=imatrix).path
     plain = make_gguf("q4_k_m")
     assert with_imatrix.read_bytes() != plain.read_bytes()
     assert verify(with_imatrix, str(make_checkpoint())).passed
@@ -46,7 +48,8 @@ def test_imatrix_changes_the_quantization(make_gguf: Callable[..., Path], make_c
 def test_bad_imatrix_is_one_clear_error(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     (tmp_path / "junk.imatrix").write_bytes(b"not an imatrix")
     with pytest.raises(Glm4LocalError, match=r"junk\.imatrix"):
-        convert(str(make_checkpoint()), "q4_0", output=tmp_path / "o.gguf", imatrix=tmp_path / "junk.imatrix")
+        convert(str(make_checkpoint()), OUT_TYPES["q4_0"], output=tmp_path / "o.gguf",
+                imatrix=tmp_path / "junk.imatrix")
     assert not (tmp_path / "o.gguf").exists()
     with pytest.raises(Glm4LocalError, match="imatrix file not found"):
-        convert(str(make_checkpoint()), "q4_0", output=tmp_path / "o.gguf", imatrix=tmp_path / "none")
+        convert(str(make_checkpoint()), OUT_TYPES["q4_0"], output=tmp_path / "o.gguf", imatrix=tmp_path / "none")

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 import factory
+from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 from glm4_local.convert.source import cached_snapshot, hub_cache_dir, resolve_source
-from glm4_local.errors import CheckpointError, SourceError
-from glm4_local.spec import ModelSpec
+from glm4_local.core.errors import CheckpointError, SourceError
+from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.model_family import ModelSpec
 
 
 def make_cache_entry(cache: Path, repo_id: str, revisions: list[str], main: str | None) -> Path:
@@ -55,7 +57,7 @@ def test_cached_repo_id_converts_with_repo_name(make_checkpoint: Callable[..., P
     snapshot.rmdir()
     snapshot.symlink_to(make_checkpoint(), target_is_directory=True)
     assert resolve_source("THUDM/glm-4-tiny-chat") == snapshot
-    result = convert("THUDM/glm-4-tiny-chat", "q8_0", models_dir=tmp_path / "models")
+    result = convert("THUDM/glm-4-tiny-chat", OUT_TYPES["q8_0"], models_dir=tmp_path / "models")
     assert result.path == tmp_path / "models" / "glm-4-tiny-chat-Q8_0.gguf"
 
 
@@ -102,7 +104,7 @@ def test_file_instead_of_folder(tmp_path: Path) -> None:
 ])
 def test_real_configs(folder: str, kv: int, base: float, context: int) -> None:
     config = json.loads((factory.REFERENCE.parent / folder / "config.json").read_text())
-    spec = ModelSpec.from_config(config)
+    spec = GLM4_9B.spec_from_config(config, "config.json")
     assert (spec.n_layer, spec.n_embd, spec.n_head, spec.n_head_kv, spec.head_dim) == (40, 4096, 32, kv, 128)
     assert (spec.n_ff, spec.vocab_size, spec.rope_dim) == (13696, 151552, 64)
     assert spec.rope_base == pytest.approx(base) and spec.context_length == context
@@ -112,16 +114,16 @@ def test_real_configs(folder: str, kv: int, base: float, context: int) -> None:
 @pytest.mark.skipif(not factory.REFERENCE.is_dir(), reason="../shared/glm4-reference absent")
 def test_real_index_plans_every_tensor() -> None:
     """The 9B shard index names exactly the tensors the plan expects (284 = 40 x 7 + 4)."""
-    from glm4_local.convert.tensors import DERIVED_TENSORS, plan_tensors
+    from glm4_local.convert.tensors import plan_tensors
 
     index = json.loads((factory.REFERENCE / "model.safetensors.index.json").read_text())
-    spec = ModelSpec.from_config(json.loads((factory.REFERENCE / "config.json").read_text()))
+    spec = GLM4_9B.spec_from_config(json.loads((factory.REFERENCE / "config.json").read_text()), "config.json")
     names = set(index["weight_map"])
     assert len(names) == 284
     table_shapes = _fake_shapes(spec)
-    assert set(table_shapes) == names - DERIVED_TENSORS
+    assert set(table_shapes) == names - GLM4_9B.tensors.derived
     shapes = {n: table_shapes.get(n, (64,)) for n in names}
-    plan = plan_tensors(spec, shapes, "index")
+    plan = plan_tensors(GLM4_9B, spec, shapes, "index")
     assert len(plan) == 40 * 7 + 3
     assert [p.name for p in plan[:3]] == ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.attn_qkv.weight"]
     assert dict((p.name, p.shape) for p in plan)["blk.0.attn_qkv.weight"] == (4608, 4096)
@@ -129,13 +131,10 @@ def test_real_index_plans_every_tensor() -> None:
 
 def _fake_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Shapes keyed by every source name, built from the table itself (unknown names get ignored)."""
-    from glm4_local.convert.tensors import LAYER_TARGETS, OUTPUT, OUTPUT_NORM, TOKEN_EMBD
-
     out: dict[str, tuple[int, ...]] = {}
-    for target in (TOKEN_EMBD, OUTPUT_NORM, OUTPUT, *LAYER_TARGETS):
-        for bid in range(spec.n_layer) if target.per_layer else [None]:
-            for part in target.parts[spec.layout]:
-                out[part.pattern.format(bid=bid)] = part.shape(spec)
+    for target, bid in GLM4_9B.tensors.targets(spec):
+        for part in target.parts[spec.layout]:
+            out[part.pattern.format(bid=bid)] = part.shape(spec)
     return out
 
 
@@ -145,4 +144,4 @@ def test_chatglm3_config_is_refused_by_its_tokenizer(make_checkpoint: Callable[.
     folder = Path(shutil.copytree(make_checkpoint(), tmp_path / "chatglm3"))
     (folder / "tokenizer.model").write_bytes(bytes(range(256)))
     with pytest.raises(CheckpointError, match="sentencepiece"):
-        convert(str(folder), "f16", output=tmp_path / "x.gguf")
+        convert(str(folder), OUT_TYPES["f16"], output=tmp_path / "x.gguf")

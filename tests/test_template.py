@@ -10,9 +10,20 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 import factory
-from glm4_local.default_template import GLM4_CHAT_TEMPLATE
-from glm4_local.template import MARKUP_TOKENS, render_pieces, render_text, to_glm_messages
-from glm4_local.toolcalls import parse_reply
+from glm4_local.chat.template import ChatTemplate, to_glm_messages
+from glm4_local.chat.toolcalls import parse_reply
+from glm4_local.core.glm4 import GLM4_9B
+
+GLM4_CHAT_TEMPLATE = GLM4_9B.published_template
+MARKUP_TOKENS = GLM4_9B.markup_tokens
+
+
+def render_text(template: str, messages: list, add_generation_prompt: bool = True) -> str:
+    return ChatTemplate(template, MARKUP_TOKENS).text(messages, add_generation_prompt)
+
+
+def render_pieces(template: str, messages: list) -> list:
+    return ChatTemplate(template, MARKUP_TOKENS).pieces(messages)
 
 REAL_TEMPLATES = {
     name: json.loads((factory.REFERENCE.parent / name / "tokenizer_config.json").read_text())["chat_template"]

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from glm4_local import runtime
-from glm4_local.convert import writer
+import factory
+from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
-from glm4_local.convert.vocab import PATTERN, load_ranks
+from glm4_local.convert.vocab import load_ranks
+from glm4_local.core import llama as runtime
+from glm4_local.core.glm4 import PATTERN
 
 CORPUS: dict[str, str] = json.loads((Path(__file__).parent / "data" / "corpus.json").read_text(encoding="utf-8"))
 
@@ -115,9 +117,9 @@ def test_chatglm_bpe_pre_tokenizer_would_mis_tokenize(
     """Why we write `glm4`: llama.cpp's `chatglm-bpe` splits words GLM-4 keeps whole."""
     from conftest import REAL_SHAPE
 
-    monkeypatch.setattr(writer, "PRE_TOKENIZER", "chatglm-bpe")
+    factory.write_pre_tokenizer(monkeypatch, "chatglm-bpe")
     other = tmp_path / "other.gguf"
-    convert(str(make_checkpoint(real_tokenizer=True, shape=REAL_SHAPE)), "f16", output=other)
+    convert(str(make_checkpoint(real_tokenizer=True, shape=REAL_SHAPE)), OUT_TYPES["f16"], output=other)
     good = runtime.load(real_vocab_gguf, vocab_only=True)
     bad = runtime.load(other, vocab_only=True)
     assert len(runtime.tokenize(good, " 根据")) == 1

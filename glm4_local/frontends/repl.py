@@ -13,10 +13,10 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.text import Text
 
-from glm4_local.chat import ChatEngine, Turn, TurnResult
-from glm4_local.errors import Glm4LocalError
-from glm4_local.oneshot import run_tool
-from glm4_local.session import data_home, load_conversation, save_json
+from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
+from glm4_local.chat.session import data_home, load_conversation, save_json
+from glm4_local.chat.toolcalls import run_tool
+from glm4_local.core.errors import Glm4LocalError
 
 HELP = """\
 /help            this list
@@ -164,8 +164,7 @@ class Repl:
         self.say("conversation cleared")
 
     def cmd_system(self, text: str) -> None:
-        self.engine.conversation.set_system(text or None)
-        self.engine._save()
+        self.engine.set_system(text or None)
         self.say("system prompt set" if text else "system prompt removed")
 
     def cmd_save(self, path: str) -> None:
@@ -178,11 +177,7 @@ class Repl:
         if not path:
             raise Glm4LocalError("/load needs a file name")
         loaded = load_conversation(Path(path).expanduser())
-        conversation = self.engine.conversation
-        conversation.messages[:] = loaded.messages
-        conversation.tools = loaded.tools or conversation.tools
-        self.engine.dropped_turns = 0
-        self.engine._save()
+        self.engine.replace_conversation(loaded)
         self.say(f"loaded {len(loaded.messages)} messages from {path}")
 
     def cmd_retry(self, _: str) -> None:

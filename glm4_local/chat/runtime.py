@@ -1,95 +1,24 @@
-"""The one place that talks to llama.cpp (llama-cpp-python) for inference."""
+"""A loaded model in a conversation: prompt pieces to tokens, KV-cache reuse, streamed generation."""
 
 from __future__ import annotations
 
 import codecs
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from glm4_local.errors import GGUFFileError, Glm4LocalError
-from glm4_local.gguf_file import check_glm4
-from glm4_local.gguf_header import GGUFHeader
-from glm4_local.template import Piece, merged_text
-
-CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}  # GGML type ids
-STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
-
-_errors: list[str] = []
-_log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
-
-
-def capture_llama_logs() -> list[str]:
-    """Route llama.cpp's log through us: drop its chatter, keep error lines for our messages."""
-    global _log_callback
-    import llama_cpp
-
-    if _log_callback is None:
-
-        @llama_cpp.llama_log_callback
-        def on_log(level: int, text: bytes, user_data: object) -> None:
-            if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml.h: NONE, DEBUG, INFO, WARN, ERROR, CONT)
-                _errors.append(text.decode("utf-8", errors="replace").strip())
-
-        _log_callback = on_log
-        llama_cpp.llama_log_set(on_log, None)
-    _errors.clear()
-    return _errors
-
-
-def gpu_offload_available() -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
-def load(path: Path, n_ctx: int = 512, logits_all: bool = False, vocab_only: bool = False,
-         n_gpu_layers: int = 0, n_threads: int | None = None, exact_cache: bool = False,
-         n_batch: int | None = None, header: GGUFHeader | None = None,
-         **extra: object):  # -> llama_cpp.Llama
-    """A llama.cpp model for a checked GLM-4 GGUF; GGUFFileError if llama.cpp refuses it.
-
-    `exact_cache` keeps the KV cache in f32 so that measured errors are the file's, not the cache's.
-    `header`: the file's header when the caller has already checked it (it takes ~1 s for GLM-4).
-    """
-    if header is None:
-        check_glm4(path)
-    from llama_cpp import Llama
-
-    cache = {"type_k": CACHE_TYPES["f32"], "type_v": CACHE_TYPES["f32"]} if exact_cache else {}
-    errors = capture_llama_logs()
-    try:
-        return Llama(
-            model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
-            n_gpu_layers=n_gpu_layers, n_threads=n_threads or max(1, (os.cpu_count() or 2)),
-            n_batch=n_batch or min(n_ctx, 512), verbose=False, **cache, **extra,
-        )
-    except (ValueError, RuntimeError) as e:
-        detail = next((line for line in errors if line), str(e))
-        raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
-
-
-def tokenize(llm, text: str, special: bool = False) -> list[int]:
-    """Token ids; `special` lets markup such as <|user|> become special tokens (never for user text)."""
-    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
-
-
-def all_logits(llm, tokens: Sequence[int]) -> np.ndarray:
-    """(len(tokens), vocab) logits from one fresh evaluation (needs logits_all=True)."""
-    llm.reset()
-    llm.eval(list(tokens))
-    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+from glm4_local.chat.template import Piece, merged_text
+from glm4_local.core.errors import GGUFFileError, Glm4LocalError
+from glm4_local.core.llama import tokenize
+from glm4_local.core.model_family import ModelFamily
 
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 0.8
-    top_p: float = 0.8
-    top_k: int = 40
+    temperature: float
+    top_p: float
+    top_k: int = 0
     min_p: float = 0.0
     repeat_penalty: float = 1.0
 
@@ -121,13 +50,14 @@ class Generation:
 
 
 class ChatRuntime:
-    """One loaded GLM-4 model; keeps its KV cache across turns so each turn evaluates only new tokens."""
+    """One loaded model; keeps its KV cache across turns so each turn evaluates only new tokens."""
 
-    def __init__(self, llm) -> None:
+    def __init__(self, llm: Any, family: ModelFamily) -> None:
         self.llm = llm
-        self.special_ids = {t: self._special_id(t) for t in (*STOP_TOKENS, "[gMASK]", "<sop>", "<|system|>",
-                                                            "<|assistant|>")}
-        self.stop_ids = {self.special_ids[t]: t for t in STOP_TOKENS}
+        self.family = family
+        self.special_ids = {t: self._special_id(t) for t in dict.fromkeys((*family.stop_tokens,
+                                                                           *family.markup_tokens))}
+        self.stop_ids = {self.special_ids[t]: t for t in family.stop_tokens}
         self._pieces: dict[int, bytes] = {}  # token -> its bytes; a dict lookup beats a ctypes call per token
 
     def piece(self, token: int) -> bytes:

@@ -1,4 +1,4 @@
-"""Function calling: reading tools.json, and telling a GLM-4 tool call from a plain reply.
+"""Function calling: reading tools.json, telling a GLM-4 tool call from a plain reply, running a tool.
 
 After <|assistant|> GLM-4 writes `{metadata}\\n{content}`. A plain answer has empty metadata; a tool
 call has the function name as metadata and its JSON arguments as content.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glm4_local.errors import Glm4LocalError
-from glm4_local.jsonfile import read_json
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.jsonfile import read_json
 
 CALL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")
 
@@ -89,3 +90,18 @@ def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Re
             return Reply(generated, ToolCall(name, content))  # built-in tools (python) take free text
         return Reply(generated, problem=f"arguments for {name!r} are not valid JSON ({e.msg})")
     return Reply(generated, ToolCall(name, content))
+
+
+def run_tool(executable: Path, call: ToolCall, timeout: float = 300.0) -> str:
+    """Run the user's own tool executable with the call as JSON on stdin; its stdout is the result."""
+    payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
+    try:
+        done = subprocess.run([str(executable)], input=payload, capture_output=True, text=True, timeout=timeout)
+    except OSError as e:
+        raise Glm4LocalError(f"{executable}: cannot run tool executable ({e.strerror})") from e
+    except subprocess.TimeoutExpired:
+        return json.dumps({"error": f"tool timed out after {timeout:.0f} s"})
+    if done.returncode != 0:
+        return json.dumps({"error": f"tool exited with {done.returncode}", "stderr": done.stderr[-2000:]},
+                          ensure_ascii=False)
+    return done.stdout

@@ -1,4 +1,4 @@
-"""GLM-4 prompts: OpenAI-style messages -> GLM-4 messages -> the model's own Jinja template.
+"""Prompts: OpenAI-style messages -> GLM-4 messages -> the model's own Jinja template.
 
 The prompt is rendered by the model's chat template itself (from the GGUF), exactly as transformers
 renders it, so its bytes match the real thing for every model variant. Message contents and metadata
@@ -20,12 +20,10 @@ from typing import Any
 from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from glm4_local.errors import Glm4LocalError
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.model_family import ModelFamily
 
 Message = dict[str, Any]
-
-# The special tokens GLM-4's template writes; only these are ever emitted as special tokens.
-MARKUP_TOKENS = ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 
 
 class TemplateRenderError(Glm4LocalError):
@@ -89,34 +87,45 @@ def _compiled(template: str) -> Template:
         raise TemplateRenderError(f"the model's chat template is not valid Jinja: {e}") from e
 
 
-def render_text(template: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-    """The prompt string, exactly as transformers' apply_chat_template renders it."""
-    return "".join(p.text for p in render_pieces(template, messages, add_generation_prompt))
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A model's Jinja chat template, and the special tokens its markup may write (no others ever)."""
 
+    source: str
+    markup: tuple[str, ...]
 
-def render_pieces(template: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
-                  ) -> list[Piece]:
-    """The prompt as pieces: template markup (special) and text, in order."""
-    markers = _Markers()
-    guarded = []
-    for m in messages:
-        g = {**m, **{k: markers.protect(m[k]) for k in ("content", "metadata") if k in m}}
-        if isinstance(m.get("tools"), list):
-            g["tools"] = [_protect_tool(t, markers) for t in m["tools"]]
-        guarded.append(g)
-    try:
-        rendered = _compiled(template).render(messages=guarded, add_generation_prompt=add_generation_prompt)
-    except TemplateError as e:
-        raise TemplateRenderError(f"chat template failed on this conversation: {e}") from e
-    except (TypeError, KeyError, AttributeError) as e:
-        raise TemplateRenderError(f"conversation does not fit the chat template: {e}") from e
-    return markers.split(rendered)
+    @classmethod
+    def of(cls, family: ModelFamily, source: str | None = None) -> ChatTemplate:
+        """`source` (a GGUF's own template), else the family's published one."""
+        return cls(source or family.published_template, family.markup_tokens)
+
+    def text(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt string, exactly as transformers' apply_chat_template renders it."""
+        return "".join(p.text for p in self.pieces(messages, add_generation_prompt))
+
+    def pieces(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[Piece]:
+        """The prompt as pieces: template markup (special) and text, in order."""
+        markers = _Markers(self.markup)
+        guarded = []
+        for m in messages:
+            g = {**m, **{k: markers.protect(m[k]) for k in ("content", "metadata") if k in m}}
+            if isinstance(m.get("tools"), list):
+                g["tools"] = [_protect_tool(t, markers) for t in m["tools"]]
+            guarded.append(g)
+        try:
+            rendered = _compiled(self.source).render(messages=guarded, add_generation_prompt=add_generation_prompt)
+        except TemplateError as e:
+            raise TemplateRenderError(f"chat template failed on this conversation: {e}") from e
+        except (TypeError, KeyError, AttributeError) as e:
+            raise TemplateRenderError(f"conversation does not fit the chat template: {e}") from e
+        return markers.split(rendered)
 
 
 class _Markers:
     """Private-use placeholders for conversation strings, and the way back to the originals."""
 
-    def __init__(self) -> None:
+    def __init__(self, markup: tuple[str, ...]) -> None:
+        self.markup = re.compile("(" + "|".join(re.escape(t) for t in markup) + ")")
         self.nonce = secrets.token_hex(4)
         self.originals: dict[str, str] = {}
         self.pattern = re.compile("(\ue000" + self.nonce + r":\d+" + "\ue001)")
@@ -129,7 +138,6 @@ class _Markers:
         return marker
 
     def split(self, rendered: str) -> list[Piece]:
-        markup = re.compile("(" + "|".join(re.escape(t) for t in MARKUP_TOKENS) + ")")
         pieces: list[Piece] = []
         parts = self.pattern.split(rendered)
         for i, part in enumerate(parts):
@@ -139,7 +147,7 @@ class _Markers:
                 quoted = parts[i - 1].endswith('"') and i + 1 < len(parts) and parts[i + 1].startswith('"')
                 pieces.append(Piece(json.dumps(original, ensure_ascii=False)[1:-1] if quoted else original, False))
                 continue
-            for j, chunk in enumerate(markup.split(part)):
+            for j, chunk in enumerate(self.markup.split(part)):
                 if chunk:
                     pieces.append(Piece(chunk, special=bool(j % 2)))
         return pieces

@@ -6,19 +6,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from glm4_local.errors import Glm4LocalError
-from glm4_local.runtime import ChatRuntime, Generation, Sampling, Timings
-from glm4_local.session import Autosave, Conversation, Message, turns
-from glm4_local.template import render_pieces, to_glm_messages
-from glm4_local.toolcalls import Reply, may_be_call, parse_reply
-
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_P = 0.8
+from glm4_local.chat.runtime import ChatRuntime, Generation, Sampling, Timings
+from glm4_local.chat.session import Autosave, Conversation, Message, turns
+from glm4_local.chat.template import ChatTemplate, to_glm_messages
+from glm4_local.chat.toolcalls import Reply, may_be_call, parse_reply
+from glm4_local.core.errors import Glm4LocalError
 
 
 @dataclass(frozen=True)
 class ChatSettings:
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling
     max_tokens: int | None = None
     seed: int | None = None
 
@@ -81,7 +78,10 @@ class Turn:
 
 
 class ChatEngine:
-    def __init__(self, runtime: ChatRuntime, template: str, conversation: Conversation,
+    """A conversation with one loaded model. Front-ends edit the conversation through it and stream
+    replies from it; every change is autosaved (when an Autosave is given)."""
+
+    def __init__(self, runtime: ChatRuntime, template: ChatTemplate, conversation: Conversation,
                  settings: ChatSettings, autosave: Autosave | None = None,
                  notify: Callable[[str], None] = lambda message: None) -> None:
         self.runtime = runtime
@@ -99,7 +99,18 @@ class ChatEngine:
         self.conversation.messages.clear()
         self.conversation.set_system(system)
         self.dropped_turns = 0
-        self._save()
+        self.save()
+
+    def set_system(self, text: str | None) -> None:
+        self.conversation.set_system(text)
+        self.save()
+
+    def replace_conversation(self, loaded: Conversation) -> None:
+        """Continue another conversation (its tools, else the current ones)."""
+        self.conversation.messages[:] = loaded.messages
+        self.conversation.tools = loaded.tools or self.conversation.tools
+        self.dropped_turns = 0
+        self.save()
 
     def undo(self) -> bool:
         """Remove the last turn (the user's message and everything after it)."""
@@ -108,23 +119,29 @@ class ChatEngine:
             return False
         self.conversation.messages[:] = head + [m for g in groups[:-1] for m in g]
         self.dropped_turns = min(self.dropped_turns, max(0, len(groups) - 2))
-        self._save()
+        self.save()
         return True
 
-    def _save(self) -> None:
+    def save(self) -> None:
         if self.autosave:
             self.autosave.save(self.conversation)
 
     # -- turns -------------------------------------------------------------------------------
+    def answer(self) -> Turn:
+        """Reply to the conversation as it stands (its last message is the user's or a tool's)."""
+        tokens, dropped = self._fitted_prompt()
+        s = self.settings
+        return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens, s.seed), self, dropped)
+
     def send(self, text: str) -> Turn:
         self.conversation.messages.append({"role": "user", "content": text})
-        self._save()
-        return self._start()
+        self.save()
+        return self.answer()
 
     def send_observation(self, result: str) -> Turn:
         self.conversation.messages.append({"role": "tool", "content": result})
-        self._save()
-        return self._start()
+        self.save()
+        return self.answer()
 
     def retry(self) -> Turn | None:
         """Drop the last reply (and any tool exchange after the last user message) and answer again."""
@@ -133,12 +150,12 @@ class ChatEngine:
         if last_user is None:
             return None
         del messages[last_user + 1 :]
-        self._save()
-        return self._start()
+        self.save()
+        return self.answer()
 
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
         glm = to_glm_messages(messages, self.conversation.tools)
-        return self.runtime.tokens(render_pieces(self.template, glm, add_generation_prompt=True))
+        return self.runtime.tokens(self.template.pieces(glm, add_generation_prompt=True))
 
     def _fitted_prompt(self) -> tuple[list[int], int]:
         """Prompt tokens for the conversation, leaving out the oldest turns when it would not fit."""
@@ -156,25 +173,20 @@ class ChatEngine:
             newly_dropped += 1
         if len(tokens) > budget:
             self.conversation.messages.pop()  # the message that cannot fit is not kept
-            self._save()
+            self.save()
             raise Glm4LocalError(f"this message needs {len(tokens)} tokens of context, more than the "
-                                 f"{budget} available; shorten it or raise --ctx")
+                                 f"{budget} available; shorten it or use a larger context")
         if newly_dropped:
             self.notify(f"context full: left out the {newly_dropped} oldest turn(s) "
                         f"({self.dropped_turns} in all); the system prompt and tools are kept")
         return tokens, newly_dropped
-
-    def _start(self) -> Turn:
-        tokens, dropped = self._fitted_prompt()
-        s = self.settings
-        return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens, s.seed), self, dropped)
 
     def _record(self, turn: Turn, interrupted: bool) -> TurnResult:
         generated = "".join(turn.generated)
         reply = parse_reply(generated, self.conversation.tools)
         stopped_by = turn.generation.stopped_by
         metadata, newline, content = generated.partition("\n")
-        if reply.tool_call and not interrupted and stopped_by == "<|observation|>":
+        if reply.tool_call and not interrupted and stopped_by == self.runtime.family.call_end_token:
             message: dict[str, Any] = reply.tool_call.as_message()
         elif newline and metadata.strip() and may_be_call(metadata, self.conversation.tools):
             # a malformed or cut-off call: kept verbatim as the model wrote it, shown as text
@@ -185,6 +197,6 @@ class ChatEngine:
         if interrupted:
             message["interrupted"] = True
         self.conversation.messages.append(message)
-        self._save()
+        self.save()
         self.last = TurnResult(reply, stopped_by, interrupted, turn.generation.timings, turn.dropped_turns)
         return self.last

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import gguf
 
-from glm4_local.convert.vocab import missing_splits
-from glm4_local.errors import GGUFFileError
-from glm4_local.gguf_header import GGUFHeader, read_gguf_header
+from glm4_local.core.bpe import missing_splits
+from glm4_local.core.errors import GGUFFileError
+from glm4_local.core.families import family_for_arch, require_family, unknown_arch
+from glm4_local.core.gguf_header import GGUFHeader, read_gguf_header
+from glm4_local.core.model_family import ModelFamily
 
 K = gguf.Keys
-ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.CHATGLM]
-GOOD_PRE_TOKENIZER = "glm4"
-GLM4_SPECIAL_TOKENS = ("<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",
-                       "<|observation|>")
 
 
 @dataclass
@@ -59,26 +57,23 @@ def open_gguf(path: Path) -> GGUFHeader:
     return reader
 
 
-def check_glm4(path: Path) -> GGUFHeader:
-    """The reader of a GLM-4 (`chatglm`) GGUF; GGUFFileError for another architecture."""
-    reader = open_gguf(path)
-    arch = reader.get(K.General.ARCHITECTURE)
-    if arch != ARCH:
-        raise GGUFFileError(f"{path}: architecture {arch!r} is not GLM-4 ('{ARCH}')")
-    return reader
+def check_model(path: Path) -> tuple[GGUFHeader, ModelFamily]:
+    """The header of a GGUF of a family glm4-local runs, and that family; GGUFFileError otherwise."""
+    header = open_gguf(path)
+    return header, require_family(header.get(K.General.ARCHITECTURE), str(path))
 
 
-def tokenizer_warnings(reader: GGUFHeader, specials: dict[str, int]) -> list[str]:
-    """Settings known to make llama.cpp tokenize differently from GLM-4's own tokenizer."""
+def tokenizer_warnings(reader: GGUFHeader, family: ModelFamily, specials: dict[str, int]) -> list[str]:
+    """Settings known to make llama.cpp tokenize differently from the family's own tokenizer."""
     warnings = []
     pre = reader.get(K.Tokenizer.PRE)
-    if pre != GOOD_PRE_TOKENIZER:
+    if pre != family.pre_tokenizer:
         warnings.append(
-            f"pre-tokenizer {pre!r} mis-tokenizes GLM-4 (llama.cpp splits many vocabulary words that GLM-4 keeps "
-            f"whole); reconvert with glm4-local convert"
+            f"pre-tokenizer {pre!r} mis-tokenizes {family.name} (llama.cpp splits many vocabulary words that "
+            f"its tokenizer keeps whole); reconvert with glm4-local convert"
         )
     if reader.get(K.Tokenizer.ADD_BOS):
-        warnings.append("adds a BOS token, which GLM-4 never saw in training")
+        warnings.append(f"adds a BOS token, which {family.name} never saw in training")
     tokens = reader.get(K.Tokenizer.LIST) or []
     types = reader.get(K.Tokenizer.TOKEN_TYPE) or []
     merges = reader.get(K.Tokenizer.MERGES) or []
@@ -86,9 +81,10 @@ def tokenizer_warnings(reader: GGUFHeader, specials: dict[str, int]) -> list[str
     if left_out:
         warnings.append(
             f"merges leave out {left_out:,} ways to build vocabulary tokens, so llama.cpp splits some text "
-            "differently from GLM-4; reconvert with glm4-local convert"
+            f"differently from {family.name}; reconvert with glm4-local convert"
         )
-    missing = [t for t in GLM4_SPECIAL_TOKENS if t not in specials]
+    needed = dict.fromkeys((family.eos_token, *family.markup_tokens, *family.stop_tokens))
+    missing = [t for t in needed if t not in specials]
     if missing:
         warnings.append(f"special tokens missing from the vocabulary: {', '.join(missing)}")
     return warnings
@@ -117,8 +113,9 @@ def summarize(path: Path) -> GGUFSummary:
         pre_tokenizer=reader.get(K.Tokenizer.PRE),
         merges=len(merges),
     )
-    if arch != ARCH:
-        summary.warnings.append(f"architecture {arch!r} is not GLM-4 ('{ARCH}'); glm4-local cannot chat with it")
+    family = family_for_arch(arch)
+    if family is None:
+        summary.warnings.append(f"{unknown_arch(arch)}; glm4-local cannot chat with it")
     else:
-        summary.warnings.extend(tokenizer_warnings(reader, specials))
+        summary.warnings.extend(tokenizer_warnings(reader, family, specials))
     return summary

@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from glm4_local.chat import ChatEngine, Turn, TurnResult
-from glm4_local.errors import Glm4LocalError
-from glm4_local.toolcalls import ToolCall
+from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
+from glm4_local.chat.toolcalls import run_tool
+from glm4_local.core.errors import Glm4LocalError
 
 MAX_TOOL_ROUNDS = 8
-
-
-def run_tool(executable: Path, call: ToolCall, timeout: float = 300.0) -> str:
-    """Run the user's own tool executable with the call as JSON on stdin; its stdout is the result."""
-    payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
-    try:
-        done = subprocess.run([str(executable)], input=payload, capture_output=True, text=True, timeout=timeout)
-    except OSError as e:
-        raise Glm4LocalError(f"{executable}: cannot run tool executable ({e.strerror})") from e
-    except subprocess.TimeoutExpired:
-        return json.dumps({"error": f"tool timed out after {timeout:.0f} s"})
-    if done.returncode != 0:
-        return json.dumps({"error": f"tool exited with {done.returncode}", "stderr": done.stderr[-2000:]},
-                          ensure_ascii=False)
-    return done.stdout
 
 
 @dataclass

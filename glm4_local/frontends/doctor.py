@@ -1,4 +1,4 @@
-"""`glm4-local doctor`: what this machine's llama.cpp can do, and what GLM-4-9B needs."""
+"""`glm4-local doctor`: what this machine's llama.cpp can do, and what the flagship model needs."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-GLM4_9B_PARAMS = 9.40e9
-# bytes per weight of each GGUF type for GLM-4-9B (k-quant mixes measured by llama.cpp's quantizer)
-BITS_PER_WEIGHT = {"Q4_K_M": 4.89, "Q5_K_M": 5.70, "Q6_K": 6.56, "Q8_0": 8.50, "F16": 16.0}
-# f16 KV cache per token: 40 layers x 2 (K, V) x 2 KV heads x 128 dims x 2 bytes
-KV_BYTES_PER_TOKEN = 40 * 2 * 2 * 128 * 2
-TRAINED_CONTEXT = 131072
+from glm4_local.convert.outtypes import out_type_for_file_type
+from glm4_local.core import llama
+from glm4_local.core.families import FAMILIES
+from glm4_local.core.model_family import ModelFamily
+
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
+RUNTIME_OVERHEAD_BYTES = 0.6e9  # compute buffers and the runtime itself
 
 
 @dataclass(frozen=True)
@@ -46,29 +45,28 @@ def memory() -> tuple[int | None, int | None]:
 
 
 def collect() -> Report:
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    info = llama.system_info()
     features = sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)})
     backends = [b for b in BACKENDS if re.search(rf"\b{b}\b", info.upper())]
     total, available = memory()
-    return Report(llama_cpp.__version__, info.strip(), bool(llama_cpp.llama_supports_gpu_offload()), backends,
-                  features, total, available)
+    return Report(llama.version(), info, llama.gpu_offload_available(), backends, features, total, available)
 
 
-def fits(budget: int) -> list[tuple[str, float, int]]:
+def fits(budget: int, family: ModelFamily = FAMILIES[0]) -> list[tuple[str, float, int]]:
     """(type, model GB, largest context in tokens that fits `budget` bytes), largest context 0 if none."""
+    f16 = llama.CACHE_TYPES["f16"]
+    kv_per_token = family.kv_cache_bytes(family.flagship, 1, f16, f16)
     rows = []
-    for name, bits in BITS_PER_WEIGHT.items():
-        weights = GLM4_9B_PARAMS * bits / 8
-        spare = budget - weights - 0.6e9  # compute buffers and runtime overhead
-        ctx = int(min(TRAINED_CONTEXT, max(0, spare) // KV_BYTES_PER_TOKEN)) // 1024 * 1024
-        rows.append((name, weights / 1e9, ctx))
+    for file_type, bits in family.flagship_bits_per_weight.items():
+        weights = family.flagship_parameters * bits / 8
+        spare = budget - weights - RUNTIME_OVERHEAD_BYTES
+        ctx = int(min(family.flagship.context_length, max(0, spare) // kv_per_token)) // 1024 * 1024
+        rows.append((out_type_for_file_type(file_type).label, weights / 1e9, ctx))
     return rows
 
 
 def reinstall_lines() -> dict[str, str]:
-    base = f'pip install --force-reinstall --no-cache-dir "{LLAMA_CPP_PYTHON}"'
+    base = f'pip install --force-reinstall --no-cache-dir "llama-cpp-python=={llama.version()}"'
     return {
         "CUDA": f'CMAKE_ARGS="-DGGML_CUDA=on" {base}',
         "Metal": f'CMAKE_ARGS="-DGGML_METAL=on" {base}',
@@ -86,7 +84,7 @@ def render(report: Report) -> list[str]:
         avail = f", {report.ram_available / gb:.1f} GB available" if report.ram_available else ""
         lines.append(f"RAM               {report.ram_total / gb:.1f} GB{avail}")
         budget = report.ram_available or report.ram_total
-        lines.append("GLM-4-9B in this RAM (model size, largest context):")
+        lines.append(f"{FAMILIES[0].name} in this RAM (model size, largest context):")
         for name, size, ctx in fits(budget):
             verdict = f"up to {ctx:,} tokens" if ctx else "does not fit"
             lines.append(f"  {name:7} {size:5.1f} GB   {verdict}")

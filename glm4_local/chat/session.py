@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glm4_local.atomic import temp_path_beside
-from glm4_local.errors import Glm4LocalError
-from glm4_local.jsonfile import read_json
+from glm4_local.core.atomic import temp_path_beside
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.jsonfile import read_json
 
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool", "observation")

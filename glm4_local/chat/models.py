@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from glm4_local.errors import Glm4LocalError
+from glm4_local.core.errors import Glm4LocalError
 
 HOW_TO_CONVERT = "convert one with: glm4-local convert THUDM/glm-4-9b-chat"
 

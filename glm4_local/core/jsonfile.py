@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from glm4_local.errors import Glm4LocalError
+from glm4_local.core.errors import Glm4LocalError
 
 
 def read_json(path: Path, error: type[Glm4LocalError] = Glm4LocalError) -> Any:

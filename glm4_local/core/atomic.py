@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from glm4_local.errors import OutputError
+from glm4_local.core.errors import OutputError, OutputExistsError
 
 
 def check_writable_target(path: Path, force: bool) -> None:
     """Fail early (before hours of work) when `path` cannot be created."""
     if path.exists() and not force:
-        raise OutputError(f"{path}: already exists (use --force to overwrite)")
+        raise OutputExistsError(f"{path}: already exists")
     if path.is_dir():
         raise OutputError(f"{path}: is a folder")
     folder = path.parent

@@ -7,23 +7,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glm4_local.chat import ChatEngine
-from glm4_local.chat_setup import (
-    ModelFacts,
-    RuntimeOptions,
-    SamplingOptions,
-    context_size,
-    load_runtime,
-    sampling_settings,
-)
-from glm4_local.default_template import GLM4_CHAT_TEMPLATE
-from glm4_local.errors import Glm4LocalError
-from glm4_local.models import resolve_model
-from glm4_local.oneshot import run_oneshot
-from glm4_local.runtime import ChatRuntime, load
-from glm4_local.session import Autosave, Conversation, load_conversation
-from glm4_local.template import render_pieces, to_glm_messages
-from glm4_local.toolcalls import load_tools
+from glm4_local.chat.models import resolve_model
+from glm4_local.chat.options import RuntimeOptions, SamplingOptions
+from glm4_local.chat.runtime import ChatRuntime
+from glm4_local.chat.session import Autosave, Conversation, load_conversation
+from glm4_local.chat.setup import ModelFacts, open_engine
+from glm4_local.chat.template import ChatTemplate, to_glm_messages
+from glm4_local.chat.toolcalls import load_tools
+from glm4_local.core import llama
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families import FAMILIES
+from glm4_local.frontends.oneshot import run_oneshot
 
 
 def _conversation(resume: bool, system: str | None, tools_path: Path | None) -> tuple[Conversation, Autosave]:
@@ -52,29 +46,30 @@ def _oneshot_text(prompt: str | None) -> str:
     return text
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+
+
 def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: SamplingOptions, *,
                system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: Path | None,
                resume: bool, verbose: bool, as_json: bool, console: Console, errors: Console) -> None:
-    runtime_options.validate()
     if tool_exec is not None and not tool_exec.is_file():
         raise Glm4LocalError(f"{tool_exec}: tool executable not found")
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
     text = None if interactive else _oneshot_text(prompt)
     conversation, autosave = _conversation(resume, system, tools_path)
     facts = ModelFacts.read(resolve_model(model))
-    n_ctx = context_size(runtime_options.ctx, facts.train_ctx)
-    kv = facts.kv_cache_bytes(n_ctx, runtime_options.cache_type_k, runtime_options.cache_type_v)
+    trained = facts.hparams.context_length
+    n_ctx = runtime_options.context_size(trained)
     if interactive or verbose:
-        size = f"{kv / 2**30:.2f} GiB" if kv >= 2**30 else f"{kv / 2**20:.0f} MiB"
-        errors.print(f"{facts.path.name}: context {n_ctx:,} tokens (trained {facts.train_ctx:,}), "
-                     f"KV cache {size}", markup=False, highlight=False)
-    runtime = load_runtime(facts, runtime_options, n_ctx)
-    settings = sampling_settings(facts, sampling)
+        errors.print(f"{facts.path.name}: context {n_ctx:,} tokens (trained {trained:,}), "
+                     f"KV cache {_size(facts.kv_cache_bytes(n_ctx, runtime_options))}", markup=False,
+                     highlight=False)
 
     def notify(message: str) -> None:
         errors.print(message, style="yellow", markup=False, highlight=False)
 
-    engine = ChatEngine(runtime, facts.template, conversation, settings, autosave if interactive else None, notify)
+    engine = open_engine(facts, runtime_options, sampling, conversation, autosave if interactive else None, notify)
     if not interactive:
         run_oneshot(engine, text or "", tool_exec, as_json)
         if verbose and engine.last:
@@ -82,7 +77,7 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
             errors.print(f"prompt {t.prompt_tokens} tokens ({t.prefill_tps:.1f} tok/s), generated "
                          f"{t.generated_tokens} ({t.decode_tps:.1f} tok/s)", markup=False, highlight=False)
         return
-    from glm4_local.repl import Repl
+    from glm4_local.frontends.repl import Repl
 
     if resume:
         errors.print(f"resumed {autosave.path} ({len(conversation.messages)} messages)", markup=False)
@@ -91,15 +86,16 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
 
 def render_conversation(conversation_path: Path, tools_path: Path | None, model: str | None,
                         tokens: bool) -> str | list[int]:
+    """The exact prompt for a saved conversation: its text, or (with a model) the token ids chat feeds."""
     conversation = load_conversation(conversation_path)
     tools = load_tools(tools_path) if tools_path else conversation.tools
     if tokens and model is None:
-        raise Glm4LocalError("--tokens needs --model (token ids come from the model's vocabulary)")
-    path = resolve_model(model) if model is not None else None
-    facts = ModelFacts.read(path) if path else None
-    template = facts.template if facts else GLM4_CHAT_TEMPLATE
-    pieces = render_pieces(template, to_glm_messages(conversation.messages, tools), add_generation_prompt=True)
+        raise Glm4LocalError("token ids need a model (they come from the model's vocabulary)")
+    facts = ModelFacts.read(resolve_model(model)) if model is not None else None
+    # without a model: the published template of the first (flagship) family
+    template = facts.template if facts else ChatTemplate.of(FAMILIES[0])
+    pieces = template.pieces(to_glm_messages(conversation.messages, tools), add_generation_prompt=True)
     if not tokens:
         return "".join(p.text for p in pieces)
     assert facts is not None
-    return ChatRuntime(load(facts.path, vocab_only=True, header=facts.header)).tokens(pieces)
+    return ChatRuntime(llama.load(facts.path, header=facts.header, vocab_only=True), facts.family).tokens(pieces)

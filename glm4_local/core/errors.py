@@ -16,12 +16,24 @@ class SourceError(Glm4LocalError):
     """The checkpoint folder or Hub id cannot be resolved or read."""
 
 
+class SourceNotCachedError(SourceError):
+    """A Hub repo id that is neither a folder nor in the local Hugging Face cache."""
+
+    def __init__(self, message: str, repo_id: str) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+
+
 class CheckpointError(Glm4LocalError):
     """The checkpoint is of the wrong architecture, or its files are malformed."""
 
 
 class OutputError(Glm4LocalError):
     """The output cannot be written (exists, folder not writable, disk full)."""
+
+
+class OutputExistsError(OutputError):
+    """The output file exists and overwriting was not asked for."""
 
 
 class GGUFFileError(Glm4LocalError):

@@ -1,0 +1,95 @@
+"""How to run a model (context, offload, threads, caches) and how to sample: typed, checked once.
+
+Front-ends turn what the user typed into these values with the `parse_*` functions (which raise
+ValueError with a message that names no command-line flag), then hand them to `open_engine`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import gguf
+
+from glm4_local.core.llama import CACHE_TYPES, gpu_offload_available
+
+DEFAULT_CTX = 8192
+MIN_CTX = 64
+DEFAULT_BATCH = 512
+
+ContextSize = int | Literal["max"]  # tokens, or all the model was trained for
+GpuLayers = int | Literal["all", "auto"]  # auto: all layers when llama.cpp has GPU offload, else none
+
+
+def parse_context_size(text: str) -> ContextSize:
+    if text == "max":
+        return "max"
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: give a number of tokens or 'max'") from None
+    if n < MIN_CTX:
+        raise ValueError(f"{n}: too small (at least {MIN_CTX} tokens)")
+    return n
+
+
+def parse_gpu_layers(text: str) -> GpuLayers:
+    if text in ("all", "auto"):
+        return text  # type: ignore[return-value]
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: give a number, 'all' or 'auto'") from None
+
+
+def parse_cache_type(text: str) -> gguf.GGMLQuantizationType:
+    try:
+        return CACHE_TYPES[text.lower()]
+    except KeyError:
+        raise ValueError(f"{text!r}: choose one of {', '.join(CACHE_TYPES)}") from None
+
+
+def cache_type_name(qtype: gguf.GGMLQuantizationType) -> str:
+    return next(name for name, t in CACHE_TYPES.items() if t == qtype)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    ctx: ContextSize = DEFAULT_CTX
+    gpu_layers: GpuLayers = "auto"
+    threads: int | None = None
+    batch: int = DEFAULT_BATCH
+    flash_attn: bool = False
+    cache_type_k: gguf.GGMLQuantizationType = CACHE_TYPES["f16"]
+    cache_type_v: gguf.GGMLQuantizationType = CACHE_TYPES["f16"]
+    mlock: bool = False
+    mmap: bool = True
+
+    def context_size(self, trained: int) -> int:
+        """Tokens of context to allocate: as asked, never more than the model was trained for."""
+        return trained if self.ctx == "max" else min(self.ctx, trained)
+
+    def offloaded_layers(self) -> int:
+        """llama.cpp's n_gpu_layers (-1: all)."""
+        if self.gpu_layers == "all":
+            return -1
+        if self.gpu_layers == "auto":
+            return -1 if gpu_offload_available() else 0
+        return self.gpu_layers
+
+    def thread_count(self) -> int:
+        return self.threads or max(1, os.cpu_count() or 2)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Overrides of the model's sampling defaults; None keeps the default."""
+
+    temp: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    seed: int | None = None
+    max_tokens: int | None = None

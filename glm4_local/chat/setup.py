@@ -1,0 +1,83 @@
+"""Opening a model for chat: read and check its header, load it in llama.cpp, build the engine.
+
+`open_engine` is the one way every front-end (terminal, one-shot, render, tests, benchmarks) gets
+a ChatEngine, so they all run the same prompt, stop and sampling code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from glm4_local.chat.engine import ChatEngine, ChatSettings
+from glm4_local.chat.options import RuntimeOptions, SamplingOptions
+from glm4_local.chat.runtime import ChatRuntime, Sampling
+from glm4_local.chat.session import Autosave, Conversation
+from glm4_local.chat.template import ChatTemplate
+from glm4_local.core import llama
+from glm4_local.core.gguf_file import check_model
+from glm4_local.core.gguf_header import GGUFHeader
+from glm4_local.core.model_family import Hyperparams, ModelFamily
+
+K = gguf.Keys
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A checked GGUF: its header, family, hyper-parameters and chat template."""
+
+    path: Path
+    header: GGUFHeader
+    family: ModelFamily
+    hparams: Hyperparams
+    template: ChatTemplate
+
+    @classmethod
+    def read(cls, path: Path) -> ModelFacts:
+        header, family = check_model(path)
+        template = ChatTemplate.of(family, header.get(K.Tokenizer.CHAT_TEMPLATE))
+        return cls(path, header, family, family.hyperparams(header), template)
+
+    def kv_cache_bytes(self, n_ctx: int, options: RuntimeOptions) -> int:
+        return self.family.kv_cache_bytes(self.hparams, n_ctx, options.cache_type_k, options.cache_type_v)
+
+
+def sampling_settings(facts: ModelFacts, options: SamplingOptions) -> ChatSettings:
+    """The GGUF's general.sampling.* defaults (else the family's), overridden by options."""
+    family = facts.family
+    # stored as float32: 0.8 reads back as 0.800000011920929
+    temp = round(facts.header.get(K.General.SAMPLING_TEMP, family.default_temperature), 6)
+    top_p = round(facts.header.get(K.General.SAMPLING_TOP_P, family.default_top_p), 6)
+    top_k = facts.header.get(K.General.SAMPLING_TOP_K, 0)
+    sampling = Sampling(
+        temperature=options.temp if options.temp is not None else float(temp),
+        top_p=options.top_p if options.top_p is not None else float(top_p),
+        top_k=options.top_k if options.top_k is not None else int(top_k),
+        min_p=options.min_p if options.min_p is not None else 0.0,
+        repeat_penalty=options.repeat_penalty if options.repeat_penalty is not None else 1.0,
+    )
+    return ChatSettings(sampling, options.max_tokens, options.seed)
+
+
+def load_runtime(facts: ModelFacts, options: RuntimeOptions) -> ChatRuntime:
+    n_ctx = options.context_size(facts.hparams.context_length)
+    llm = llama.load(
+        facts.path, header=facts.header, n_ctx=n_ctx, n_gpu_layers=options.offloaded_layers(),
+        n_threads=options.thread_count(), n_batch=min(options.batch, n_ctx), flash_attn=options.flash_attn,
+        type_k=options.cache_type_k, type_v=options.cache_type_v, use_mlock=options.mlock, use_mmap=options.mmap,
+    )
+    return ChatRuntime(llm, facts.family)
+
+
+def open_engine(model: Path | ModelFacts, runtime: RuntimeOptions | None = None,
+                sampling: SamplingOptions | None = None, conversation: Conversation | None = None,
+                autosave: Autosave | None = None, notify: Callable[[str], None] | None = None) -> ChatEngine:
+    """A ready chat engine for a GGUF (or its already-read facts)."""
+    facts = model if isinstance(model, ModelFacts) else ModelFacts.read(model)
+    loaded = load_runtime(facts, runtime or RuntimeOptions())
+    settings = sampling_settings(facts, sampling or SamplingOptions())
+    return ChatEngine(loaded, facts.template, conversation or Conversation(), settings, autosave,
+                      notify or (lambda message: None))

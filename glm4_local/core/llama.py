@@ -1,0 +1,156 @@
+"""The one door to llama.cpp (llama-cpp-python): loading, tokens, logits, logs, offload, quantizing.
+
+No other module imports llama_cpp. Models come back as llama-cpp-python `Llama` objects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from glm4_local.core.errors import GGUFFileError, Glm4LocalError
+from glm4_local.core.gguf_header import GGUFHeader
+
+Q = gguf.GGMLQuantizationType
+# KV-cache types a user can choose: name -> ggml type
+CACHE_TYPES: dict[str, gguf.GGMLQuantizationType] = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+# Rows of one tensor the quantizer holds at once; its default (8 GiB) would dominate peak memory.
+QUANTIZE_BUFFER_BYTES = 256 * 1024 * 1024
+_GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE, DEBUG, INFO, WARN, ERROR, CONT
+
+_errors: list[str] = []
+_log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
+
+
+def capture_logs() -> list[str]:
+    """Route llama.cpp's log through us: drop its chatter, keep error lines for our messages."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def on_log(level: int, text: bytes, user_data: object) -> None:
+            if level == _GGML_LOG_LEVEL_ERROR:
+                _errors.append(text.decode("utf-8", errors="replace").strip())
+
+        _log_callback = on_log
+        llama_cpp.llama_log_set(on_log, None)
+    _errors.clear()
+    return _errors
+
+
+def version() -> str:
+    import llama_cpp
+
+    return str(llama_cpp.__version__)
+
+
+def system_info() -> str:
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+def gpu_offload_available() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_all: bool = False,
+         vocab_only: bool = False, n_gpu_layers: int = 0, n_threads: int | None = None,
+         exact_cache: bool = False, n_batch: int | None = None,
+         type_k: gguf.GGMLQuantizationType | None = None, type_v: gguf.GGMLQuantizationType | None = None,
+         **extra: Any) -> Any:  # llama_cpp.Llama
+    """A llama.cpp model for a GGUF glm4-local runs; GGUFFileError if the header check or llama.cpp refuses it.
+
+    `header`: the file's header when the caller has already checked it (it takes ~1 s for GLM-4).
+    `exact_cache` keeps the KV cache in f32 so that measured errors are the file's, not the cache's.
+    """
+    if header is None:
+        from glm4_local.core.gguf_file import check_model
+
+        check_model(path)
+    from llama_cpp import Llama
+
+    if exact_cache:
+        type_k = type_v = Q.F32
+    cache = {name: int(t) for name, t in (("type_k", type_k), ("type_v", type_v)) if t is not None}
+    errors = capture_logs()
+    try:
+        return Llama(
+            model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
+            n_gpu_layers=n_gpu_layers, n_threads=n_threads or max(1, os.cpu_count() or 2),
+            n_batch=n_batch or min(n_ctx, 512), verbose=False, **cache, **extra,
+        )
+    except (ValueError, RuntimeError) as e:
+        detail = next((line for line in errors if line), str(e))
+        raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
+
+
+def tokenize(llm: Any, text: str, special: bool = False) -> list[int]:
+    """Token ids; `special` lets markup such as <|user|> become special tokens (never for user text)."""
+    return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+
+def all_logits(llm: Any, tokens: list[int]) -> np.ndarray:
+    """(len(tokens), vocab) logits from one fresh evaluation (needs a model loaded with logits_all)."""
+    llm.reset()
+    llm.eval(list(tokens))
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
+def _imatrix_array(values: dict[str, np.ndarray]) -> tuple[Any, list[object]]:
+    """The quantizer's imatrix entries, and the objects that must outlive the call."""
+    import llama_cpp
+
+    entries = (llama_cpp.llama_model_imatrix_data * (len(values) + 1))()
+    keep: list[object] = [entries]
+    for i, (name, data) in enumerate(values.items()):
+        encoded = name.encode()
+        keep += [encoded, data]
+        entries[i].name = encoded
+        entries[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = data.size
+    return entries, keep
+
+
+def quantize(source: Path, dest: Path, file_type: gguf.LlamaFileType,
+             imatrix: dict[str, np.ndarray] | None = None, threads: int = 0) -> None:
+    """Quantize GGUF `source` into `dest` with llama.cpp's quantizer; Glm4LocalError when it fails.
+
+    The C call runs in a worker thread so that Ctrl-C still reaches Python at once: the caller's
+    cleanup then removes the half-written file while the worker is abandoned.
+    """
+    import llama_cpp
+
+    errors = capture_logs()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(file_type)
+    params.nthread = threads
+    params.max_buf_size = QUANTIZE_BUFFER_BYTES
+    keep_alive: list[object] = []
+    if imatrix is not None:
+        entries, keep_alive = _imatrix_array(imatrix)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(
+            llama_cpp.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
+        ),
+        daemon=True,
+    )
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.2)
+    del keep_alive
+    if not result or result[0] != 0:
+        detail = next((e for e in errors if e), f"code {result[0] if result else '?'}")
+        raise Glm4LocalError(f"{dest}: llama.cpp quantizer failed ({detail})")

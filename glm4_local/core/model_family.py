@@ -1,0 +1,188 @@
+"""What a model family tells the rest of glm4-local, and the types it tells it in.
+
+A family (one module each, listed in `families.py`) holds every fact about one kind of model: how
+its config.json reads, which checkpoint tensors make which GGUF tensors, its llama.cpp architecture,
+tokenizer and special tokens, its chat template and the numpy forward pass `verify` compares with.
+The converter, the header checks, the chat runtime and `doctor` ask the family; none spells a fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gguf
+import numpy as np
+
+from glm4_local.core.errors import CheckpointError
+
+K = gguf.Keys
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checkpoint's hyper-parameters in llama.cpp's terms, whichever layout its config uses."""
+
+    layout: str  # the checkpoint layout (keys the family's tensor table)
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    vocab_size: int
+    context_length: int
+    rms_eps: float
+    rope_base: float
+    rope_dim: int
+    qkv_bias: bool
+    tied_embeddings: bool
+
+    @property
+    def q_rows(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def kv_rows(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+    def validate(self, where: str) -> None:
+        positive = {
+            "layers": self.n_layer, "hidden size": self.n_embd, "attention heads": self.n_head,
+            "KV heads": self.n_head_kv, "head dim": self.head_dim, "FFN size": self.n_ff,
+            "vocabulary size": self.vocab_size, "context length": self.context_length,
+        }
+        for what, value in positive.items():
+            if value <= 0:
+                raise CheckpointError(f"{where}: {what} must be positive, got {value}")
+        if self.n_head % self.n_head_kv:
+            raise CheckpointError(
+                f"{where}: {self.n_head} attention heads do not divide into {self.n_head_kv} KV groups"
+            )
+        if self.rope_dim % 2 or not 0 < self.rope_dim <= self.head_dim:
+            raise CheckpointError(f"{where}: rotary dimension {self.rope_dim} invalid for head dim {self.head_dim}")
+
+
+ShapeOf = Callable[[ModelSpec], Shape]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One checkpoint tensor (name pattern with {bid}) and the shape it must have."""
+
+    pattern: str
+    shape: ShapeOf
+
+
+@dataclass(frozen=True)
+class Target:
+    """One GGUF tensor: its kind and suffix, and per layout the parts stacked row-wise to make it."""
+
+    tensor: gguf.MODEL_TENSOR
+    suffix: str
+    parts: Mapping[str, tuple[Part, ...]]
+    wanted: Callable[[ModelSpec], bool] = lambda spec: True  # e.g. a bias only some configs have
+
+    def gguf_name(self, bid: int | None) -> str:
+        fmt = {"bid": bid} if bid is not None else {}
+        return gguf.TENSOR_NAMES[self.tensor].format(**fmt) + "." + self.suffix
+
+
+@dataclass(frozen=True)
+class TensorTable:
+    """The GGUF tensors of a model, in file order: the ones before the layers, per layer, after."""
+
+    head: tuple[Target, ...]
+    per_layer: tuple[Target, ...]
+    tail: tuple[Target, ...]
+    derived: frozenset[str] = frozenset()  # checkpoint tensors every runtime recomputes (not converted)
+
+    def targets(self, spec: ModelSpec) -> Iterator[tuple[Target, int | None]]:
+        layered = [(t, bid) for bid in range(spec.n_layer) for t in self.per_layer]
+        for target, bid in [*((t, None) for t in self.head), *layered, *((t, None) for t in self.tail)]:
+            if target.wanted(spec):
+                yield target, bid
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """What chatting needs from a GGUF header: trained context and the KV-cache shape."""
+
+    context_length: int
+    n_layer: int
+    n_head_kv: int
+    head_dim: int
+
+
+class WeightSource(Protocol):
+    """Float32 weights by GGUF tensor name, for the reference forward pass."""
+
+    def has(self, name: str) -> bool: ...
+
+    def tensor(self, name: str) -> np.ndarray: ...
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray: ...
+
+    def row_blocks(self, name: str) -> Iterator[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Every fact about one family of models; see the module docstring."""
+
+    name: str
+    arch: gguf.MODEL_ARCH
+    model_types: tuple[str, ...]  # config.json model_type values it converts
+    refused_model_types: Mapping[str, str]  # look-alikes it must not convert, and why
+    supported: str  # the checkpoints it converts, for messages
+    spec_from_config: Callable[[Mapping[str, Any], str], ModelSpec]
+    tensors: TensorTable
+    forward: Callable[[ModelSpec, WeightSource, Sequence[int]], np.ndarray]
+    # tokenizer
+    pre_tokenizer: str  # llama.cpp's pre-tokenizer name that reproduces the family's tokenizer
+    pre_tokenizer_pattern: str
+    special_tokens: tuple[str, ...]  # in id order, right after the ranked tokens
+    eos_token: str
+    eot_token: str
+    stop_tokens: tuple[str, ...]  # generation ends on any of these; none is shown
+    markup_tokens: tuple[str, ...]  # the special tokens the chat template writes
+    call_end_token: str  # the stop token that ends a tool call (the caller's result comes next)
+    # chat
+    published_template: str  # used when a GGUF carries none, and by `render` without a model
+    default_temperature: float  # when a GGUF has no general.sampling.* (the model's generation_config)
+    default_top_p: float
+    probe_prompts: tuple[str, ...]  # rendered prompts, special tokens included, that `verify` runs
+    # the flagship model, for `doctor`'s what-fits table
+    flagship: Hyperparams
+    flagship_parameters: float
+    flagship_bits_per_weight: Mapping[gguf.LlamaFileType, float]
+
+    @property
+    def arch_name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.arch]
+
+    def hyperparams(self, header: Any) -> Hyperparams:
+        """From a GGUF header (anything with `.get(key, default)`) of this architecture."""
+        arch = self.arch_name
+        n_embd = int(header.get(K.LLM.EMBEDDING_LENGTH.format(arch=arch), 0))
+        n_head = int(header.get(K.Attention.HEAD_COUNT.format(arch=arch), 1))
+        return Hyperparams(
+            context_length=int(header.get(K.LLM.CONTEXT_LENGTH.format(arch=arch), 8192)),
+            n_layer=int(header.get(K.LLM.BLOCK_COUNT.format(arch=arch), 0)),
+            n_head_kv=int(header.get(K.Attention.HEAD_COUNT_KV.format(arch=arch), n_head)),
+            head_dim=int(header.get(K.Attention.KEY_LENGTH.format(arch=arch), n_embd // max(n_head, 1))),
+        )
+
+    @staticmethod
+    def kv_cache_bytes(h: Hyperparams, n_ctx: int, type_k: gguf.GGMLQuantizationType,
+                       type_v: gguf.GGMLQuantizationType) -> int:
+        """Bytes of the K and V caches for `n_ctx` tokens (one K and one V row per layer and KV head)."""
+        values_per_token = h.n_layer * h.n_head_kv * h.head_dim
+
+        def size(qtype: gguf.GGMLQuantizationType) -> float:
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            return type_size / block
+
+        return int(n_ctx * values_per_token * (size(type_k) + size(type_v)))
