@@ -81,7 +81,7 @@ def build_vocabulary(family: ModelFamily, tokenizer_path: Path, tokenizer_config
             raise CheckpointError(f"{tokenizer_path}: special token {text!r} id {token_id} collides with a rank")
         tokens[token_id] = text
         types[token_id] = gguf.TokenType.CONTROL
-    for needed in (family.eos_token, family.eot_token):
+    for needed in (family.eos_token, family.eot_token, family.eom_token):
         if needed not in specials.values():
             raise CheckpointError(f"{tokenizer_path}: special token {needed} is not defined")
     special_ids = {text: token_id for token_id, text in specials.items()}

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import gguf
 import numpy as np
 
+from glm4_local.convert.rewrite import pad_to_alignment
 from glm4_local.convert.safetensors import SafetensorsCheckpoint
 from glm4_local.convert.tensors import PlannedTensor
 from glm4_local.convert.vocab import Vocabulary
@@ -78,6 +79,7 @@ def add_vocabulary(writer: gguf.GGUFWriter, family: ModelFamily, vocab: Vocabula
     eos = vocab.id_of(family.eos_token)
     writer.add_eos_token_id(eos)
     writer.add_eot_token_id(vocab.id_of(family.eot_token))
+    writer.add_eom_token_id(vocab.id_of(family.eom_token))
     writer.add_pad_token_id(pad_token_id if pad_token_id is not None else eos)
     writer.add_add_bos_token(False)
 
@@ -141,7 +143,7 @@ def write_gguf(
         writer.close()
     with path.open("ab") as out:
         for planned, qtype in zip(plan, types, strict=True):
-            _pad(out, writer.data_alignment)
+            pad_to_alignment(out, writer.data_alignment)
             written = 0
             for block, source_bytes in encode_blocks(checkpoint, planned, qtype):
                 out.write(np.ascontiguousarray(block).data)  # file.write reports ENOSPC; tofile does not
@@ -153,10 +155,5 @@ def write_gguf(
                 raise AssertionError(f"{planned.name}: wrote {written} bytes, planned {planned_bytes}")
             if progress:
                 progress.tensor_done()
-        _pad(out, writer.data_alignment)
+        pad_to_alignment(out, writer.data_alignment)
 
-
-def _pad(out: BinaryIO, alignment: int) -> None:
-    """Zeros up to the next multiple of `alignment`, where GGUF tensor data starts and ends."""
-    position = out.tell()
-    out.write(bytes(gguf.GGUFWriter.ggml_pad(position, alignment) - position))

@@ -124,6 +124,7 @@ def info(
             "vocabulary": f"{summary.vocab_size:,} tokens, {summary.merges:,} merges, "
                           f"pre-tokenizer {summary.pre_tokenizer}",
             "special tokens": " ".join(f"{t}={i}" for t, i in summary.special_tokens.items()) or "-",
+            "stops on": " ".join(f"{t}={i}" for t, i in summary.end_of_generation.items()) or "-",
             "chat template": "yes" if summary.chat_template else "no",
         }
         for key, value in rows.items():
@@ -149,6 +150,70 @@ def verify(
     if not report.passed:
         raise fail(f"{file}: disagrees with the reference beyond the {report.file_type} limits", 2)
     out.print("OK", markup=False)
+
+
+@app.command()
+def repair(
+    file: Annotated[Path, typer.Argument(help="A GLM-4-9B GGUF made by another tool (any quantization).")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: "
+                                                "<name>-repaired.gguf beside the input).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    template: Annotated[Path | None, typer.Option("--template", help="Chat template (Jinja) to put in the file "
+                                                  "instead of the published one.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fix a downloaded GLM-4 GGUF's tokenizer, stop tokens and chat template; tensors are copied as they are."""
+    from glm4_local.convert.repair import repair as repair_gguf
+    from glm4_local.frontends.progress import RichProgress
+
+    bar = RichProgress(err) if not quiet and err.is_terminal else None
+    with bar or nullcontext():
+        report = run(repair_gguf, file, output, force, template, bar,
+                     on_interrupt="interrupted; no output file was left behind")
+    for change in report.changes:
+        err.print(f"changed: {change}", markup=False)
+    if report.output is None:
+        err.print(f"{file}: already right; nothing written", markup=False)
+    if report.check is not None:
+        err.print(report.check.summary(), markup=False)
+        if not report.check.exact:
+            raise fail(f"{report.output or file}: still tokenizes differently from the model's tokenizer", 2)
+    if report.output is not None:
+        out.print(str(report.output), markup=False)
+
+
+@app.command(name="eval")
+def evaluate(
+    model: Annotated[str, typer.Argument(help="The GGUF to measure (path or name in ./models).")],
+    reference: Annotated[str, typer.Option("--reference", help="Its 16-bit or f32 parent GGUF.")],
+    text: Annotated[Path | None, typer.Option("--text", help="UTF-8 text to read (default: the built-in "
+                                              "Chinese/English/code text).")] = None,
+    ctx: Annotated[int, typer.Option("--ctx", help="Window size in tokens.")] = 512,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """How far a quantized GGUF is from its parent: KL divergence, top-1 agreement, perplexity."""
+    from glm4_local.chat.models import resolve_model
+    from glm4_local.convert.evaluate import evaluate as evaluate_gguf
+    from glm4_local.core.jsonfile import read_text
+    from glm4_local.frontends.progress import RichProgress
+
+    model_path, reference_path = run(resolve_model, model), run(resolve_model, reference)
+    sample = run(read_text, text) if text is not None else None
+    bar = RichProgress(err) if err.is_terminal else None
+    with bar or nullcontext():
+        report = run(evaluate_gguf, model_path, reference_path, sample, ctx, threads, bar)
+    if as_json:
+        out.print(json.dumps(report.as_json(), indent=2), markup=False)
+        return
+    rows = {
+        "tokens scored": f"{report.tokens:,}", "mean KL": f"{report.mean_kl:.6f}", "max KL": f"{report.max_kl:.6f}",
+        "top-1 agreement": f"{report.top1_agreement:.4f}",
+        "perplexity": f"{report.perplexity:.4f} (reference {report.reference_perplexity:.4f})",
+        "delta p": "  ".join(f"{k} {v:+.4f}" for k, v in report.delta_p.items()),
+    }
+    for key, value in rows.items():
+        out.print(f"{key:>15}: {value}", markup=False)
 
 
 @app.command()

@@ -342,3 +342,42 @@ def write_pre_tokenizer(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Make conversions in this test write another pre-tokenizer name (as other converters do)."""
     original = gguf.GGUFWriter.add_tokenizer_pre
     monkeypatch.setattr(gguf.GGUFWriter, "add_tokenizer_pre", lambda writer, _: original(writer, name))
+
+
+def tiktoken_split(ranks: dict[bytes, int], token: bytes) -> list[bytes]:
+    """tiktoken's merge of `token`'s bytes, stopped before the token's own rank (as llama.cpp's converter does)."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        best = None
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best is None or rank < best[1]):
+                best = (i, rank)
+        if best is None or best[1] >= ranks[token]:
+            return parts
+        i = best[0]
+        parts = [*parts[:i], parts[i] + parts[i + 1], *parts[i + 2 :]]
+
+
+def write_community_gguf(ours: Path, dest: Path) -> Path:
+    """A GLM-4 GGUF as llama.cpp's own converter writes it (the files on the Hub): pre-tokenizer
+    `chatglm-bpe`, one merge per token (its tiktoken split, 2+ parts), no end-of-message id, no
+    sampling defaults, no chat template, no BOS flag. Tensors unchanged."""
+    from glm4_local.convert.rewrite import Field, fields_of, rewrite_gguf
+    from glm4_local.convert.tokenizer_check import ranks_of
+    from glm4_local.core.bpe import token_text
+    from glm4_local.core.gguf_file import open_gguf
+
+    header = open_gguf(ours)
+    ranks = ranks_of(header)
+    merges = [" ".join(token_text(p) for p in tiktoken_split(ranks, t)) for t in sorted(ranks, key=ranks.get)
+              if len(t) > 1]
+    K, V = gguf.Keys, gguf.GGUFValueType
+    fields = fields_of(header)
+    for key in (K.Tokenizer.EOM_ID, K.Tokenizer.CHAT_TEMPLATE, K.General.SAMPLING_TEMP, K.General.SAMPLING_TOP_P,
+                K.Tokenizer.ADD_BOS):
+        fields.pop(key, None)
+    fields[K.Tokenizer.PRE] = Field("chatglm-bpe", V.STRING)
+    fields[K.Tokenizer.MERGES] = Field(merges, V.ARRAY, V.STRING)
+    rewrite_gguf(ours, header, dest, fields)
+    return dest

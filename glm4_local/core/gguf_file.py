@@ -7,6 +7,7 @@ from pathlib import Path
 
 import gguf
 
+from glm4_local.core import llama
 from glm4_local.core.bpe import missing_splits
 from glm4_local.core.errors import GGUFFileError
 from glm4_local.core.families import family_for_arch, require_family, unknown_arch
@@ -30,6 +31,7 @@ class GGUFSummary:
     chat_template: bool
     pre_tokenizer: str | None
     merges: int
+    end_of_generation: dict[str, int] = field(default_factory=dict)  # what llama.cpp stops on
     warnings: list[str] = field(default_factory=list)
 
 
@@ -63,15 +65,28 @@ def check_model(path: Path) -> tuple[GGUFHeader, ModelFamily]:
     return header, require_family(header.get(K.General.ARCHITECTURE), str(path))
 
 
+REPAIR = "run glm4-local repair on it"
+
+
+def pre_tokenizer_problem(reader: GGUFHeader, family: ModelFamily) -> str | None:
+    pre = reader.get(K.Tokenizer.PRE)
+    if pre == family.pre_tokenizer:
+        return None
+    return (f"pre-tokenizer {pre!r} mis-tokenizes {family.name} (llama.cpp splits many vocabulary words that "
+            "its tokenizer keeps whole)")
+
+
+def quick_problems(reader: GGUFHeader, family: ModelFamily) -> list[str]:
+    """What a glance at the header shows wrong (cheap enough to run before every chat)."""
+    problems = [p for p in [pre_tokenizer_problem(reader, family)] if p]
+    if reader.get(K.Tokenizer.EOM_ID) is None:
+        problems.append(f"no end-of-message token, so other llama.cpp runtimes do not stop on {family.eom_token}")
+    return problems
+
+
 def tokenizer_warnings(reader: GGUFHeader, family: ModelFamily, specials: dict[str, int]) -> list[str]:
     """Settings known to make llama.cpp tokenize differently from the family's own tokenizer."""
-    warnings = []
-    pre = reader.get(K.Tokenizer.PRE)
-    if pre != family.pre_tokenizer:
-        warnings.append(
-            f"pre-tokenizer {pre!r} mis-tokenizes {family.name} (llama.cpp splits many vocabulary words that "
-            f"its tokenizer keeps whole); reconvert with glm4-local convert"
-        )
+    warnings = [p for p in [pre_tokenizer_problem(reader, family)] if p]
     if reader.get(K.Tokenizer.ADD_BOS):
         warnings.append(f"adds a BOS token, which {family.name} never saw in training")
     tokens = reader.get(K.Tokenizer.LIST) or []
@@ -81,13 +96,20 @@ def tokenizer_warnings(reader: GGUFHeader, family: ModelFamily, specials: dict[s
     if left_out:
         warnings.append(
             f"merges leave out {left_out:,} ways to build vocabulary tokens, so llama.cpp splits some text "
-            f"differently from {family.name}; reconvert with glm4-local convert"
+            f"differently from {family.name}"
         )
     needed = dict.fromkeys((family.eos_token, *family.markup_tokens, *family.stop_tokens))
     missing = [t for t in needed if t not in specials]
     if missing:
         warnings.append(f"special tokens missing from the vocabulary: {', '.join(missing)}")
-    return warnings
+    return [f"{w}; {REPAIR}" for w in warnings]
+
+
+def end_of_generation(path: Path, reader: GGUFHeader, specials: dict[str, int]) -> dict[str, int]:
+    """The special tokens llama.cpp itself ends generation on, as every runtime built on it does."""
+    llm = llama.load(path, header=reader, vocab_only=True)
+    eog = set(llama.end_of_generation(llm, sorted(specials.values())))
+    return {text: i for text, i in specials.items() if i in eog}
 
 
 def summarize(path: Path) -> GGUFSummary:
@@ -116,6 +138,15 @@ def summarize(path: Path) -> GGUFSummary:
     family = family_for_arch(arch)
     if family is None:
         summary.warnings.append(f"{unknown_arch(arch)}; glm4-local cannot chat with it")
-    else:
-        summary.warnings.extend(tokenizer_warnings(reader, family, specials))
+        return summary
+    summary.warnings.extend(tokenizer_warnings(reader, family, specials))
+    try:
+        summary.end_of_generation = end_of_generation(path, reader, specials)
+    except GGUFFileError as e:
+        summary.warnings.append(str(e).removeprefix(f"{path}: "))
+        return summary
+    unstopped = [t for t in family.stop_tokens if t not in summary.end_of_generation]
+    if unstopped:
+        summary.warnings.append(f"llama.cpp does not end generation on {', '.join(unstopped)}, so other "
+                                f"llama.cpp runtimes run past it; {REPAIR}")
     return summary

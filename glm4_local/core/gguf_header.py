@@ -50,6 +50,10 @@ class GGUFHeader:
     version: int
     fields: dict[str, Any]
     tensors: list[TensorInfo]
+    # each field's GGUF type, and for arrays their items' type: what a faithful copy needs
+    field_types: dict[str, tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]]
+    alignment: int
+    data_start: int  # where tensor data begins
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.fields.get(key, default)
@@ -69,6 +73,11 @@ class _Cursor:
 
     def scalar(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def peek(self, fmt: str) -> Any:
+        value = self.scalar(fmt)
+        self.pos -= struct.calcsize(fmt)
+        return value
 
     def string(self) -> str:
         return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
@@ -107,9 +116,13 @@ def _parse(cur: _Cursor, file_size: int) -> GGUFHeader:
         raise ValueError(f"unsupported GGUF version {version}")
     n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
     fields = {}
+    field_types = {}
     for _ in range(n_kv):
         key = cur.string()
-        fields[key] = cur.value(cur.scalar("<I"))
+        vtype = cur.scalar("<I")
+        item_type = cur.peek("<I") if vtype == V.ARRAY else None
+        fields[key] = cur.value(vtype)
+        field_types[key] = (_value_type(vtype), None if item_type is None else _value_type(item_type))
     raw = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -124,4 +137,11 @@ def _parse(cur: _Cursor, file_size: int) -> GGUFHeader:
         except ValueError:
             raise ValueError(f"tensor {name} has unknown type {type_id}") from None
         tensors.append(TensorInfo(name, dims, qtype, data_start + offset))
-    return GGUFHeader(version, fields, tensors)
+    return GGUFHeader(version, fields, tensors, field_types, alignment, data_start)
+
+
+def _value_type(code: int) -> gguf.GGUFValueType:
+    try:
+        return gguf.GGUFValueType(code)
+    except ValueError:
+        raise ValueError(f"unknown value type {code}") from None

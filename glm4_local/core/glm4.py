@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from glm4_local.core.errors import CheckpointError
-from glm4_local.core.glm4_templates import GLM4_CHAT_TEMPLATE
+from glm4_local.core.glm4_templates import GLM4_CHAT_1M_TEMPLATE, GLM4_CHAT_TEMPLATE
 from glm4_local.core.model_family import (
     Hyperparams,
     ModelFamily,
@@ -282,10 +282,12 @@ GLM4_9B = ModelFamily(
     special_tokens=SPECIAL_TOKENS,
     eos_token="<|endoftext|>",
     eot_token="<|user|>",
+    eom_token="<|observation|>",
     stop_tokens=("<|endoftext|>", "<|user|>", "<|observation|>"),
     markup_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
     call_end_token="<|observation|>",
-    published_template=GLM4_CHAT_TEMPLATE,
+    published_templates={"glm-4-9b-chat": GLM4_CHAT_TEMPLATE, "glm-4-9b-chat-1m": GLM4_CHAT_1M_TEMPLATE},
+    long_context=(131072, "glm-4-9b-chat-1m"),
     default_temperature=0.8,
     default_top_p=0.8,
     probe_prompts=(

@@ -1,7 +1,7 @@
-"""GLM-4-9B-Chat's chat template, for rendering when no model file is given (`glm4-local render`).
+"""The chat templates GLM-4-9B-Chat and -Chat-1M were published with (their tokenizer_config.json).
 
-A GGUF carries its own template (glm-4-9b-chat-1m's names the assistant differently), and a loaded
-model's template always wins; tests check this copy against the published tokenizer_config.json.
+Used to render when no model file is given (`glm4-local render`) and by `repair` for GGUFs that lack
+one; a GGUF's own template always wins. Tests check both against the published files.
 """
 
 GLM4_CHAT_TEMPLATE = (
@@ -48,3 +48,6 @@ GLM4_CHAT_TEMPLATE = (
     "{{ item['content'] }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% "
     "endif %}"
 )
+
+# glm-4-9b-chat-1m's differs only in the name its tool-use system prompt gives the assistant.
+GLM4_CHAT_1M_TEMPLATE = GLM4_CHAT_TEMPLATE.replace("你是一个名为 ChatGLM 的人工智能助手", "你是一个名为 GLM-4 的人工智能助手")

@@ -100,6 +100,14 @@ def tokenize(llm: Any, text: str, special: bool = False) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
 
+def end_of_generation(llm: Any, candidates: list[int]) -> list[int]:
+    """Which of `candidates` llama.cpp itself ends generation on (its EOG set, as every runtime on it sees)."""
+    import llama_cpp
+
+    vocab = llm._model.vocab  # llama-cpp-python keeps the llama_vocab pointer here
+    return [t for t in candidates if llama_cpp.llama_vocab_is_eog(vocab, t)]
+
+
 def all_logits(llm: Any, tokens: list[int]) -> np.ndarray:
     """(len(tokens), vocab) logits from one fresh evaluation (needs a model loaded with logits_all)."""
     llm.reset()

@@ -146,11 +146,14 @@ class ModelFamily:
     special_tokens: tuple[str, ...]  # in id order, right after the ranked tokens
     eos_token: str
     eot_token: str
+    eom_token: str  # written as tokenizer.ggml.eom_token_id: llama.cpp then ends generation on it too
     stop_tokens: tuple[str, ...]  # generation ends on any of these; none is shown
     markup_tokens: tuple[str, ...]  # the special tokens the chat template writes
     call_end_token: str  # the stop token that ends a tool call (the caller's result comes next)
-    # chat
-    published_template: str  # used when a GGUF carries none, and by `render` without a model
+    # chat: the published templates by model name, the first the default; used when a GGUF carries
+    # none, and by `render` without a model
+    published_templates: Mapping[str, str]
+    long_context: tuple[int, str] | None  # (trained context above which, template name to use)
     default_temperature: float  # when a GGUF has no general.sampling.* (the model's generation_config)
     default_top_p: float
     probe_prompts: tuple[str, ...]  # rendered prompts, special tokens included, that `verify` runs
@@ -162,6 +165,18 @@ class ModelFamily:
     @property
     def arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.arch]
+
+    @property
+    def published_template(self) -> str:
+        return next(iter(self.published_templates.values()))
+
+    def template_for_context(self, context_length: int) -> tuple[str, str]:
+        """(name, text) of the published template a model with this trained context was released with."""
+        if self.long_context and context_length > self.long_context[0]:
+            name = self.long_context[1]
+        else:
+            name = next(iter(self.published_templates))
+        return name, self.published_templates[name]
 
     def hyperparams(self, header: Any) -> Hyperparams:
         """From a GGUF header (anything with `.get(key, default)`) of this architecture."""

@@ -17,6 +17,7 @@ from glm4_local.chat.toolcalls import load_tools
 from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families import FAMILIES
+from glm4_local.core.gguf_file import REPAIR, quick_problems
 from glm4_local.frontends.oneshot import run_oneshot
 
 
@@ -59,6 +60,9 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
     text = None if interactive else _oneshot_text(prompt)
     conversation, autosave = _conversation(resume, system, tools_path)
     facts = ModelFacts.read(resolve_model(model))
+    for problem in quick_problems(facts.header, facts.family):
+        errors.print(f"warning: {facts.path.name}: {problem}; {REPAIR}", style="yellow", markup=False,
+                     highlight=False)
     trained = facts.hparams.context_length
     n_ctx = runtime_options.context_size(trained)
     if interactive or verbose:

@@ -1,0 +1,92 @@
+"""Does llama.cpp tokenize a GGUF exactly as the family's own tokenizer (tiktoken) would?
+
+The reference is rebuilt from the GGUF's own token list (GLM-4's ranks are its token ids), so no
+tokenizer.model is needed. Checked: every vocabulary entry that is text, and the built-in text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import gguf
+
+from glm4_local.core import llama
+from glm4_local.core.bpe import token_bytes
+from glm4_local.core.gguf_header import GGUFHeader
+from glm4_local.core.model_family import ModelFamily
+
+K = gguf.Keys
+
+
+def builtin_text() -> str:
+    """The bilingual text (Chinese, English, code) shipped for checks, evaluation and calibration."""
+    return resources.files("glm4_local.convert").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+
+
+def ranks_of(header: GGUFHeader) -> dict[bytes, int]:
+    """The byte-level tokens of a GGUF vocabulary and their ids (tiktoken's ranks for GLM-4)."""
+    tokens = header.get(K.Tokenizer.LIST) or []
+    types = header.get(K.Tokenizer.TOKEN_TYPE) or []
+    ranks = {}
+    for token_id, (text, kind) in enumerate(zip(tokens, types, strict=False)):
+        raw = token_bytes(text) if kind == gguf.TokenType.NORMAL else None
+        if raw is not None:
+            ranks[raw] = token_id
+    return ranks
+
+
+@dataclass
+class TokenizerCheck:
+    checked: int = 0
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return not self.mismatched
+
+    def summary(self) -> str:
+        if self.exact:
+            return f"tokenizer check: all {self.checked:,} strings tokenize exactly as the model's own tokenizer"
+        shown = ", ".join(repr(t) for t in self.mismatched[:5])
+        return (f"tokenizer check: {len(self.mismatched):,} of {self.checked:,} strings tokenize differently "
+                f"from the model's own tokenizer (e.g. {shown})")
+
+
+def check_texts(header: GGUFHeader, family: ModelFamily) -> list[str]:
+    """Every vocabulary entry that is valid UTF-8 text, then the built-in text's lines."""
+    texts = []
+    for raw in ranks_of(header):
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue  # a byte fragment: no text tokenizes to it alone
+    return texts + [line for line in builtin_text().splitlines() if line.strip()]
+
+
+def check_tokenizer(path: Path, header: GGUFHeader, family: ModelFamily,
+                    on_progress: Callable[[int, int], None] | None = None) -> TokenizerCheck:
+    """Tokenize every check text with llama.cpp (the file) and tiktoken (the reference)."""
+    import tiktoken
+
+    reference = tiktoken.Encoding(f"{family.name}-check", pat_str=family.pre_tokenizer_pattern,
+                                  mergeable_ranks=ranks_of(header), special_tokens={})
+    llm = llama.load(path, header=header, vocab_only=True)
+    texts = check_texts(header, family)
+    result = TokenizerCheck()
+    for text in _progress(texts, on_progress):
+        result.checked += 1
+        if llama.tokenize(llm, text) != reference.encode_ordinary(text):
+            result.mismatched.append(text)
+    return result
+
+
+def _progress(texts: list[str], on_progress: Callable[[int, int], None] | None) -> Iterable[str]:
+    for i, text in enumerate(texts):
+        if on_progress and i % 4096 == 0:
+            on_progress(i, len(texts))
+        yield text
+    if on_progress:
+        on_progress(len(texts), len(texts))

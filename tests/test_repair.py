@@ -1,0 +1,132 @@
+"""GGUFs that are right in every llama.cpp runtime: stop tokens, and `repair` of GGUFs made elsewhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import pytest
+from typer.testing import CliRunner
+
+import factory
+from glm4_local.cli import app
+from glm4_local.convert.repair import repair
+from glm4_local.core import llama
+from glm4_local.core.gguf_file import open_gguf, summarize
+from glm4_local.core.glm4 import GLM4_9B
+
+K = gguf.Keys
+runner = CliRunner()
+
+
+def tensor_bytes(path: Path) -> dict[str, bytes]:
+    data = path.read_bytes()
+    return {t.name: data[t.offset : t.offset + t.n_bytes] for t in open_gguf(path).tensors}
+
+
+def special_id(llm: object, text: str) -> int:
+    return llama.tokenize(llm, text, special=True)[0]
+
+
+def test_converted_gguf_stops_on_every_glm4_stop_token_in_plain_llama_cpp(make_gguf: Callable[..., Path]) -> None:
+    path = make_gguf("q8_0")
+    llm = llama.load(path, vocab_only=True)
+    stops = [special_id(llm, t) for t in GLM4_9B.stop_tokens]
+    assert llama.end_of_generation(llm, list(range(llm.n_vocab()))) == sorted(stops)
+    summary = summarize(path)
+    assert set(summary.end_of_generation) == set(GLM4_9B.stop_tokens) and summary.warnings == []
+    assert "stops on: <|endoftext|>" in runner.invoke(app, ["info", str(path)]).stdout
+
+
+def test_community_gguf_is_flagged_and_repaired(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    ours = make_gguf("q8_0")
+    theirs = factory.write_community_gguf(ours, tmp_path / "community.gguf")
+    info = runner.invoke(app, ["info", str(theirs)])
+    assert "does not end generation on <|observation|>" in info.stderr
+    assert "pre-tokenizer 'chatglm-bpe'" in info.stderr and "run glm4-local repair" in info.stderr
+
+    result = runner.invoke(app, ["repair", str(theirs)])
+    assert result.exit_code == 0, result.stderr
+    fixed = tmp_path / "community-repaired.gguf"
+    assert result.stdout == f"{fixed}\n"
+    for change in ("pre-tokenizer 'chatglm-bpe' -> 'glm4'", "merges rebuilt", "eom_token_id = <|observation|>",
+                   "no BOS", "chat template added (glm-4-9b-chat's)", "sampling default temperature"):
+        assert change in result.stderr, result.stderr
+    assert "tokenizer check: all" in result.stderr
+    assert tensor_bytes(fixed) == tensor_bytes(ours)
+    repaired, original = open_gguf(fixed), open_gguf(ours)
+    for key in (K.Tokenizer.PRE, K.Tokenizer.MERGES, K.Tokenizer.LIST, K.Tokenizer.EOM_ID, K.Tokenizer.EOS_ID,
+                K.Tokenizer.EOT_ID, K.Tokenizer.ADD_BOS):
+        assert repaired.get(key) == original.get(key), key
+    assert summarize(fixed).warnings == []
+
+    again = runner.invoke(app, ["repair", str(fixed)])
+    assert again.exit_code == 0 and "already right; nothing written" in again.stderr and again.stdout == ""
+
+
+def test_repair_leaves_a_right_file_alone(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    report = repair(make_gguf("f16"), tmp_path / "never.gguf")
+    assert report.output is None and report.changes == [] and report.check is not None and report.check.exact
+    assert not (tmp_path / "never.gguf").exists()
+
+
+def test_repair_output_rules(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    theirs = factory.write_community_gguf(make_gguf("q8_0"), tmp_path / "c.gguf")
+    (tmp_path / "taken.gguf").write_bytes(b"keep me")
+    result = runner.invoke(app, ["repair", str(theirs), "-o", str(tmp_path / "taken.gguf")])
+    assert result.exit_code == 1 and "already exists (use --force" in result.stderr
+    assert (tmp_path / "taken.gguf").read_bytes() == b"keep me"
+    result = runner.invoke(app, ["repair", str(theirs), "-o", str(theirs)])
+    assert result.exit_code == 1 and "another file than the input" in result.stderr
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    result = runner.invoke(app, ["repair", str(theirs), "-o", str(tmp_path / "taken.gguf"), "--force",
+                                 "--template", str(template)])
+    assert result.exit_code == 0 and "chat template replaced" in result.stderr
+    assert open_gguf(tmp_path / "taken.gguf").get(K.Tokenizer.CHAT_TEMPLATE) == template.read_text()
+    foreign = factory.write_foreign_gguf(tmp_path / "llama.gguf")
+    result = runner.invoke(app, ["repair", str(foreign)])
+    assert result.exit_code == 1 and "not GLM-4" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.gguf", "llama.gguf", "t.jinja", "taken.gguf"]
+
+
+def test_repair_picks_the_1m_template_by_context(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    theirs = factory.write_community_gguf(make_gguf("f32", shape=factory.Shape(context=1048576)),
+                                          tmp_path / "long.gguf")
+    report = repair(theirs, tmp_path / "fixed.gguf")
+    assert "chat template added (glm-4-9b-chat-1m's)" in report.changes
+    template = open_gguf(tmp_path / "fixed.gguf").get(K.Tokenizer.CHAT_TEMPLATE)
+    assert template == GLM4_9B.published_templates["glm-4-9b-chat-1m"] and "名为 GLM-4 的" in template
+
+
+def test_chat_warns_once_about_an_unrepaired_file(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    theirs = factory.write_community_gguf(scripted_gguf("answer"), tmp_path / "c.gguf")
+    result = runner.invoke(app, ["chat", str(theirs), "-p", "hi"])
+    assert result.exit_code == 0 and result.stdout == "Sunny day\n"
+    assert result.stderr.count("run glm4-local repair") == 2  # the pre-tokenizer and the missing stop, once each
+    assert result.stderr.count("\n") == 2
+
+
+@pytest.mark.heavy
+def test_repair_of_a_real_vocabulary_community_gguf_is_exact(real_vocab_gguf: Path, tmp_path: Path) -> None:
+    """The GLM-4-9B-Chat GGUFs on the Hub, tokenizer-wise: over a thousand strings differ; after repair none."""
+    from test_tokenizer import corpus_mismatches, corpus_variants, reference_encoder, vocabulary_mismatches
+
+    from glm4_local.convert.vocab import load_ranks
+
+    encoder = reference_encoder(factory.REAL_TOKENIZER)
+    ranks = load_ranks(factory.REAL_TOKENIZER)
+
+    def wrong(path: Path) -> list[str]:
+        llm = llama.load(path, vocab_only=True)
+        return [t for _, t in vocabulary_mismatches(llm, encoder, ranks)] + corpus_mismatches(
+            llm, encoder, corpus_variants())
+
+    theirs = factory.write_community_gguf(real_vocab_gguf, tmp_path / "hub.gguf")
+    broken = wrong(theirs)
+    assert len(broken) > 1000 and "选择" in broken
+    report = repair(theirs, tmp_path / "fixed.gguf")
+    assert report.check is not None and report.check.exact and report.check.checked > 150_000
+    assert wrong(tmp_path / "fixed.gguf") == []
+    assert tensor_bytes(tmp_path / "fixed.gguf") == tensor_bytes(real_vocab_gguf)
