@@ -1,6 +1,6 @@
 """Measure each output type's agreement with the numpy reference on tiny random GLM-4 checkpoints.
 
-    python benchmarks/quant_errors.py [--out benchmarks/out/quant_errors.json]
+    python benchmarks/quant_errors.py [--types q4_k_m ...] [--out benchmarks/out/quant_errors.json]
 
 Prints, per output type, the worst max-abs logit error, the worst top-1 agreement and the worst mean
 KL divergence over several checkpoints (seeds, layouts, KV groups, rope ratios, and GLM-4's own
@@ -36,12 +36,14 @@ if factory.REAL_TOKENIZER.is_file():
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--types", nargs="*", default=list(OUT_TYPES), choices=list(OUT_TYPES))
     args = parser.parse_args()
     worst: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, spec in CHECKPOINTS.items():
             folder = factory.build_checkpoint(Path(tmp) / label, spec)
-            for name, kind in OUT_TYPES.items():
+            for name in args.types:
+                kind = OUT_TYPES[name]
                 out = Path(tmp) / f"{label}-{name}.gguf"
                 convert(str(folder), kind, output=out)
                 r = verify(out, str(folder))

@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 
 from glm4_local.convert.pipeline import ProgressSink
-from glm4_local.convert.tokenizer_check import builtin_text
+from glm4_local.convert.texts import builtin_text
 from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.gguf_file import check_model

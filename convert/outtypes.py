@@ -58,6 +58,9 @@ OUT_TYPES: dict[str, OutType] = {
         OutType("q4_k_m", F.MOSTLY_Q4_K_M, None, Limits(7.5, 0.7, 0.25)),
         OutType("q5_k_m", F.MOSTLY_Q5_K_M, None, Limits(3.5, 0.75, 0.06)),
         OutType("q6_k", F.MOSTLY_Q6_K, None, Limits(2.5, 0.88, 0.025)),
+        OutType("q4_k_s", F.MOSTLY_Q4_K_S, None, Limits(7.5, 0.7, 0.25)),
+        OutType("q3_k_m", F.MOSTLY_Q3_K_M, None, Limits(17.0, 0.5, 1.2)),
+        OutType("iq4_xs", F.MOSTLY_IQ4_XS, None, Limits(8.0, 0.65, 0.35)),
     )
 }
 DEFAULT_OUT_TYPE = OUT_TYPES["q4_k_m"]

@@ -5,24 +5,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import gguf
 import numpy as np
 
-from glm4_local.convert.imatrix import load_imatrix
-from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OutType
+from glm4_local.convert.imatrix import compute_imatrix, load_imatrix, write_imatrix
+from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES, OutType
 from glm4_local.convert.safetensors import SafetensorsCheckpoint, find_weight_files
 from glm4_local.convert.source import looks_like_repo_id, resolve_source
 from glm4_local.convert.tensors import PlannedTensor, plan_tensors
+from glm4_local.convert.texts import builtin_text
 from glm4_local.convert.vocab import Vocabulary, build_vocabulary, read_json
 from glm4_local.convert.writer import ModelInfo, write_gguf
 from glm4_local.core.atomic import atomic_output, check_writable_target, output_error, temp_path_beside
-from glm4_local.core.errors import CheckpointError, OutputError
+from glm4_local.core.errors import CheckpointError, Glm4LocalError, OutputError
 from glm4_local.core.families import family_for_config
 from glm4_local.core.llama import quantize
 from glm4_local.core.model_family import ModelFamily, ModelSpec
 
 DEFAULT_MODELS_DIR = Path("models")
+IMATRIX_AUTO = "auto"  # measure an importance matrix on the built-in text, from the 16-bit model
+ImatrixChoice = Path | Literal["auto"] | None
 
 
 @dataclass
@@ -112,11 +116,15 @@ def convert(
     output: Path | None = None,
     force: bool = False,
     download: bool = False,
-    imatrix: Path | None = None,
+    imatrix: ImatrixChoice = None,
     progress: ProgressSink | None = None,
     models_dir: Path = DEFAULT_MODELS_DIR,
 ) -> ConvertResult:
-    """Convert `source` to a GGUF of type `kind`; the file appears only when complete."""
+    """Convert `source` to a GGUF of type `kind`; the file appears only when complete.
+
+    `imatrix`: a llama-imatrix file, or "auto" to measure one (written beside the output as
+    `<name>.imatrix`, for reuse) before quantizing.
+    """
     started = time.perf_counter()
     checkpoint = load_checkpoint(source, download)
     if output is None:
@@ -126,9 +134,7 @@ def convert(
             raise OutputError(f"{models_dir}: cannot create the models folder ({e.strerror})") from e
     path = output or default_output(checkpoint.info.name, kind, models_dir)
     check_writable_target(path, force)
-    if imatrix is not None and not imatrix.is_file():
-        raise CheckpointError(f"{imatrix}: imatrix file not found")
-    importance = load_imatrix(imatrix) if imatrix is not None else None
+    importance = _importance_source(imatrix, kind, path, force)
     sink = progress or ProgressSink()
     weight_type = _written_weight_type(kind, checkpoint)
     try:
@@ -136,11 +142,36 @@ def convert(
             if kind.direct:
                 _write(checkpoint, tmp, weight_type, kind.file_type, sink)
             else:
-                _write_quantized(checkpoint, tmp, weight_type, kind, importance, sink)
+                _write_quantized(checkpoint, tmp, weight_type, kind, importance, sink, force)
     finally:
         checkpoint.tensors.close()
     return ConvertResult(path, kind, checkpoint.tensors.total_bytes, path.stat().st_size,
                          time.perf_counter() - started)
+
+
+def imatrix_choice(text: str | None) -> ImatrixChoice:
+    """What a user's imatrix argument means: nothing, "auto", or a file."""
+    if text is None or text == IMATRIX_AUTO:
+        return text  # type: ignore[return-value]
+    return Path(text)
+
+
+def _importance_source(imatrix: ImatrixChoice, kind: OutType, output: Path, force: bool
+                       ) -> dict[str, np.ndarray] | Path | None:
+    """Values read from a file, the path to write a measured matrix to ("auto"), or None."""
+    if imatrix is None:
+        return None
+    if kind.direct:
+        quantized = ", ".join(t.name for t in OUT_TYPES.values() if not t.direct)
+        raise Glm4LocalError(f"an importance matrix only applies to types llama.cpp's quantizer makes "
+                             f"({quantized}), not {kind.name}")
+    if imatrix == IMATRIX_AUTO:
+        target = output.with_suffix(".imatrix")
+        check_writable_target(target, force)
+        return target
+    if not imatrix.is_file():
+        raise CheckpointError(f"{imatrix}: imatrix file not found")
+    return load_imatrix(imatrix)
 
 
 def _write(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
@@ -150,13 +181,24 @@ def _write(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizatio
                checkpoint.tensors, weight_type, file_type, progress=sink)
 
 
+def _measure_importance(staging: Path, target: Path, force: bool, sink: ProgressSink) -> dict[str, np.ndarray]:
+    sink.start("Measuring importance (built-in text)", 0, 0)
+    importance = compute_imatrix(staging, builtin_text(), on_tokens=sink.advance)
+    with atomic_output(target, force) as tmp:
+        write_imatrix(tmp, importance)
+    return importance.values()
+
+
 def _write_quantized(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
-                     kind: OutType, imatrix: dict[str, np.ndarray] | None, sink: ProgressSink) -> None:
+                     kind: OutType, imatrix: dict[str, np.ndarray] | Path | None, sink: ProgressSink,
+                     force: bool) -> None:
     staging = temp_path_beside(dest, "16bit")
     try:
         file_type = (gguf.LlamaFileType.MOSTLY_BF16 if weight_type == gguf.GGMLQuantizationType.BF16
                      else gguf.LlamaFileType.MOSTLY_F16)
         _write(checkpoint, staging, weight_type, file_type, sink)
+        if isinstance(imatrix, Path):
+            imatrix = _measure_importance(staging, imatrix, force, sink)
         staged_bytes = staging.stat().st_size
         sink.start(f"Quantizing to {kind.label}", staged_bytes, 0)
         quantize(staging, dest, kind.file_type, imatrix=imatrix)

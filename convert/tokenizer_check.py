@@ -8,22 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import gguf
 
+from glm4_local.convert.texts import builtin_text
 from glm4_local.core import llama
 from glm4_local.core.bpe import token_bytes
 from glm4_local.core.gguf_header import GGUFHeader
 from glm4_local.core.model_family import ModelFamily
 
 K = gguf.Keys
-
-
-def builtin_text() -> str:
-    """The bilingual text (Chinese, English, code) shipped for checks, evaluation and calibration."""
-    return resources.files("glm4_local.convert").joinpath("data/calibration.txt").read_text(encoding="utf-8")
 
 
 def ranks_of(header: GGUFHeader) -> dict[bytes, int]:

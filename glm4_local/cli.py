@@ -81,13 +81,15 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     download: Annotated[bool, typer.Option("--download", help="Fetch a Hub repo into the HF cache first "
                                            "(needs the [download] extra).")] = False,
-    imatrix: Annotated[Path | None, typer.Option("--imatrix", help="Importance matrix (GGUF, from "
-                                                 "llama-imatrix) for the quantizer.")] = None,
+    imatrix: Annotated[str | None, typer.Option("--imatrix", help="Importance matrix for the quantizer: 'auto' "
+                                                "measures one on the built-in text (saved as <output>.imatrix), "
+                                                "or a file from llama-imatrix (GGUF).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Convert a GLM-4 Hugging Face checkpoint to a GGUF file."""
     from glm4_local.convert.outtypes import out_type
     from glm4_local.convert.pipeline import convert as convert_checkpoint
+    from glm4_local.convert.pipeline import imatrix_choice
     from glm4_local.frontends.progress import RichProgress
 
     kind = run(out_type, outtype)
@@ -95,7 +97,7 @@ def convert(
     bar = RichProgress(err) if show else None
     with bar or nullcontext():
         result = run(convert_checkpoint, source, kind, output=output, force=force,
-                     download=download, imatrix=imatrix, progress=bar,
+                     download=download, imatrix=imatrix_choice(imatrix), progress=bar,
                      on_interrupt="interrupted; no output file was left behind")
     if not quiet:
         gb = result.input_bytes / 1e9

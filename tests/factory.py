@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,12 +22,36 @@ import numpy as np
 import pytest
 import regex
 
-from glm4_local.core.glm4 import PATTERN
+from glm4_local.core.glm4 import GLM4_9B, PATTERN
 from glm4_local.core.glm4 import SPECIAL_TOKENS as DEFAULT_SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "glm4-reference" / "glm-4-9b-chat"
-REAL_TOKENIZER = REFERENCE / "tokenizer.model"
+# GLM4_LOCAL_TESTS_NO_SHARED=1 runs the suite as a fresh clone without ../shared would
+REFERENCE = (ROOT / "no-shared" if os.environ.get("GLM4_LOCAL_TESTS_NO_SHARED")
+             else ROOT.parent / "shared" / "glm4-reference") / "glm-4-9b-chat"
+SHIPPED_VOCAB = Path(__file__).parent / "data" / "glm4-9b-chat-vocab.gguf"
+# of GLM-4-9B-Chat's published tokenizer.model (2,623,634 bytes)
+TOKENIZER_SHA256 = "5a493598071550244b2ee7f26118f3edec2150b9dfa967929a99052ac83fe716"
+
+
+def real_tokenizer() -> Path:
+    """GLM-4-9B-Chat's tokenizer.model: from ../shared when present, else rebuilt from the shipped
+    vocabulary GGUF (tests/data/README.md) into this user's temporary folder."""
+    shared = REFERENCE / "tokenizer.model"
+    if shared.is_file():
+        return shared
+    target = Path(tempfile.gettempdir()) / f"glm4-local-tests-{os.getuid()}" / "tokenizer.model"
+    if not target.is_file():
+        from glm4_local.convert.tokenizer_check import ranks_of
+        from glm4_local.core.gguf_header import read_gguf_header
+
+        ranks = ranks_of(read_gguf_header(SHIPPED_VOCAB))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        write_tokenizer_model(partial, sorted(ranks, key=ranks.__getitem__))
+        os.replace(partial, target)
+    return target
+
 
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. Hello world! def main(): return 42\n"
@@ -83,12 +109,12 @@ def write_tokenizer_model(path: Path, tokens: list[bytes]) -> None:
     path.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
 
 
+REAL_TOKENIZER = real_tokenizer()
+
+
 def tokenizer_config(first_special: int) -> dict:
     real = REFERENCE / "tokenizer_config.json"
-    config = json.loads(real.read_text()) if real.is_file() else {
-        "chat_template": "[gMASK]<sop>{% for item in messages %}<|{{ item['role'] }}|>\n{{ item['content'] }}"
-                         "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}",
-    }
+    config = json.loads(real.read_text()) if real.is_file() else {"chat_template": GLM4_9B.published_template}
     config["added_tokens_decoder"] = {
         str(first_special + i): {"content": t, "special": True} for i, t in enumerate(DEFAULT_SPECIAL_TOKENS)
     }

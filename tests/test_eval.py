@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from glm4_local.cli import app
 from glm4_local.convert.evaluate import evaluate, windows
-from glm4_local.convert.tokenizer_check import builtin_text
+from glm4_local.convert.texts import builtin_text
 from glm4_local.convert.verify import compare
 from glm4_local.core import llama
 

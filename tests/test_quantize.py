@@ -53,3 +53,45 @@ def test_bad_imatrix_is_one_clear_error(make_checkpoint: Callable[..., Path], tm
     assert not (tmp_path / "o.gguf").exists()
     with pytest.raises(Glm4LocalError, match="imatrix file not found"):
         convert(str(make_checkpoint()), OUT_TYPES["q4_0"], output=tmp_path / "o.gguf", imatrix=tmp_path / "none")
+
+
+def test_imatrix_auto_measures_saves_and_uses_one(make_gguf: Callable[..., Path],
+                                                  make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    out = tmp_path / "auto.gguf"
+    convert(str(make_checkpoint()), OUT_TYPES["q4_k_m"], output=out, imatrix="auto")
+    saved = tmp_path / "auto.imatrix"
+    values = load_imatrix(saved)
+    layer_weights = {t.name for t in gguf.GGUFReader(make_gguf("f16")).tensors
+                     if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2}
+    assert set(values) == layer_weights
+    assert all(v.min() > 0 and np.isfinite(v).all() for v in values.values())
+    assert out.read_bytes() != make_gguf("q4_k_m").read_bytes()
+    assert verify(out, str(make_checkpoint())).passed
+    again = convert(str(make_checkpoint()), OUT_TYPES["q4_k_m"], output=tmp_path / "reuse.gguf", imatrix=saved).path
+    assert again.read_bytes() == out.read_bytes()  # the saved matrix is the one that was used
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto.gguf", "auto.imatrix", "reuse.gguf"]
+
+
+def test_imatrix_only_for_quantizer_types(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    with pytest.raises(Glm4LocalError, match=r"only applies to types llama\.cpp's quantizer makes"):
+        convert(str(make_checkpoint()), OUT_TYPES["q8_0"], output=tmp_path / "o.gguf", imatrix="auto")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_measured_importance_is_the_mean_square_of_each_input(make_gguf: Callable[..., Path]) -> None:
+    """Cross-check one weight against its input computed by hand: the attention norm's output."""
+    from glm4_local.convert.imatrix import compute_imatrix
+    from glm4_local.core import llama
+
+    path = make_gguf("f32")
+    text = "Hello world, 你好世界. def main(): return 42"
+    importance = compute_imatrix(path, text, chunk_size=64)
+    reader = gguf.GGUFReader(path)
+    weights = {t.name: np.asarray(t.data) for t in reader.tensors}
+    tokens = llama.tokenize(llama.load(path, vocab_only=True), text)
+    x = weights["token_embd.weight"][tokens].astype(np.float64)
+    eps = float(reader.get_field(gguf.Keys.Attention.LAYERNORM_RMS_EPS.format(arch="chatglm")).contents())
+    normed = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weights["blk.0.attn_norm.weight"]
+    expected = np.mean(normed**2, axis=0)
+    assert importance.rows["blk.0.attn_qkv.weight"] == len(tokens)
+    np.testing.assert_allclose(importance.values()["blk.0.attn_qkv.weight"], expected, rtol=1e-4)

@@ -124,3 +124,16 @@ def test_chatglm_bpe_pre_tokenizer_would_mis_tokenize(
     bad = runtime.load(other, vocab_only=True)
     assert len(runtime.tokenize(good, " 根据")) == 1
     assert len(runtime.tokenize(bad, " 根据")) > 1
+
+
+def test_the_shipped_vocabulary_is_glm4s_tokenizer(tmp_path: Path) -> None:
+    """tests/data's vocabulary GGUF rebuilds GLM-4-9B-Chat's tokenizer.model byte for byte."""
+    import hashlib
+
+    from glm4_local.convert.tokenizer_check import ranks_of
+    from glm4_local.core.gguf_header import read_gguf_header
+
+    ranks = ranks_of(read_gguf_header(factory.SHIPPED_VOCAB))
+    factory.write_tokenizer_model(tmp_path / "tokenizer.model", sorted(ranks, key=ranks.__getitem__))
+    assert hashlib.sha256((tmp_path / "tokenizer.model").read_bytes()).hexdigest() == factory.TOKENIZER_SHA256
+    assert hashlib.sha256(factory.REAL_TOKENIZER.read_bytes()).hexdigest() == factory.TOKENIZER_SHA256
