@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 
 from glm4_local.convert.pipeline import ProgressSink
-from glm4_local.convert.texts import builtin_text
+from glm4_local.convert.texts import eval_text
 from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.gguf_file import check_model
@@ -98,7 +98,7 @@ def evaluate(model: Path, reference: Path, text: str | None = None, ctx: int = 5
     sink = progress or ProgressSink()
     ref_llm = llama.load(reference, n_ctx=ctx, logits_all=True, n_threads=threads)
     model_llm = llama.load(model, n_ctx=ctx, logits_all=True, n_threads=threads)
-    tokens = llama.tokenize(ref_llm, text if text is not None else builtin_text())
+    tokens = llama.tokenize(ref_llm, text if text is not None else eval_text())
     chunks = windows(tokens, ctx)
     if not chunks:
         raise Glm4LocalError("the text is too short to evaluate (it needs at least 2 tokens)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,10 +17,16 @@ from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES, OutType
 from glm4_local.convert.safetensors import SafetensorsCheckpoint, find_weight_files
 from glm4_local.convert.source import looks_like_repo_id, resolve_source
 from glm4_local.convert.tensors import PlannedTensor, plan_tensors
-from glm4_local.convert.texts import builtin_text
+from glm4_local.convert.texts import calibration_text
 from glm4_local.convert.vocab import Vocabulary, build_vocabulary, read_json
 from glm4_local.convert.writer import ModelInfo, write_gguf
-from glm4_local.core.atomic import atomic_output, check_writable_target, output_error, temp_path_beside
+from glm4_local.core.atomic import (
+    atomic_output,
+    check_writable_target,
+    output_error,
+    remove_stale_temps,
+    temp_path_beside,
+)
 from glm4_local.core.errors import CheckpointError, Glm4LocalError, OutputError
 from glm4_local.core.families import family_for_config
 from glm4_local.core.llama import quantize
@@ -119,11 +127,12 @@ def convert(
     imatrix: ImatrixChoice = None,
     progress: ProgressSink | None = None,
     models_dir: Path = DEFAULT_MODELS_DIR,
+    notify: Callable[[str], None] = lambda message: None,
 ) -> ConvertResult:
     """Convert `source` to a GGUF of type `kind`; the file appears only when complete.
 
     `imatrix`: a llama-imatrix file, or "auto" to measure one (written beside the output as
-    `<name>.imatrix`, for reuse) before quantizing.
+    `<name>.imatrix`, for reuse) before quantizing. `notify` hears about stale temporary files removed.
     """
     started = time.perf_counter()
     checkpoint = load_checkpoint(source, download)
@@ -134,6 +143,8 @@ def convert(
             raise OutputError(f"{models_dir}: cannot create the models folder ({e.strerror})") from e
     path = output or default_output(checkpoint.info.name, kind, models_dir)
     check_writable_target(path, force)
+    for stale in remove_stale_temps(path.parent):
+        notify(f"removed {stale}: a temporary file left by a conversion that was killed")
     importance = _importance_source(imatrix, kind, path, force)
     sink = progress or ProgressSink()
     weight_type = _written_weight_type(kind, checkpoint)
@@ -142,7 +153,7 @@ def convert(
             if kind.direct:
                 _write(checkpoint, tmp, weight_type, kind.file_type, sink)
             else:
-                _write_quantized(checkpoint, tmp, weight_type, kind, importance, sink, force)
+                _write_quantized(checkpoint, tmp, path, weight_type, kind, importance, sink, force)
     finally:
         checkpoint.tensors.close()
     return ConvertResult(path, kind, checkpoint.tensors.total_bytes, path.stat().st_size,
@@ -183,15 +194,16 @@ def _write(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizatio
 
 def _measure_importance(staging: Path, target: Path, force: bool, sink: ProgressSink) -> dict[str, np.ndarray]:
     sink.start("Measuring importance (built-in text)", 0, 0)
-    importance = compute_imatrix(staging, builtin_text(), on_tokens=sink.advance)
+    importance = compute_imatrix(staging, calibration_text(), on_tokens=sink.advance)
     with atomic_output(target, force) as tmp:
         write_imatrix(tmp, importance)
     return importance.values()
 
 
-def _write_quantized(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
+def _write_quantized(checkpoint: Checkpoint, dest: Path, final: Path, weight_type: gguf.GGMLQuantizationType,
                      kind: OutType, imatrix: dict[str, np.ndarray] | Path | None, sink: ProgressSink,
                      force: bool) -> None:
+    """The quantized file at `dest` (a temporary file that will become `final`)."""
     staging = temp_path_beside(dest, "16bit")
     try:
         file_type = (gguf.LlamaFileType.MOSTLY_BF16 if weight_type == gguf.GGMLQuantizationType.BF16
@@ -201,10 +213,22 @@ def _write_quantized(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQ
             imatrix = _measure_importance(staging, imatrix, force, sink)
         staged_bytes = staging.stat().st_size
         sink.start(f"Quantizing to {kind.label}", staged_bytes, 0)
-        quantize(staging, dest, kind.file_type, imatrix=imatrix)
+        try:
+            quantize(staging, dest, kind.file_type, imatrix=imatrix)
+        except Glm4LocalError as e:
+            if disk_nearly_full(dest.parent):  # llama.cpp reports only "iostream error"
+                raise OutputError(f"{final}: disk full while quantizing; nothing was left behind") from e
+            raise Glm4LocalError(f"{final}: {str(e).removeprefix(f'{dest}: ')}") from e
         sink.advance(staged_bytes)
     except OSError as e:
-        raise output_error(dest, e) from e
+        raise output_error(final, e) from e
     finally:
         staging.unlink(missing_ok=True)
+
+
+def disk_nearly_full(folder: Path, margin: int = 64 * 1024 * 1024) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gguf
 
-from glm4_local.convert.texts import builtin_text
+from glm4_local.convert.texts import calibration_text, eval_text
 from glm4_local.core import llama
 from glm4_local.core.bpe import token_bytes
 from glm4_local.core.gguf_header import GGUFHeader
@@ -51,14 +51,15 @@ class TokenizerCheck:
 
 
 def check_texts(header: GGUFHeader, family: ModelFamily) -> list[str]:
-    """Every vocabulary entry that is valid UTF-8 text, then the built-in text's lines."""
+    """Every vocabulary entry that is valid UTF-8 text, then the lines of the built-in texts."""
     texts = []
     for raw in ranks_of(header):
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
             continue  # a byte fragment: no text tokenizes to it alone
-    return texts + [line for line in builtin_text().splitlines() if line.strip()]
+    lines = (calibration_text() + eval_text()).splitlines()
+    return texts + [line for line in lines if line.strip()]
 
 
 def check_tokenizer(path: Path, header: GGUFHeader, family: ModelFamily,

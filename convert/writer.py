@@ -71,7 +71,7 @@ def add_metadata(writer: gguf.GGUFWriter, family: ModelFamily, spec: ModelSpec, 
 
 def add_vocabulary(writer: gguf.GGUFWriter, family: ModelFamily, vocab: Vocabulary, pad_token_id: int | None
                    ) -> None:
-    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+    writer.add_tokenizer_model(family.tokenizer_model)
     writer.add_tokenizer_pre(family.pre_tokenizer)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)

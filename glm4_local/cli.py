@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX
+from glm4_local.chat.toolcalls import DEFAULT_TOOL_TIMEOUT
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
 from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
 from glm4_local.core.llama import CACHE_TYPES
@@ -98,6 +99,7 @@ def convert(
     with bar or nullcontext():
         result = run(convert_checkpoint, source, kind, output=output, force=force,
                      download=download, imatrix=imatrix_choice(imatrix), progress=bar,
+                     notify=lambda message: err.print(message, markup=False),
                      on_interrupt="interrupted; no output file was left behind")
     if not quiet:
         gb = result.input_bytes / 1e9
@@ -228,6 +230,8 @@ def chat(
     tools: Annotated[Path | None, typer.Option("--tools", help="OpenAI-style JSON list of functions.")] = None,
     tool_exec: Annotated[Path | None, typer.Option("--tool-exec", help="Executable that answers tool calls "
                                                    "(the call arrives as JSON on stdin).")] = None,
+    tool_timeout: Annotated[float, typer.Option("--tool-timeout", help="Seconds a --tool-exec call may take "
+                                                "before it is stopped (the model is told).")] = DEFAULT_TOOL_TIMEOUT,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
     temp: Annotated[float | None, typer.Option("--temp", help="Temperature (0: greedy).")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p")] = None,
@@ -252,6 +256,7 @@ def chat(
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
     from glm4_local.chat import options as o
+    from glm4_local.chat.toolcalls import ToolRunner
     from glm4_local.frontends.commands import start_chat
 
     runtime_options = o.RuntimeOptions(
@@ -262,8 +267,9 @@ def chat(
         cache_type_v=parsed("--cache-type-v", o.parse_cache_type, cache_type_v), mlock=mlock, mmap=not no_mmap,
     )
     sampling = o.SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
+    runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
     run(start_chat, model, runtime_options, sampling, system=system, prompt=prompt, tools_path=tools,
-        tool_exec=tool_exec, resume=resume, verbose=verbose, as_json=as_json, console=out, errors=err)
+        tool_exec=runner, resume=resume, verbose=verbose, as_json=as_json, console=out, errors=err)
 
 
 @app.command()

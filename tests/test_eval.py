@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from glm4_local.cli import app
 from glm4_local.convert.evaluate import evaluate, windows
-from glm4_local.convert.texts import builtin_text
+from glm4_local.convert.texts import eval_text
 from glm4_local.convert.verify import compare
 from glm4_local.core import llama
 
@@ -37,7 +37,7 @@ def test_coarser_types_drift_further(make_gguf: Callable[..., Path]) -> None:
 
 def test_kl_matches_a_direct_computation_from_llama_cpp_logits(make_gguf: Callable[..., Path]) -> None:
     model, reference, ctx = make_gguf("q4_0"), make_gguf("f32"), 128
-    text = builtin_text()[:1500]
+    text = eval_text()[:1500]
     report = evaluate(model, reference, text, ctx=ctx)
     ref_llm = llama.load(reference, n_ctx=ctx, logits_all=True)
     model_llm = llama.load(model, n_ctx=ctx, logits_all=True)

@@ -127,3 +127,27 @@ def test_tool_call_answered_by_typing_the_result(scripted_gguf: Callable[[str], 
     roles = [m["role"] for m in saved(tmp_path)]
     assert roles == ["user", "assistant", "tool", "assistant"]
     assert saved(tmp_path)[2]["content"] == '{"sky": "clear"}'
+
+
+def test_ctrl_c_stops_a_running_tool_and_returns_to_the_prompt(scripted_gguf: Callable[[str], Path],
+                                                               tmp_path: Path) -> None:
+    """Hardening item 6: Ctrl-C cancels the tool, the call is answered as cancelled, the chat goes on."""
+    tool = tmp_path / "slow.py"
+    tool.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    tool.chmod(0o755)
+    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
+    child = spawn([str(scripted_gguf("tool")), "--tools", "tools.json", "--tool-exec", "slow.py"], tmp_path,
+                  tmp_path)
+    child.send("Weather?\r")
+    child.expect_exact("→ lookup({})")
+    time.sleep(0.5)
+    started = time.monotonic()
+    child.sendintr()
+    child.expect_exact("[tool cancelled]")
+    child.expect_exact(PROMPT)
+    assert time.monotonic() - started < 5
+    messages = saved(tmp_path)
+    assert messages[-1] == {"role": "tool", "content": '{"error": "cancelled by the user"}'}
+    assert messages[-2]["tool_calls"][0]["function"]["name"] == "lookup"
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)

@@ -138,9 +138,13 @@ class ChatEngine:
         self.save()
         return self.answer()
 
-    def send_observation(self, result: str) -> Turn:
+    def add_observation(self, result: str) -> None:
+        """Answer the last tool call without asking for a reply (a cancelled or refused call)."""
         self.conversation.messages.append({"role": "tool", "content": result})
         self.save()
+
+    def send_observation(self, result: str) -> Turn:
+        self.add_observation(result)
         return self.answer()
 
     def retry(self) -> Turn | None:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glm4_local.core.atomic import temp_path_beside
+from glm4_local.chat.schema import check_messages, check_tools
+from glm4_local.core.atomic import publish, refuse_non_regular, temp_path_beside
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.jsonfile import read_json
 
 Message = dict[str, Any]
-ROLES = ("system", "user", "assistant", "tool", "observation")
 
 
 def data_home() -> Path:
@@ -52,22 +52,13 @@ class Conversation:
 
 
 def parse_conversation(data: Any, where: str) -> Conversation:
-    """A message list or {"messages": [...], "tools": [...]}, checked enough to render."""
+    """A message list or {"messages": [...], "tools": [...]}, checked against OpenAI's shapes."""
     tools = None
     if isinstance(data, dict):
         tools = data.get("tools")
         data = data.get("messages")
-    if not isinstance(data, list):
-        raise Glm4LocalError(f"{where}: expected a JSON list of messages or an object with \"messages\"")
-    for i, message in enumerate(data):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise Glm4LocalError(f"{where}: message {i} needs a role ({', '.join(ROLES)})")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise Glm4LocalError(f"{where}: message {i} content must be text")
-    if tools is not None and not isinstance(tools, list):
-        raise Glm4LocalError(f"{where}: \"tools\" must be a list")
-    return Conversation(list(data), tools or None)
+    messages = check_messages(data, where)
+    return Conversation(messages, check_tools(tools, where) if tools else None)
 
 
 def load_conversation(path: Path) -> Conversation:
@@ -75,12 +66,17 @@ def load_conversation(path: Path) -> Conversation:
 
 
 def save_json(path: Path, data: Any) -> None:
-    """Write atomically: the previous file stays whole until the new one is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
+    """Write atomically: the previous file stays whole until the new one is complete; only a regular
+    file is ever replaced."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_non_regular(path)
+        tmp = temp_path_beside(path)
+    except OSError as e:
+        raise Glm4LocalError(f"{path}: cannot write ({e.strerror})") from e
     try:
         tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        publish(tmp, path, force=True)
     except OSError as e:
         raise Glm4LocalError(f"{path}: cannot write ({e.strerror})") from e
     finally:
@@ -99,10 +95,26 @@ class Autosave:
         save_json(self.path, conversation.to_json())
 
     @staticmethod
-    def latest() -> Path | None:
+    def saved() -> list[Path]:
+        """The autosaved conversations, newest first."""
         folder = sessions_dir()
-        files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-        return files[-1] if files else None
+        files = [p for p in folder.glob("*.json") if p.is_file()] if folder.is_dir() else []
+        return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    @staticmethod
+    def latest() -> Path | None:
+        saved = Autosave.saved()
+        return saved[0] if saved else None
+
+
+def resume_latest(notify: Callable[[str], None]) -> tuple[Conversation, Autosave]:
+    """The newest autosaved conversation that reads back; unreadable newer ones are skipped, saying so."""
+    for path in Autosave.saved():
+        try:
+            return load_conversation(path), Autosave(path)
+        except Glm4LocalError as e:
+            notify(f"skipped {e}; trying the one before")
+    raise Glm4LocalError(f"no saved conversation to resume (they are kept in {sessions_dir()})")
 
 
 def turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message]]]:

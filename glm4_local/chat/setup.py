@@ -39,7 +39,7 @@ class ModelFacts:
     def read(cls, path: Path) -> ModelFacts:
         header, family = check_model(path)
         template = ChatTemplate.of(family, header.get(K.Tokenizer.CHAT_TEMPLATE))
-        return cls(path, header, family, family.hyperparams(header), template)
+        return cls(path, header, family, family.hyperparams(header, str(path)), template)
 
     def kv_cache_bytes(self, n_ctx: int, options: RuntimeOptions) -> int:
         return self.family.kv_cache_bytes(self.hparams, n_ctx, options.cache_type_k, options.cache_type_v)

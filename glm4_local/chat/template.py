@@ -14,16 +14,17 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
-from jinja2 import Template, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from glm4_local.chat.jinja_render import RenderFailure, render_source
+from glm4_local.chat.template_worker import TemplateWorker
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families import FAMILIES
 from glm4_local.core.model_family import ModelFamily
 
 Message = dict[str, Any]
+ROLES = ("system", "user", "assistant", "observation")  # GLM-4's roles, as its template names them
 
 
 class TemplateRenderError(Glm4LocalError):
@@ -61,43 +62,39 @@ def to_glm_messages(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mappi
     return out
 
 
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
-    """transformers' tojson: plain json.dumps, keys in order, no HTML escaping (unlike Jinja's)."""
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+_WORKER = TemplateWorker()
 
 
 @cache
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = _tojson
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env.globals["raise_exception"] = raise_exception
-    return env
-
-
-@lru_cache(maxsize=8)
-def _compiled(template: str) -> Template:
-    try:
-        return _environment().from_string(template)
-    except TemplateError as e:
-        raise TemplateRenderError(f"the model's chat template is not valid Jinja: {e}") from e
+def _published() -> frozenset[str]:
+    return frozenset(t for f in FAMILIES for t in f.published_templates.values())
 
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A model's Jinja chat template, and the special tokens its markup may write (no others ever)."""
+    """A model's Jinja chat template, and the special tokens its markup may write (no others ever).
+
+    The published templates render here; any other runs in the bounded worker process.
+    """
 
     source: str
     markup: tuple[str, ...]
+    origin: str = "the chat template"  # how messages name it, e.g. "the chat template of x.gguf"
 
     @classmethod
-    def of(cls, family: ModelFamily, source: str | None = None) -> ChatTemplate:
+    def of(cls, family: ModelFamily, source: str | None = None, origin: str | None = None) -> ChatTemplate:
         """`source` (a GGUF's own template), else the family's published one."""
-        return cls(source or family.published_template, family.markup_tokens)
+        if source:
+            return cls(source, family.markup_tokens, origin or "the model's chat template")
+        return cls(family.published_template, family.markup_tokens, f"{family.name}'s published chat template")
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        try:
+            if self.source in _published():
+                return render_source(self.source, messages, add_generation_prompt)
+            return _WORKER.render(self.source, messages, add_generation_prompt)
+        except RenderFailure as e:
+            raise TemplateRenderError(f"{self.origin} {e}") from None
 
     def text(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt string, exactly as transformers' apply_chat_template renders it."""
@@ -106,18 +103,10 @@ class ChatTemplate:
     def pieces(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[Piece]:
         """The prompt as pieces: template markup (special) and text, in order."""
         markers = _Markers(self.markup)
-        guarded = []
-        for m in messages:
-            g = {**m, **{k: markers.protect(m[k]) for k in ("content", "metadata") if k in m}}
-            if isinstance(m.get("tools"), list):
-                g["tools"] = [_protect_tool(t, markers) for t in m["tools"]]
-            guarded.append(g)
-        try:
-            rendered = _compiled(self.source).render(messages=guarded, add_generation_prompt=add_generation_prompt)
-        except TemplateError as e:
-            raise TemplateRenderError(f"chat template failed on this conversation: {e}") from e
-        except (TypeError, KeyError, AttributeError) as e:
-            raise TemplateRenderError(f"conversation does not fit the chat template: {e}") from e
+        guarded = [_guard_message(m, markers) for m in messages]
+        rendered = self._render(guarded, add_generation_prompt)
+        if not rendered.strip():
+            raise TemplateRenderError(f"{self.origin} rendered an empty prompt for this conversation")
         return markers.split(rendered)
 
 
@@ -137,6 +126,14 @@ class _Markers:
         self.originals[marker] = value
         return marker
 
+    def protect_all(self, value: Any) -> Any:
+        """Every string at any depth, dictionary keys included: user data, never markup."""
+        if isinstance(value, dict):
+            return {self.protect(k): self.protect_all(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.protect_all(v) for v in value]
+        return self.protect(value)
+
     def split(self, rendered: str) -> list[Piece]:
         pieces: list[Piece] = []
         parts = self.pattern.split(rendered)
@@ -153,19 +150,39 @@ class _Markers:
         return pieces
 
 
+# Keys a template reads by name, so they stay as they are; their values are still protected.
+_TOOL_KEYS = frozenset({"type", "function"})
+_FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
+TOOL_TYPES = ("function", "python", "simple_browser", "cogview")  # GLM-4's template knows these
+
+
+def _guard_message(message: Mapping[str, Any], markers: _Markers) -> dict[str, Any]:
+    """A message with everything but its role (which the template branches on) made into data."""
+    guarded: dict[str, Any] = {}
+    for key, value in message.items():
+        if key == "role" and value in ROLES:
+            guarded[key] = value
+        elif key == "tools" and isinstance(value, list):
+            guarded[key] = [_protect_tool(t, markers) for t in value]
+        else:
+            guarded[key] = markers.protect_all(value)
+    return guarded
+
+
 def _protect_tool(tool: Any, markers: _Markers) -> Any:
-    """A tool with every string value of its function (names, descriptions) replaced by markers."""
-    if not isinstance(tool, dict) or not isinstance(tool.get("function"), dict):
-        return tool
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        return markers.protect(value)
-
-    return {**tool, "function": walk(tool["function"])}
+    """A tool with every string made into data, except its type and the key names templates read."""
+    if not isinstance(tool, dict):
+        return markers.protect_all(tool)
+    guarded: dict[Any, Any] = {}
+    for key, value in tool.items():
+        if key == "type" and value in TOOL_TYPES:
+            guarded[key] = value
+        elif key == "function" and isinstance(value, dict):
+            guarded[key] = {(k if k in _FUNCTION_KEYS else markers.protect(k)): markers.protect_all(v)
+                            for k, v in value.items()}
+        else:
+            guarded[key if key in _TOOL_KEYS else markers.protect(key)] = markers.protect_all(value)
+    return guarded
 
 
 def merged_text(pieces: Sequence[Piece]) -> list[Piece]:

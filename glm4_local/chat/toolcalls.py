@@ -1,4 +1,4 @@
-"""Function calling: reading tools.json, telling a GLM-4 tool call from a plain reply, running a tool.
+"""Function calling: telling a GLM-4 tool call from a plain reply, and running a tool.
 
 After <|assistant|> GLM-4 writes `{metadata}\\n{content}`. A plain answer has empty metadata; a tool
 call has the function name as metadata and its JSON arguments as content.
@@ -6,17 +6,21 @@ call has the function name as metadata and its JSON arguments as content.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.jsonfile import read_json
 
 CALL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")
 
@@ -40,23 +44,6 @@ class Reply:
     text: str
     tool_call: ToolCall | None = None
     problem: str | None = None  # why a call-looking reply was not accepted
-
-
-def load_tools(path: Path) -> list[dict[str, Any]]:
-    """An OpenAI-style list of functions; each entry needs type 'function' and a function name."""
-    tools = read_json(path)
-    if isinstance(tools, dict) and isinstance(tools.get("tools"), list):
-        tools = tools["tools"]
-    if not isinstance(tools, list):
-        raise Glm4LocalError(f"{path}: expected a JSON list of tools")
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type") not in ("function", "python", "simple_browser", "cogview"):
-            raise Glm4LocalError(f"{path}: tool {i} needs \"type\": \"function\"")
-        if tool["type"] == "function":
-            function = tool.get("function")
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-                raise Glm4LocalError(f"{path}: tool {i} needs a \"function\" object with a \"name\"")
-    return tools
 
 
 def tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
@@ -92,16 +79,96 @@ def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Re
     return Reply(generated, ToolCall(name, content))
 
 
-def run_tool(executable: Path, call: ToolCall, timeout: float = 300.0) -> str:
-    """Run the user's own tool executable with the call as JSON on stdin; its stdout is the result."""
-    payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False)
-    try:
-        done = subprocess.run([str(executable)], input=payload, capture_output=True, text=True, timeout=timeout)
+DEFAULT_TOOL_TIMEOUT = 60.0
+MAX_TOOL_OUTPUT = 1024 * 1024  # bytes of a tool's output given to the model; the rest is cut, with a note
+
+
+def resolve_tool_executable(path: Path) -> Path:
+    """The exact file `--tool-exec` names (relative to the current folder, never searched on $PATH)."""
+    resolved = Path(os.path.abspath(path))
+    if not resolved.is_file():
+        raise Glm4LocalError(f"{path}: tool executable not found")
+    if not os.access(resolved, os.X_OK):
+        raise Glm4LocalError(f"{path}: tool executable is not executable (chmod +x it)")
+    return resolved
+
+
+def _error(message: str, **detail: str) -> str:
+    return json.dumps({"error": message, **detail}, ensure_ascii=False)
+
+
+def _drain(stream: IO[bytes], sink: bytearray, limit: int, over: threading.Event) -> None:
+    """Keep the first `limit` bytes; flag when there were more (the caller then stops the tool)."""
+    while chunk := stream.read(65536):
+        room = limit - len(sink)
+        sink += chunk[: max(room, 0)]
+        if len(chunk) > room:
+            over.set()
+            return
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def run_tool(executable: Path, call: ToolCall, timeout: float = DEFAULT_TOOL_TIMEOUT,
+             max_output: int = MAX_TOOL_OUTPUT) -> str:
+    """Run the user's tool with the call as JSON on stdin; its stdout (as text) is the result.
+
+    Every failure (cannot start, non-zero exit, too slow, too much output) becomes an observation
+    the model reads, as JSON {"error": ...}; the chat goes on. Ctrl-C stops the tool and is passed on.
+    """
+    payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False).encode()
+    try:  # its own session: Ctrl-C reaches us, and we stop the tool with everything it started
+        process = subprocess.Popen([str(executable)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True)
     except OSError as e:
-        raise Glm4LocalError(f"{executable}: cannot run tool executable ({e.strerror})") from e
-    except subprocess.TimeoutExpired:
-        return json.dumps({"error": f"tool timed out after {timeout:.0f} s"})
-    if done.returncode != 0:
-        return json.dumps({"error": f"tool exited with {done.returncode}", "stderr": done.stderr[-2000:]},
-                          ensure_ascii=False)
-    return done.stdout
+        return _error(f"cannot run {executable.name}: {e.strerror}")
+    out, err, over = bytearray(), bytearray(), threading.Event()
+    readers = [threading.Thread(target=_drain, args=(process.stdout, out, max_output, over), daemon=True),
+               threading.Thread(target=_drain, args=(process.stderr, err, 4096, threading.Event()), daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            assert process.stdin is not None
+            process.stdin.write(payload)
+            process.stdin.close()
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and not over.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    except BaseException:
+        _kill(process)
+        raise
+    if process.poll() is None:
+        _kill(process)
+        if not over.is_set():
+            return _error(f"the tool did not finish within {timeout:g} s and was stopped")
+    for reader in readers:
+        reader.join(timeout=1.0)
+    text = out.decode("utf-8", errors="replace")
+    if over.is_set():
+        return text + f"\n[output cut at {max_output:,} bytes]"
+    if process.returncode != 0:
+        return _error(f"the tool exited with status {process.returncode}",
+                      stderr=err.decode("utf-8", errors="replace")[-2000:], output=text[-2000:])
+    return text
+
+
+@dataclass(frozen=True)
+class ToolRunner:
+    """The user's tool executable (resolved once, at start) and how long a call may take."""
+
+    executable: Path
+    timeout: float = DEFAULT_TOOL_TIMEOUT
+
+    @classmethod
+    def for_path(cls, path: Path, timeout: float = DEFAULT_TOOL_TIMEOUT) -> ToolRunner:
+        if not timeout > 0:
+            raise Glm4LocalError(f"a tool timeout must be positive, not {timeout}")
+        return cls(resolve_tool_executable(path), timeout)
+
+    def run(self, call: ToolCall) -> str:
+        return run_tool(self.executable, call, self.timeout)

@@ -11,6 +11,7 @@ from glm4_local.core import llama
 from glm4_local.core.bpe import missing_splits
 from glm4_local.core.errors import GGUFFileError
 from glm4_local.core.families import family_for_arch, require_family, unknown_arch
+from glm4_local.core.gguf_checks import check_header
 from glm4_local.core.gguf_header import GGUFHeader, read_gguf_header
 from glm4_local.core.model_family import ModelFamily
 
@@ -60,9 +61,12 @@ def open_gguf(path: Path) -> GGUFHeader:
 
 
 def check_model(path: Path) -> tuple[GGUFHeader, ModelFamily]:
-    """The header of a GGUF of a family glm4-local runs, and that family; GGUFFileError otherwise."""
+    """The header of a GGUF of a family glm4-local runs, and that family, once everything llama.cpp
+    would assert on has been checked; GGUFFileError otherwise."""
     header = open_gguf(path)
-    return header, require_family(header.get(K.General.ARCHITECTURE), str(path))
+    family = require_family(header.get(K.General.ARCHITECTURE), str(path))
+    check_header(header, family, str(path))
+    return header, family
 
 
 REPAIR = "run glm4-local repair on it"
@@ -112,39 +116,56 @@ def end_of_generation(path: Path, reader: GGUFHeader, specials: dict[str, int]) 
     return {text: i for text, i in specials.items() if i in eog}
 
 
+def _file_type_name(value: object) -> str:
+    try:
+        return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_")  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return "unknown" if value is None else f"unknown ({value!r})"
+
+
+def _list_of(value: object, kind: type) -> list:
+    return value if isinstance(value, list) and all(isinstance(v, kind) for v in value) else []
+
+
 def summarize(path: Path) -> GGUFSummary:
+    """What `info` shows. A GLM-4 file llama.cpp could not load is described with the reason, not refused."""
     reader = open_gguf(path)
-    arch = str(reader.get(K.General.ARCHITECTURE))
-    tokens = reader.get(K.Tokenizer.LIST) or []
-    types = reader.get(K.Tokenizer.TOKEN_TYPE) or []
+    arch = reader.get(K.General.ARCHITECTURE)
+    family = family_for_arch(arch)
+    problem = None
+    if family is not None:
+        try:
+            check_header(reader, family, str(path))
+        except GGUFFileError as e:
+            problem = str(e).removeprefix(f"{path}: ")
+    tokens = _list_of(reader.get(K.Tokenizer.LIST), str)
+    types = _list_of(reader.get(K.Tokenizer.TOKEN_TYPE), int)
     control = int(gguf.TokenType.CONTROL)
-    specials = {tokens[i]: i for i, t in enumerate(types) if t == control}
-    ftype = reader.get(K.General.FILE_TYPE)
-    merges = reader.get(K.Tokenizer.MERGES) or []
+    specials = {tokens[i]: i for i, t in enumerate(types) if t == control} if len(types) == len(tokens) else {}
+    context = reader.get(K.LLM.CONTEXT_LENGTH.format(arch=arch))
+    name, template, pre = (reader.get(k) for k in (K.General.NAME, K.Tokenizer.CHAT_TEMPLATE, K.Tokenizer.PRE))
     summary = GGUFSummary(
         path=path,
-        architecture=arch,
-        name=reader.get(K.General.NAME),
-        file_type=gguf.LlamaFileType(ftype).name.removeprefix("MOSTLY_") if ftype is not None else "unknown",
+        architecture=str(arch),
+        name=name if isinstance(name, str) else None,
+        file_type=_file_type_name(reader.get(K.General.FILE_TYPE)),
         size_bytes=path.stat().st_size,
         parameters=sum(t.n_elements for t in reader.tensors),
-        context_length=reader.get(K.LLM.CONTEXT_LENGTH.format(arch=arch)),
+        context_length=context if isinstance(context, int) and not isinstance(context, bool) else None,
         vocab_size=len(tokens),
         special_tokens=specials,
-        chat_template=reader.get(K.Tokenizer.CHAT_TEMPLATE) is not None,
-        pre_tokenizer=reader.get(K.Tokenizer.PRE),
-        merges=len(merges),
+        chat_template=isinstance(template, str),
+        pre_tokenizer=pre if isinstance(pre, str) else None,
+        merges=len(_list_of(reader.get(K.Tokenizer.MERGES), str)),
     )
-    family = family_for_arch(arch)
     if family is None:
         summary.warnings.append(f"{unknown_arch(arch)}; glm4-local cannot chat with it")
         return summary
-    summary.warnings.extend(tokenizer_warnings(reader, family, specials))
-    try:
-        summary.end_of_generation = end_of_generation(path, reader, specials)
-    except GGUFFileError as e:
-        summary.warnings.append(str(e).removeprefix(f"{path}: "))
+    if problem is not None:
+        summary.warnings.append(f"llama.cpp cannot load it: {problem}")
         return summary
+    summary.warnings.extend(tokenizer_warnings(reader, family, specials))
+    summary.end_of_generation = end_of_generation(path, reader, specials)
     unstopped = [t for t in family.stop_tokens if t not in summary.end_of_generation]
     if unstopped:
         summary.warnings.append(f"llama.cpp does not end generation on {', '.join(unstopped)}, so other "

@@ -18,6 +18,8 @@ import gguf
 import numpy as np
 
 V = gguf.GGUFValueType
+_MAX_ARRAY_DEPTH = 8
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 _SCALARS: dict[int, str] = {
     V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",
     V.FLOAT32: "<f", V.BOOL: "<?", V.UINT64: "<Q", V.INT64: "<q", V.FLOAT64: "<d",
@@ -37,7 +39,10 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
     @property
     def n_bytes(self) -> int:
@@ -82,17 +87,19 @@ class _Cursor:
     def string(self) -> str:
         return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype == V.STRING:
             return self.string()
         if vtype == V.ARRAY:
+            if depth >= _MAX_ARRAY_DEPTH:
+                raise ValueError(f"arrays nested more than {_MAX_ARRAY_DEPTH} deep")
             item_type, count = self.scalar("<I"), self.scalar("<Q")
             if item_type in _NUMPY:
                 dtype = np.dtype(_NUMPY[item_type])
                 return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
             if count > len(self.data):
                 raise ValueError(f"array of {count} items cannot fit in the file")
-            return [self.value(item_type) for _ in range(count)]
+            return [self.value(item_type, depth + 1) for _ in range(count)]
         if vtype not in _SCALARS:
             raise ValueError(f"unknown value type {vtype}")
         return self.scalar(_SCALARS[vtype])
@@ -126,18 +133,42 @@ def _parse(cur: _Cursor, file_size: int) -> GGUFHeader:
     raw = []
     for _ in range(n_tensors):
         name = cur.string()
-        dims = tuple(cur.scalar("<Q") for _ in range(cur.scalar("<I")))
+        n_dims = cur.scalar("<I")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise ValueError(f"tensor {name} has {n_dims} dimensions (1 to {_MAX_DIMS})")
+        dims = tuple(cur.scalar("<Q") for _ in range(n_dims))
         raw.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
-    alignment = int(fields.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
+    alignment = _alignment(fields.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT))
     data_start = -(-cur.pos // alignment) * alignment
-    tensors = []
-    for name, dims, type_id, offset in raw:
-        try:
-            qtype = gguf.GGMLQuantizationType(type_id)
-        except ValueError:
-            raise ValueError(f"tensor {name} has unknown type {type_id}") from None
-        tensors.append(TensorInfo(name, dims, qtype, data_start + offset))
+    tensors = [_tensor(name, dims, type_id, offset, alignment, data_start) for name, dims, type_id, offset in raw]
+    if len({t.name for t in tensors}) != len(tensors):
+        raise ValueError("a tensor name appears twice")
     return GGUFHeader(version, fields, tensors, field_types, alignment, data_start)
+
+
+def _alignment(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value & (value - 1):
+        raise ValueError(f"alignment {value!r} is not a positive power of two")
+    return value
+
+
+def _tensor(name: str, dims: tuple[int, ...], type_id: int, offset: int, alignment: int, data_start: int
+            ) -> TensorInfo:
+    try:
+        qtype = gguf.GGMLQuantizationType(type_id)
+    except ValueError:
+        raise ValueError(f"tensor {name} has unknown type {type_id}") from None
+    if qtype not in gguf.GGML_QUANT_SIZES:
+        raise ValueError(f"tensor {name} has type {qtype.name}, which has no size")
+    elements = 1
+    for d in dims:
+        elements *= d
+    block, _ = gguf.GGML_QUANT_SIZES[qtype]
+    if elements == 0 or elements >= 2**62 or dims[0] % block:
+        raise ValueError(f"tensor {name} has an impossible shape {list(dims)} for {qtype.name}")
+    if offset % alignment:
+        raise ValueError(f"tensor {name} data is not aligned to {alignment} bytes")
+    return TensorInfo(name, dims, qtype, data_start + offset)
 
 
 def _value_type(code: int) -> gguf.GGUFValueType:

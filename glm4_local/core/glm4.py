@@ -9,13 +9,14 @@ both convert to the same GGUF tensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gguf
 import numpy as np
 
-from glm4_local.core.errors import CheckpointError
+from glm4_local.core.errors import CheckpointError, GGUFFileError
 from glm4_local.core.glm4_templates import GLM4_CHAT_1M_TEMPLATE, GLM4_CHAT_TEMPLATE
 from glm4_local.core.model_family import (
     Hyperparams,
@@ -27,10 +28,15 @@ from glm4_local.core.model_family import (
     Target,
     TensorTable,
     WeightSource,
+    gguf_float,
+    gguf_int,
 )
 
 T = gguf.MODEL_TENSOR
 F = gguf.LlamaFileType
+K = gguf.Keys
+ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.CHATGLM]
+LAYOUTS = ("chatglm", "glm")  # config.json model_type of the original and the transformers layout
 
 # -- config.json -> ModelSpec ------------------------------------------------------------------
 
@@ -53,83 +59,146 @@ _CHATGLM_REQUIRED_FLAGS: dict[str, bool] = {
 }
 
 _DEFAULT_ROPE_BASE = 10000.0
+_MAX_CONTEXT = 1 << 24
+_MAX_WIDTH = 1 << 20
+_MAX_VOCAB = 1 << 22
 
 
 def spec_from_config(config: Mapping[str, Any], where: str) -> ModelSpec:
     """Both layouts to one set of numbers (the caller has matched `model_type` to this family)."""
-    spec = _from_chatglm(config, where) if config.get("model_type") == "chatglm" else _from_glm(config, where)
+    spec = _from_chatglm(config, where) if config.get("model_type") == LAYOUTS[0] else _from_glm(config, where)
     spec.validate(where)
     return spec
 
 
-def _require(config: Mapping[str, Any], key: str, where: str) -> Any:
-    if key not in config:
+_MAX_LAYERS = 4096
+
+
+def _value(config: Mapping[str, Any], keys: tuple[str, ...], default: Any) -> tuple[str, Any]:
+    for key in keys:
+        if config.get(key) is not None:
+            return key, config[key]
+    return keys[0], default
+
+
+def _int(config: Mapping[str, Any], *keys: str, where: str, default: int | None = None,
+         high: int = _MAX_WIDTH) -> int:
+    """The first of `keys` present: a whole number 1..high (default when absent, error when none)."""
+    key, value = _value(config, keys, default)
+    if value is None:
         raise CheckpointError(f"{where}: missing key {key!r}")
-    return config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise CheckpointError(f"{where}: {key} is {value!r}, not a whole number from 1 to {high:,}")
+    return value
+
+
+def _float(config: Mapping[str, Any], *keys: str, where: str, default: float) -> float:
+    """The first of `keys` present: a positive, finite number."""
+    key, value = _value(config, keys, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise CheckpointError(f"{where}: {key} is {value!r}, not a positive number")
+    return float(value)
+
+
+def _flag(config: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{where}: {key} is {value!r}, not true or false")
+    return value
 
 
 def _from_chatglm(config: Mapping[str, Any], where: str) -> ModelSpec:
     for flag, wanted in _CHATGLM_REQUIRED_FLAGS.items():
-        if flag in config and bool(config[flag]) != wanted:
+        if flag in config and config[flag] != wanted:
             raise CheckpointError(f"{where}: {flag}={config[flag]!r} is not a GLM-4 setting (expected {wanted})")
-    n_head = int(_require(config, "num_attention_heads", where))
-    n_embd = int(_require(config, "hidden_size", where))
-    multi_query = bool(config.get("multi_query_attention", False))
-    head_dim = int(config.get("kv_channels") or n_embd // n_head)
-    rope_ratio = float(config.get("rope_ratio") or 1.0)
-    n_layer = config.get("num_layers", config.get("num_hidden_layers"))
-    if n_layer is None:
-        raise CheckpointError(f"{where}: missing key 'num_layers'")
+    n_head = _int(config, "num_attention_heads", where=where)
+    n_embd = _int(config, "hidden_size", where=where)
+    head_dim = _int(config, "kv_channels", where=where, default=max(1, n_embd // n_head))
+    multi_query = _flag(config, "multi_query_attention", where, False)
     return ModelSpec(
-        layout="chatglm",
-        n_layer=int(n_layer),
+        layout=LAYOUTS[0],
+        n_layer=_int(config, "num_layers", "num_hidden_layers", where=where, high=_MAX_LAYERS),
         n_embd=n_embd,
         n_head=n_head,
-        n_head_kv=int(_require(config, "multi_query_group_num", where)) if multi_query else n_head,
+        n_head_kv=_int(config, "multi_query_group_num", where=where) if multi_query else n_head,
         head_dim=head_dim,
-        n_ff=int(_require(config, "ffn_hidden_size", where)),
-        vocab_size=int(config.get("padded_vocab_size") or _require(config, "vocab_size", where)),
-        context_length=int(config.get("seq_length") or 8192),
-        rms_eps=float(config.get("layernorm_epsilon", 1e-5)),
-        rope_base=_DEFAULT_ROPE_BASE * rope_ratio,
+        n_ff=_int(config, "ffn_hidden_size", where=where),
+        vocab_size=_int(config, "padded_vocab_size", "vocab_size", where=where, high=_MAX_VOCAB),
+        context_length=_int(config, "seq_length", where=where, default=8192, high=_MAX_CONTEXT),
+        rms_eps=_float(config, "layernorm_epsilon", where=where, default=1e-5),
+        rope_base=_DEFAULT_ROPE_BASE * _float(config, "rope_ratio", where=where, default=1.0),
         rope_dim=head_dim // 2,
-        qkv_bias=bool(config.get("add_qkv_bias", True)),
-        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        qkv_bias=_flag(config, "add_qkv_bias", where, True),
+        tied_embeddings=_flag(config, "tie_word_embeddings", where, False),
     )
-
-
-def _glm_rope(config: Mapping[str, Any]) -> tuple[float, float]:
-    """(rope base, partial rotary factor), from transformers 4.x or 5.x style configs."""
-    params = config.get("rope_parameters") or {}
-    base = params.get("rope_theta", config.get("rope_theta", _DEFAULT_ROPE_BASE))
-    factor = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.5))
-    return float(base), float(factor)
 
 
 def _from_glm(config: Mapping[str, Any], where: str) -> ModelSpec:
-    rope_base, partial = _glm_rope(config)
-    n_head = int(_require(config, "num_attention_heads", where))
-    n_embd = int(_require(config, "hidden_size", where))
-    head_dim = int(config.get("head_dim") or n_embd // n_head)
-    scaling = (config.get("rope_parameters") or {}).get("rope_type", "default")
+    params = config.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where}: rope_parameters is not an object")
+    scaling = params.get("rope_type", "default")
     if scaling not in ("default", None) or config.get("rope_scaling"):
         raise CheckpointError(f"{where}: rope scaling {scaling!r} is not supported for GLM-4")
+    rope_base = _float({**config, **params}, "rope_theta", where=where, default=_DEFAULT_ROPE_BASE)
+    partial = _float({**config, **params}, "partial_rotary_factor", where=where, default=0.5)
+    n_head = _int(config, "num_attention_heads", where=where)
+    n_embd = _int(config, "hidden_size", where=where)
+    head_dim = _int(config, "head_dim", where=where, default=max(1, n_embd // n_head))
     return ModelSpec(
-        layout="glm",
-        n_layer=int(_require(config, "num_hidden_layers", where)),
+        layout=LAYOUTS[1],
+        n_layer=_int(config, "num_hidden_layers", where=where, high=_MAX_LAYERS),
         n_embd=n_embd,
         n_head=n_head,
-        n_head_kv=int(config.get("num_key_value_heads") or n_head),
+        n_head_kv=_int(config, "num_key_value_heads", where=where, default=n_head),
         head_dim=head_dim,
-        n_ff=int(_require(config, "intermediate_size", where)),
-        vocab_size=int(_require(config, "vocab_size", where)),
-        context_length=int(config.get("max_position_embeddings") or 8192),
-        rms_eps=float(config.get("rms_norm_eps", 1e-5)),
+        n_ff=_int(config, "intermediate_size", where=where),
+        vocab_size=_int(config, "vocab_size", where=where, high=_MAX_VOCAB),
+        context_length=_int(config, "max_position_embeddings", where=where, default=8192, high=_MAX_CONTEXT),
+        rms_eps=_float(config, "rms_norm_eps", where=where, default=1e-5),
         rope_base=rope_base,
-        rope_dim=int(head_dim * partial),
-        qkv_bias=bool(config.get("attention_bias", True)),
-        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+        rope_dim=int(head_dim * min(partial, 1.0)),
+        qkv_bias=_flag(config, "attention_bias", where, True),
+        tied_embeddings=_flag(config, "tie_word_embeddings", where, False),
     )
+
+
+# -- a GGUF header -> ModelSpec (what llama.cpp's `chatglm` loader reads) ---------------------------
+
+
+
+def spec_from_gguf(header: Any, where: str) -> ModelSpec:
+    """The hyper-parameters a `chatglm` GGUF declares, each checked as llama.cpp's loader would need."""
+    def key(name: str) -> str:
+        return name.format(arch=ARCH)
+
+    names = {t.name for t in header.tensors}
+    tokens = header.get(K.Tokenizer.LIST)
+    if not isinstance(tokens, list) or not tokens:
+        raise GGUFFileError(f"{where}: {K.Tokenizer.LIST} is missing or empty")
+    n_embd = gguf_int(header, key(K.LLM.EMBEDDING_LENGTH), where, _MAX_WIDTH)
+    n_head = gguf_int(header, key(K.Attention.HEAD_COUNT), where, n_embd)
+    head_dim = gguf_int(header, key(K.Attention.KEY_LENGTH), where, _MAX_WIDTH, default=n_embd // n_head)
+    if gguf_int(header, key(K.Attention.VALUE_LENGTH), where, _MAX_WIDTH, default=head_dim) != head_dim:
+        raise GGUFFileError(f"{where}: key and value head sizes differ; GLM-4 has one head size")
+    spec = ModelSpec(
+        layout=LAYOUTS[0],
+        n_layer=gguf_int(header, key(K.LLM.BLOCK_COUNT), where, max(1, len(names))),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=gguf_int(header, key(K.Attention.HEAD_COUNT_KV), where, n_head, default=n_head),
+        head_dim=head_dim,
+        n_ff=gguf_int(header, key(K.LLM.FEED_FORWARD_LENGTH), where, _MAX_WIDTH),
+        vocab_size=len(tokens),
+        context_length=gguf_int(header, key(K.LLM.CONTEXT_LENGTH), where, _MAX_CONTEXT),
+        rms_eps=gguf_float(header, key(K.Attention.LAYERNORM_RMS_EPS), where),
+        rope_base=gguf_float(header, key(K.Rope.FREQ_BASE), where, default=_DEFAULT_ROPE_BASE),
+        rope_dim=gguf_int(header, key(K.Rope.DIMENSION_COUNT), where, _MAX_WIDTH, default=head_dim // 2),
+        qkv_bias="blk.0.attn_qkv.bias" in names,
+        tied_embeddings="output.weight" not in names,
+    )
+    spec.validate(where, GGUFFileError)
+    return spec
 
 
 # -- checkpoint tensors -> GGUF tensors -----------------------------------------------------------
@@ -269,14 +338,16 @@ SPECIAL_TOKENS = (
 GLM4_9B = ModelFamily(
     name="GLM-4-9B",
     arch=gguf.MODEL_ARCH.CHATGLM,
-    model_types=("chatglm", "glm"),
+    model_types=LAYOUTS,
     refused_model_types=REFUSED,
     supported=SUPPORTED,
     spec_from_config=spec_from_config,
+    spec_from_gguf=spec_from_gguf,
     tensors=TENSORS,
     forward=forward,
     # llama.cpp's `glm4` pre-tokenizer looks a whole pre-tokenized piece up first, as tiktoken does;
     # its older `chatglm-bpe` does not, and splits hundreds of words GLM-4 keeps whole.
+    tokenizer_model="gpt2",  # llama.cpp's name for byte-level BPE
     pre_tokenizer="glm4",
     pre_tokenizer_pattern=PATTERN,
     special_tokens=SPECIAL_TOKENS,

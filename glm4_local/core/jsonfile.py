@@ -28,3 +28,7 @@ def read_json(path: Path, error: type[Glm4LocalError] = Glm4LocalError) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e})") from e
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise error(f"{path}: not usable JSON ({e})") from e

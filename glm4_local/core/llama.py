@@ -8,7 +8,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,40 @@ def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_
     cache = {name: int(t) for name, t in (("type_k", type_k), ("type_v", type_v)) if t is not None}
     errors = capture_logs()
     try:
-        return Llama(
-            model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
-            n_gpu_layers=n_gpu_layers, n_threads=n_threads or max(1, os.cpu_count() or 2),
-            n_batch=n_batch or min(n_ctx, 512), verbose=False, **cache, **extra,
-        )
-    except (ValueError, RuntimeError) as e:
-        detail = next((line for line in errors if line), str(e))
+        with _without_chat_formatters():
+            return Llama(
+                model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
+                n_gpu_layers=n_gpu_layers, n_threads=n_threads or max(1, os.cpu_count() or 2),
+                n_batch=n_batch or min(n_ctx, 512), verbose=False, **cache, **extra,
+            )
+    except Exception as e:  # llama-cpp-python raises ValueError, RuntimeError and others for a bad file
+        detail = next((line for line in errors if line), str(e) or type(e).__name__)
         raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
+
+
+class _NoFormatter:
+    """Stands in for llama-cpp-python's Jinja chat formatter, which glm4-local never uses."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def to_chat_handler(self) -> None:
+        return None
+
+
+@contextmanager
+def _without_chat_formatters() -> Iterator[None]:
+    """llama-cpp-python compiles every chat template in a file while loading it, unguarded: a template
+    that is not valid Jinja raises, and one like `{{ 9 ** 999999999 }}` hangs the load (Jinja folds
+    constants while compiling). glm4-local renders templates itself, bounded (chat/template.py)."""
+    from llama_cpp import llama_chat_format
+
+    original = llama_chat_format.Jinja2ChatFormatter
+    llama_chat_format.Jinja2ChatFormatter = _NoFormatter  # type: ignore[misc,assignment]
+    try:
+        yield
+    finally:
+        llama_chat_format.Jinja2ChatFormatter = original  # type: ignore[misc]
 
 
 def tokenize(llm: Any, text: str, special: bool = False) -> list[int]:

@@ -8,6 +8,7 @@ The converter, the header checks, the chat runtime and `doctor` ask the family; 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import gguf
 import numpy as np
 
-from glm4_local.core.errors import CheckpointError
+from glm4_local.core.errors import CheckpointError, GGUFFileError, Glm4LocalError
 
 K = gguf.Keys
 Shape = tuple[int, ...]
@@ -48,7 +49,7 @@ class ModelSpec:
     def kv_rows(self) -> int:
         return self.n_head_kv * self.head_dim
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str, error: type[Glm4LocalError] = CheckpointError) -> None:
         positive = {
             "layers": self.n_layer, "hidden size": self.n_embd, "attention heads": self.n_head,
             "KV heads": self.n_head_kv, "head dim": self.head_dim, "FFN size": self.n_ff,
@@ -56,13 +57,15 @@ class ModelSpec:
         }
         for what, value in positive.items():
             if value <= 0:
-                raise CheckpointError(f"{where}: {what} must be positive, got {value}")
+                raise error(f"{where}: {what} must be positive, got {value}")
         if self.n_head % self.n_head_kv:
-            raise CheckpointError(
-                f"{where}: {self.n_head} attention heads do not divide into {self.n_head_kv} KV groups"
-            )
+            raise error(f"{where}: {self.n_head} attention heads do not divide into {self.n_head_kv} KV groups")
         if self.rope_dim % 2 or not 0 < self.rope_dim <= self.head_dim:
-            raise CheckpointError(f"{where}: rotary dimension {self.rope_dim} invalid for head dim {self.head_dim}")
+            raise error(f"{where}: rotary dimension {self.rope_dim} invalid for head dim {self.head_dim}")
+        if not (math.isfinite(self.rms_eps) and self.rms_eps > 0):
+            raise error(f"{where}: norm epsilon {self.rms_eps} must be a positive number")
+        if not (math.isfinite(self.rope_base) and self.rope_base > 0):
+            raise error(f"{where}: rope base {self.rope_base} must be a positive number")
 
 
 ShapeOf = Callable[[ModelSpec], Shape]
@@ -138,9 +141,11 @@ class ModelFamily:
     refused_model_types: Mapping[str, str]  # look-alikes it must not convert, and why
     supported: str  # the checkpoints it converts, for messages
     spec_from_config: Callable[[Mapping[str, Any], str], ModelSpec]
+    spec_from_gguf: Callable[[Any, str], ModelSpec]  # from a GGUF header; GGUFFileError when it cannot be one
     tensors: TensorTable
     forward: Callable[[ModelSpec, WeightSource, Sequence[int]], np.ndarray]
     # tokenizer
+    tokenizer_model: str  # llama.cpp's tokenizer.ggml.model
     pre_tokenizer: str  # llama.cpp's pre-tokenizer name that reproduces the family's tokenizer
     pre_tokenizer_pattern: str
     special_tokens: tuple[str, ...]  # in id order, right after the ranked tokens
@@ -178,17 +183,10 @@ class ModelFamily:
             name = next(iter(self.published_templates))
         return name, self.published_templates[name]
 
-    def hyperparams(self, header: Any) -> Hyperparams:
-        """From a GGUF header (anything with `.get(key, default)`) of this architecture."""
-        arch = self.arch_name
-        n_embd = int(header.get(K.LLM.EMBEDDING_LENGTH.format(arch=arch), 0))
-        n_head = int(header.get(K.Attention.HEAD_COUNT.format(arch=arch), 1))
-        return Hyperparams(
-            context_length=int(header.get(K.LLM.CONTEXT_LENGTH.format(arch=arch), 8192)),
-            n_layer=int(header.get(K.LLM.BLOCK_COUNT.format(arch=arch), 0)),
-            n_head_kv=int(header.get(K.Attention.HEAD_COUNT_KV.format(arch=arch), n_head)),
-            head_dim=int(header.get(K.Attention.KEY_LENGTH.format(arch=arch), n_embd // max(n_head, 1))),
-        )
+    def hyperparams(self, header: Any, where: str) -> Hyperparams:
+        """What chatting needs, from a GGUF header of this architecture."""
+        spec = self.spec_from_gguf(header, where)
+        return Hyperparams(spec.context_length, spec.n_layer, spec.n_head_kv, spec.head_dim)
 
     @staticmethod
     def kv_cache_bytes(h: Hyperparams, n_ctx: int, type_k: gguf.GGMLQuantizationType,
@@ -201,3 +199,21 @@ class ModelFamily:
             return type_size / block
 
         return int(n_ctx * values_per_token * (size(type_k) + size(type_v)))
+
+
+def gguf_int(header: Any, key: str, where: str, high: int, default: int | None = None) -> int:
+    """A GGUF header's integer field, 1..high; GGUFFileError naming the key otherwise."""
+    value = header.get(key, default)
+    if value is None:
+        raise GGUFFileError(f"{where}: {key} is missing")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise GGUFFileError(f"{where}: {key} is {value!r}, not a whole number from 1 to {high:,}")
+    return value
+
+
+def gguf_float(header: Any, key: str, where: str, default: float | None = None) -> float:
+    """A GGUF header's positive, finite number field; GGUFFileError naming the key otherwise."""
+    value = header.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise GGUFFileError(f"{where}: {key} is {value!r}, not a positive number")
+    return float(value)

@@ -10,10 +10,11 @@ from rich.console import Console
 from glm4_local.chat.models import resolve_model
 from glm4_local.chat.options import RuntimeOptions, SamplingOptions
 from glm4_local.chat.runtime import ChatRuntime
-from glm4_local.chat.session import Autosave, Conversation, load_conversation
+from glm4_local.chat.schema import load_tools
+from glm4_local.chat.session import Autosave, Conversation, load_conversation, resume_latest
 from glm4_local.chat.setup import ModelFacts, open_engine
 from glm4_local.chat.template import ChatTemplate, to_glm_messages
-from glm4_local.chat.toolcalls import load_tools
+from glm4_local.chat.toolcalls import ToolRunner
 from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families import FAMILIES
@@ -21,13 +22,10 @@ from glm4_local.core.gguf_file import REPAIR, quick_problems
 from glm4_local.frontends.oneshot import run_oneshot
 
 
-def _conversation(resume: bool, system: str | None, tools_path: Path | None) -> tuple[Conversation, Autosave]:
+def _conversation(resume: bool, system: str | None, tools_path: Path | None, errors: Console
+                  ) -> tuple[Conversation, Autosave]:
     if resume:
-        latest = Autosave.latest()
-        if latest is None:
-            raise Glm4LocalError("no saved conversation to resume (they are kept in "
-                                 f"{Autosave().path.parent})")
-        conversation, autosave = load_conversation(latest), Autosave(latest)
+        conversation, autosave = resume_latest(lambda note: errors.print(note, style="yellow", markup=False))
     else:
         conversation, autosave = Conversation(), Autosave()
     if system is not None:
@@ -52,13 +50,11 @@ def _size(nbytes: int) -> str:
 
 
 def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: SamplingOptions, *,
-               system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: Path | None,
+               system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: ToolRunner | None,
                resume: bool, verbose: bool, as_json: bool, console: Console, errors: Console) -> None:
-    if tool_exec is not None and not tool_exec.is_file():
-        raise Glm4LocalError(f"{tool_exec}: tool executable not found")
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
     text = None if interactive else _oneshot_text(prompt)
-    conversation, autosave = _conversation(resume, system, tools_path)
+    conversation, autosave = _conversation(resume, system, tools_path, errors)
     facts = ModelFacts.read(resolve_model(model))
     for problem in quick_problems(facts.header, facts.family):
         errors.print(f"warning: {facts.path.name}: {problem}; {REPAIR}", style="yellow", markup=False,

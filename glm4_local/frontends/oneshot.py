@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
-from glm4_local.chat.toolcalls import run_tool
+from glm4_local.chat.toolcalls import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
 
 MAX_TOOL_ROUNDS = 8
@@ -39,7 +38,7 @@ class Answer:
         }
 
 
-def answer(engine: ChatEngine, text: str, tool_exec: Path | None, out: TextIO | None) -> Answer:
+def answer(engine: ChatEngine, text: str, tool_exec: ToolRunner | None, out: TextIO | None) -> Answer:
     """One user message; with tool_exec, tool calls are run and answered until a plain reply."""
     turn: Turn = engine.send(text)
     results: list[TurnResult] = []
@@ -63,11 +62,11 @@ def answer(engine: ChatEngine, text: str, tool_exec: Path | None, out: TextIO | 
         calls.append(engine.conversation.messages[-1]["tool_calls"][0])
         if tool_exec is None:
             return Answer("", calls, results)
-        turn = engine.send_observation(run_tool(tool_exec, call))
+        turn = engine.send_observation(tool_exec.run(call))
     raise Glm4LocalError(f"stopped after {MAX_TOOL_ROUNDS} tool calls in a row")
 
 
-def run_oneshot(engine: ChatEngine, text: str, tool_exec: Path | None, as_json: bool) -> None:
+def run_oneshot(engine: ChatEngine, text: str, tool_exec: ToolRunner | None, as_json: bool) -> None:
     out = None if as_json else sys.stdout
     result = answer(engine, text, tool_exec, out)
     if as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rich.text import Text
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
 from glm4_local.chat.session import data_home, load_conversation, save_json
-from glm4_local.chat.toolcalls import run_tool
+from glm4_local.chat.toolcalls import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
 
 HELP = """\
@@ -56,7 +57,7 @@ def key_bindings() -> KeyBindings:
 
 
 class Repl:
-    def __init__(self, engine: ChatEngine, console: Console, tool_exec: Path | None = None,
+    def __init__(self, engine: ChatEngine, console: Console, tool_exec: ToolRunner | None = None,
                  verbose: bool = False, history_file: Path | None = None) -> None:
         self.engine = engine
         self.console = console
@@ -116,7 +117,13 @@ class Repl:
                 return
             self.console.print(Text(f"→ {call.name}({call.arguments})", style="cyan"))
             if self.tool_exec:
-                observation = run_tool(self.tool_exec, call)
+                try:
+                    observation = self.tool_exec.run(call)
+                except KeyboardInterrupt:
+                    # the call is answered, so the conversation stays well-formed; no reply is asked for
+                    self.engine.add_observation(json.dumps({"error": "cancelled by the user"}))
+                    self.say("[tool cancelled]", "yellow")
+                    return
                 self.say(f"← {observation.strip()[:500]}")
             else:
                 observation = self.prompt.prompt("result› ")
