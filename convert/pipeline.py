@@ -212,14 +212,25 @@ def _write_quantized(checkpoint: Checkpoint, dest: Path, final: Path, weight_typ
         if isinstance(imatrix, Path):
             imatrix = _measure_importance(staging, imatrix, force, sink)
         staged_bytes = staging.stat().st_size
-        sink.start(f"Quantizing to {kind.label}", staged_bytes, 0)
+        sink.start(f"Quantizing to {kind.label}", staged_bytes, len(checkpoint.plan))
+        done_bytes = 0
+
+        def on_tensor(done: int, total: int) -> None:  # llama.cpp reports each tensor as it starts it
+            nonlocal done_bytes
+            reached = staged_bytes * (done - 1) // max(total, 1)
+            sink.advance(reached - done_bytes)
+            done_bytes = reached
+            if done > 1:
+                sink.tensor_done()
+
         try:
-            quantize(staging, dest, kind.file_type, imatrix=imatrix)
+            quantize(staging, dest, kind.file_type, imatrix=imatrix, on_tensor=on_tensor)
         except Glm4LocalError as e:
             if disk_nearly_full(dest.parent):  # llama.cpp reports only "iostream error"
                 raise OutputError(f"{final}: disk full while quantizing; nothing was left behind") from e
             raise Glm4LocalError(f"{final}: {str(e).removeprefix(f'{dest}: ')}") from e
-        sink.advance(staged_bytes)
+        sink.advance(staged_bytes - done_bytes)
+        sink.tensor_done()
     except OSError as e:
         raise output_error(final, e) from e
     finally:

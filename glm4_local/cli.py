@@ -22,11 +22,30 @@ from glm4_local.core.llama import CACHE_TYPES
 
 app = typer.Typer(
     name="glm4-local", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="GLM-4-9B-Chat on your own machine: convert checkpoints to GGUF, verify them, and chat.",
+    rich_markup_mode=None,
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 R = TypeVar("R")
+
+
+def examples(*lines: str) -> str:
+    """An --help epilog of example command lines, kept as written (\b stops click re-wrapping it)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from glm4_local import __version__
+
+        out.print(f"glm4-local {__version__}", markup=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """GLM-4-9B-Chat on your own machine: convert checkpoints to GGUF, check them, and chat."""
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -73,10 +92,14 @@ def parsed(flag: str, parse: Callable[[str], R], text: str) -> R:
         raise fail(f"{flag} {e}") from None
 
 
-@app.command()
+@app.command(epilog=examples(
+    "glm4-local convert THUDM/glm-4-9b-chat                   # -> models/glm-4-9b-chat-Q4_K_M.gguf",
+    "glm4-local convert ./glm-4-9b-chat -t q8_0 -o chat-q8.gguf",
+    "glm4-local convert ./glm-4-9b-chat -t q4_k_m --imatrix auto"))
 def convert(
     source: Annotated[str, typer.Argument(help="Checkpoint folder, or a Hub repo id in the local HF cache.")],
-    outtype: Annotated[str, typer.Option("--outtype", "-t", help=" ".join(OUT_TYPES))] = DEFAULT_OUT_TYPE.name,
+    outtype: Annotated[str, typer.Option("--outtype", "-t", metavar="TYPE", help="One of: " + " ".join(OUT_TYPES)
+                                         )] = DEFAULT_OUT_TYPE.name,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: "
                                                 "models/<name>-<TYPE>.gguf).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
@@ -108,7 +131,7 @@ def convert(
     out.print(str(result.path), markup=False)
 
 
-@app.command()
+@app.command(epilog=examples("glm4-local info models/glm-4-9b-chat-Q4_K_M.gguf", "glm4-local info FILE --json"))
 def info(
     file: Annotated[Path, typer.Argument(help="A GGUF file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -137,7 +160,7 @@ def info(
         err.print(f"warning: {warning}", markup=False)
 
 
-@app.command()
+@app.command(epilog=examples("glm4-local verify models/glm-4-9b-chat-Q4_K_M.gguf --source THUDM/glm-4-9b-chat"))
 def verify(
     file: Annotated[Path, typer.Argument(help="The GGUF to check.")],
     source: Annotated[str, typer.Option("--source", help="The checkpoint it was converted from.")],
@@ -145,7 +168,9 @@ def verify(
     """Compare a GGUF's logits in llama.cpp with a numpy forward pass over the source weights."""
     from glm4_local.convert.verify import verify as verify_gguf
 
-    report = run(verify_gguf, file, source)
+    with err.status("running the file in llama.cpp and the reference forward pass…") if err.is_terminal \
+            else nullcontext():
+        report = run(verify_gguf, file, source)
     lim = report.limits
     out.print(f"file type {report.file_type}, {report.positions} positions", markup=False)
     out.print(f"max abs error  {report.max_abs_error:.6f} (limit {lim.max_abs_error})", markup=False)
@@ -156,7 +181,8 @@ def verify(
     out.print("OK", markup=False)
 
 
-@app.command()
+@app.command(epilog=examples("glm4-local repair glm-4-9b-chat.Q4_K_M.gguf",
+                             "glm4-local repair downloaded.gguf -o fixed.gguf --template my.jinja"))
 def repair(
     file: Annotated[Path, typer.Argument(help="A GLM-4-9B GGUF made by another tool (any quantization).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: "
@@ -186,7 +212,9 @@ def repair(
         out.print(str(report.output), markup=False)
 
 
-@app.command(name="eval")
+@app.command(name="eval", epilog=examples(
+    "glm4-local eval models/glm-4-9b-chat-Q4_K_M.gguf --reference models/glm-4-9b-chat-F16.gguf",
+    "glm4-local eval Q4_K_M --reference F16 --text my-notes.txt --json"))
 def evaluate(
     model: Annotated[str, typer.Argument(help="The GGUF to measure (path or name in ./models).")],
     reference: Annotated[str, typer.Option("--reference", help="Its 16-bit or f32 parent GGUF.")],
@@ -220,7 +248,21 @@ def evaluate(
         out.print(f"{key:>15}: {value}", markup=False)
 
 
-@app.command()
+CHAT_EPILOG = examples(
+    "glm4-local chat                                  # the newest model in ./models",
+    "glm4-local chat glm-4-9b-chat-Q4_K_M --system \"You are concise.\"",
+    "glm4-local chat MODEL -p \"Summarise this:\" < notes.txt",
+    "glm4-local chat MODEL --tools tools.json --tool-exec ./tool.py",
+    "glm4-local chat --resume",
+) + """
+
+\b
+In the chat: /help /show /set NAME VALUE /system [TEXT|--clear] /reset /retry /undo /save FILE
+/load FILE /stats /exit. Enter sends, Alt-Enter adds a line, Ctrl-C stops a reply, Ctrl-D leaves.
+Sampling defaults come from the GGUF (general.sampling.*), else GLM-4's own (temperature 0.8, top_p 0.8)."""
+
+
+@app.command(epilog=CHAT_EPILOG)
 def chat(
     model: Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
                                                 "(default: the newest there).")] = None,
@@ -234,24 +276,33 @@ def chat(
                                                 "before it is stopped (the model is told).")] = DEFAULT_TOOL_TIMEOUT,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
     temp: Annotated[float | None, typer.Option("--temp", help="Temperature (0: greedy).")] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k")] = None,
-    min_p: Annotated[float | None, typer.Option("--min-p")] = None,
-    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens "
+                                                "up to this probability mass.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Keep only the K most likely tokens (0: off).")
+                     ] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p", help="Drop tokens less likely than this fraction of "
+                                                "the most likely one.")] = None,
+    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty", help="Penalty for repeating recent "
+                                                         "tokens (1: off).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable sampling.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")] = None,
     ctx: Annotated[str, typer.Option("--ctx", help="Context tokens, or 'max' for the model's trained "
                                      "context.")] = str(DEFAULT_CTX),
     gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")] = "auto",
-    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Prompt batch size.")] = DEFAULT_BATCH,
-    flash_attn: Annotated[bool, typer.Option("--flash-attn")] = False,
-    cache_type_k: Annotated[str, typer.Option("--cache-type-k", help=", ".join(CACHE_TYPES))] = "f16",
-    cache_type_v: Annotated[str, typer.Option("--cache-type-v", help=", ".join(CACHE_TYPES))] = "f16",
-    mlock: Annotated[bool, typer.Option("--mlock")] = False,
-    no_mmap: Annotated[bool, typer.Option("--no-mmap")] = False,
+    flash_attn: Annotated[bool, typer.Option("--flash-attn", help="Use flash attention (less memory for long "
+                                             "contexts; helps most on GPUs).")] = False,
+    cache_type_k: Annotated[str, typer.Option("--cache-type-k", metavar="TYPE", help="KV cache type for keys: "
+                                              + ", ".join(CACHE_TYPES))] = "f16",
+    cache_type_v: Annotated[str, typer.Option("--cache-type-v", metavar="TYPE", help="KV cache type for values: "
+                                              + ", ".join(CACHE_TYPES))] = "f16",
+    mlock: Annotated[bool, typer.Option("--mlock", help="Lock the model in RAM (never swapped out).")] = False,
+    no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read the whole model into memory instead of "
+                                          "mapping the file.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show token counts and speed.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Non-interactive: print content, tool_calls, usage, "
+    as_json: Annotated[bool, typer.Option("--json", help="Non-interactive: print content, tool_calls, usage "
+                                          "(summed over every model call of the answer), "
                                           "timings as JSON.")] = False,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
@@ -272,7 +323,8 @@ def chat(
         tool_exec=runner, resume=resume, verbose=verbose, as_json=as_json, console=out, errors=err)
 
 
-@app.command()
+@app.command(epilog=examples("glm4-local render conversation.json",
+                             "glm4-local render conversation.json --tools tools.json --model MODEL --tokens"))
 def render(
     conversation: Annotated[Path, typer.Argument(help="OpenAI-style messages JSON (as /save writes).")],
     tools: Annotated[Path | None, typer.Option("--tools", help="OpenAI-style JSON list of functions.")] = None,
@@ -294,7 +346,7 @@ def render(
         sys.stdout.flush()
 
 
-@app.command()
+@app.command(epilog=examples("glm4-local doctor"))
 def doctor() -> None:
     """What this machine's llama.cpp can do: offload, CPU features, RAM, and which GLM-4 fits."""
     from glm4_local.frontends.doctor import collect, render

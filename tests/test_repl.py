@@ -28,7 +28,8 @@ def saved(home: Path) -> list[dict]:
     files = sorted((home / "sessions").glob("*.json"))
     assert len(files) == 1, files
     data = json.loads(files[0].read_text())
-    return data["messages"] if isinstance(data, dict) else data
+    assert set(data) == {"messages", "tools"}  # one shape, always
+    return data["messages"]
 
 
 def ask(child: pexpect.spawn, text: str, expect: str) -> None:
@@ -62,11 +63,11 @@ def test_multiline_input_and_commands(scripted_gguf: Callable[[str], Path], tmp_
     ask(child, "/help", "/retry")
     ask(child, "/load out.json", "loaded 3 messages")
     ask(child, "/retry", "Sunny day")
-    child.sendcontrol("c")  # at an empty prompt: leave
+    child.sendcontrol("d")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    assert json.loads((tmp_path / "out.json").read_text())[:2] == [
+    assert json.loads((tmp_path / "out.json").read_text())["messages"][:2] == [
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "line one\nline two"}]
     assert [m["role"] for m in saved(tmp_path)] == ["system", "user", "assistant"]
 
@@ -143,11 +144,12 @@ def test_ctrl_c_stops_a_running_tool_and_returns_to_the_prompt(scripted_gguf: Ca
     time.sleep(0.5)
     started = time.monotonic()
     child.sendintr()
-    child.expect_exact("[tool cancelled]")
+    child.expect_exact("[tool call cancelled]")
     child.expect_exact(PROMPT)
     assert time.monotonic() - started < 5
     messages = saved(tmp_path)
-    assert messages[-1] == {"role": "tool", "content": '{"error": "cancelled by the user"}'}
+    call_id = messages[-2]["tool_calls"][0]["id"]
+    assert messages[-1] == {"role": "tool", "content": '{"error": "cancelled by the user"}', "tool_call_id": call_id}
     assert messages[-2]["tool_calls"][0]["function"]["name"] == "lookup"
     child.sendcontrol("d")
     child.expect(pexpect.EOF)

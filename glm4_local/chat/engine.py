@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glm4_local.chat.runtime import ChatRuntime, Generation, Sampling, Timings
@@ -40,6 +40,7 @@ class Turn:
     generation: Generation
     engine: ChatEngine
     dropped_turns: int
+    prompt_tokens: int = 0
     generated: list[str] = field(default_factory=list)
 
     def display(self) -> Iterator[str]:
@@ -131,7 +132,7 @@ class ChatEngine:
         """Reply to the conversation as it stands (its last message is the user's or a tool's)."""
         tokens, dropped = self._fitted_prompt()
         s = self.settings
-        return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens, s.seed), self, dropped)
+        return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens, s.seed), self, dropped, len(tokens))
 
     def send(self, text: str) -> Turn:
         self.conversation.messages.append({"role": "user", "content": text})
@@ -140,8 +141,29 @@ class ChatEngine:
 
     def add_observation(self, result: str) -> None:
         """Answer the last tool call without asking for a reply (a cancelled or refused call)."""
-        self.conversation.messages.append({"role": "tool", "content": result})
+        message: dict[str, Any] = {"role": "tool", "content": result}
+        call_id = self._unanswered_call_id()
+        if call_id:
+            message["tool_call_id"] = call_id
+        self.conversation.messages.append(message)
         self.save()
+
+    def pending_call(self) -> bool:
+        """Whether the conversation ends with a tool call nobody has answered."""
+        last = self.conversation.messages[-1] if self.conversation.messages else {}
+        return last.get("role") == "assistant" and bool(last.get("tool_calls"))
+
+    def _unanswered_call_id(self) -> str | None:
+        if not self.pending_call():
+            return None
+        call = self.conversation.messages[-1]["tool_calls"][-1]
+        return call.get("id") if isinstance(call, dict) else None
+
+    def set_sampling(self, **changes: object) -> None:
+        """Change sampling for the next replies: temperature, top_p, ..., or max_tokens / seed."""
+        own = {k: changes.pop(k) for k in ("max_tokens", "seed") if k in changes}
+        sampling = replace(self.settings.sampling, **changes)  # type: ignore[arg-type]
+        self.settings = replace(self.settings, sampling=sampling, **own)  # type: ignore[arg-type]
 
     def send_observation(self, result: str) -> Turn:
         self.add_observation(result)

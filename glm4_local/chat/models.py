@@ -43,4 +43,18 @@ def resolve_model(name: str | None) -> Path:
         found = _ggufs(folder)
         if found:
             return max(found, key=lambda p: p.stat().st_mtime)
-    raise Glm4LocalError(f"no model found in {', '.join(str(d) for d in model_dirs())}; {HOW_TO_CONVERT}")
+    raise Glm4LocalError(f"no model found (looked in {searched()}); {HOW_TO_CONVERT}")
+
+
+def searched() -> str:
+    """The models folders, each with why it held nothing, for messages."""
+    parts = []
+    for folder in model_dirs():
+        shown = f"./{folder}" if not folder.is_absolute() else str(folder)
+        if not folder.is_dir():
+            parts.append(f"{shown}, which does not exist")
+        else:
+            parts.append(f"{shown}, which has no .gguf file")
+    if not os.environ.get("GLM4_LOCAL_MODELS"):
+        parts.append("and $GLM4_LOCAL_MODELS is not set")
+    return "; ".join(parts)

@@ -46,7 +46,8 @@ class Generation:
 
     chunks: Iterator[str]
     timings: Timings = field(default_factory=Timings)
-    stopped_by: str | None = None  # a stop token's text, "max_tokens", or None while running
+    # a stop token's text; "max_tokens" (the reply's limit) or "context" (no room left); None while running
+    stopped_by: str | None = None
 
 
 class ChatRuntime:
@@ -106,11 +107,12 @@ class ChatRuntime:
         budget = self.n_ctx - len(prompt)
         limit = min(max_tokens, budget) if max_tokens else budget
         generation = Generation(iter(()))
-        generation.chunks = self._stream(list(prompt), sampling, limit, seed, generation)
+        cut = "max_tokens" if max_tokens and max_tokens <= budget else "context"
+        generation.chunks = self._stream(list(prompt), sampling, limit, seed, generation, cut)
         return generation
 
     def _stream(self, prompt: list[int], sampling: Sampling, limit: int, seed: int | None,
-                gen: Generation) -> Iterator[str]:
+                gen: Generation, cut: str) -> Iterator[str]:
         if seed is not None:
             self.llm.set_seed(seed)
         timings = gen.timings
@@ -137,7 +139,7 @@ class ChatRuntime:
                 if text:
                     yield text
                 if count >= limit:
-                    gen.stopped_by = "max_tokens"
+                    gen.stopped_by = cut
                     break
             # bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD
         finally:

@@ -35,9 +35,9 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
 
-    def to_json(self) -> Any:
-        """A plain message list, or {"messages", "tools"} when there are tools."""
-        return {"messages": self.messages, "tools": self.tools} if self.tools else self.messages
+    def to_json(self) -> dict[str, Any]:
+        """Always one shape: {"messages": OpenAI-style messages, "tools": the tools (or [])}."""
+        return {"messages": self.messages, "tools": self.tools or []}
 
     @property
     def system_prompt(self) -> str | None:

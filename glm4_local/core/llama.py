@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,9 @@ QUANTIZE_BUFFER_BYTES = 256 * 1024 * 1024
 _GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE, DEBUG, INFO, WARN, ERROR, CONT
 
 _errors: list[str] = []
+_listeners: list[Callable[[str], None]] = []  # see every log line while registered (e.g. quantizer progress)
 _log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
+_QUANTIZED_TENSOR = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")  # the quantizer's "[  12/ 284] blk.0..." lines
 
 
 def capture_logs() -> list[str]:
@@ -39,8 +42,11 @@ def capture_logs() -> list[str]:
 
         @llama_cpp.llama_log_callback
         def on_log(level: int, text: bytes, user_data: object) -> None:
+            line = text.decode("utf-8", errors="replace")
             if level == _GGML_LOG_LEVEL_ERROR:
-                _errors.append(text.decode("utf-8", errors="replace").strip())
+                _errors.append(line.strip())
+            for listener in _listeners:
+                listener(line)
 
         _log_callback = on_log
         llama_cpp.llama_log_set(on_log, None)
@@ -159,15 +165,24 @@ def _imatrix_array(values: dict[str, np.ndarray]) -> tuple[Any, list[object]]:
 
 
 def quantize(source: Path, dest: Path, file_type: gguf.LlamaFileType,
-             imatrix: dict[str, np.ndarray] | None = None, threads: int = 0) -> None:
+             imatrix: dict[str, np.ndarray] | None = None, threads: int = 0,
+             on_tensor: Callable[[int, int], None] | None = None) -> None:
     """Quantize GGUF `source` into `dest` with llama.cpp's quantizer; Glm4LocalError when it fails.
 
-    The C call runs in a worker thread so that Ctrl-C still reaches Python at once: the caller's
-    cleanup then removes the half-written file while the worker is abandoned.
+    `on_tensor(done, total)` hears of each tensor as the quantizer reaches it (from its log). The C
+    call runs in a worker thread so that Ctrl-C still reaches Python at once: the caller's cleanup
+    then removes the half-written file while the worker is abandoned.
     """
     import llama_cpp
 
     errors = capture_logs()
+
+    def progress(line: str) -> None:
+        match = _QUANTIZED_TENSOR.match(line)
+        if match and on_tensor:
+            on_tensor(int(match.group(1)), int(match.group(2)))
+
+    _listeners.append(progress)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(file_type)
     params.nthread = threads
@@ -184,8 +199,11 @@ def quantize(source: Path, dest: Path, file_type: gguf.LlamaFileType,
         daemon=True,
     )
     worker.start()
-    while worker.is_alive():
-        worker.join(timeout=0.2)
+    try:
+        while worker.is_alive():
+            worker.join(timeout=0.2)
+    finally:
+        _listeners.remove(progress)
     del keep_alive
     if not result or result[0] != 0:
         detail = next((e for e in errors if e), f"code {result[0] if result else '?'}")

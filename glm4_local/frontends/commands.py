@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -53,9 +54,10 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
                system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: ToolRunner | None,
                resume: bool, verbose: bool, as_json: bool, console: Console, errors: Console) -> None:
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
+    model_path = resolve_model(model)  # before reading stdin: a missing model is the first thing to hear
     text = None if interactive else _oneshot_text(prompt)
     conversation, autosave = _conversation(resume, system, tools_path, errors)
-    facts = ModelFacts.read(resolve_model(model))
+    facts = ModelFacts.read(model_path)
     for problem in quick_problems(facts.header, facts.family):
         errors.print(f"warning: {facts.path.name}: {problem}; {REPAIR}", style="yellow", markup=False,
                      highlight=False)
@@ -69,7 +71,9 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
     def notify(message: str) -> None:
         errors.print(message, style="yellow", markup=False, highlight=False)
 
-    engine = open_engine(facts, runtime_options, sampling, conversation, autosave if interactive else None, notify)
+    with errors.status(f"loading {facts.path.name}…") if errors.is_terminal else nullcontext():
+        engine = open_engine(facts, runtime_options, sampling, conversation, autosave if interactive else None,
+                             notify)
     if not interactive:
         run_oneshot(engine, text or "", tool_exec, as_json)
         if verbose and engine.last:
@@ -79,9 +83,11 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
         return
     from glm4_local.frontends.repl import Repl
 
+    repl = Repl(engine, Console(highlight=False), tool_exec=tool_exec, verbose=verbose, model_name=facts.path.name)
     if resume:
         errors.print(f"resumed {autosave.path} ({len(conversation.messages)} messages)", markup=False)
-    Repl(engine, console, tool_exec=tool_exec, verbose=verbose).run()
+        repl.show_last_exchange()
+    repl.run()
 
 
 def render_conversation(conversation_path: Path, tools_path: Path | None, model: str | None,

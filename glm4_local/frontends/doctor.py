@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from glm4_local.convert.outtypes import out_type_for_file_type
+from glm4_local.chat.models import searched
+from glm4_local.chat.options import RuntimeOptions
+from glm4_local.chat.session import sessions_dir
+from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type_for_file_type
 from glm4_local.core import llama
 from glm4_local.core.families import FAMILIES
 from glm4_local.core.model_family import ModelFamily
@@ -26,6 +30,11 @@ class Report:
     cpu_features: list[str]
     ram_total: int | None
     ram_available: int | None
+    cores: int
+    threads: int  # what chat and serve use by default
+    disk_free: int | None  # in the models folder (or the nearest existing folder above it)
+    models_searched: str
+    sessions: Path
 
 
 def memory() -> tuple[int | None, int | None]:
@@ -49,7 +58,19 @@ def collect() -> Report:
     features = sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)})
     backends = [b for b in BACKENDS if re.search(rf"\b{b}\b", info.upper())]
     total, available = memory()
-    return Report(llama.version(), info, llama.gpu_offload_available(), backends, features, total, available)
+    return Report(llama.version(), info, llama.gpu_offload_available(), backends, features, total, available,
+                  os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(Path("models")), searched(),
+                  sessions_dir())
+
+
+def _free_disk(folder: Path) -> int | None:
+    for candidate in (folder, *folder.absolute().parents):
+        if candidate.is_dir():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
 
 
 def fits(budget: int, family: ModelFamily = FAMILIES[0]) -> list[tuple[str, float, int]]:
@@ -65,12 +86,22 @@ def fits(budget: int, family: ModelFamily = FAMILIES[0]) -> list[tuple[str, floa
     return rows
 
 
-def reinstall_lines() -> dict[str, str]:
+def reinstall_lines(system: str | None = None) -> dict[str, str]:
+    """How to rebuild llama-cpp-python with GPU offload, for the GPUs this operating system has."""
     base = f'pip install --force-reinstall --no-cache-dir "llama-cpp-python=={llama.version()}"'
-    return {
-        "CUDA": f'CMAKE_ARGS="-DGGML_CUDA=on" {base}',
-        "Metal": f'CMAKE_ARGS="-DGGML_METAL=on" {base}',
-    }
+    system = system or platform.system()
+    lines = {"CUDA": f'CMAKE_ARGS="-DGGML_CUDA=on" {base}'} if system != "Darwin" else {}
+    if system == "Darwin":
+        lines["Metal"] = f'CMAKE_ARGS="-DGGML_METAL=on" {base}'
+    return lines
+
+
+def conversion_disk_need(family: ModelFamily = FAMILIES[0]) -> tuple[int, int]:
+    """(all, temporary) free disk that converting the flagship to the default type needs: the 16-bit
+    temporary file the quantizer reads, plus the output beside it."""
+    temporary = family.flagship_parameters * 2
+    output = family.flagship_parameters * family.flagship_bits_per_weight[DEFAULT_OUT_TYPE.file_type] / 8
+    return int(temporary + output), int(temporary)
 
 
 def render(report: Report) -> list[str]:
@@ -88,6 +119,15 @@ def render(report: Report) -> list[str]:
         for name, size, ctx in fits(budget):
             verdict = f"up to {ctx:,} tokens" if ctx else "does not fit"
             lines.append(f"  {name:7} {size:5.1f} GB   {verdict}")
+    lines.append(f"CPU               {report.cores} cores; chat uses {report.threads} threads (--threads)")
+    if report.disk_free is not None:
+        need, temporary = conversion_disk_need()
+        verdict = "enough" if report.disk_free >= need else "not enough"
+        lines.append(f"Disk              {report.disk_free / gb:.1f} GB free for models; converting "
+                     f"{FAMILIES[0].name} to {DEFAULT_OUT_TYPE.name} needs about {need / gb:.0f} GB, "
+                     f"{temporary / gb:.0f} GB of it temporary ({verdict})")
+    lines.append(f"Models            looked for in {report.models_searched}")
+    lines.append(f"Sessions          autosaved in {report.sessions}")
     if not report.gpu_offload:
         lines.append("To offload to a GPU, reinstall llama-cpp-python with it compiled in:")
         for name, line in reinstall_lines().items():

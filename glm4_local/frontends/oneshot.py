@@ -21,7 +21,9 @@ class Answer:
     results: list[TurnResult]
 
     def as_json(self) -> dict[str, Any]:
-        prompt = self.results[0].timings.prompt_tokens if self.results else 0
+        # every model call of the answer counts, as OpenAI counts each request; what the KV cache
+        # already held is in usage but not in timings.prompt_tokens_evaluated
+        prompt = sum(r.timings.prompt_tokens for r in self.results)
         completion = sum(r.timings.generated_tokens for r in self.results)
         last = self.results[-1].timings if self.results else None
         return {

@@ -1,40 +1,36 @@
-"""The interactive terminal chat: line editing, history, slash commands, streaming, Ctrl-C."""
+"""The interactive terminal chat: line editing, history, slash commands, streaming, Ctrl-C.
+
+Ctrl-C stops a reply (keeping it) or clears the line; only Ctrl-D or /exit leave. When stdout is
+not a terminal (`chat | tee log`) the prompt and notes go to stderr and replies to stdout as plain text.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.output import create_output
 from rich.console import Console
-from rich.live import Live
 from rich.markdown import Markdown
 from rich.text import Text
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
-from glm4_local.chat.session import data_home, load_conversation, save_json
-from glm4_local.chat.toolcalls import ToolRunner
+from glm4_local.chat.session import data_home
+from glm4_local.chat.toolcalls import ToolCall, ToolRunner
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.frontends.repl_commands import Commands
+from glm4_local.frontends.reply_view import ReplyView
 
-HELP = """\
-/help            this list
-/reset           start over (keeps the system prompt and tools)
-/system TEXT     set the system prompt (empty: remove it)
-/save FILE       write the conversation as OpenAI-style messages JSON
-/load FILE       continue a saved conversation
-/retry           answer the last message again
-/undo            remove the last exchange
-/stats           tokens and speed of the last reply
-/exit            leave (Ctrl-D or Ctrl-C at an empty prompt too)
-Enter sends; Alt-Enter (or Esc then Enter) starts a new line; pasted text keeps its lines."""
-
-EXIT = object()
+CANCELLED = json.dumps({"error": "cancelled by the user"})
 
 
-def key_bindings() -> KeyBindings:
+def key_bindings(exit_token: object, interrupt_token: object) -> KeyBindings:
     keys = KeyBindings()
 
     @keys.add("escape", "enter")
@@ -46,23 +42,30 @@ def key_bindings() -> KeyBindings:
         if event.current_buffer.text:
             event.current_buffer.reset()
         else:
-            event.app.exit(result=EXIT)
+            event.app.exit(result=interrupt_token)
 
     @keys.add("c-d")
     def _(event) -> None:
         if not event.current_buffer.text:
-            event.app.exit(result=EXIT)
+            event.app.exit(result=exit_token)
 
     return keys
 
 
 class Repl:
+    EXIT = object()
+    INTERRUPT = object()
+
     def __init__(self, engine: ChatEngine, console: Console, tool_exec: ToolRunner | None = None,
-                 verbose: bool = False, history_file: Path | None = None) -> None:
+                 verbose: bool = False, history_file: Path | None = None, model_name: str = "") -> None:
         self.engine = engine
-        self.console = console
         self.tool_exec = tool_exec
         self.verbose = verbose
+        self.model_name = model_name
+        piped = not console.is_terminal and sys.stderr.isatty()
+        self.plain: TextIO | None = sys.stdout if piped else None
+        # piped: replies are the output; everything else (prompt, notes) goes to the terminal on stderr
+        self.console = Console(stderr=True, highlight=False) if piped else console
         history_file = history_file or data_home() / "history"
         history: History
         try:
@@ -71,37 +74,78 @@ class Repl:
         except OSError:
             history = InMemoryHistory()
         self.prompt: PromptSession[object] = PromptSession(
-            history=history, key_bindings=key_bindings(), multiline=False)
-        self.commands: dict[str, Callable[[str], object]] = {
-            "/help": lambda _: self.say(HELP), "/reset": self.cmd_reset, "/system": self.cmd_system,
-            "/save": self.cmd_save, "/load": self.cmd_load, "/retry": self.cmd_retry, "/undo": self.cmd_undo,
-            "/stats": lambda _: self.show_stats(), "/exit": lambda _: EXIT, "/quit": lambda _: EXIT,
-        }
+            history=history, key_bindings=key_bindings(self.EXIT, self.INTERRUPT), multiline=False,
+            output=create_output(stdout=sys.stderr) if piped else None)
+        self.commands = Commands(self)
 
     def say(self, text: str, style: str = "dim") -> None:
         self.console.print(Text(text, style=style))
 
+    # -- the conversation loop -----------------------------------------------------------------
+    def banner(self) -> None:
+        tools = self.engine.conversation.tools or []
+        self.say(f"GLM-4 chat{' with ' + self.model_name if self.model_name else ''}. /help for commands; "
+                 "Ctrl-D or /exit to leave.")
+        if tools:
+            names = ", ".join(t.get("function", {}).get("name", t.get("type", "?")) for t in tools)
+            answered = f"answered by {self.tool_exec.executable.name}" if self.tool_exec else "you type results"
+            self.say(f"tools: {names} ({answered})")
+
     def run(self) -> None:
-        self.say("GLM-4 chat. /help for commands; Ctrl-D to leave.")
+        self.banner()
         while True:
             line = self.prompt.prompt("› ")
-            if line is EXIT:
+            if line is self.EXIT:
+                self.goodbye()
                 return
-            text = line.strip()
-            if not text:
+            if line is self.INTERRUPT:
+                self.say("(Ctrl-D or /exit to leave)")
                 continue
-            if text.startswith("/") and text.split()[0] in self.commands:
-                command, _, arg = text.partition(" ")
-                try:
-                    if self.commands[command](arg.strip()) is EXIT:
-                        return
-                except Glm4LocalError as e:
-                    self.say(f"error: {e}", "red")
+            assert isinstance(line, str)
+            if not line.strip():
                 continue
-            self.converse(lambda text=line: self.engine.send(text))
+            if line.startswith("/") and not line.startswith("//"):
+                if self._command(line) is self.EXIT:
+                    self.goodbye()
+                    return
+                continue
+            text = line[1:] if line.startswith("//") else line.lstrip() if line.lstrip().startswith("/") else line
+            self.converse(lambda text=text: self.engine.send(text))
+
+    def _command(self, line: str) -> object:
+        try:
+            return self.commands.run(line)
+        except Glm4LocalError as e:
+            self.say(f"error: {e}", "red")
+            return None
+
+    def goodbye(self) -> None:
+        autosave = self.engine.autosave
+        if autosave and autosave.path.exists():
+            self.say(f"saved to {autosave.path}; continue with: glm4-local chat --resume")
+
+    def show_last_exchange(self) -> None:
+        """The last user message and what followed, as a reminder after --resume or /load."""
+        messages = self.engine.conversation.messages
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+        if last_user is None:
+            return
+        self.say(f"you: {messages[last_user].get('content') or ''}", "bold")
+        for message in messages[last_user + 1 :]:
+            if message.get("role") == "assistant" and message.get("content"):
+                self.console.print(Markdown(str(message["content"])))
+            elif message.get("tool_calls"):
+                for call in message["tool_calls"]:
+                    self.say(f"→ {call['function']['name']}({call['function'].get('arguments', '')})", "cyan")
+            elif message.get("role") == "tool":
+                self.say(f"← {str(message.get('content'))[:500]}")
+        if self.engine.pending_call():
+            self.say("(the last tool call has no result yet: it is answered as cancelled if you go on)")
 
     # -- a reply and its tool calls ------------------------------------------------------------
     def converse(self, start: Callable[[], Turn | None]) -> None:
+        if self.engine.pending_call():
+            self.engine.add_observation(CANCELLED)
         try:
             turn = start()
         except Glm4LocalError as e:
@@ -115,46 +159,62 @@ class Repl:
                 self.say(f"(not a valid tool call: {result.reply.problem})", "yellow")
             if call is None or result.interrupted:
                 return
-            self.console.print(Text(f"→ {call.name}({call.arguments})", style="cyan"))
-            if self.tool_exec:
-                try:
-                    observation = self.tool_exec.run(call)
-                except KeyboardInterrupt:
-                    # the call is answered, so the conversation stays well-formed; no reply is asked for
-                    self.engine.add_observation(json.dumps({"error": "cancelled by the user"}))
-                    self.say("[tool cancelled]", "yellow")
-                    return
-                self.say(f"← {observation.strip()[:500]}")
-            else:
-                observation = self.prompt.prompt("result› ")
-                if observation is EXIT:
-                    return
+            self.say(f"→ {call.name}({call.arguments})", "cyan")
+            observation = self.tool_result(call)
+            if observation is None:
+                self.engine.add_observation(CANCELLED)  # the call is answered: the conversation stays well-formed
+                self.say("[tool call cancelled]", "yellow")
+                return
             turn = self.engine.send_observation(observation)
 
+    def tool_result(self, call: ToolCall) -> str | None:
+        """The tool's result: from --tool-exec, or typed by the user; None when cancelled."""
+        if self.tool_exec:
+            try:
+                observation = self.tool_exec.run(call)
+            except KeyboardInterrupt:
+                return None
+            self.say(f"← {observation.strip()[:500]}")
+            return observation
+        self.say(f"type what {call.name} returned and press Enter (Ctrl-C cancels the call)")
+        while True:
+            typed = self.prompt.prompt("result› ")
+            if typed is self.EXIT or typed is self.INTERRUPT:
+                return None
+            if isinstance(typed, str) and typed.strip():
+                return typed
+            self.say("an empty result is not sent; type it, or Ctrl-C to cancel the call")
+
     def stream(self, turn: Turn) -> TurnResult:
-        written: list[str] = []
         interrupted = False
-        markdown = self.console.is_terminal
+        chunks = turn.display()
         try:
-            if markdown:
-                live = Live(Markdown(""), console=self.console, refresh_per_second=12, vertical_overflow="visible")
-                with live:
-                    for chunk in turn.display():
-                        written.append(chunk)
-                        live.update(Markdown("".join(written)), refresh=False)
-            else:
-                for chunk in turn.display():
-                    written.append(chunk)
-                    self.console.out(chunk, end="", highlight=False)
-                self.console.out("")
+            first = self._first_chunk(chunks, turn)
+            with ReplyView(self.console, self.plain) as view:
+                if first:
+                    view.write(first)
+                for chunk in chunks:
+                    view.write(chunk)
         except KeyboardInterrupt:
             interrupted = True
         result = turn.finish(interrupted=interrupted)
         if interrupted:
             self.say("[interrupted: the partial reply is kept]", "yellow")
+        elif result.stopped_by == "max_tokens":
+            self.say(f"[cut: the reply reached max_tokens ({self.engine.settings.max_tokens}); /set max_tokens "
+                     "raises it]", "yellow")
+        elif result.stopped_by == "context":
+            self.say("[cut: the context is full; /reset, or start with a larger --ctx]", "yellow")
         if self.verbose:
             self.show_stats()
         return result
+
+    def _first_chunk(self, chunks: Iterator[str], turn: Turn) -> str | None:
+        """Wait for the model's first words (prefill; a whole tool call) with a sign of life."""
+        if not self.console.is_terminal:
+            return next(chunks, None)
+        with self.console.status(f"thinking… (prompt {turn.prompt_tokens:,} tokens)", spinner="dots"):
+            return next(chunks, None)
 
     def show_stats(self) -> None:
         last = self.engine.last
@@ -164,32 +224,3 @@ class Repl:
         t = last.timings
         self.say(f"prompt {t.prompt_tokens} tokens ({t.evaluated_tokens} evaluated, {t.prefill_tps:.1f} tok/s) · "
                  f"generated {t.generated_tokens} tokens ({t.decode_tps:.1f} tok/s) · stop: {last.stopped_by}")
-
-    # -- slash commands ------------------------------------------------------------------------
-    def cmd_reset(self, _: str) -> None:
-        self.engine.reset()
-        self.say("conversation cleared")
-
-    def cmd_system(self, text: str) -> None:
-        self.engine.set_system(text or None)
-        self.say("system prompt set" if text else "system prompt removed")
-
-    def cmd_save(self, path: str) -> None:
-        if not path:
-            raise Glm4LocalError("/save needs a file name")
-        save_json(Path(path).expanduser(), self.engine.conversation.to_json())
-        self.say(f"saved to {path}")
-
-    def cmd_load(self, path: str) -> None:
-        if not path:
-            raise Glm4LocalError("/load needs a file name")
-        loaded = load_conversation(Path(path).expanduser())
-        self.engine.replace_conversation(loaded)
-        self.say(f"loaded {len(loaded.messages)} messages from {path}")
-
-    def cmd_retry(self, _: str) -> None:
-        self.converse(self.engine.retry)
-
-    def cmd_undo(self, _: str) -> None:
-        self.say("removed the last exchange" if self.engine.undo() else "nothing to undo")
-

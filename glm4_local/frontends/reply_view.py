@@ -1,0 +1,85 @@
+"""How a streamed reply appears in the terminal: Markdown, wrapped to the width, scrolling like any
+program's output, and cheap on long replies.
+
+Finished Markdown blocks (paragraphs, lists, fenced code) are printed once, for good; only the block
+still being written is redrawn (at most 10 times a second), so a long reply costs no more per token
+than a short one and is never cropped to one line. Piped output gets the plain text as it comes.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+
+
+def split_finished(text: str) -> tuple[list[str], str]:
+    """(finished Markdown blocks, the unfinished rest): a block ends at a blank line outside a code
+    fence, or with the line that closes its fence."""
+    blocks: list[str] = []
+    *lines, partial = text.split("\n")
+    block: list[str] = []
+    in_fence = False
+    for line in lines:
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+            block.append(line)
+            if not in_fence:
+                blocks.append("\n".join(block))
+                block = []
+            continue
+        if not in_fence and not line.strip():
+            if block:
+                blocks.append("\n".join(block))
+            block = []
+            continue
+        block.append(line)
+    rest = "\n".join([*block, partial])
+    return [b for b in blocks if b.strip()], rest
+
+
+class ReplyView:
+    """Use as a context manager around one reply; `write` each streamed chunk."""
+
+    def __init__(self, console: Console, plain: TextIO | None = None) -> None:
+        self.console = console
+        self.plain = plain  # piped output: plain text, no redrawing
+        self.pending = ""
+        self.live: Live | None = None
+        self.written = ""
+
+    def __enter__(self) -> ReplyView:
+        if self.plain is None:
+            self.live = Live(console=self.console, refresh_per_second=10, transient=True,
+                             vertical_overflow="visible")
+            self.live.start()
+        return self
+
+    def write(self, chunk: str) -> None:
+        self.written += chunk
+        if self.plain is not None:
+            self.plain.write(chunk)
+            self.plain.flush()
+            return
+        finished, self.pending = split_finished(self.pending + chunk)
+        assert self.live is not None
+        for block in finished:
+            self.live.console.print(Markdown(block))
+        self.live.update(Markdown(self.pending), refresh=False)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        """Print what is left for good (also after Ctrl-C: the partial reply stays on screen)."""
+        if self.plain is not None:
+            if self.written and not self.written.endswith("\n"):
+                self.plain.write("\n")
+            self.plain.flush()
+            return
+        assert self.live is not None
+        self.live.update("", refresh=True)
+        self.live.stop()
+        if self.pending.strip():
+            self.console.print(Markdown(self.pending))

@@ -1,0 +1,246 @@
+"""The chat and the CLI as a person sees them: a pseudo-terminal read through a terminal emulator (pyte).
+
+Each test names the item of the terminal issue it covers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pexpect
+import pyte
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "›"
+
+
+class Terminal:
+    """A program in a pseudo-terminal of `columns` × `rows`, with what a person would see on screen."""
+
+    def __init__(self, args: list[str], cwd: Path, home: Path, columns: int = 60, rows: int = 24,
+                 program: str = sys.executable) -> None:
+        env = {"GLM4_LOCAL_HOME": str(home), "PATH": os.environ["PATH"], "TERM": "xterm", "HOME": str(home),
+               "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": str(columns),
+               "LINES": str(rows)}
+        self.screen = pyte.Screen(columns, rows)
+        self.stream = pyte.Stream(self.screen)
+        self.raw = ""
+        self.child = pexpect.spawn(program, args, env=env, cwd=str(cwd), encoding="utf-8", timeout=30,
+                                   dimensions=(rows, columns))
+
+    def pump(self, seconds: float = 0.2) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.child.read_nonblocking(65536, timeout=0.05)
+            except pexpect.TIMEOUT:
+                continue
+            except pexpect.EOF:
+                return
+            self.raw += data
+            self.stream.feed(data)
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.raw:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never appeared; screen:\n{self.text()}")
+            self.pump(0.1)
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def send(self, keys: str) -> None:
+        self.child.send(keys)
+
+
+def chat(model: Path, tmp_path: Path, *args: str, columns: int = 60) -> Terminal:
+    term = Terminal(["-m", "glm4_local", "chat", str(model), *args], tmp_path, tmp_path, columns=columns)
+    term.wait_for(PROMPT)
+    return term
+
+
+def saved(home: Path) -> list[dict]:
+    files = sorted((home / "sessions").glob("*.json"))
+    return json.loads(files[-1].read_text())["messages"] if files else []
+
+
+def test_1_a_long_reply_wraps_and_stays_visible(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(scripted_gguf("endless"), tmp_path, "--max-tokens", "41")
+    term.send("go\r")
+    term.wait_for("[cut:")
+    term.pump(0.5)
+    screen = term.text()
+    assert screen.count("day") == 40, screen  # all 40 words, wrapped over several 60-column lines
+    assert sum(1 for line in screen.splitlines() if "day" in line) >= 3
+
+
+def test_2_unknown_commands_are_not_sent(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(scripted_gguf("answer"), tmp_path)
+    term.send("/foo\r")
+    term.wait_for("unknown command /foo; /help lists them")
+    assert saved(tmp_path) == []
+    term.send("//foo\r")
+    term.wait_for("Sunny day")
+    term.pump(0.3)
+    assert saved(tmp_path)[0] == {"role": "user", "content": "/foo"}
+
+
+def test_3_ctrl_c_at_the_prompt_says_how_to_leave(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(scripted_gguf("endless"), tmp_path, "--ctx", "max")
+    term.send("go on\r")
+    term.wait_for("day day day")
+    term.send("\x03")  # stops the reply
+    term.wait_for("[interrupted")
+    term.send("\x03")
+    term.wait_for("(Ctrl-D or /exit to leave)")
+    term.send("\x03")
+    term.pump(0.5)
+    assert term.child.isalive()
+    screen = term.text()
+    kept = saved(tmp_path)[-1]["content"]
+    if "GLM-4 chat with" in screen:  # nothing scrolled away: every word on screen once, none twice
+        # (the one word in flight when Ctrl-C lands may be kept without having been drawn)
+        assert kept.count("day") - 1 <= screen.count("day") <= kept.count("day"), screen
+    term.send("/exit\r")
+    term.wait_for("saved to")
+    term.pump(0.5)
+    assert "continuewith:glm4-localchat--resume" in "".join(term.text().split())  # however it wrapped
+    assert not term.child.isalive() or term.child.expect(pexpect.EOF) == 0
+
+
+def test_4_signs_of_life_while_loading_and_thinking(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(scripted_gguf("answer"), tmp_path)
+    assert "loading" in term.raw
+    term.send("hi\r")
+    term.wait_for("Sunny day")
+    assert "thinking" in term.raw
+
+
+def test_4_quantizing_shows_real_progress(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    term = Terminal(["-m", "glm4_local", "convert", str(make_checkpoint()), "-t", "q4_0", "-o",
+                     str(tmp_path / "o.gguf")], tmp_path, tmp_path, columns=140)
+    term.wait_for("wrote")
+    assert "Quantizing to Q4_0" in term.raw and "17/17 tensors" in term.raw
+    assert any(f"{i}/17 tensors" in term.raw for i in range(1, 17))  # it moved between start and end
+
+
+def test_4_verify_shows_it_is_working(make_gguf: Callable[..., Path], make_checkpoint: Callable[..., Path],
+                                      tmp_path: Path) -> None:
+    term = Terminal(["-m", "glm4_local", "verify", str(make_gguf("q8_0")), "--source", str(make_checkpoint())],
+                    tmp_path, tmp_path, columns=120)
+    term.wait_for("OK")
+    assert "reference forward pass" in term.raw
+
+
+def test_5_cut_replies_are_marked_and_resume_shows_the_last_exchange(scripted_gguf: Callable[[str], Path],
+                                                                     tmp_path: Path) -> None:
+    term = chat(scripted_gguf("endless"), tmp_path, "--max-tokens", "5")
+    term.send("go\r")
+    term.wait_for("[cut: the reply reached max_tokens (5)")
+    term.send("\x04")
+    term.wait_for("saved to")
+    term.child.expect(pexpect.EOF)
+    again = chat(scripted_gguf("endless"), tmp_path, "--resume", "--max-tokens", "5")
+    assert "you: go" in again.raw and "day day" in again.text()
+
+
+def test_5_a_full_context_is_marked(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(scripted_gguf("endless"), tmp_path, "--ctx", "64")
+    term.send("go\r")
+    term.wait_for("[cut: the context is full")
+
+
+def test_6_system_retry_set_and_show(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(scripted_gguf("answer"), tmp_path, "--system", "Be brief.")
+    for keys, expected in (("/system\r", "system prompt: Be brief."), ("/retry\r", "nothing to retry yet"),
+                           ("/system --clear\r", "system prompt removed"), ("/system\r", "no system prompt"),
+                           ("/set temp 0.2\r", "temp = 0.2"), ("/set top_k many\r", "top_k takes"),
+                           ("/show\r", "temp 0.2")):
+        term.send(keys)
+        term.wait_for(expected)
+
+
+def test_7_tools_in_the_terminal(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
+    term = chat(scripted_gguf("tool"), tmp_path, "--tools", "tools.json", columns=100)
+    assert "tools: lookup (you type results)" in term.raw
+    term.send("weather?\r")
+    term.wait_for("type what lookup returned")
+    term.wait_for("result›")
+    term.send("\r")
+    term.wait_for("an empty result is not sent")
+    term.send("\x03")
+    term.wait_for("[tool call cancelled]")
+    term.pump(0.3)
+    last = saved(tmp_path)[-1]
+    assert last["role"] == "tool" and "cancelled" in last["content"] and last["tool_call_id"]
+
+
+def run_cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "glm4_local", *args], capture_output=True, text=True, cwd=cwd,
+                          input=stdin, timeout=60, env={**os.environ, "COLUMNS": "100"})
+
+
+def test_8_help_and_messages(tmp_path: Path) -> None:
+    assert run_cli("--version", cwd=tmp_path).stdout.startswith("glm4-local ")
+    for command in ("convert", "info", "verify", "repair", "eval", "chat", "render", "doctor"):
+        text = run_cli(command, "--help", cwd=tmp_path).stdout
+        assert "Examples:" in text and "<bool>" not in text, command
+    convert_help = run_cli("convert", "--help", cwd=tmp_path).stdout
+    assert "[download] extra" in convert_help
+    chat_help = run_cli("chat", "--help", cwd=tmp_path).stdout
+    assert "/set NAME VALUE" in chat_help and "defaults come from the GGUF" in chat_help
+    for flag in ("--top-p", "--top-k", "--min-p", "--repeat-penalty", "--seed", "--threads", "--flash-attn",
+                 "--mlock", "--no-mmap"):
+        line = next(line for line in chat_help.splitlines() if line.strip().startswith(flag))
+        assert len(line.split(flag, 1)[1].strip()) > 10, line  # a description follows the flag
+    missing = run_cli("chat", cwd=tmp_path, stdin="hello")
+    assert missing.returncode == 1
+    assert "no model found (looked in ./models, which does not exist" in missing.stderr
+    assert "glm4-local convert" in missing.stderr and "nothing to answer" not in missing.stderr
+
+
+def test_9_autosave_has_one_shape(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(scripted_gguf("answer"), tmp_path)
+    term.send("hi\r")
+    term.wait_for("Sunny day")
+    term.pump(0.3)
+    files = list((tmp_path / "sessions").glob("*.json"))
+    assert json.loads(files[0].read_text()) == {"messages": [{"role": "user", "content": "hi"},
+                                                             {"role": "assistant", "content": "Sunny day"}],
+                                                "tools": []}
+
+
+def test_10_piping_the_chat_keeps_the_prompt_on_the_terminal(scripted_gguf: Callable[[str], Path],
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    term = Terminal(["-c", f"{sys.executable} -m glm4_local chat {scripted_gguf('answer')} | tee {out}"],
+                    tmp_path, tmp_path, program="/bin/sh")
+    term.wait_for(PROMPT)
+    term.send("hi\r")
+    term.wait_for("Sunny day")
+    term.send("\x04")
+    term.child.expect(pexpect.EOF)
+    assert out.read_text() == "Sunny day\n"  # only the reply went down the pipe
+    assert "\x1b" not in out.read_text()
+
+
+@pytest.mark.parametrize("shape", ["plain"])
+def test_10_json_usage_counts_every_model_call(scripted_gguf: Callable[[str], Path], tmp_path: Path,
+                                               shape: str) -> None:
+    tool = tmp_path / "tool.py"
+    tool.write_text(f"#!{sys.executable}\nprint('{{}}')\n")
+    tool.chmod(0o755)
+    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
+    result = run_cli("chat", str(scripted_gguf("tool")), "-p", "weather?", "--tools", "tools.json",
+                     "--tool-exec", "tool.py", "--json", cwd=tmp_path)
+    data = json.loads(result.stdout)
+    assert data["usage"]["prompt_tokens"] >= data["timings"]["prompt_tokens_evaluated"]
