@@ -74,12 +74,48 @@ def decode_comparison(path: Path, n_tokens: int, rounds: int) -> dict[str, float
     for _ in range(rounds):  # interleaved, so machine noise hits both alike
         bare.append(bare_decode_tps(chat.runtime.llm, prompt, n_tokens))
         ours.append(chat_decode_tps(chat))
+    cli_tps = cli_decode_tps(path, n_tokens)
+    return {"bare_tps": statistics.median(bare), "chat_tps": statistics.median(ours), "cli_tps": cli_tps,
+            "ratio": statistics.median(ours) / statistics.median(bare)}
+
+
+def repl_decode_tps(path: Path, n_tokens: int, home: Path) -> float:
+    """Decode speed of the interactive chat, Markdown rendering included, read from its /stats line."""
+    import pexpect
+
+    env = {**os.environ, "GLM4_LOCAL_HOME": str(home), "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat", str(path), "--temp", "0", "--max-tokens",
+                                           str(n_tokens), "--threads", str(THREADS), "--ctx", str(CTX)],
+                          env=env, encoding="utf-8", timeout=300, dimensions=(40, 120))
+    child.expect_exact("›")
+    child.send("Tell me about the weather.\r")
+    child.expect_exact("[cut:")
+    child.expect_exact("›")
+    child.send("/stats\r")
+    child.expect(r"generated \d+ tokens \(([\d.]+) tok/s\)")
+    tps = float(child.match.group(1))
+    child.expect_exact("›")
+    time.sleep(0.2)  # let the line editor take the terminal back before Ctrl-D
+    child.sendcontrol("d")
+    child.expect(pexpect.EOF)
+    return tps
+
+
+def cli_decode_tps(path: Path, n_tokens: int) -> float:
     cli = subprocess.run([sys.executable, "-m", "glm4_local", "chat", str(path), "-p", "Tell me about the weather.",
                           "--json", "--temp", "0", "--max-tokens", str(n_tokens), "--threads", str(THREADS),
                           "--ctx", str(CTX)], capture_output=True, text=True, check=True)
-    cli_tps = json.loads(cli.stdout)["timings"]["decode_tokens_per_second"]
-    return {"bare_tps": statistics.median(bare), "chat_tps": statistics.median(ours), "cli_tps": cli_tps,
-            "ratio": statistics.median(ours) / statistics.median(bare)}
+    return float(json.loads(cli.stdout)["timings"]["decode_tokens_per_second"])
+
+
+def repl_comparison(path: Path, n_tokens: int, rounds: int, home: Path) -> dict[str, float]:
+    """The terminal chat against `chat -p`, interleaved, medians."""
+    repl, cli = [], []
+    for _ in range(rounds):
+        cli.append(cli_decode_tps(path, n_tokens))
+        repl.append(repl_decode_tps(path, n_tokens, home))
+    return {"cli_tps": statistics.median(cli), "repl_tps": statistics.median(repl),
+            "ratio": statistics.median(repl) / statistics.median(cli)}
 
 
 def ttft_by_turn(path: Path, turns: int, reuse_cache: bool) -> list[tuple[int, int, float]]:
@@ -108,6 +144,9 @@ def main() -> None:
         d = decode_comparison(path, args.tokens, args.rounds)
         print(f"decode: bare llama-cpp-python {d['bare_tps']:.1f} tok/s, glm4-local chat engine "
               f"{d['chat_tps']:.1f} tok/s (ratio {d['ratio']:.3f}), chat CLI --json {d['cli_tps']:.1f} tok/s")
+        r = repl_comparison(path, args.tokens, args.rounds, Path(tmp))
+        print(f"terminal chat (Markdown rendering): {r['repl_tps']:.1f} tok/s against chat -p {r['cli_tps']:.1f} "
+              f"tok/s (ratio {r['ratio']:.3f})")
         cached = ttft_by_turn(path, args.turns, reuse_cache=True)
         fresh = ttft_by_turn(path, args.turns, reuse_cache=False)
     print("turn  prompt  evaluated  TTFT(cache)  evaluated  TTFT(no cache)  ratio")

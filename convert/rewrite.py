@@ -52,17 +52,22 @@ def rewrite_gguf(source: Path, header: GGUFHeader, dest: Path, fields: Mapping[s
     for t in header.tensors:
         # numpy order (slowest dimension first); GGUF stores dimensions the other way round
         writer.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32), t.n_bytes, raw_dtype=t.type)
+    write_header(writer)
+    with source.open("rb") as src, dest.open("ab") as out:
+        for t in header.tensors:
+            pad_to_alignment(out, writer.data_alignment)
+            _copy_range(src, out, t.offset, t.n_bytes, progress)
+        pad_to_alignment(out, writer.data_alignment)
+
+
+def write_header(writer: gguf.GGUFWriter) -> None:
+    """Metadata and tensor table, then close: tensor data is appended by the caller, block by block."""
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
     finally:
         writer.close()
-    with source.open("rb") as src, dest.open("ab") as out:
-        for t in header.tensors:
-            pad_to_alignment(out, writer.data_alignment)
-            _copy_range(src, out, t.offset, t.n_bytes, progress)
-        pad_to_alignment(out, writer.data_alignment)
 
 
 def _copy_range(src: BinaryIO, out: BinaryIO, start: int, length: int, progress: Progress | None) -> None:

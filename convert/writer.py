@@ -15,7 +15,7 @@ from typing import Protocol
 import gguf
 import numpy as np
 
-from glm4_local.convert.rewrite import pad_to_alignment
+from glm4_local.convert.rewrite import pad_to_alignment, write_header
 from glm4_local.convert.safetensors import SafetensorsCheckpoint
 from glm4_local.convert.tensors import PlannedTensor
 from glm4_local.convert.vocab import Vocabulary
@@ -135,12 +135,7 @@ def write_gguf(
         writer.add_tensor_info(
             planned.name, planned.shape, np.dtype(np.float32), stored_nbytes(planned.shape, qtype), raw_dtype=qtype
         )
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-    finally:
-        writer.close()
+    write_header(writer)
     with path.open("ab") as out:
         for planned, qtype in zip(plan, types, strict=True):
             pad_to_alignment(out, writer.data_alignment)

@@ -320,7 +320,7 @@ def chat(
     sampling = o.SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
     runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
     run(start_chat, model, runtime_options, sampling, system=system, prompt=prompt, tools_path=tools,
-        tool_exec=runner, resume=resume, verbose=verbose, as_json=as_json, console=out, errors=err)
+        tool_exec=runner, resume=resume, verbose=verbose, as_json=as_json, errors=err)
 
 
 @app.command(epilog=examples("glm4-local render conversation.json",

@@ -19,6 +19,7 @@ from pathlib import Path
 import craft
 import gguf
 import pytest
+from test_errors import SLOW_CONVERT
 
 import factory
 from glm4_local.chat.schema import SchemaError, check_messages
@@ -331,21 +332,6 @@ def test_9_deeply_nested_config(make_checkpoint: Callable[..., Path], tmp_path: 
 
 
 # -- 10. two conversions to one output -----------------------------------------------------------------
-
-SLOW_CONVERT = """
-import sys, time
-import glm4_local.convert.writer as w
-original = w.encode_blocks
-def slow(*args):
-    for item in original(*args):
-        time.sleep(0.05)
-        yield item
-w.encode_blocks = slow
-from glm4_local.cli import app
-sys.argv = ["glm4-local", *sys.argv[1:]]
-app()
-"""
-
 
 def test_10_a_file_that_appears_meanwhile_is_kept(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     out = tmp_path / "o.gguf"

@@ -52,7 +52,7 @@ def _size(nbytes: int) -> str:
 
 def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: SamplingOptions, *,
                system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: ToolRunner | None,
-               resume: bool, verbose: bool, as_json: bool, console: Console, errors: Console) -> None:
+               resume: bool, verbose: bool, as_json: bool, errors: Console) -> None:
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
     model_path = resolve_model(model)  # before reading stdin: a missing model is the first thing to hear
     text = None if interactive else _oneshot_text(prompt)
@@ -83,6 +83,7 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
         return
     from glm4_local.frontends.repl import Repl
 
+    # its own console: replies wrap to the window (the CLI's consoles print long lines unwrapped)
     repl = Repl(engine, Console(highlight=False), tool_exec=tool_exec, verbose=verbose, model_name=facts.path.name)
     if resume:
         errors.print(f"resumed {autosave.path} ({len(conversation.messages)} messages)", markup=False)

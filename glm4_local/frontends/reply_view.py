@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TextIO
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
 
@@ -41,19 +41,33 @@ def split_finished(text: str) -> tuple[list[str], str]:
     return [b for b in blocks if b.strip()], rest
 
 
+class _Unfinished:
+    """The block being written, parsed as Markdown only when the display refreshes, not per token."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Markdown(self.text)
+
+
 class ReplyView:
     """Use as a context manager around one reply; `write` each streamed chunk."""
 
     def __init__(self, console: Console, plain: TextIO | None = None) -> None:
         self.console = console
         self.plain = plain  # piped output: plain text, no redrawing
-        self.pending = ""
+        self.unfinished = _Unfinished()
         self.live: Live | None = None
         self.written = ""
 
+    @property
+    def pending(self) -> str:
+        return self.unfinished.text
+
     def __enter__(self) -> ReplyView:
         if self.plain is None:
-            self.live = Live(console=self.console, refresh_per_second=10, transient=True,
+            self.live = Live(self.unfinished, console=self.console, refresh_per_second=10, transient=True,
                              vertical_overflow="visible")
             self.live.start()
         return self
@@ -64,11 +78,14 @@ class ReplyView:
             self.plain.write(chunk)
             self.plain.flush()
             return
-        finished, self.pending = split_finished(self.pending + chunk)
+        text = self.unfinished.text + chunk
+        if "\n" not in chunk:  # a block can only end at a line break
+            self.unfinished.text = text
+            return
+        finished, self.unfinished.text = split_finished(text)
         assert self.live is not None
         for block in finished:
             self.live.console.print(Markdown(block))
-        self.live.update(Markdown(self.pending), refresh=False)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
@@ -79,7 +96,8 @@ class ReplyView:
             self.plain.flush()
             return
         assert self.live is not None
-        self.live.update("", refresh=True)
+        pending, self.unfinished.text = self.unfinished.text, ""
+        self.live.refresh()
         self.live.stop()
-        if self.pending.strip():
-            self.console.print(Markdown(self.pending))
+        if pending.strip():
+            self.console.print(Markdown(pending))
