@@ -49,4 +49,5 @@ class RichProgress:
     def tensor_done(self) -> None:
         self._tensors_done += 1
         if self._task is not None:
-            self._progress.update(self._task, tensors=self._tensor_text())
+            # drawn now, not at the next tick: every finished tensor is visible progress, even when fast
+            self._progress.update(self._task, tensors=self._tensor_text(), refresh=True)
