@@ -50,7 +50,7 @@ class TokenizerCheck:
                 f"from the model's own tokenizer (e.g. {shown})")
 
 
-def check_texts(header: GGUFHeader, family: ModelFamily) -> list[str]:
+def check_texts(header: GGUFHeader) -> list[str]:
     """Every vocabulary entry that is valid UTF-8 text, then the lines of the built-in texts."""
     texts = []
     for raw in ranks_of(header):
@@ -70,7 +70,7 @@ def check_tokenizer(path: Path, header: GGUFHeader, family: ModelFamily,
     reference = tiktoken.Encoding(f"{family.name}-check", pat_str=family.pre_tokenizer_pattern,
                                   mergeable_ranks=ranks_of(header), special_tokens={})
     llm = llama.load(path, header=header, vocab_only=True)
-    texts = check_texts(header, family)
+    texts = check_texts(header)
     result = TokenizerCheck()
     for text in _progress(texts, on_progress):
         result.checked += 1

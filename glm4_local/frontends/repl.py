@@ -62,9 +62,9 @@ class Repl:
         self.tool_exec = tool_exec
         self.verbose = verbose
         self.model_name = model_name
-        piped = not console.is_terminal and sys.stderr.isatty()
-        self.plain: TextIO | None = sys.stdout if piped else None
+        self.plain: TextIO | None = None if console.is_terminal else sys.stdout  # replies as plain text
         # piped: replies are the output; everything else (prompt, notes) goes to the terminal on stderr
+        piped = not console.is_terminal and sys.stderr.isatty()
         self.console = Console(stderr=True, highlight=False) if piped else console
         history_file = history_file or data_home() / "history"
         history: History
