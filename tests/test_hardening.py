@@ -226,6 +226,11 @@ def test_6_slow_failing_and_missing_tools_are_observations(tmp_path: Path) -> No
                                                    "output": ""}
     missing = json.loads(run_tool(tmp_path / "none", CALL))
     assert missing["error"].startswith("cannot run none")
+    noisy = write_tool(tmp_path / "noisy.py", "sys.stderr.write('e' * 1_000_000 + 'END'); sys.exit(1)")
+    started = time.monotonic()
+    flooded = json.loads(run_tool(noisy, CALL, timeout=30))
+    assert time.monotonic() - started < 5  # a full stderr pipe never blocks the tool
+    assert flooded["error"] == "the tool exited with status 1" and flooded["stderr"].endswith("END")
 
 
 def test_6_a_failing_tool_does_not_end_the_chat(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:

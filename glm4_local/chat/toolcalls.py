@@ -107,6 +107,13 @@ def _drain(stream: IO[bytes], sink: bytearray, limit: int, over: threading.Event
             return
 
 
+def _drain_tail(stream: IO[bytes], sink: bytearray, limit: int) -> None:
+    """Read to the end (so the tool never blocks on a full pipe), keeping the last `limit` bytes."""
+    while chunk := stream.read(65536):
+        sink += chunk
+        del sink[:-limit]
+
+
 def _kill(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
@@ -128,7 +135,7 @@ def run_tool(executable: Path, call: ToolCall, timeout: float = DEFAULT_TOOL_TIM
         return _error(f"cannot run {executable.name}: {e.strerror}")
     out, err, over = bytearray(), bytearray(), threading.Event()
     readers = [threading.Thread(target=_drain, args=(process.stdout, out, max_output, over), daemon=True),
-               threading.Thread(target=_drain, args=(process.stderr, err, 4096, threading.Event()), daemon=True)]
+               threading.Thread(target=_drain_tail, args=(process.stderr, err, 4096), daemon=True)]
     for reader in readers:
         reader.start()
     try:
