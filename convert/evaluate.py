@@ -19,6 +19,7 @@ from glm4_local.convert.texts import eval_text
 from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.gguf_file import check_model
+from glm4_local.core.gguf_header import GGUFHeader
 
 K = gguf.Keys
 _CHUNK_POSITIONS = 64  # positions compared at once: bounds memory for a 151,552-token vocabulary
@@ -82,11 +83,13 @@ def windows(tokens: list[int], ctx: int) -> list[list[int]]:
     return [tokens[i : i + ctx] for i in range(0, len(tokens), ctx) if len(tokens[i : i + ctx]) >= 2]
 
 
-def _same_vocabulary(model: Path, reference: Path) -> None:
+def _checked_pair(model: Path, reference: Path) -> tuple[GGUFHeader, GGUFHeader]:
+    """Both headers, checked, and with the same vocabulary (else they cannot be compared)."""
     a, _ = check_model(model)
     b, _ = check_model(reference)
     if a.get(K.Tokenizer.LIST) != b.get(K.Tokenizer.LIST):
         raise Glm4LocalError(f"{model}: its vocabulary differs from {reference}'s; they cannot be compared")
+    return a, b
 
 
 def evaluate(model: Path, reference: Path, text: str | None = None, ctx: int = 512, threads: int | None = None,
@@ -94,10 +97,10 @@ def evaluate(model: Path, reference: Path, text: str | None = None, ctx: int = 5
     """Compare `model` with `reference` on `text` (default: the built-in bilingual text)."""
     if ctx < 2:
         raise Glm4LocalError(f"a window of {ctx} tokens has nothing to score (at least 2)")
-    _same_vocabulary(model, reference)
+    model_header, reference_header = _checked_pair(model, reference)
     sink = progress or ProgressSink()
-    ref_llm = llama.load(reference, n_ctx=ctx, logits_all=True, n_threads=threads)
-    model_llm = llama.load(model, n_ctx=ctx, logits_all=True, n_threads=threads)
+    ref_llm = llama.load(reference, header=reference_header, n_ctx=ctx, logits_all=True, n_threads=threads)
+    model_llm = llama.load(model, header=model_header, n_ctx=ctx, logits_all=True, n_threads=threads)
     tokens = llama.tokenize(ref_llm, text if text is not None else eval_text())
     chunks = windows(tokens, ctx)
     if not chunks:

@@ -14,7 +14,7 @@ import gguf
 
 from glm4_local.convert.texts import calibration_text, eval_text
 from glm4_local.core import llama
-from glm4_local.core.bpe import token_bytes
+from glm4_local.core.bpe import vocabulary_ranks
 from glm4_local.core.gguf_header import GGUFHeader
 from glm4_local.core.model_family import ModelFamily
 
@@ -22,15 +22,8 @@ K = gguf.Keys
 
 
 def ranks_of(header: GGUFHeader) -> dict[bytes, int]:
-    """The byte-level tokens of a GGUF vocabulary and their ids (tiktoken's ranks for GLM-4)."""
-    tokens = header.get(K.Tokenizer.LIST) or []
-    types = header.get(K.Tokenizer.TOKEN_TYPE) or []
-    ranks = {}
-    for token_id, (text, kind) in enumerate(zip(tokens, types, strict=False)):
-        raw = token_bytes(text) if kind == gguf.TokenType.NORMAL else None
-        if raw is not None:
-            ranks[raw] = token_id
-    return ranks
+    """The byte-level tokens of a GGUF's vocabulary and their ids (tiktoken's ranks for GLM-4)."""
+    return vocabulary_ranks(header.get(K.Tokenizer.LIST) or [], header.get(K.Tokenizer.TOKEN_TYPE) or [])
 
 
 @dataclass
@@ -50,10 +43,10 @@ class TokenizerCheck:
                 f"from the model's own tokenizer (e.g. {shown})")
 
 
-def check_texts(header: GGUFHeader) -> list[str]:
+def check_texts(ranks: dict[bytes, int]) -> list[str]:
     """Every vocabulary entry that is valid UTF-8 text, then the lines of the built-in texts."""
     texts = []
-    for raw in ranks_of(header):
+    for raw in ranks:
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError:
@@ -67,10 +60,11 @@ def check_tokenizer(path: Path, header: GGUFHeader, family: ModelFamily,
     """Tokenize every check text with llama.cpp (the file) and tiktoken (the reference)."""
     import tiktoken
 
+    ranks = ranks_of(header)
     reference = tiktoken.Encoding(f"{family.name}-check", pat_str=family.pre_tokenizer_pattern,
-                                  mergeable_ranks=ranks_of(header), special_tokens={})
+                                  mergeable_ranks=ranks, special_tokens={})
     llm = llama.load(path, header=header, vocab_only=True)
-    texts = check_texts(header)
+    texts = check_texts(ranks)
     result = TokenizerCheck()
     for text in _progress(texts, on_progress):
         result.checked += 1

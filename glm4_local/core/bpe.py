@@ -58,11 +58,16 @@ def bpe_merges(ranks: Mapping[bytes, int]) -> list[str]:
     return merges
 
 
-def missing_splits(tokens: list[str], types: list[int], merges: list[str]) -> int:
-    """How many two-token splits of vocabulary tokens the merges leave out (0 for an exact vocab)."""
+def vocabulary_ranks(tokens: list[str], types: list[int]) -> dict[bytes, int]:
+    """The byte-level tokens of a GGUF vocabulary and their ids (tiktoken's ranks for GLM-4)."""
     ranks = {}
-    for rank, (text, kind) in enumerate(zip(tokens, types, strict=True)):
+    for rank, (text, kind) in enumerate(zip(tokens, types, strict=False)):
         raw = token_bytes(text) if kind == gguf.TokenType.NORMAL else None
         if raw is not None:
             ranks[raw] = rank
-    return len(set(bpe_merges(ranks)) - set(merges))
+    return ranks
+
+
+def missing_splits(tokens: list[str], types: list[int], merges: list[str]) -> int:
+    """How many two-token splits of vocabulary tokens the merges leave out (0 for an exact vocab)."""
+    return len(set(bpe_merges(vocabulary_ranks(tokens, types))) - set(merges))

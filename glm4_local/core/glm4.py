@@ -9,7 +9,6 @@ both convert to the same GGUF tensors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,8 @@ from glm4_local.core.model_family import (
     WeightSource,
     gguf_float,
     gguf_int,
+    positive_number,
+    whole_number,
 )
 
 T = gguf.MODEL_TENSOR
@@ -87,17 +88,13 @@ def _int(config: Mapping[str, Any], *keys: str, where: str, default: int | None 
     key, value = _value(config, keys, default)
     if value is None:
         raise CheckpointError(f"{where}: missing key {key!r}")
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise CheckpointError(f"{where}: {key} is {value!r}, not a whole number from 1 to {high:,}")
-    return value
+    return whole_number(value, key, where, high, CheckpointError)
 
 
 def _float(config: Mapping[str, Any], *keys: str, where: str, default: float) -> float:
     """The first of `keys` present: a positive, finite number."""
     key, value = _value(config, keys, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise CheckpointError(f"{where}: {key} is {value!r}, not a positive number")
-    return float(value)
+    return positive_number(value, key, where, CheckpointError)
 
 
 def _flag(config: Mapping[str, Any], key: str, where: str, default: bool) -> bool:

@@ -201,19 +201,28 @@ class ModelFamily:
         return int(n_ctx * values_per_token * (size(type_k) + size(type_v)))
 
 
+def whole_number(value: Any, key: str, where: str, high: int, error: type[Glm4LocalError]) -> int:
+    """`value` of setting `key` if it is a whole number 1..high; `error` naming the key otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise error(f"{where}: {key} is {value!r}, not a whole number from 1 to {high:,}")
+    return value
+
+
+def positive_number(value: Any, key: str, where: str, error: type[Glm4LocalError]) -> float:
+    """`value` of setting `key` if it is a positive, finite number; `error` naming the key otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise error(f"{where}: {key} is {value!r}, not a positive number")
+    return float(value)
+
+
 def gguf_int(header: Any, key: str, where: str, high: int, default: int | None = None) -> int:
     """A GGUF header's integer field, 1..high; GGUFFileError naming the key otherwise."""
     value = header.get(key, default)
     if value is None:
         raise GGUFFileError(f"{where}: {key} is missing")
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise GGUFFileError(f"{where}: {key} is {value!r}, not a whole number from 1 to {high:,}")
-    return value
+    return whole_number(value, key, where, high, GGUFFileError)
 
 
 def gguf_float(header: Any, key: str, where: str, default: float | None = None) -> float:
     """A GGUF header's positive, finite number field; GGUFFileError naming the key otherwise."""
-    value = header.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise GGUFFileError(f"{where}: {key} is {value!r}, not a positive number")
-    return float(value)
+    return positive_number(header.get(key, default), key, where, GGUFFileError)

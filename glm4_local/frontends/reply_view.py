@@ -59,11 +59,7 @@ class ReplyView:
         self.plain = plain  # piped output: plain text, no redrawing
         self.unfinished = _Unfinished()
         self.live: Live | None = None
-        self.written = ""
-
-    @property
-    def pending(self) -> str:
-        return self.unfinished.text
+        self.open_line = False  # plain output: the last chunk did not end its line
 
     def __enter__(self) -> ReplyView:
         if self.plain is None:
@@ -73,8 +69,9 @@ class ReplyView:
         return self
 
     def write(self, chunk: str) -> None:
-        self.written += chunk
         if self.plain is not None:
+            if chunk:
+                self.open_line = not chunk.endswith("\n")
             self.plain.write(chunk)
             self.plain.flush()
             return
@@ -91,7 +88,7 @@ class ReplyView:
                  trace: TracebackType | None) -> None:
         """Print what is left for good (also after Ctrl-C: the partial reply stays on screen)."""
         if self.plain is not None:
-            if self.written and not self.written.endswith("\n"):
+            if self.open_line:
                 self.plain.write("\n")
             self.plain.flush()
             return
