@@ -14,11 +14,11 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX
+from glm4_local import cli_options as o
+from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.toolcalls import DEFAULT_TOOL_TIMEOUT
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
 from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
-from glm4_local.core.llama import CACHE_TYPES
 
 app = typer.Typer(
     name="glm4-local", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -262,10 +262,23 @@ In the chat: /help /show /set NAME VALUE /system [TEXT|--clear] /reset /retry /u
 Sampling defaults come from the GGUF (general.sampling.*), else GLM-4's own (temperature 0.8, top_p 0.8)."""
 
 
+def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: int, flash_attn: bool,
+                       cache_type_k: str, cache_type_v: str, mlock: bool, no_mmap: bool) -> RuntimeOptions:
+    """How chat and serve run a model, from their shared options."""
+    from glm4_local.chat import options as opts
+
+    return opts.RuntimeOptions(
+        ctx=parsed("--ctx", opts.parse_context_size, ctx),
+        gpu_layers=parsed("--gpu-layers", opts.parse_gpu_layers, gpu_layers),
+        threads=threads, batch=batch, flash_attn=flash_attn,
+        cache_type_k=parsed("--cache-type-k", opts.parse_cache_type, cache_type_k),
+        cache_type_v=parsed("--cache-type-v", opts.parse_cache_type, cache_type_v), mlock=mlock, mmap=not no_mmap,
+    )
+
+
 @app.command(epilog=CHAT_EPILOG)
 def chat(
-    model: Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
-                                                "(default: the newest there).")] = None,
+    model: o.ModelArg = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer this once and exit "
                                                "(stdin, if piped, is appended).")] = None,
@@ -286,41 +299,81 @@ def chat(
                                                          "tokens (1: off).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable sampling.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")] = None,
-    ctx: Annotated[str, typer.Option("--ctx", help="Context tokens, or 'max' for the model's trained "
-                                     "context.")] = str(DEFAULT_CTX),
-    gpu_layers: Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")] = "auto",
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")] = None,
-    batch: Annotated[int, typer.Option("--batch", help="Prompt batch size.")] = DEFAULT_BATCH,
-    flash_attn: Annotated[bool, typer.Option("--flash-attn", help="Use flash attention (less memory for long "
-                                             "contexts; helps most on GPUs).")] = False,
-    cache_type_k: Annotated[str, typer.Option("--cache-type-k", metavar="TYPE", help="KV cache type for keys: "
-                                              + ", ".join(CACHE_TYPES))] = "f16",
-    cache_type_v: Annotated[str, typer.Option("--cache-type-v", metavar="TYPE", help="KV cache type for values: "
-                                              + ", ".join(CACHE_TYPES))] = "f16",
-    mlock: Annotated[bool, typer.Option("--mlock", help="Lock the model in RAM (never swapped out).")] = False,
-    no_mmap: Annotated[bool, typer.Option("--no-mmap", help="Read the whole model into memory instead of "
-                                          "mapping the file.")] = False,
+    ctx: o.Ctx = o.DEFAULTS["ctx"],
+    gpu_layers: o.GpuLayers = "auto",
+    threads: o.Threads = None,
+    batch: o.Batch = o.DEFAULTS["batch"],
+    flash_attn: o.FlashAttn = False,
+    cache_type_k: o.CacheTypeK = "f16",
+    cache_type_v: o.CacheTypeV = "f16",
+    mlock: o.Mlock = False,
+    no_mmap: o.NoMmap = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show token counts and speed.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Non-interactive: print content, tool_calls, usage "
                                           "(summed over every model call of the answer), "
                                           "timings as JSON.")] = False,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
-    from glm4_local.chat import options as o
+    from glm4_local.chat.options import SamplingOptions
     from glm4_local.chat.toolcalls import ToolRunner
     from glm4_local.frontends.commands import start_chat
 
-    runtime_options = o.RuntimeOptions(
-        ctx=parsed("--ctx", o.parse_context_size, ctx),
-        gpu_layers=parsed("--gpu-layers", o.parse_gpu_layers, gpu_layers),
-        threads=threads, batch=batch, flash_attn=flash_attn,
-        cache_type_k=parsed("--cache-type-k", o.parse_cache_type, cache_type_k),
-        cache_type_v=parsed("--cache-type-v", o.parse_cache_type, cache_type_v), mlock=mlock, mmap=not no_mmap,
-    )
-    sampling = o.SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
+    runtime_options = runtime_options_of(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,
+                                         mlock, no_mmap)
+    sampling = SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
     runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
     run(start_chat, model, runtime_options, sampling, system=system, prompt=prompt, tools_path=tools,
         tool_exec=runner, resume=resume, verbose=verbose, as_json=as_json, errors=err)
+
+
+@app.command(epilog=examples(
+    "glm4-local serve                                 # the newest model in ./models, on 127.0.0.1:8000",
+    "glm4-local serve MODEL --port 8080 --api-key \"$KEY\" --parallel 4 --ctx 16384",
+) + """
+
+\b
+Then point any OpenAI client at it: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).
+Routes: /v1/chat/completions (tools, tool_choice, response_format, streaming), /v1/completions,
+/v1/models, /health, /metrics. Each of the --parallel slots has --ctx tokens of context.""")
+def serve(
+    model: o.ModelArg = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (another than 127.0.0.1 exposes "
+                                      "the model to your network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: any free one).", min=0, max=65535)] = 8000,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="GLM4_LOCAL_API_KEY",
+                                                help="Require 'Authorization: Bearer KEY' on every route but "
+                                                "/health.")] = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Requests decoded together (each slot keeps its "
+                                          "own context and prompt cache).", min=1, max=64)] = 1,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for a slot; more get 503 "
+                                           "with Retry-After.", min=1)] = 64,
+    cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow browser pages from this "
+                                                          "origin (repeatable; '*' for any).")] = None,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.", min=0.001)
+                           ] = 8.0,
+    ctx: o.Ctx = o.DEFAULTS["ctx"],
+    gpu_layers: o.GpuLayers = "auto",
+    threads: o.Threads = None,
+    batch: o.Batch = o.DEFAULTS["batch"],
+    flash_attn: o.FlashAttn = False,
+    cache_type_k: o.CacheTypeK = "f16",
+    cache_type_v: o.CacheTypeV = "f16",
+    mlock: o.Mlock = False,
+    no_mmap: o.NoMmap = False,
+) -> None:
+    """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling."""
+    from glm4_local.chat.models import resolve_model
+    from glm4_local.frontends.serve import ServeOptions
+    from glm4_local.frontends.serve import serve as serve_model
+
+    runtime_options = runtime_options_of(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,
+                                         mlock, no_mmap)
+    with user_errors(on_interrupt="stopped"):
+        options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cor for cor in cors_origin or ()),
+                               int(max_body_mb * 1024 * 1024))
+        serve_model(resolve_model(model), runtime_options, options,
+                    say=lambda line: err.print(line, markup=False),
+                    warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))
 
 
 @app.command(epilog=examples("glm4-local render conversation.json",

@@ -8,8 +8,8 @@ from typing import Any
 
 from glm4_local.chat.runtime import ChatRuntime, Generation, Sampling, Timings
 from glm4_local.chat.session import Autosave, Conversation, Message, turns
-from glm4_local.chat.template import ChatTemplate, to_glm_messages
-from glm4_local.chat.toolcalls import Reply, may_be_call, parse_reply
+from glm4_local.chat.template import ChatTemplate
+from glm4_local.chat.toolcalls import Reply, ReplyText, may_be_call, parse_reply
 from glm4_local.core.errors import Glm4LocalError
 
 
@@ -49,30 +49,14 @@ class Turn:
         Text before the first newline is metadata (a tool name, or empty for an answer); a tool call
         is shown when complete, so only an answer's content streams.
         """
-        head = ""
-        streaming = holding = False
+        reply = ReplyText(self.engine.conversation.tools)
         for chunk in self.generation.chunks:
             self.generated.append(chunk)
-            if streaming:
-                yield chunk
-                continue
-            if holding:
-                continue
-            head += chunk
-            metadata, newline, rest = head.partition("\n")
-            if not newline:
-                continue
-            if not metadata.strip():
-                streaming = True
-                if rest:
-                    yield rest
-            elif may_be_call(metadata, self.engine.conversation.tools):
-                holding = True  # shown whole once finished: a call, or a malformed one as text
-            else:
-                streaming = True  # text that just lacks GLM-4's leading newline
-                yield head
-        if not streaming and not holding and head:
-            yield head  # no newline at all: plain text
+            shown = reply.feed(chunk)
+            if shown:
+                yield shown
+        if rest := reply.end():
+            yield rest
 
     def finish(self, interrupted: bool = False) -> TurnResult:
         return self.engine._record(self, interrupted)
@@ -180,8 +164,7 @@ class ChatEngine:
         return self.answer()
 
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
-        glm = to_glm_messages(messages, self.conversation.tools)
-        return self.runtime.tokens(self.template.pieces(glm, add_generation_prompt=True))
+        return self.runtime.prompt(self.template, messages, self.conversation.tools)
 
     def _fitted_prompt(self) -> tuple[list[int], int]:
         """Prompt tokens for the conversation, leaving out the oldest turns when it would not fit."""

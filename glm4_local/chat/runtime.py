@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import codecs
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glm4_local.chat.template import Piece, merged_text
+from glm4_local.chat.template import ChatTemplate, Piece, merged_text, to_glm_messages
+from glm4_local.core.decoder import Decoder, Job, SamplerSettings
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.llama import tokenize
 from glm4_local.core.model_family import ModelFamily
@@ -21,6 +21,8 @@ class Sampling:
     top_k: int = 0
     min_p: float = 0.0
     repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
 
 @dataclass
@@ -50,11 +52,11 @@ class Generation:
     stopped_by: str | None = None
 
 
-class ChatRuntime:
-    """One loaded model; keeps its KV cache across turns so each turn evaluates only new tokens."""
+class Vocabulary:
+    """A model's tokens as a family's prompts use them: markup to special tokens, stops, token text."""
 
-    def __init__(self, llm: Any, family: ModelFamily) -> None:
-        self.llm = llm
+    def __init__(self, model: Any, family: ModelFamily) -> None:
+        self.model = model  # a llama-cpp-python model (or Llama): tokenize / detokenize
         self.family = family
         self.special_ids = {t: self._special_id(t) for t in dict.fromkeys((*family.stop_tokens,
                                                                            *family.markup_tokens))}
@@ -65,18 +67,20 @@ class ChatRuntime:
         piece = self._pieces.get(token)
         if piece is None:
             # control tokens other than the stops (e.g. [sMASK]) are not text: they render as nothing
-            piece = self._pieces[token] = self.llm.detokenize([token], special=False)
+            piece = self._pieces[token] = self.model.detokenize([token], special=False)
         return piece
 
     def _special_id(self, text: str) -> int:
-        ids = tokenize(self.llm, text, special=True)
+        ids = tokenize(self.model, text, special=True)
         if len(ids) != 1:
             raise GGUFFileError(f"model vocabulary has no special token {text}")
         return ids[0]
 
-    @property
-    def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+    def prompt(self, template: ChatTemplate, messages: Sequence[Mapping[str, Any]],
+               tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
+        """The tokens of OpenAI-style messages (and tools) as the model's template renders them, ready
+        for the assistant's reply: the one prompt path of chat, render and serve."""
+        return self.tokens(template.pieces(to_glm_messages(messages, tools), add_generation_prompt=True))
 
     def tokens(self, pieces: Sequence[Piece]) -> list[int]:
         """Markup pieces become their special token; text between them is tokenized as plain text."""
@@ -87,60 +91,74 @@ class ChatRuntime:
                     self.special_ids[piece.text] = self._special_id(piece.text)
                 ids.append(self.special_ids[piece.text])
             else:
-                ids.extend(tokenize(self.llm, piece.text))
+                ids.extend(tokenize(self.model, piece.text))
         return ids
 
-    def cached_prefix(self, tokens: Sequence[int]) -> int:
-        """How many leading tokens of `tokens` are already in the KV cache."""
-        cached = self.llm.input_ids  # the tokens the KV cache holds
-        n = 0
-        for a, b in zip(cached, tokens, strict=False):
-            if a != b:
-                break
-            n += 1
-        return n
+
+
+class ChatRuntime(Vocabulary):
+    """One loaded model and its decoder; each slot keeps its KV cache across turns, so a turn evaluates
+    only its new tokens. The chat steps the decoder itself; the server steps it from a worker thread."""
+
+    def __init__(self, model: Any, family: ModelFamily, decoder: Decoder) -> None:
+        super().__init__(model, family)
+        self.decoder = decoder
+
+    @property
+    def n_ctx(self) -> int:
+        """Tokens of context one conversation (one slot) has."""
+        return self.decoder.slot_ctx
+
+    def sampler_settings(self, sampling: Sampling, seed: int | None = None, grammar: str | None = None
+                         ) -> SamplerSettings:
+        return SamplerSettings(
+            temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
+            repeat_penalty=sampling.repeat_penalty, frequency_penalty=sampling.frequency_penalty,
+            presence_penalty=sampling.presence_penalty, seed=seed, grammar=grammar)
 
     def generate(self, prompt: Sequence[int], sampling: Sampling, max_tokens: int | None,
                  seed: int | None = None) -> Generation:
+        """Stream a reply, stepping the decoder in this thread (the chat's way)."""
         if len(prompt) >= self.n_ctx:
             raise Glm4LocalError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
         budget = self.n_ctx - len(prompt)
-        limit = min(max_tokens, budget) if max_tokens else budget
-        generation = Generation(iter(()))
         cut = "max_tokens" if max_tokens and max_tokens <= budget else "context"
-        generation.chunks = self._stream(list(prompt), sampling, limit, seed, generation, cut)
+        job = Job(list(prompt), self.sampler_settings(sampling, seed), max_tokens or 0, frozenset(self.stop_ids))
+        generation = Generation(iter(()))
+        generation.chunks = self._stream(job, generation, cut)
         return generation
 
-    def _stream(self, prompt: list[int], sampling: Sampling, limit: int, seed: int | None,
-                gen: Generation, cut: str) -> Iterator[str]:
-        if seed is not None:
-            self.llm.set_seed(seed)
-        timings = gen.timings
-        timings.prompt_tokens = len(prompt)
-        timings.evaluated_tokens = len(prompt) - min(self.cached_prefix(prompt), len(prompt) - 1)
+    def _stream(self, job: Job, gen: Generation, cut: str) -> Iterator[str]:
         decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        stop_ids, piece, clock = self.stop_ids, self.piece, time.perf_counter
-        started = clock()
-        first_at = started
-        tokens = self.llm.generate(prompt, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-                                   temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty)
+        decoder, piece, generated = self.decoder, self.piece, job.generated
+        decoder.submit(job)
+        shown = 0
         try:
-            for count, token in enumerate(tokens, 1):
-                now = clock()
-                if count == 1:
-                    first_at = now
-                    timings.prefill_seconds = now - started
-                timings.generated_tokens = count
-                timings.decode_seconds = now - first_at
-                if token in stop_ids:
-                    gen.stopped_by = stop_ids[token]
-                    break
-                text = decode(piece(token))
-                if text:
-                    yield text
-                if count >= limit:
-                    gen.stopped_by = cut
-                    break
+            while not job.done:
+                decoder.step()
+                while shown < len(generated):
+                    text = decode(piece(generated[shown]))
+                    shown += 1
+                    if text:
+                        yield text
             # bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD
         finally:
-            tokens.close()
+            if not job.done:
+                decoder.cancel(job)
+                decoder.release_cancelled()
+            _record_timings(job, gen, cut, self.stop_ids)
+
+
+def _record_timings(job: Job, gen: Generation, cut: str, stop_ids: dict[int, str]) -> None:
+    if job.error:
+        raise Glm4LocalError(job.error)
+    t = gen.timings
+    t.prompt_tokens, t.evaluated_tokens = len(job.prompt), job.evaluated_tokens
+    t.generated_tokens = len(job.generated) + (job.stop_token is not None)
+    if job.first_token_at:
+        t.prefill_seconds = job.first_token_at - job.started_at
+        t.decode_seconds = job.last_token_at - job.first_token_at
+    if job.stop_token is not None:
+        gen.stopped_by = stop_ids[job.stop_token]
+    elif job.finish == "length":
+        gen.stopped_by = cut

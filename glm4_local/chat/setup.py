@@ -18,6 +18,7 @@ from glm4_local.chat.runtime import ChatRuntime, Sampling
 from glm4_local.chat.session import Autosave, Conversation
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core import llama
+from glm4_local.core.decoder import Decoder
 from glm4_local.core.gguf_file import check_model
 from glm4_local.core.gguf_header import GGUFHeader
 from glm4_local.core.model_family import Hyperparams, ModelFamily
@@ -62,14 +63,14 @@ def sampling_settings(facts: ModelFacts, options: SamplingOptions) -> ChatSettin
     return ChatSettings(sampling, options.max_tokens, options.seed)
 
 
-def load_runtime(facts: ModelFacts, options: RuntimeOptions) -> ChatRuntime:
+def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1) -> ChatRuntime:
+    """The model and a decoder of `slots` sequences, each with the context the options give."""
     n_ctx = options.context_size(facts.hparams.context_length)
-    llm = llama.load(
-        facts.path, header=facts.header, n_ctx=n_ctx, n_gpu_layers=options.offloaded_layers(),
-        n_threads=options.thread_count(), n_batch=min(options.batch, n_ctx), flash_attn=options.flash_attn,
-        type_k=options.cache_type_k, type_v=options.cache_type_v, use_mlock=options.mlock, use_mmap=options.mmap,
-    )
-    return ChatRuntime(llm, facts.family)
+    model = llama.load_model(facts.path, header=facts.header, n_gpu_layers=options.offloaded_layers(),
+                             use_mmap=options.mmap, use_mlock=options.mlock)
+    decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
+                      flash_attn=options.flash_attn, type_k=options.cache_type_k, type_v=options.cache_type_v)
+    return ChatRuntime(model, facts.family, decoder)
 
 
 def open_engine(model: Path | ModelFacts, runtime: RuntimeOptions | None = None,

@@ -58,6 +58,43 @@ def may_be_call(first_line: str, tools: Sequence[Mapping[str, Any]] | None) -> b
     return bool(tools) and bool(CALL_NAME.fullmatch(first_line.strip()))
 
 
+class ReplyText:
+    """A GLM-4 reply as it streams: what to show of it now. The metadata line is never shown; an
+    answer's content streams; a reply whose first line may name a function is held back whole (a
+    call, or a malformed one shown as text once finished)."""
+
+    def __init__(self, tools: Sequence[Mapping[str, Any]] | None, prefix: str = "") -> None:
+        self.tools = tools
+        self.head = prefix
+        self.mode: str | None = None  # None: first line not seen yet; "text"; "held"
+
+    @property
+    def held(self) -> bool:
+        return self.mode == "held"
+
+    def feed(self, chunk: str) -> str:
+        if self.mode == "text":
+            return chunk
+        self.head += chunk
+        if self.mode == "held":
+            return ""
+        metadata, newline, rest = self.head.partition("\n")
+        if not newline:
+            return ""
+        if not metadata.strip():
+            self.mode = "text"
+            return rest
+        if may_be_call(metadata, self.tools):
+            self.mode = "held"
+            return ""
+        self.mode = "text"  # text that just lacks GLM-4's leading newline
+        return self.head
+
+    def end(self) -> str:
+        """What is left to show once the reply is over: text that never had a newline."""
+        return self.head if self.mode is None else ""
+
+
 def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Reply:
     """Split the generated `{metadata}\\n{content}` into a plain reply or a checked tool call."""
     metadata, newline, content = generated.partition("\n")

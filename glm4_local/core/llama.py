@@ -104,6 +104,43 @@ def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_
         raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
 
 
+def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int = 0, use_mmap: bool = True,
+               use_mlock: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
+    """The weights and vocabulary alone (no context): for core/decoder.py's contexts. GGUFFileError as load()."""
+    if header is None:
+        from glm4_local.core.gguf_file import check_model
+
+        check_model(path)
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
+
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+    params.use_mmap, params.use_mlock = use_mmap, use_mlock
+    errors = capture_logs()
+    try:
+        return LlamaModel(path_model=str(path), params=params, verbose=False)
+    except Exception as e:
+        detail = next((line for line in errors if line), str(e) or type(e).__name__)
+        raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
+
+
+def json_schema_grammar(schemas: dict[str, Any]) -> str:
+    """GBNF rules, one per named JSON schema (rule name = key), by llama.cpp's own converter.
+
+    Raises ValueError for a schema it cannot express (a remote $ref, a type it does not know, ...).
+    """
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    try:
+        for name, schema in schemas.items():
+            converter.visit(converter.resolve_refs(schema, name), name)
+        return str(converter.format_grammar())
+    except Exception as e:  # the converter asserts and raises many kinds for schemas it cannot express
+        raise ValueError(str(e) or type(e).__name__) from None
+
+
 class _NoFormatter:
     """Stands in for llama-cpp-python's Jinja chat formatter, which glm4-local never uses."""
 

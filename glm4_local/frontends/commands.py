@@ -10,7 +10,7 @@ from rich.console import Console
 
 from glm4_local.chat.models import resolve_model
 from glm4_local.chat.options import RuntimeOptions, SamplingOptions
-from glm4_local.chat.runtime import ChatRuntime
+from glm4_local.chat.runtime import Vocabulary
 from glm4_local.chat.schema import load_tools
 from glm4_local.chat.session import Autosave, Conversation, load_conversation, resume_latest
 from glm4_local.chat.setup import ModelFacts, open_engine
@@ -105,4 +105,4 @@ def render_conversation(conversation_path: Path, tools_path: Path | None, model:
     if not tokens:
         return "".join(p.text for p in pieces)
     assert facts is not None
-    return ChatRuntime(llama.load(facts.path, header=facts.header, vocab_only=True), facts.family).tokens(pieces)
+    return Vocabulary(llama.load(facts.path, header=facts.header, vocab_only=True), facts.family).tokens(pieces)

@@ -1,0 +1,329 @@
+"""Continuous batching on llama.cpp: many sequences decoded together, each sampled by llama.cpp's sampler chain.
+
+One context holds `slots` sequences, each with its own part of the KV cache. Every `step()` is one
+`llama_decode` whose batch carries the next token of every sequence that is generating, then chunks
+of prompts waiting to be evaluated; each sequence is then sampled by its own C sampler chain. A job
+goes to the free slot whose cache shares the longest prefix with its prompt, so a conversation's next
+turn evaluates only its new tokens. The chat (one slot, stepped by its own thread) and the server
+(many slots, stepped by a worker thread) both run this loop.
+
+With llama.cpp this module and core/llama.py are the only ones importing llama_cpp.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gguf
+
+from glm4_local.core.errors import Glm4LocalError
+
+PENALTY_WINDOW = 64  # tokens the repeat/frequency/presence penalties look back over (llama.cpp's default)
+
+
+class DecodeError(Glm4LocalError):
+    """llama.cpp could not make a context, build a sampler or evaluate a batch."""
+
+
+class GrammarError(DecodeError):
+    """A grammar llama.cpp's parser refuses."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None  # None: a random seed
+    grammar: str | None = None  # GBNF with a `root` rule; the output must match it
+
+
+def _sampler_chain(vocab: Any, n_vocab: int, s: SamplerSettings) -> Any:
+    import llama_cpp as ll
+
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    if not chain:
+        raise DecodeError("llama.cpp could not make a sampler")
+    stages: list[Any] = []
+    if s.grammar is not None:
+        grammar = ll.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            ll.llama_sampler_free(chain)
+            raise GrammarError("llama.cpp could not parse the grammar")
+        stages.append(grammar)
+    if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
+        stages.append(ll.llama_sampler_init_penalties(n_vocab, PENALTY_WINDOW, s.repeat_penalty,
+                                                      s.frequency_penalty, s.presence_penalty))
+    if s.temperature <= 0:
+        stages.append(ll.llama_sampler_init_greedy())
+    else:
+        if s.top_k > 0:
+            stages.append(ll.llama_sampler_init_top_k(s.top_k))
+        if s.top_p < 1.0:
+            stages.append(ll.llama_sampler_init_top_p(s.top_p, 1))
+        if s.min_p > 0:
+            stages.append(ll.llama_sampler_init_min_p(s.min_p, 1))
+        stages.append(ll.llama_sampler_init_temp(s.temperature))
+        stages.append(ll.llama_sampler_init_dist(ll.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF))
+    for stage in stages:
+        ll.llama_sampler_chain_add(chain, stage)  # the chain owns and frees them
+    return chain
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation: a prompt to continue, how to sample it and when to stop.
+
+    `on_token(token)` hears each generated token that is not a stop token (in the stepping thread);
+    returning False ends the job (finish "stop"). `on_done(job)` hears the end, whatever it was.
+    """
+
+    prompt: list[int]
+    sampling: SamplerSettings
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    on_token: Callable[[int], bool] | None = None
+    on_done: Callable[[Job], None] | None = None
+    generated: list[int] = field(default_factory=list)
+    finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    stop_token: int | None = None  # the stop token that ended it
+    error: str | None = None
+    evaluated_tokens: int = 0  # prompt tokens computed (the rest came from the cache)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0  # when it got a slot
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+    cancelled: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose keys/values this sequence holds
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # tokens to evaluate next
+    sampler: Any = None
+    used_at: float = 0.0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Decoder:
+    """A llama.cpp context with `slots` sequences of `slot_ctx` tokens each, decoded together."""
+
+    def __init__(self, model: Any, slots: int, slot_ctx: int, n_batch: int, threads: int,
+                 flash_attn: bool = False, type_k: gguf.GGMLQuantizationType | None = None,
+                 type_v: gguf.GGMLQuantizationType | None = None) -> None:
+        import llama_cpp as ll
+
+        self._ll = ll
+        self.model = model  # keeps the llama_model alive as long as the context
+        params = ll.llama_context_default_params()
+        params.n_ctx = slot_ctx * slots
+        params.n_seq_max = slots
+        params.kv_unified = False  # each sequence its own cells: one long conversation never evicts another
+        params.n_batch = params.n_ubatch = max(1, min(n_batch, slot_ctx * slots))
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        for name, qtype in (("type_k", type_k), ("type_v", type_v)):
+            if qtype is not None:
+                setattr(params, name, int(qtype))
+        self.ctx = ll.llama_init_from_model(model.model, params)
+        if not self.ctx:
+            raise DecodeError(f"llama.cpp could not make a context of {slots} × {slot_ctx} tokens "
+                              "(not enough memory?)")
+        self.memory = ll.llama_get_memory(self.ctx)
+        self.slot_ctx = int(ll.llama_n_ctx_seq(self.ctx))
+        self.n_batch = int(params.n_batch)
+        self.batch = ll.llama_batch_init(self.n_batch, 0, 1)
+        self.vocab = model.vocab
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self.slots = [_Slot(i) for i in range(slots)]
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.decode_calls = 0  # llama_decode calls, and the tokens they carried (for /metrics)
+        self.decoded_tokens = 0
+        self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job; it starts at the next step with a free slot. Checks it fits a slot first."""
+        if not job.prompt:
+            raise DecodeError("an empty prompt")
+        if len(job.prompt) >= self.slot_ctx:
+            raise DecodeError(f"a prompt of {len(job.prompt)} tokens does not fit the context of {self.slot_ctx}")
+        with self._lock:
+            self.waiting.append(job)
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job (from any thread); its slot is freed at the next step or release_cancelled()."""
+        with self._lock:
+            job.cancelled = True
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.active > 0
+
+    def release_cancelled(self) -> None:
+        """Free the slots of cancelled jobs and drop cancelled jobs still waiting (stepping thread only)."""
+        with self._lock:
+            for job in [j for j in self.waiting if j.cancelled]:
+                self.waiting.remove(job)
+                self._end(job, "cancelled")
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._finish(slot, "cancelled")
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """One llama_decode over every active sequence; False when there was nothing to do."""
+        self.release_cancelled()
+        self._start_waiting()
+        added = self._fill_batch()
+        if not added:
+            return False
+        status = self._ll.llama_decode(self.ctx, self.batch)
+        self.decode_calls += 1
+        self.decoded_tokens += self.batch.n_tokens
+        if status != 0:
+            self._fail(added, f"llama.cpp could not evaluate the batch (code {status})")
+            return True
+        now = time.perf_counter()
+        for slot, n_tokens, output in added:
+            slot.cached += slot.pending[:n_tokens]
+            del slot.pending[:n_tokens]
+            if output is not None:
+                self._sample(slot, output, now)
+        return True
+
+    def _start_waiting(self) -> None:
+        while True:
+            free = [s for s in self.slots if s.job is None]
+            with self._lock:
+                if not free or not self.waiting:
+                    return
+                job = self.waiting.popleft()
+            self._assign(job, free)
+
+    def _assign(self, job: Job, free: list[_Slot]) -> None:
+        """The free slot whose cache shares most with the prompt (least recently used on a tie)."""
+        slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.used_at))
+        keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)  # the last one gives logits
+        self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
+        del slot.cached[keep:]
+        try:
+            slot.sampler = _sampler_chain(self.vocab, self.n_vocab, job.sampling)
+        except DecodeError as e:
+            job.error = str(e)
+            self._end(job, "error")
+            return
+        slot.job, slot.pending = job, job.prompt[keep:]
+        slot.used_at = job.started_at = time.perf_counter()
+        job.evaluated_tokens = len(slot.pending)
+        limit = self.slot_ctx - len(job.prompt)
+        job.max_new_tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else limit
+
+    def _fill_batch(self) -> list[tuple[_Slot, int, int | None]]:
+        """(slot, tokens added, batch index of its output or None); generating slots first, one token each."""
+        batch, budget, n = self.batch, self.n_batch, 0
+        added = []
+        busy = sorted((s for s in self.slots if s.job is not None and s.pending),
+                      key=lambda s: (len(s.pending) > 1, s.job.started_at))  # type: ignore[union-attr]
+        for slot in busy:
+            if n >= budget:
+                break
+            take = min(len(slot.pending), budget - n)
+            position = len(slot.cached)
+            for i in range(take):
+                batch.token[n + i] = slot.pending[i]
+                batch.pos[n + i] = position + i
+                batch.n_seq_id[n + i] = 1
+                batch.seq_id[n + i][0] = slot.seq
+                batch.logits[n + i] = 0
+            output = None
+            if take == len(slot.pending):
+                batch.logits[n + take - 1] = 1
+                output = n + take - 1
+            added.append((slot, take, output))
+            n += take
+        batch.n_tokens = n
+        return added
+
+    def _sample(self, slot: _Slot, output: int, now: float) -> None:
+        job = slot.job
+        assert job is not None
+        token = int(self._ll.llama_sampler_sample(slot.sampler, self.ctx, output))
+        if not job.generated:
+            job.first_token_at = now
+        job.last_token_at = now
+        if token in job.stop_ids:
+            job.stop_token = token
+            self._finish(slot, "stop")
+            return
+        job.generated.append(token)
+        go_on = job.on_token(token) if job.on_token else True
+        if not go_on:
+            self._finish(slot, "stop")
+        elif len(job.generated) >= job.max_new_tokens:
+            self._finish(slot, "length")
+        else:
+            slot.pending = [token]
+
+    def _fail(self, added: list[tuple[_Slot, int, int | None]], message: str) -> None:
+        for slot, _, _ in added:
+            self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)  # whatever half-happened is gone
+            slot.cached.clear()
+            if slot.job is not None:
+                slot.job.error = message
+                self._finish(slot, "error")
+
+    def _finish(self, slot: _Slot, reason: str) -> None:
+        job = slot.job
+        slot.job, slot.pending = None, []
+        if slot.sampler:
+            self._ll.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+        if job is not None:
+            self._end(job, reason)
+
+    @staticmethod
+    def _end(job: Job, reason: str) -> None:
+        job.finish = reason
+        if job.on_done:
+            job.on_done(job)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, "cancelled")
+        if self.ctx:
+            self._ll.llama_batch_free(self.batch)
+            self._ll.llama_free(self.ctx)
+            self.ctx = None

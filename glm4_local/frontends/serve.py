@@ -1,0 +1,131 @@
+"""`glm4-local serve`: check the model, bind the port, answer /health at once, load, then serve."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glm4_local.chat.options import RuntimeOptions, SamplingOptions
+from glm4_local.chat.setup import ModelFacts, load_runtime, sampling_settings
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.gguf_file import REPAIR, quick_problems
+from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
+from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    parallel: int = 1
+    max_queue: int = DEFAULT_MAX_QUEUE
+    cors_origins: tuple[str, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise Glm4LocalError(f"parallel slots must be at least 1, not {self.parallel}")
+        if self.max_queue < 1:
+            raise Glm4LocalError(f"the waiting queue must hold at least 1 request, not {self.max_queue}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise Glm4LocalError("the API key is empty")
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    if host in LOCAL_HOSTS or api_key is not None:
+        return None
+    return f"listening on {host} without an API key: anyone who can reach this port can use the model"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The bound socket (port 0: a free one), or one clear error."""
+    try:
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+    except OSError as e:
+        raise Glm4LocalError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/v1"
+
+
+def _quiet_exit_server(config: object) -> object:
+    """A uvicorn server that stops on SIGINT/SIGTERM and returns (uvicorn re-raises the signal after its
+    shutdown, which would skip freeing the model and exit by signal)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    return Server(config)  # type: ignore[arg-type]
+
+
+def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say: Callable[[str], None],
+          warn: Callable[[str], None]) -> None:
+    """Serve until Ctrl-C or SIGTERM; Glm4LocalError if the model cannot be loaded or the port bound."""
+    import uvicorn
+
+    facts = ModelFacts.read(model_path)
+    for problem in quick_problems(facts.header, facts.family):
+        warn(f"{facts.path.name}: {problem}; {REPAIR}")
+    if warning := exposure_warning(options.host, options.api_key):
+        warn(warning)
+    sock = listen(options.host, options.port)
+    config = ServerConfig(facts.path.stem, options.api_key, options.cors_origins, options.max_body)
+    state = ServerState(config)
+    server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
+                                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
+    n_ctx = runtime.context_size(facts.hparams.context_length)
+    say(f"serving {facts.path.name} as \"{config.model_id}\" on {url_of(sock, options.host)} "
+        f"({options.parallel} slot(s) × {n_ctx:,} tokens of context); loading…")
+
+    def load() -> None:
+        try:
+            loaded = load_runtime(facts, runtime, slots=options.parallel)
+            scheduler = Scheduler(loaded, options.max_queue)
+            scheduler.start()
+            state.loaded = Loaded(facts, loaded, scheduler, sampling_settings(facts, SamplingOptions()).sampling)
+            say("ready")
+        except Glm4LocalError as e:
+            state.error = str(e)
+            server.should_exit = True
+
+    loader = threading.Thread(target=load, name="glm4-local-loader", daemon=True)
+    loader.start()
+    logging.getLogger("glm4_local.server").addHandler(logging.StreamHandler())
+    try:
+        server.run(sockets=[sock])
+    finally:
+        loader.join(timeout=60)
+        if state.loaded is not None:
+            state.loaded.scheduler.stop()
+            state.loaded.runtime.decoder.close()
+        sock.close()
+    if state.error is not None:
+        raise Glm4LocalError(state.error)

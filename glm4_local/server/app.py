@@ -1,0 +1,174 @@
+"""The HTTP routes: OpenAI's /v1 API, /health and /metrics, behind an API key when one is set."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from glm4_local.chat.runtime import ChatRuntime, Sampling
+from glm4_local.chat.setup import ModelFacts
+from glm4_local.server.completions import Run
+from glm4_local.server.metrics import prometheus_text
+from glm4_local.server.plan import Plan, chat_plan, completion_plan
+from glm4_local.server.protocol import ApiError, ChatRequest, CompletionRequest, bad_request, validation_error
+from glm4_local.server.scheduler import Scheduler
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+Model = TypeVar("Model", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_id: str
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY
+
+
+@dataclass(frozen=True)
+class Loaded:
+    facts: ModelFacts
+    runtime: ChatRuntime
+    scheduler: Scheduler
+    defaults: Sampling  # the GGUF's sampling defaults
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    loaded: Loaded | None = None
+    error: str | None = None  # why loading failed
+    started: float = field(default_factory=time.time)
+
+    def model(self) -> Loaded:
+        if self.loaded is None:
+            raise ApiError(503, "the model is still loading" if self.error is None else self.error, "server_error",
+                           code="model_loading", headers={"Retry-After": "1"})
+        return self.loaded
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body larger than {limit:,} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body larger than {limit:,} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_request(f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise bad_request("the body's JSON is nested too deeply") from None
+
+
+def parse(model: type[Model], body: Any) -> Model:
+    if not isinstance(body, dict):
+        raise bad_request("the body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        raise validation_error(e) from None
+
+
+def create_app(state: ServerState) -> Starlette:
+    config = state.config
+
+    def route(handler: Handler, open_route: bool = False) -> Handler:
+        async def guarded(request: Request) -> Response:
+            try:
+                if not open_route:
+                    _authorize(request, config.api_key)
+                return await handler(request)
+            except ApiError as e:
+                return error_response(e)
+
+        return guarded
+
+    async def health(request: Request) -> Response:
+        if state.loaded is None:
+            status = {"status": "loading"} if state.error is None else {"status": "error", "error": state.error}
+            return JSONResponse(status, status_code=503)
+        decoder = state.loaded.runtime.decoder
+        return JSONResponse({"status": "ok", "slots": len(decoder.slots), "slots_busy": decoder.active,
+                             "queued": decoder.queued})
+
+    def model_object() -> dict[str, Any]:
+        return {"id": config.model_id, "object": "model", "created": int(state.started), "owned_by": "glm4-local"}
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [model_object()]})
+
+    async def one_model(request: Request) -> Response:
+        return JSONResponse(model_object())  # any id: one model answers every name
+
+    async def run(request: Request, plan: Plan, loaded: Loaded) -> Response:
+        job = Run(plan, loaded.runtime, loaded.scheduler, config.model_id)
+        if plan.stream:
+            return StreamingResponse(job.events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await job.response(request))
+
+    async def chat_completions(request: Request) -> Response:
+        loaded = state.model()
+        chat = parse(ChatRequest, await read_json(request, config.max_body))
+        # rendering a template may take a while (a custom one runs in a worker process)
+        plan = await run_in_threadpool(chat_plan, chat, loaded.runtime, loaded.facts, loaded.defaults)
+        return await run(request, plan, loaded)
+
+    async def completions(request: Request) -> Response:
+        loaded = state.model()
+        text = parse(CompletionRequest, await read_json(request, config.max_body))
+        plan = await run_in_threadpool(completion_plan, text, loaded.runtime, loaded.defaults)
+        return await run(request, plan, loaded)
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(prometheus_text(state.loaded.scheduler if state.loaded else None),
+                                 media_type="text/plain; version=0.0.4")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
+
+    routes = [
+        Route("/health", route(health, open_route=True), methods=["GET"]),
+        Route("/metrics", route(metrics), methods=["GET"]),
+        Route("/v1/models", route(models), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", route(one_model), methods=["GET"]),
+        Route("/v1/chat/completions", route(chat_completions), methods=["POST"]),
+        Route("/v1/completions", route(completions), methods=["POST"]),
+    ]
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if config.cors_origins else []
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
+
+
+def _authorize(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+        raise ApiError(401, "missing or wrong API key (send it as 'Authorization: Bearer KEY')",
+                       code="invalid_api_key")

@@ -1,0 +1,117 @@
+"""Running a planned request: a whole response, or a stream of server-sent events, for chat or text."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+
+from glm4_local.chat.runtime import ChatRuntime
+from glm4_local.core.decoder import Job
+from glm4_local.server.plan import Plan
+from glm4_local.server.protocol import ApiError
+from glm4_local.server.replies import Outcome, ReplyAssembler
+from glm4_local.server.scheduler import Scheduler, TokenStream
+from glm4_local.server.shapes import Envelope, sse, tool_call_object
+
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+class Run:
+    """One request's job, its tokens and its reply."""
+
+    def __init__(self, plan: Plan, runtime: ChatRuntime, scheduler: Scheduler, model_id: str) -> None:
+        self.plan = plan
+        self.scheduler = scheduler
+        self.assembler = ReplyAssembler(plan, runtime)
+        self.envelope = Envelope(model_id, "text_completion" if plan.raw else "chat.completion")
+        self.job: Job
+        self.tokens: TokenStream
+        self.job, self.tokens = scheduler.submit(plan, asyncio.get_running_loop())
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Content as it comes; ends at the job's end or at a stop string."""
+        async for token in self.tokens:
+            text = self.assembler.feed(token)
+            if text:
+                yield text
+            if self.assembler.stopped:
+                self.scheduler.cancel(self.job)
+                return
+
+    def outcome(self) -> Outcome:
+        if self.job.finish == "error":
+            raise ApiError(500, f"generation failed: {self.job.error}", "server_error")
+        self.scheduler.account(self.job)
+        return self.assembler.finish(self.job)
+
+    def abandon(self) -> None:
+        """The client is gone (or the response ended early): free the slot now."""
+        if not self.job.done:
+            self.scheduler.cancel(self.job, client_gone=True)
+
+    # -- whole responses ----------------------------------------------------------------------------
+    async def response(self, request: Request) -> dict[str, Any]:
+        watcher = asyncio.create_task(self._watch(request))
+        try:
+            content = "".join([text async for text in self.deltas()])
+        finally:
+            watcher.cancel()
+            self.abandon()
+        outcome = self.outcome()
+        content += outcome.tail
+        if self.plan.raw:
+            return self.envelope.text(content, outcome.finish_reason, self.job)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if outcome.tool_call:
+            message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
+        return self.envelope.chat(message, outcome.finish_reason, self.job)
+
+    async def _watch(self, request: Request) -> None:
+        while not self.job.done:
+            if await request.is_disconnected():
+                self.abandon()
+                return
+            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+    # -- streams ------------------------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[bytes]:
+        """Server-sent events as OpenAI sends them, ending with [DONE]. Closing it frees the slot."""
+        usage = self.plan.include_usage
+        piece = self._piece
+        try:
+            if not self.plan.raw:
+                yield sse(self.envelope.chunk({"role": "assistant", "content": ""}, with_usage=usage))
+            async for text in self.deltas():
+                yield sse(self.envelope.chunk(piece(text), with_usage=usage))
+            try:
+                outcome = self.outcome()
+            except ApiError as e:
+                yield sse(e.body())
+                return
+            for delta in self._closing_deltas(outcome):
+                yield sse(self.envelope.chunk(delta, with_usage=usage))
+            yield sse(self.envelope.chunk(piece(None), outcome.finish_reason, with_usage=usage))
+            if usage:
+                yield sse(self.envelope.usage_chunk(self.job))
+            yield sse("[DONE]")
+        finally:
+            with contextlib.suppress(Exception):
+                self.abandon()
+
+    def _piece(self, text: str | None) -> dict[str, Any] | str:
+        if self.plan.raw:
+            return text or ""
+        return {"content": text} if text is not None else {}
+
+    def _closing_deltas(self, outcome: Outcome) -> list[dict[str, Any] | str]:
+        if outcome.tool_call is None:
+            return [self._piece(outcome.tail)] if outcome.tail else []
+        call = tool_call_object(outcome.tool_call)
+        head = {"index": 0, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        arguments = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+        return [{"tool_calls": [head]}, {"tool_calls": [arguments]}]

@@ -1,0 +1,33 @@
+"""/metrics in Prometheus' text format: requests, tokens, slots and the waiting queue."""
+
+from __future__ import annotations
+
+from glm4_local.server.scheduler import Scheduler
+
+PREFIX = "glm4_local"
+
+
+def prometheus_text(scheduler: Scheduler | None) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, value: float) -> None:
+        lines.extend([f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} {kind}",
+                      f"{PREFIX}_{name} {value:g}"])
+
+    metric("model_loaded", "gauge", "1 once the model is loaded", 0 if scheduler is None else 1)
+    if scheduler is None:
+        return "\n".join(lines) + "\n"
+    c, decoder = scheduler.counters, scheduler.decoder
+    metric("requests_total", "counter", "Generation requests accepted", c.requests)
+    metric("requests_rejected_total", "counter", "Requests refused because the queue was full", c.rejected)
+    metric("requests_cancelled_total", "counter", "Requests whose client went away", c.cancelled)
+    metric("prompt_tokens_total", "counter", "Prompt tokens of finished requests", c.prompt_tokens)
+    metric("prompt_tokens_cached_total", "counter", "Prompt tokens reused from a slot's cache", c.cached_tokens)
+    metric("generated_tokens_total", "counter", "Tokens generated", c.generated_tokens)
+    metric("decode_calls_total", "counter", "llama_decode calls (one per step, for every active request)",
+           decoder.decode_calls)
+    metric("decoded_tokens_total", "counter", "Tokens those calls evaluated", decoder.decoded_tokens)
+    metric("slots", "gauge", "Sequences decoded together", len(decoder.slots))
+    metric("slots_busy", "gauge", "Slots generating now", decoder.active)
+    metric("queue_waiting", "gauge", "Requests waiting for a slot", decoder.queued)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,119 @@
+"""A request, turned into what to generate: prompt tokens, sampler, limits, stops, tools, grammar.
+
+The prompt comes from the same path as the terminal chat's (chat/schema.py checks, the model's
+template renders, markup alone becomes special tokens), so a conversation sent here gets exactly the
+tokens `glm4-local chat` would feed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from glm4_local.chat.constraints import ConstraintError, answer_grammar, call_grammar, function_tools
+from glm4_local.chat.runtime import ChatRuntime, Sampling
+from glm4_local.chat.schema import SchemaError, check_messages, check_tools
+from glm4_local.chat.setup import ModelFacts
+from glm4_local.chat.template import TemplateRenderError
+from glm4_local.core.decoder import SamplerSettings
+from glm4_local.core.llama import tokenize
+from glm4_local.server.protocol import ChatRequest, CompletionRequest, NamedToolChoice, bad_request
+from glm4_local.server.protocol import Sampling as SamplingFields
+
+
+@dataclass(frozen=True)
+class Plan:
+    prompt: list[int]
+    sampler: SamplerSettings
+    max_new_tokens: int  # 0: as many as the context allows
+    stop_strings: list[str]
+    tools: list[dict[str, Any]] | None = None  # tools a reply may call (None: its text is an answer)
+    prefix: str = ""  # reply text already in the prompt (a named tool_choice's function name)
+    forced_call: bool = False  # the grammar makes the reply a call
+    raw: bool = False  # a text completion: no GLM-4 reply structure
+    include_usage: bool = False
+    stream: bool = False
+
+
+def _sampler(runtime: ChatRuntime, defaults: Sampling, fields: SamplingFields, grammar: str | None
+             ) -> SamplerSettings:
+    chosen = {k: v for k, v in (("temperature", fields.temperature), ("top_p", fields.top_p),
+                                ("top_k", fields.top_k), ("min_p", fields.min_p),
+                                ("repeat_penalty", fields.repeat_penalty),
+                                ("presence_penalty", fields.presence_penalty),
+                                ("frequency_penalty", fields.frequency_penalty)) if v is not None}
+    return runtime.sampler_settings(replace(defaults, **chosen), fields.seed, grammar)
+
+
+def _limit(prompt: list[int], asked: int | None, n_ctx: int) -> int:
+    if len(prompt) >= n_ctx:
+        raise bad_request(f"this request's prompt is {len(prompt)} tokens; the context holds {n_ctx} "
+                          "(the server's --ctx per slot)", "messages", "context_length_exceeded")
+    return min(asked, n_ctx - len(prompt)) if asked else 0
+
+
+def _messages(request: ChatRequest) -> list[dict[str, Any]]:
+    if not request.messages:
+        raise bad_request("messages: at least one message is needed", "messages")
+    # OpenAI's newer name for the system role
+    renamed = [dict(m, role="system") if isinstance(m, dict) and m.get("role") == "developer" else m
+               for m in request.messages]
+    return check_messages(renamed, "messages")
+
+
+def _constraint(request: ChatRequest, tools: list[dict[str, Any]] | None) -> tuple[str | None, str, bool]:
+    """(grammar, prefilled reply text, whether the reply must be a call) for tool_choice/response_format."""
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        names = {t["function"]["name"] for t in function_tools(tools or [])}
+        if choice.function.name not in names:
+            raise bad_request(f"tool_choice names {choice.function.name!r}, which is not among the tools",
+                              "tool_choice")
+        return call_grammar(tools or [], named=choice.function.name), choice.function.name + "\n", True
+    if choice == "required":
+        if not tools:
+            raise bad_request("tool_choice 'required' needs tools", "tool_choice")
+        return call_grammar(tools), "", True
+    form = request.response_format
+    if form is None or form.type == "text":
+        return None, "", False
+    if form.type == "json_object":
+        return answer_grammar(None), "", False
+    if form.json_schema is None or form.json_schema.schema_ is None:
+        raise bad_request("response_format: json_schema needs a \"schema\"", "response_format")
+    return answer_grammar(form.json_schema.schema_), "", False
+
+
+def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, defaults: Sampling) -> Plan:
+    """What to generate for a chat completion; ApiError 400 for anything malformed or impossible."""
+    request.refuse_unsupported()
+    try:
+        messages = _messages(request)
+        tools = check_tools(request.tools, "tools") if request.tools else None
+        if request.tool_choice == "none":
+            tools = None  # not offered, so never called
+        grammar, prefix, forced = _constraint(request, tools)
+        prompt = runtime.prompt(facts.template, messages, tools)
+    except (SchemaError, TemplateRenderError, ConstraintError) as e:
+        raise bad_request(str(e)) from None
+    if prefix:
+        prompt += tokenize(runtime.model, prefix)
+    options = request.stream_options
+    return Plan(prompt, _sampler(runtime, defaults, request, grammar),
+                _limit(prompt, request.token_limit(), runtime.n_ctx), request.stop_strings(), tools, prefix,
+                forced, include_usage=bool(options and options.include_usage), stream=request.stream)
+
+
+def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: Sampling) -> Plan:
+    """A raw prompt, tokenized with its markup (the caller writes the whole prompt)."""
+    request.refuse_unsupported()
+    if request.echo or request.suffix:
+        raise bad_request("echo and suffix are not supported", "echo" if request.echo else "suffix")
+    text = request.prompt_text()
+    if not text:
+        raise bad_request("prompt: empty", "prompt")
+    prompt = tokenize(runtime.model, text, special=True)
+    options = request.stream_options
+    return Plan(prompt, _sampler(runtime, defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx),
+                request.stop_strings(), raw=True, include_usage=bool(options and options.include_usage),
+                stream=request.stream)

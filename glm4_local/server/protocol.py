@@ -1,0 +1,131 @@
+"""OpenAI's request shapes (checked with pydantic, strictly typed) and its error shape.
+
+Fields a local GLM-4 cannot honour are refused with a clear 400, never silently ignored; fields that
+only describe the caller (user, metadata, store, ...) are accepted and ignored, as other local
+servers do, so that unmodified apps work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_STOP_STRINGS = 16
+
+
+class ApiError(Exception):
+    """An error the client gets in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class JsonSchemaFormat(_Strict):
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class Sampling(_Strict):
+    """The sampling fields chat and text completions share (None: the model's default)."""
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)  # llama.cpp's extensions, as its own server takes them
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | int | None = None
+    best_of: int | None = None
+    logit_bias: dict[str, float] | None = None
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise bad_request(f"at most {MAX_STOP_STRINGS} stop strings", "stop")
+        return [s for s in stops if s]
+
+    def refuse_unsupported(self) -> None:
+        if self.n not in (None, 1):
+            raise bad_request("n: only 1 choice per request is supported; send several requests instead", "n")
+        if self.best_of not in (None, 1):
+            raise bad_request("best_of is not supported", "best_of")
+        if self.logprobs:
+            raise bad_request("logprobs are not supported by this server", "logprobs")
+        if self.logit_bias:
+            raise bad_request("logit_bias is not supported by this server", "logit_bias")
+
+
+class ChatRequest(Sampling):
+    messages: list[Any]  # shapes checked by chat/schema.py, the same code the terminal chat uses
+    tools: list[Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    parallel_tool_calls: bool | None = None  # GLM-4 makes one call per turn either way
+    top_logprobs: int | None = None
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+    echo: bool = False
+    suffix: str | None = None
+
+    def prompt_text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise bad_request("prompt: one prompt per request (a string or a list of one string)", "prompt")
+        return self.prompt[0]
+
+
+def validation_error(e: ValidationError) -> ApiError:
+    """The first problem pydantic found, as one line naming the field."""
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith("function-after"))
+    return bad_request(f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid"),
+                       where or None)

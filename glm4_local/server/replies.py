@@ -1,0 +1,95 @@
+"""A reply as the client sees it: tokens to text, stop strings, GLM-4's metadata line, tool calls.
+
+Content streams as it is generated (less any tail that could still become a stop string); a reply
+whose first line may name a function is held back whole and becomes a tool call only if it names a
+known function, its arguments are JSON and the model ended the call as GLM-4 does (or a grammar
+forced the call). Anything else that looked like a call is given back as text, verbatim.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+from glm4_local.chat.runtime import ChatRuntime
+from glm4_local.chat.toolcalls import ReplyText, ToolCall, parse_reply
+from glm4_local.core.decoder import Job
+from glm4_local.server.plan import Plan
+
+
+class StopScanner:
+    """Cuts text at the first of the stop strings; holds back a tail that may still start one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.buffer = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        if self.hit:
+            return ""
+        if not self.stops:
+            return text
+        self.buffer += text
+        found = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.buffer, self.hit = self.buffer[: min(found)], "", True
+            return out
+        hold = max((n for s in self.stops for n in range(1, len(s)) if self.buffer.endswith(s[:n])), default=0)
+        out, self.buffer = self.buffer[: len(self.buffer) - hold], self.buffer[len(self.buffer) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.hit else self.buffer), ""
+        return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    tail: str  # content still to send
+    tool_call: ToolCall | None
+    finish_reason: str  # stop | length | tool_calls
+
+
+class ReplyAssembler:
+    """Turns one job's tokens into content deltas and, at the end, its outcome."""
+
+    def __init__(self, plan: Plan, runtime: ChatRuntime) -> None:
+        self.plan = plan
+        self.piece = runtime.piece
+        self.call_end = runtime.special_ids.get(runtime.family.call_end_token)
+        self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self.text = plan.prefix  # the whole reply as generated, for parsing
+        self.reply = None if plan.raw else ReplyText(plan.tools, plan.prefix)
+        self.stops = StopScanner(plan.stop_strings)
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string was reached: the job should end."""
+        return self.stops.hit
+
+    def feed(self, token: int) -> str:
+        chunk = self.decode(self.piece(token))
+        self.text += chunk
+        shown = chunk if self.reply is None else self.reply.feed(chunk)
+        return self.stops.feed(shown) if shown else ""
+
+    def finish(self, job: Job) -> Outcome:
+        tail = ""
+        if self.reply is not None:
+            tail = self.stops.feed(self.reply.end())
+            if self.reply.held:
+                call = self._accepted_call(job)
+                if call is not None:
+                    return Outcome("", call, "tool_calls")
+                tail = self.text  # not a call after all: the model's text, as it wrote it
+        tail += self.stops.flush()
+        reason = "length" if job.finish == "length" and not self.stops.hit else "stop"
+        return Outcome(tail, None, reason)
+
+    def _accepted_call(self, job: Job) -> ToolCall | None:
+        if job.finish != "stop":
+            return None
+        if job.stop_token != self.call_end and not self.plan.forced_call:
+            return None
+        return parse_reply(self.text, self.plan.tools).tool_call

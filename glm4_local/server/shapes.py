@@ -1,0 +1,71 @@
+"""OpenAI's response objects: completions, stream chunks, usage, tool calls."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from glm4_local.chat.toolcalls import ToolCall
+from glm4_local.core.decoder import Job
+
+
+def usage(job: Job) -> dict[str, Any]:
+    prompt, completion = len(job.prompt), len(job.generated)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": prompt - job.evaluated_tokens}}
+
+
+def tool_call_object(call: ToolCall) -> dict[str, Any]:
+    return call.as_message()["tool_calls"][0]
+
+
+@dataclass
+class Envelope:
+    """The fields every object of one response shares."""
+
+    model: str
+    kind: str  # "chat.completion" or "text_completion"
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        prefix = "chatcmpl" if self.kind == "chat.completion" else "cmpl"
+        self.id = self.id or f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": None}
+
+    def chat(self, message: dict[str, Any], finish_reason: str, job: Job) -> dict[str, Any]:
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._base("chat.completion"), "choices": [choice], "usage": usage(job)}
+
+    def text(self, text: str, finish_reason: str, job: Job) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {**self._base("text_completion"), "choices": [choice], "usage": usage(job)}
+
+    def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None,
+              with_usage: bool = False) -> dict[str, Any]:
+        """A stream chunk: a chat delta (dict) or completion text (str)."""
+        if isinstance(piece, dict):
+            body = self._base("chat.completion.chunk")
+            choice: dict[str, Any] = {"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish_reason}
+        else:
+            body = self._base("text_completion")
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish_reason}
+        body["choices"] = [choice]
+        if with_usage:
+            body["usage"] = None
+        return body
+
+    def usage_chunk(self, job: Job) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
+        return {**self._base(kind), "choices": [], "usage": usage(job)}
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()

@@ -1,0 +1,88 @@
+"""A real `glm4-local serve` process on a free 127.0.0.1 port, and plain-HTTP helpers for the tests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+READY_TIMEOUT = 60.0
+
+
+class Server:
+    def __init__(self, model: Path, workdir: Path, *args: str) -> None:
+        env = {**os.environ, "GLM4_LOCAL_HOME": str(workdir / "home"), "PYTHONUNBUFFERED": "1"}
+        env.pop("GLM4_LOCAL_API_KEY", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "glm4_local", "serve", str(model), "--port", "0", "--threads", "2", *args],
+            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output: list[str] = []
+        self.port = 0
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.5)
+            if not ready:
+                continue
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited:\n" + "".join(self.output))
+            self.output.append(line)
+            if match := re.search(r"http://127\.0\.0\.1:(\d+)/v1", line):
+                self.port = int(match.group(1))
+            if line.strip() == "ready":
+                return
+        raise RuntimeError("server not ready in time:\n" + "".join(self.output))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def client(self, api_key: str = "unused", **options: Any) -> Any:
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=60, **options)
+
+    def request(self, method: str, path: str, body: bytes | str | dict | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        connection.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        result = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        connection.close()
+        return result
+
+    def json(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        status, _, data = self.request(method, path, body, **kw)
+        return status, json.loads(data)
+
+    def metrics(self) -> dict[str, float]:
+        _, _, data = self.request("GET", "/metrics")
+        return {name: float(value) for name, value in
+                (line.split() for line in data.decode().splitlines() if line and not line.startswith("#"))}
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            rest, _ = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            rest, _ = self.process.communicate()
+        return self.process.returncode, "".join(self.output) + (rest or "")

@@ -1,0 +1,220 @@
+"""`glm4-local serve` as apps use it: a real server process on 127.0.0.1, driven by the official openai client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from serving import Server
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up the weather",
+                                           "parameters": {"type": "object", "properties": {}}}}]
+ASK = [{"role": "user", "content": "What is the weather?"}]
+
+
+@pytest.fixture(scope="module")
+def answer_server(scripted_gguf: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(scripted_gguf("answer"), tmp_path_factory.mktemp("serve"), "--ctx", "1024")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tool_server(scripted_gguf: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(scripted_gguf("tool"), tmp_path_factory.mktemp("serve"), "--ctx", "1024", "--parallel", "2")
+    yield server
+    server.stop()
+
+
+def test_plain_answer(answer_server: Server) -> None:
+    reply = answer_server.client().chat.completions.create(model="anything", messages=ASK)
+    choice = reply.choices[0]
+    assert choice.message.content == "Sunny day" and choice.message.role == "assistant"
+    assert choice.finish_reason == "stop" and not choice.message.tool_calls
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    assert reply.model == "tiny-f32"  # the GGUF's name, whatever the client asked for
+    assert reply.usage.completion_tokens == 3 and reply.usage.total_tokens == reply.usage.prompt_tokens + 3
+
+
+def test_the_prompt_is_the_one_chat_feeds(answer_server: Server, scripted_gguf: Callable[[str], Path]) -> None:
+    """Usage counts the exact prompt: the same tokens as `glm4-local render --tokens` gives."""
+    from glm4_local.frontends.commands import render_conversation
+
+    conversation = Path("conversation.json")
+    conversation.write_text(json.dumps({"messages": ASK, "tools": TOOLS}))
+    expected = render_conversation(conversation, None, str(scripted_gguf("answer")), tokens=True)
+    reply = answer_server.client().chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+    assert reply.usage.prompt_tokens == len(expected)
+
+
+def test_streamed_answer_joins_to_the_same_text(answer_server: Server) -> None:
+    stream = answer_server.client().chat.completions.create(model="m", messages=ASK, stream=True,
+                                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Sunny day"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
+
+
+def test_stop_strings_and_max_tokens(answer_server: Server) -> None:
+    client = answer_server.client()
+    cut = client.chat.completions.create(model="m", messages=ASK, stop=[" da"])
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("Sunny", "stop")
+    streamed = client.chat.completions.create(model="m", messages=ASK, stop=" da", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == "Sunny"
+    short = client.chat.completions.create(model="m", messages=ASK, max_completion_tokens=2)
+    assert (short.choices[0].message.content, short.choices[0].finish_reason) == ("Sunny", "length")
+
+
+def test_text_completion_of_a_raw_prompt(answer_server: Server) -> None:
+    reply = answer_server.client().completions.create(model="m", prompt="[gMASK]<sop><|user|>\nhi<|assistant|>")
+    assert (reply.choices[0].text, reply.choices[0].finish_reason) == ("\nSunny day", "stop")
+    streamed = answer_server.client().completions.create(model="m", prompt="[gMASK]<sop><|user|>\nhi<|assistant|>",
+                                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == "\nSunny day"
+
+
+def test_tool_call(tool_server: Server) -> None:
+    reply = tool_server.client().chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert (call.type, call.function.name, json.loads(call.function.arguments)) == ("function", "lookup", {})
+    assert call.id.startswith("call_")
+
+
+def test_streamed_tool_call(tool_server: Server) -> None:
+    chunks = list(tool_server.client().chat.completions.create(model="m", messages=ASK, tools=TOOLS, stream=True))
+    deltas = [c.choices[0].delta for c in chunks]
+    assert "".join(d.content or "" for d in deltas) == ""
+    calls = [t for d in deltas for t in d.tool_calls or []]
+    assert calls[0].id and calls[0].function.name == "lookup"
+    assert "".join(t.function.arguments or "" for t in calls) == "{}"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_result_round_trip(tool_server: Server) -> None:
+    client = tool_server.client()
+    first = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS).choices[0].message
+    call = first.tool_calls[0]
+    messages: list[Any] = [*ASK, first.model_dump(exclude_none=True),
+                           {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"sky": "clear"})}]
+    second = client.chat.completions.create(model="m", messages=messages, tools=TOOLS)
+    assert (second.choices[0].message.content, second.choices[0].finish_reason) == ("Sunny day", "stop")
+    assert second.usage.prompt_tokens_details.cached_tokens > 0  # the slot kept the first request's prompt
+
+
+def test_without_tools_a_call_looking_reply_is_text(tool_server: Server) -> None:
+    reply = tool_server.client().chat.completions.create(model="m", messages=ASK)
+    assert (reply.choices[0].message.content, reply.choices[0].finish_reason) == ("lookup\n{}", "stop")
+    none = tool_server.client().chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="none")
+    assert not none.choices[0].message.tool_calls
+
+
+def test_malformed_call_comes_back_as_text(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    server = Server(scripted_gguf("bad_json"), tmp_path, "--ctx", "1024")
+    try:
+        reply = server.client().chat.completions.create(model="m", messages=ASK, tools=TOOLS)
+        assert (reply.choices[0].message.content, reply.choices[0].finish_reason) == ("lookup\n{", "stop")
+        assert not reply.choices[0].message.tool_calls
+    finally:
+        server.stop()
+
+
+def test_api_key(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    server = Server(scripted_gguf("answer"), tmp_path, "--ctx", "1024", "--api-key", "s3cret")
+    try:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            server.client("wrong").chat.completions.create(model="m", messages=ASK)
+        assert refused.value.body["code"] == "invalid_api_key"
+        for path in ("/v1/models", "/metrics"):
+            assert server.request("GET", path)[0] == 401
+        assert server.json("GET", "/health") == (200, {"status": "ok", "slots": 1, "slots_busy": 0, "queued": 0})
+        reply = server.client("s3cret").chat.completions.create(model="m", messages=ASK)
+        assert reply.choices[0].message.content == "Sunny day"
+        assert [m.id for m in server.client("s3cret").models.list()] == ["tiny-f32"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    (b"{not json", None),
+    (b"[1, 2]", None),
+    ({"messages": "hello"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, None),
+    ({"messages": [{"role": "user", "content": 5}]}, None),
+    ({"messages": ASK, "temperature": "hot"}, "temperature"),
+    ({"messages": ASK, "temperature": -1}, "temperature"),
+    ({"messages": ASK, "max_tokens": 0}, "max_tokens"),
+    ({"messages": ASK, "max_tokens": True}, "max_tokens"),
+    ({"messages": ASK, "n": 2}, "n"),
+    ({"messages": ASK, "logprobs": True}, "logprobs"),
+    ({"messages": ASK, "tools": [{"type": "function"}]}, None),
+    ({"messages": ASK, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice"),
+    ({"messages": ASK, "tool_choice": "required"}, "tool_choice"),
+    ({"messages": ASK, "response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                                  "schema": {"type": "wat"}}}}, None),
+    ({"messages": [{"role": "user", "content": "word " * 3000}]}, "messages"),
+])
+def test_malformed_requests_get_a_400_and_the_server_goes_on(answer_server: Server, body: Any,
+                                                                param: str | None) -> None:
+    status, error = answer_server.json("POST", "/v1/chat/completions", body)
+    assert status == 400, error
+    assert set(error["error"]) == {"message", "type", "param", "code"} and error["error"]["message"]
+    assert error["error"]["type"] == "invalid_request_error" and error["error"]["param"] == param
+    reply = answer_server.client().chat.completions.create(model="m", messages=ASK)
+    assert reply.choices[0].message.content == "Sunny day"
+
+
+def test_too_long_for_the_context_says_so(answer_server: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        answer_server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "a " * 3000}])
+    assert refused.value.code == "context_length_exceeded"
+
+
+def test_oversized_body_and_unknown_routes(answer_server: Server) -> None:
+    status, _, data = answer_server.request("POST", "/v1/chat/completions", b" " * (9 * 1024 * 1024))
+    assert status == 413 and json.loads(data)["error"]["message"]
+    status, error = answer_server.json("GET", "/v1/nothing-here")
+    assert status == 404 and error["error"]["type"] == "not_found_error"
+    status, error = answer_server.json("GET", "/v1/chat/completions")
+    assert status == 405 and error["error"]["message"]
+
+
+def test_cors_is_off_unless_asked(answer_server: Server, scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    preflight = {"Origin": "http://app.test", "Access-Control-Request-Method": "POST"}
+    _, headers, _ = answer_server.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+    assert "access-control-allow-origin" not in headers
+    server = Server(scripted_gguf("answer"), tmp_path, "--ctx", "1024", "--cors-origin", "http://app.test")
+    try:
+        status, headers, _ = server.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+        assert status == 200 and headers["access-control-allow-origin"] == "http://app.test"
+    finally:
+        server.stop()
+
+
+def test_sigterm_stops_it_cleanly(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    server = Server(scripted_gguf("answer"), tmp_path, "--ctx", "1024")
+    assert server.client().chat.completions.create(model="m", messages=ASK).choices[0].message.content
+    code, output = server.stop()
+    assert code == 0 and "Traceback" not in output
+
+
+def test_a_missing_model_or_busy_port_is_one_line(tmp_path: Path, answer_server: Server,
+                                                  scripted_gguf: Callable[[str], Path]) -> None:
+    import subprocess
+    import sys
+
+    busy = ["--port", str(answer_server.port)]
+    for args in (["nowhere.gguf"], [str(scripted_gguf("answer")), *busy]):
+        result = subprocess.run([sys.executable, "-m", "glm4_local", "serve", *args], capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("glm4-local: error:"), result.stderr
