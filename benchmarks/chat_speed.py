@@ -21,6 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bare import BareDecoder
+
 import factory
 from glm4_local.chat.engine import ChatEngine
 from glm4_local.chat.options import RuntimeOptions, SamplingOptions
@@ -45,7 +47,7 @@ def engine(path: Path, max_tokens: int) -> ChatEngine:
 
 
 def chat_decode_tps(chat: ChatEngine) -> float:
-    chat.runtime.llm.reset()
+    chat.runtime.decoder.forget()
     chat.conversation.messages.clear()
     turn = chat.send("Tell me about the weather.")
     for _ in turn.display():
@@ -53,27 +55,15 @@ def chat_decode_tps(chat: ChatEngine) -> float:
     return turn.finish().timings.decode_tps
 
 
-def bare_decode_tps(llm, prompt: list[int], n_tokens: int) -> float:
-    """The baseline: llama-cpp-python's own generate loop, nothing else."""
-    llm.reset()
-    first = last = 0.0
-    for i, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=0, top_p=0.8, repeat_penalty=1.0)):
-        now = time.perf_counter()
-        if i == 0:
-            first = now
-        last = now
-        if i + 1 == n_tokens:
-            break
-    return (n_tokens - 1) / (last - first)
-
-
 def decode_comparison(path: Path, n_tokens: int, rounds: int) -> dict[str, float]:
     chat = engine(path, n_tokens)
     prompt = chat.prompt_tokens([{"role": "user", "content": "Tell me about the weather."}])
+    baseline = BareDecoder(path, CTX, THREADS)
     ours, bare = [], []
     for _ in range(rounds):  # interleaved, so machine noise hits both alike
-        bare.append(bare_decode_tps(chat.runtime.llm, prompt, n_tokens))
+        bare.append(baseline.decode_tps(prompt, n_tokens))
         ours.append(chat_decode_tps(chat))
+    baseline.close()
     cli_tps = cli_decode_tps(path, n_tokens)
     return {"bare_tps": statistics.median(bare), "chat_tps": statistics.median(ours), "cli_tps": cli_tps,
             "ratio": statistics.median(ours) / statistics.median(bare)}
@@ -124,7 +114,7 @@ def ttft_by_turn(path: Path, turns: int, reuse_cache: bool) -> list[tuple[int, i
     rows = []
     for i in range(turns):
         if not reuse_cache:
-            chat.runtime.llm.reset()
+            chat.runtime.decoder.forget()
         turn = chat.send(f"Question {i}: " + "tell me more about it " * 20)
         for _ in turn.display():
             pass
@@ -142,7 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(Path(tmp))
         d = decode_comparison(path, args.tokens, args.rounds)
-        print(f"decode: bare llama-cpp-python {d['bare_tps']:.1f} tok/s, glm4-local chat engine "
+        print(f"decode: bare llama_decode + argmax {d['bare_tps']:.1f} tok/s, glm4-local chat engine "
               f"{d['chat_tps']:.1f} tok/s (ratio {d['ratio']:.3f}), chat CLI --json {d['cli_tps']:.1f} tok/s")
         r = repl_comparison(path, args.tokens, args.rounds, Path(tmp))
         print(f"terminal chat (Markdown rendering): {r['repl_tps']:.1f} tok/s against chat -p {r['cli_tps']:.1f} "

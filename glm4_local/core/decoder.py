@@ -163,6 +163,7 @@ class Decoder:
         self.waiting: collections.deque[Job] = collections.deque()
         self.decode_calls = 0  # llama_decode calls, and the tokens they carried (for /metrics)
         self.decoded_tokens = 0
+        self.decode_seconds = 0.0
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -201,6 +202,13 @@ class Decoder:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot, "cancelled")
 
+    def forget(self) -> None:
+        """Empty every idle slot's cache (the next prompt is evaluated whole)."""
+        for slot in self.slots:
+            if slot.job is None:
+                self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
+                slot.cached.clear()
+
     # -- the loop ----------------------------------------------------------------------------------
     def step(self) -> bool:
         """One llama_decode over every active sequence; False when there was nothing to do."""
@@ -209,7 +217,9 @@ class Decoder:
         added = self._fill_batch()
         if not added:
             return False
+        started = time.perf_counter()
         status = self._ll.llama_decode(self.ctx, self.batch)
+        self.decode_seconds += time.perf_counter() - started
         self.decode_calls += 1
         self.decoded_tokens += self.batch.n_tokens
         if status != 0:

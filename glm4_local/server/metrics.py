@@ -27,6 +27,7 @@ def prometheus_text(scheduler: Scheduler | None) -> str:
     metric("decode_calls_total", "counter", "llama_decode calls (one per step, for every active request)",
            decoder.decode_calls)
     metric("decoded_tokens_total", "counter", "Tokens those calls evaluated", decoder.decoded_tokens)
+    metric("decode_seconds_total", "counter", "Time spent in those calls", decoder.decode_seconds)
     metric("slots", "gauge", "Sequences decoded together", len(decoder.slots))
     metric("slots_busy", "gauge", "Slots generating now", decoder.active)
     metric("queue_waiting", "gauge", "Requests waiting for a slot", decoder.queued)

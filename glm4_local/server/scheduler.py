@@ -37,26 +37,33 @@ class Counters:
 
 
 class TokenStream:
-    """One job's tokens, handed from the decoder thread to the request's event loop."""
+    """One job's tokens, handed from the decoder thread to the request's event loop.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    The decoder thread only appends to `outbox`; the scheduler hands each step's tokens over in one
+    call, so the event loop wakes once per step, not once per token per request: on a machine with
+    few cores every wake-up steals time from llama.cpp's compute threads.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, outbox: list[tuple[TokenStream, int | None]]) -> None:
         self.loop = loop
+        self.outbox = outbox
         self.queue: asyncio.Queue[int | None] = asyncio.Queue()
 
-    def _put(self, item: int | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
     def on_token(self, token: int) -> bool:
-        self._put(token)
+        self.outbox.append((self, token))
         return True
 
     def on_done(self, job: Job) -> None:
-        self._put(None)
+        self.outbox.append((self, None))
 
     async def __aiter__(self) -> AsyncIterator[int]:
         while (token := await self.queue.get()) is not None:
             yield token
+
+
+def _deliver(items: list[tuple[TokenStream, int | None]]) -> None:
+    for stream, token in items:
+        stream.queue.put_nowait(token)
 
 
 class Scheduler:
@@ -69,6 +76,7 @@ class Scheduler:
         self._admit = threading.Lock()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="glm4-local-decoder", daemon=True)
+        self._outbox: list[tuple[TokenStream, int | None]] = []  # filled by the decoder thread during a step
 
     def start(self) -> None:
         self._thread.start()
@@ -80,16 +88,30 @@ class Scheduler:
             except Exception:  # a bug must not kill the server's only decoder silently
                 log.exception("decoder step failed")
                 worked = False
+            self._flush()
             if not worked:
                 self._wake.wait(0.5)
                 self._wake.clear()
         for slot_job in [s.job for s in self.decoder.slots if s.job is not None] + list(self.decoder.waiting):
             self.decoder.cancel(slot_job)
         self.decoder.release_cancelled()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand what the last step produced to the event loop(s), in one call each."""
+        if not self._outbox:
+            return
+        items, self._outbox[:] = list(self._outbox), []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[TokenStream, int | None]]] = {}
+        for stream, token in items:
+            by_loop.setdefault(stream.loop, []).append((stream, token))
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed under us at shutdown
+                loop.call_soon_threadsafe(_deliver, batch)
 
     def submit(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> tuple[Job, TokenStream]:
         """Queue a job for `plan`; ApiError 503 (Retry-After) when the waiting queue is full."""
-        stream = TokenStream(loop)
+        stream = TokenStream(loop, self._outbox)
         job = Job(plan.prompt, plan.sampler, plan.max_new_tokens, frozenset(self.runtime.stop_ids),
                   on_token=stream.on_token, on_done=stream.on_done)
         with self._admit:
