@@ -84,10 +84,11 @@ def package_sources() -> list[Path]:
 
 
 def test_only_the_door_talks_to_llama_cpp() -> None:
-    """core/llama.py (loading, tokens, logits, quantizer) and core/decoder.py (the batched decode loop)."""
+    """core/llama.py (loading, tokens, logits, quantizer), core/decoder.py (the batched decode loop) and
+    core/sampling.py (sampler chains and grammars)."""
     users = {p.relative_to(ROOT).as_posix() for p in package_sources()
              if any(m == "llama_cpp" or m.startswith("llama_cpp.") for m in imported_modules(p))}
-    assert users == {"glm4_local/core/llama.py", "glm4_local/core/decoder.py"}
+    assert users == {"glm4_local/core/llama.py", "glm4_local/core/decoder.py", "glm4_local/core/sampling.py"}
 
 
 @pytest.mark.parametrize("fact", [

@@ -177,3 +177,28 @@ def test_health_is_503_while_the_model_loads() -> None:
         sock.close()
     assert exposure_warning("0.0.0.0", None) and not exposure_warning("0.0.0.0", "key")
     assert not exposure_warning("127.0.0.1", None)
+
+
+def test_each_conversation_finds_the_slot_that_holds_it(random_server: Server) -> None:
+    """Four conversations sharing the start of their system prompt take turns on four slots: none
+    evicts another, so every later turn reuses all of its own previous prompt."""
+    client = random_server.client()
+    conversations = [[{"role": "system", "content": "You are a helpful assistant. " + f"Your number is {i}. " * 30}]
+                     for i in range(4)]
+    last_prompt = [0] * 4
+    for turn in range(3):
+        for i, messages in enumerate(conversations):
+            messages.append({"role": "user", "content": f"Turn {turn}: tell me something."})
+            reply = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=6)
+            assert reply.usage.prompt_tokens_details.cached_tokens >= last_prompt[i] - 1, (turn, i)
+            last_prompt[i] = reply.usage.prompt_tokens
+            messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+
+
+def test_a_seed_repeats_a_sampled_answer(random_server: Server) -> None:
+    client = random_server.client()
+    messages = [{"role": "user", "content": "Say something random."}]
+    answers = [client.chat.completions.create(model="m", messages=messages, temperature=1.2, top_p=1.0, seed=seed,
+                                              max_tokens=16, presence_penalty=0.5, frequency_penalty=0.5
+                                              ).choices[0].message.content for seed in (7, 7, 8)]
+    assert answers[0] == answers[1] and answers[0]

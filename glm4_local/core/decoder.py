@@ -3,11 +3,11 @@
 One context holds `slots` sequences, each with its own part of the KV cache. Every `step()` is one
 `llama_decode` whose batch carries the next token of every sequence that is generating, then chunks
 of prompts waiting to be evaluated; each sequence is then sampled by its own C sampler chain. A job
-goes to the free slot whose cache shares the longest prefix with its prompt, so a conversation's next
-turn evaluates only its new tokens. The chat (one slot, stepped by its own thread) and the server
-(many slots, stepped by a worker thread) both run this loop.
+goes to the free slot whose cache shares the longest prefix with its prompt (when that reuses most of
+the slot's cache), so a conversation's next turn evaluates only its new tokens. The chat (one slot,
+stepped by its own thread) and the server (many slots, stepped by a worker thread) both run this loop.
 
-With llama.cpp this module and core/llama.py are the only ones importing llama_cpp.
+With core/llama.py and core/sampling.py, the only modules importing llama_cpp.
 """
 
 from __future__ import annotations
@@ -21,62 +21,7 @@ from typing import Any
 
 import gguf
 
-from glm4_local.core.errors import Glm4LocalError
-
-PENALTY_WINDOW = 64  # tokens the repeat/frequency/presence penalties look back over (llama.cpp's default)
-
-
-class DecodeError(Glm4LocalError):
-    """llama.cpp could not make a context, build a sampler or evaluate a batch."""
-
-
-class GrammarError(DecodeError):
-    """A grammar llama.cpp's parser refuses."""
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None  # None: a random seed
-    grammar: str | None = None  # GBNF with a `root` rule; the output must match it
-
-
-def _sampler_chain(vocab: Any, n_vocab: int, s: SamplerSettings) -> Any:
-    import llama_cpp as ll
-
-    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    if not chain:
-        raise DecodeError("llama.cpp could not make a sampler")
-    stages: list[Any] = []
-    if s.grammar is not None:
-        grammar = ll.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
-        if not grammar:
-            ll.llama_sampler_free(chain)
-            raise GrammarError("llama.cpp could not parse the grammar")
-        stages.append(grammar)
-    if s.repeat_penalty != 1.0 or s.frequency_penalty or s.presence_penalty:
-        stages.append(ll.llama_sampler_init_penalties(n_vocab, PENALTY_WINDOW, s.repeat_penalty,
-                                                      s.frequency_penalty, s.presence_penalty))
-    if s.temperature <= 0:
-        stages.append(ll.llama_sampler_init_greedy())
-    else:
-        if s.top_k > 0:
-            stages.append(ll.llama_sampler_init_top_k(s.top_k))
-        if s.top_p < 1.0:
-            stages.append(ll.llama_sampler_init_top_p(s.top_p, 1))
-        if s.min_p > 0:
-            stages.append(ll.llama_sampler_init_min_p(s.min_p, 1))
-        stages.append(ll.llama_sampler_init_temp(s.temperature))
-        stages.append(ll.llama_sampler_init_dist(ll.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF))
-    for stage in stages:
-        ll.llama_sampler_chain_add(chain, stage)  # the chain owns and frees them
-    return chain
+from glm4_local.core.sampling import DecodeError, Sampler, SamplerSettings
 
 
 @dataclass(eq=False)
@@ -115,7 +60,7 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose keys/values this sequence holds
     job: Job | None = None
     pending: list[int] = field(default_factory=list)  # tokens to evaluate next
-    sampler: Any = None
+    sampler: Sampler | None = None
     used_at: float = 0.0
 
 
@@ -242,14 +187,24 @@ class Decoder:
                 job = self.waiting.popleft()
             self._assign(job, free)
 
+    @staticmethod
+    def _choose(free: list[_Slot], prompt: list[int]) -> _Slot:
+        """The free slot whose cache shares the longest prefix with the prompt, if that reuses at least
+        half of what the slot holds (a conversation's next turn); else the least recently used one, so
+        that a new conversation which merely shares a system prompt does not evict a live one."""
+        shared = {id(s): common_prefix(s.cached, prompt) for s in free}
+        best = max(free, key=lambda s: (shared[id(s)], -s.used_at))
+        if shared[id(best)] * 2 >= len(best.cached) > 0:
+            return best
+        return min(free, key=lambda s: s.used_at)
+
     def _assign(self, job: Job, free: list[_Slot]) -> None:
-        """The free slot whose cache shares most with the prompt (least recently used on a tie)."""
-        slot = max(free, key=lambda s: (common_prefix(s.cached, job.prompt), -s.used_at))
+        slot = self._choose(free, job.prompt)
         keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)  # the last one gives logits
         self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
         del slot.cached[keep:]
         try:
-            slot.sampler = _sampler_chain(self.vocab, self.n_vocab, job.sampling)
+            slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling)
         except DecodeError as e:
             job.error = str(e)
             self._end(job, "error")
@@ -289,7 +244,7 @@ class Decoder:
     def _sample(self, slot: _Slot, output: int, now: float) -> None:
         job = slot.job
         assert job is not None
-        token = int(self._ll.llama_sampler_sample(slot.sampler, self.ctx, output))
+        token = slot.sampler.sample(self.ctx, output)
         if not job.generated:
             job.first_token_at = now
         job.last_token_at = now
@@ -318,7 +273,7 @@ class Decoder:
         job = slot.job
         slot.job, slot.pending = None, []
         if slot.sampler:
-            self._ll.llama_sampler_free(slot.sampler)
+            slot.sampler.free()
             slot.sampler = None
         if job is not None:
             self._end(job, reason)
