@@ -59,9 +59,9 @@ def timed_stream(server: Server, messages: list[dict[str, str]], max_tokens: int
     return times, usage, "".join(text)
 
 
-def http_against_bare(path: Path, workdir: Path, n_tokens: int, rounds: int) -> dict[str, float]:
-    server = Server(path, workdir, "--ctx", str(CTX), "--threads", str(THREADS))
-    baseline = BareDecoder(path, CTX, THREADS)
+def http_against_bare(path: Path, workdir: Path, n_tokens: int, rounds: int, threads: int) -> dict[str, float]:
+    server = Server(path, workdir, "--ctx", str(CTX), "--threads", str(threads))
+    baseline = BareDecoder(path, CTX, threads)
     messages = [{"role": "user", "content": QUESTION}]
     try:
         prompt_tokens = timed_stream(server, messages, 1)[1]["prompt_tokens"]
@@ -90,12 +90,12 @@ def whole(server: Server, messages: list[dict[str, str]], max_tokens: int) -> di
     return server.json("POST", "/v1/chat/completions", body)[1]["usage"]
 
 
-def aggregate(path: Path, workdir: Path, n_tokens: int, widths: list[int], rounds: int, streamed: bool
-              ) -> dict[int, tuple[float, float]]:
+def aggregate(path: Path, workdir: Path, n_tokens: int, widths: list[int], rounds: int, streamed: bool,
+              threads: int) -> dict[int, tuple[float, float]]:
     """Per width: (tokens per second over all requests, ms per llama_decode call), medians of `rounds`
     interleaved rounds. The second is what llama.cpp itself charges for a wider batch."""
     ask = (lambda s, m, n: timed_stream(s, m, n)[1]) if streamed else whole
-    server = Server(path, workdir, "--ctx", "1024", "--parallel", str(max(widths)), "--threads", str(THREADS))
+    server = Server(path, workdir, "--ctx", "1024", "--parallel", str(max(widths)), "--threads", str(threads))
     rates: dict[int, list[float]] = {w: [] for w in widths}
     call_ms: dict[int, list[float]] = {w: [] for w in widths}
     try:
@@ -148,9 +148,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = build_model(folder)
-        d = http_against_bare(path, folder, args.tokens, args.rounds)
-        print(f"one stream through HTTP: {d['http_tps']:.1f} tok/s against bare llama_decode + argmax "
-              f"{d['bare_tps']:.1f} tok/s (ratio {d['ratio']:.3f})")
+        # with every core computing, the server's event loop and this client take time from llama.cpp;
+        # with one core fewer, they run beside it, as on a machine with more cores than llama.cpp threads
+        for threads in sorted({THREADS, max(1, THREADS - 1)}, reverse=True):
+            d = http_against_bare(path, folder, args.tokens, args.rounds, threads)
+            print(f"one stream through HTTP, {threads} llama.cpp thread(s) of {THREADS} cores: {d['http_tps']:.1f} "
+                  f"tok/s against bare llama_decode + argmax {d['bare_tps']:.1f} tok/s (ratio {d['ratio']:.3f})")
         rows = ttft_by_turn(path, folder, args.turns)
         print("turn  prompt  cached  TTFT")
         for i, (prompt, cached, ttft) in enumerate(rows, 1):
@@ -161,11 +164,12 @@ def main() -> None:
             return
         widths = [int(w) for w in args.streams.split(",")]
         model = real_vocab_model(folder)
-        for streamed in (True, False):
-            rates = aggregate(model, folder, 128, widths, args.rounds, streamed)
+        for streamed, threads in ((True, THREADS), (False, THREADS), (True, max(1, THREADS - 1))):
+            rates = aggregate(model, folder, 128, widths, args.rounds, streamed, threads)
             base_rate, base_ms = rates[widths[0]]
+            kind = "streamed" if streamed else "whole"
             for width, (rate, ms) in rates.items():
-                print(f"{width} concurrent {'streamed' if streamed else 'whole'} requests: {rate:7.1f} tok/s in all "
+                print(f"{threads} thread(s), {width} concurrent {kind} requests: {rate:7.1f} tok/s in all "
                       f"({rate / base_rate:.2f}× {widths[0]}); llama_decode {ms:5.1f} ms per call "
                       f"({ms / base_ms:.2f}× {widths[0]})")
 
