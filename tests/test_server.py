@@ -213,7 +213,9 @@ def test_a_missing_model_or_busy_port_is_one_line(tmp_path: Path, answer_server:
     import sys
 
     busy = ["--port", str(answer_server.port)]
-    for args in (["nowhere.gguf"], [str(scripted_gguf("answer")), *busy]):
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\xff" * 64)
+    for args in (["nowhere.gguf"], [str(corrupt)], [str(scripted_gguf("answer")), *busy]):
         result = subprocess.run([sys.executable, "-m", "glm4_local", "serve", *args], capture_output=True, text=True,
                                 timeout=60, cwd=tmp_path)
         assert result.returncode != 0 and "Traceback" not in result.stderr

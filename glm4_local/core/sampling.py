@@ -126,3 +126,14 @@ class Sampler:
         self.chain = self.grammar = None
 
 
+
+
+def grammar_problem(vocab: Any, grammar: str) -> str | None:
+    """Why llama.cpp's parser refuses `grammar` (None when it accepts it)."""
+    import llama_cpp as ll
+
+    sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if not sampler:
+        return "llama.cpp could not parse the grammar made from it"
+    ll.llama_sampler_free(sampler)
+    return None

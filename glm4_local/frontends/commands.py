@@ -46,7 +46,7 @@ def _oneshot_text(prompt: str | None) -> str:
     return text
 
 
-def _size(nbytes: int) -> str:
+def size_text(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
@@ -65,7 +65,7 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Sam
     n_ctx = runtime_options.context_size(trained)
     if interactive or verbose:
         errors.print(f"{facts.path.name}: context {n_ctx:,} tokens (trained {trained:,}), "
-                     f"KV cache {_size(facts.kv_cache_bytes(n_ctx, runtime_options))}", markup=False,
+                     f"KV cache {size_text(facts.kv_cache_bytes(n_ctx, runtime_options))}", markup=False,
                      highlight=False)
 
     def notify(message: str) -> None:

@@ -16,6 +16,7 @@ from glm4_local.chat.options import RuntimeOptions, SamplingOptions
 from glm4_local.chat.setup import ModelFacts, load_runtime, sampling_settings
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.gguf_file import REPAIR, quick_problems
+from glm4_local.frontends.commands import size_text
 from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
 from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
 
@@ -102,8 +103,9 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
     n_ctx = runtime.context_size(facts.hparams.context_length)
+    kv_cache = size_text(options.parallel * facts.kv_cache_bytes(n_ctx, runtime))
     say(f"serving {facts.path.name} as \"{config.model_id}\" on {url_of(sock, options.host)} "
-        f"({options.parallel} slot(s) × {n_ctx:,} tokens of context); loading…")
+        f"({options.parallel} slot(s) × {n_ctx:,} tokens of context, KV cache {kv_cache}); loading…")
 
     def load() -> None:
         try:

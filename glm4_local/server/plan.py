@@ -16,7 +16,7 @@ from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.chat.template import TemplateRenderError
 from glm4_local.core.llama import tokenize
-from glm4_local.core.sampling import SamplerSettings
+from glm4_local.core.sampling import SamplerSettings, grammar_problem
 from glm4_local.server.protocol import ChatRequest, CompletionRequest, NamedToolChoice, bad_request
 from glm4_local.server.protocol import Sampling as SamplingFields
 
@@ -93,6 +93,8 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
         if request.tool_choice == "none":
             tools = None  # not offered, so never called
         grammar, prefix, forced = _constraint(request, tools)
+        if grammar is not None and (problem := grammar_problem(runtime.model.vocab, grammar)):
+            raise ConstraintError(f"{'tools' if forced else 'response_format'}: {problem}")
         prompt = runtime.prompt(facts.template, messages, tools)
     except (SchemaError, TemplateRenderError, ConstraintError) as e:
         raise bad_request(str(e)) from None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.core.decoder import Job
+from glm4_local.core.sampling import DecodeError
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 
@@ -122,7 +123,10 @@ class Scheduler:
                 self.counters.rejected += 1
                 raise ApiError(503, f"the server is busy ({self.max_queue} requests waiting); retry shortly",
                                "server_error", code="server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-            self.decoder.submit(job)
+            try:
+                self.decoder.submit(job)
+            except DecodeError as e:
+                raise ApiError(400, str(e)) from None
         self.counters.requests += 1
         self._wake.set()
         return job, stream

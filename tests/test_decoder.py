@@ -1,0 +1,87 @@
+"""The continuous-batching decoder on its own: slots sharing one KV cache, routing, cancelling, limits."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from glm4_local.chat.options import RuntimeOptions
+from glm4_local.chat.runtime import ChatRuntime
+from glm4_local.chat.setup import ModelFacts, load_runtime
+from glm4_local.core.decoder import Decoder, Job
+from glm4_local.core.sampling import SamplerSettings
+
+
+def runtime(path: Path, slots: int, ctx: int) -> ChatRuntime:
+    return load_runtime(ModelFacts.read(path), RuntimeOptions(ctx=ctx, threads=2), slots=slots)
+
+
+def run_all(decoder: Decoder, jobs: list[Job]) -> None:
+    for job in jobs:
+        decoder.submit(job)
+    while decoder.has_work():
+        decoder.step()
+
+
+def test_many_jobs_of_every_length_fill_the_shared_cache_without_failing(make_gguf: Callable[..., Path]) -> None:
+    """Jobs come and go in every order until each slot's context is full: the cells they leave are
+    reused (a buffer shared by all slots must never run out or fragment into a failure)."""
+    rt = runtime(make_gguf("f32"), slots=4, ctx=256)
+    rng = random.Random(0)
+    jobs = [Job([rng.randrange(1, 300) for _ in range(rng.randrange(5, 200))], SamplerSettings(), 0, frozenset())
+            for _ in range(40)]
+    run_all(rt.decoder, jobs)
+    assert [j.finish for j in jobs] == ["length"] * 40 and not any(j.error for j in jobs)
+    assert all(len(j.prompt) + len(j.generated) == rt.decoder.slot_ctx for j in jobs)
+
+
+def test_batched_greedy_answers_equal_the_ones_decoded_alone(make_gguf: Callable[..., Path]) -> None:
+    path = make_gguf("f32")
+    prompts = [[5 + i, 17, 42 + 3 * i, 9] * (1 + i % 3) for i in range(6)]
+    alone = runtime(path, slots=1, ctx=256)
+    solo = [Job(p, SamplerSettings(), 20, frozenset()) for p in prompts]
+    for job in solo:
+        run_all(alone.decoder, [job])
+    together = [Job(p, SamplerSettings(), 20, frozenset()) for p in prompts]
+    batched = runtime(path, slots=3, ctx=256)
+    calls = batched.decoder.decode_calls
+    run_all(batched.decoder, together)
+    assert [j.generated for j in together] == [j.generated for j in solo]
+    assert batched.decoder.decode_calls - calls < sum(len(j.generated) for j in together) / 2
+
+
+def test_a_continued_prompt_goes_back_to_its_slot_and_reuses_it(make_gguf: Callable[..., Path]) -> None:
+    rt = runtime(make_gguf("f32"), slots=2, ctx=256)
+    first = Job(list(range(10, 60)), SamplerSettings(), 5, frozenset())
+    other = Job(list(range(10, 20)) + list(range(100, 140)), SamplerSettings(), 5, frozenset())
+    run_all(rt.decoder, [first, other])
+    follow_up = Job(first.prompt + first.generated + [7, 8, 9], SamplerSettings(), 5, frozenset())
+    run_all(rt.decoder, [follow_up])
+    assert follow_up.evaluated_tokens == 3 + 1  # the new tokens, and the reply's last token (never fed)
+
+
+def test_cancelling_frees_the_slot_and_drops_waiting_jobs(make_gguf: Callable[..., Path]) -> None:
+    rt = runtime(make_gguf("f32"), slots=1, ctx=256)
+    running, waiting = (Job([1, 2, 3, 4], SamplerSettings(), 0, frozenset()) for _ in range(2))
+    rt.decoder.submit(running)
+    rt.decoder.submit(waiting)
+    for _ in range(3):
+        rt.decoder.step()
+    rt.decoder.cancel(running)
+    rt.decoder.cancel(waiting)
+    rt.decoder.release_cancelled()
+    assert (running.finish, waiting.finish) == ("cancelled", "cancelled")
+    assert rt.decoder.active == 0 and not rt.decoder.has_work()
+
+
+def test_stop_ids_and_on_token_end_a_job(make_gguf: Callable[..., Path]) -> None:
+    rt = runtime(make_gguf("f32"), slots=1, ctx=256)
+    probe = Job([3, 1, 4, 1, 5], SamplerSettings(), 6, frozenset())
+    run_all(rt.decoder, [probe])
+    stop = Job([3, 1, 4, 1, 5], SamplerSettings(), 6, frozenset({probe.generated[2]}))
+    told: list[int] = []
+    heard = Job([3, 1, 4, 1, 5], SamplerSettings(), 6, frozenset(), on_token=lambda t: told.append(t) or len(told) < 2)
+    run_all(rt.decoder, [stop, heard])
+    assert (stop.finish, stop.stop_token, stop.generated) == ("stop", probe.generated[2], probe.generated[:2])
+    assert (heard.finish, told) == ("stop", probe.generated[:2])
