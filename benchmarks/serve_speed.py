@@ -169,9 +169,11 @@ def main() -> None:
             base_rate, base_ms = rates[widths[0]]
             kind = "streamed" if streamed else "whole"
             for width, (rate, ms) in rates.items():
+                # the share of the wall time spent inside llama_decode: what is left is ours (and the clients')
+                busy = rate * ms / 1000 / width
                 print(f"{threads} thread(s), {width} concurrent {kind} requests: {rate:7.1f} tok/s in all "
                       f"({rate / base_rate:.2f}× {widths[0]}); llama_decode {ms:5.1f} ms per call "
-                      f"({ms / base_ms:.2f}× {widths[0]})")
+                      f"({ms / base_ms:.2f}× {widths[0]}), busy {busy:.0%} of the time")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ class Decoder:
         self.decode_calls = 0  # llama_decode calls, and the tokens they carried (for /metrics)
         self.decoded_tokens = 0
         self.decode_seconds = 0.0
+        self._changed = False
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -123,11 +124,13 @@ class Decoder:
             raise DecodeError(f"a prompt of {len(job.prompt)} tokens does not fit the context of {self.slot_ctx}")
         with self._lock:
             self.waiting.append(job)
+            self._changed = True
 
     def cancel(self, job: Job) -> None:
         """Stop a job (from any thread); its slot is freed at the next step or release_cancelled()."""
         with self._lock:
             job.cancelled = True
+            self._changed = True
 
     @property
     def active(self) -> int:
@@ -160,8 +163,10 @@ class Decoder:
     # -- the loop ----------------------------------------------------------------------------------
     def step(self) -> bool:
         """One llama_decode over every active sequence; False when there was nothing to do."""
-        self.release_cancelled()
-        self._start_waiting()
+        if self._changed:  # a job came, went or was cancelled: otherwise the slots are as they were
+            self._changed = False
+            self.release_cancelled()
+            self._start_waiting()
         added = self._fill_batch()
         if not added:
             return False
@@ -273,6 +278,7 @@ class Decoder:
                 self._finish(slot, "error")
 
     def _finish(self, slot: _Slot, reason: str) -> None:
+        self._changed = True  # a slot is free for whoever waits
         job = slot.job
         slot.job, slot.pending = None, []
         if slot.sampler:

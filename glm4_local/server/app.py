@@ -126,8 +126,7 @@ def create_app(state: ServerState) -> Starlette:
     async def run(request: Request, plan: Plan, loaded: Loaded) -> Response:
         job = Run(plan, loaded.runtime, loaded.scheduler, config.model_id)
         if plan.stream:
-            return StreamingResponse(job.events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return EventStream(job)
         return JSONResponse(await job.response(request))
 
     async def chat_completions(request: Request) -> Response:
@@ -163,6 +162,22 @@ def create_app(state: ServerState) -> Starlette:
     middleware = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                              allow_headers=["Authorization", "Content-Type"])] if config.cors_origins else []
     return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
+
+
+class EventStream(StreamingResponse):
+    """A run's server-sent events; however the response ends (done, client gone before or while
+    streaming, shutdown), its job is stopped and its slot freed."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run.events(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.run = run
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.abandon()
 
 
 def _authorize(request: Request, api_key: str | None) -> None:
