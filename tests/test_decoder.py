@@ -85,3 +85,14 @@ def test_stop_ids_and_on_token_end_a_job(make_gguf: Callable[..., Path]) -> None
     run_all(rt.decoder, [stop, heard])
     assert (stop.finish, stop.stop_token, stop.generated) == ("stop", probe.generated[2], probe.generated[:2])
     assert (heard.finish, told) == ("stop", probe.generated[:2])
+
+
+def test_a_sampler_llama_cpp_refuses_ends_only_its_job(make_gguf: Callable[..., Path]) -> None:
+    rt = runtime(make_gguf("f32"), slots=2, ctx=256)
+    refused = Job([1, 2, 3], SamplerSettings(grammar="root ::= ("), 4, frozenset())
+    fine = Job([1, 2, 3], SamplerSettings(), 4, frozenset())
+    run_all(rt.decoder, [refused, fine])
+    assert (refused.finish, fine.finish) == ("error", "length") and "grammar" in (refused.error or "")
+    after = Job([1, 2, 3], SamplerSettings(), 4, frozenset())
+    run_all(rt.decoder, [after])
+    assert after.generated == fine.generated

@@ -213,8 +213,8 @@ class Decoder:
         del slot.cached[keep:]
         try:
             slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling)
-        except DecodeError as e:
-            job.error = str(e)
+        except Exception as e:  # a value llama.cpp refuses must end this job, never the loop
+            job.error = str(e) or type(e).__name__
             self._end(job, "error")
             return
         slot.job, slot.pending = job, job.prompt[keep:]
@@ -268,6 +268,15 @@ class Decoder:
             self._finish(slot, "length")
         else:
             slot.pending = [token]
+
+    def abort(self, message: str) -> None:
+        """End every running job with an error (after an unexpected failure in a step)."""
+        for slot in self.slots:
+            if slot.job is not None:
+                self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
+                slot.cached.clear()
+                slot.job.error = message
+                self._finish(slot, "error")
 
     def _fail(self, added: list[tuple[_Slot, int, int | None]], message: str) -> None:
         for slot, _, _ in added:

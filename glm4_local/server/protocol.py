@@ -65,7 +65,7 @@ class Sampling(_Strict):
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)  # llama.cpp's extensions, as its own server takes them
+    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)  # llama.cpp's extensions, as its server takes them
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)

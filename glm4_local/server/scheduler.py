@@ -86,8 +86,9 @@ class Scheduler:
         while not self._stopping:
             try:
                 worked = self.decoder.step()
-            except Exception:  # a bug must not kill the server's only decoder silently
+            except Exception as e:  # a bug must not kill the server's only decoder, nor hang its clients
                 log.exception("decoder step failed")
+                self.decoder.abort(f"internal error ({type(e).__name__})")
                 worked = False
             self._flush()
             if not worked:
