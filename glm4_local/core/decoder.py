@@ -13,6 +13,7 @@ With core/llama.py and core/sampling.py, the only modules importing llama_cpp.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -301,6 +302,10 @@ class Decoder:
         job.finish = reason
         if job.on_done:
             job.on_done(job)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit llama_cpp may already be gone
+            self.close()
 
     def close(self) -> None:
         for slot in self.slots:
