@@ -96,7 +96,6 @@ class Vocabulary:
         return ids
 
 
-
 class ChatRuntime(Vocabulary):
     """One loaded model and its decoder; each slot keeps its KV cache across turns, so a turn evaluates
     only its new tokens. The chat steps the decoder itself; the server steps it from a worker thread."""
