@@ -114,8 +114,8 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
             scheduler.start()
             state.loaded = Loaded(facts, loaded, scheduler, sampling_settings(facts, SamplingOptions()).sampling)
             say("ready")
-        except Glm4LocalError as e:
-            state.error = str(e)
+        except Exception as e:  # the server must stop with the reason, never serve "loading" forever
+            state.error = str(e) if isinstance(e, Glm4LocalError) else f"could not load the model ({e!r})"
             server.should_exit = True
 
     loader = threading.Thread(target=load, name="glm4-local-loader", daemon=True)
