@@ -82,45 +82,44 @@ def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_
     `header`: the file's header when the caller has already checked it (it takes ~1 s for GLM-4).
     `exact_cache` keeps the KV cache in f32 so that measured errors are the file's, not the cache's.
     """
-    if header is None:
-        from glm4_local.core.gguf_file import check_model
-
-        check_model(path)
     from llama_cpp import Llama
 
     if exact_cache:
         type_k = type_v = Q.F32
     cache = {name: int(t) for name, t in (("type_k", type_k), ("type_v", type_v)) if t is not None}
-    errors = capture_logs()
-    try:
-        with _without_chat_formatters():
-            return Llama(
-                model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
-                n_gpu_layers=n_gpu_layers, n_threads=n_threads or max(1, os.cpu_count() or 2),
-                n_batch=n_batch or min(n_ctx, 512), verbose=False, **cache, **extra,
-            )
-    except Exception as e:  # llama-cpp-python raises ValueError, RuntimeError and others for a bad file
-        detail = next((line for line in errors if line), str(e) or type(e).__name__)
-        raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
+    with _loading(path, header), _without_chat_formatters():
+        return Llama(
+            model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
+            n_gpu_layers=n_gpu_layers, n_threads=n_threads or max(1, os.cpu_count() or 2),
+            n_batch=n_batch or min(n_ctx, 512), verbose=False, **cache, **extra,
+        )
 
 
 def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int = 0, use_mmap: bool = True,
                use_mlock: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
     """The weights and vocabulary alone (no context): for core/decoder.py's contexts. GGUFFileError as load()."""
-    if header is None:
-        from glm4_local.core.gguf_file import check_model
-
-        check_model(path)
     import llama_cpp
     from llama_cpp._internals import LlamaModel
 
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
     params.use_mmap, params.use_mlock = use_mmap, use_mlock
+    with _loading(path, header):
+        return LlamaModel(path_model=str(path), params=params, verbose=False)
+
+
+@contextmanager
+def _loading(path: Path, header: GGUFHeader | None) -> Iterator[None]:
+    """Check the header first (unless the caller has), then make whatever llama.cpp raises while
+    loading one GGUFFileError naming its first error line."""
+    if header is None:
+        from glm4_local.core.gguf_file import check_model
+
+        check_model(path)
     errors = capture_logs()
     try:
-        return LlamaModel(path_model=str(path), params=params, verbose=False)
-    except Exception as e:
+        yield
+    except Exception as e:  # llama-cpp-python raises ValueError, RuntimeError and others for a bad file
         detail = next((line for line in errors if line), str(e) or type(e).__name__)
         raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
 
