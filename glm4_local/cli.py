@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from glm4_local import cli_options as o
-from glm4_local.chat.options import RuntimeOptions
+from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX, RuntimeOptions
 from glm4_local.chat.toolcalls import DEFAULT_TOOL_TIMEOUT
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
 from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
@@ -299,10 +299,10 @@ def chat(
                                                          "tokens (1: off).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable sampling.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")] = None,
-    ctx: o.Ctx = o.DEFAULTS["ctx"],
+    ctx: o.Ctx = str(DEFAULT_CTX),
     gpu_layers: o.GpuLayers = "auto",
     threads: o.Threads = None,
-    batch: o.Batch = o.DEFAULTS["batch"],
+    batch: o.Batch = DEFAULT_BATCH,
     flash_attn: o.FlashAttn = False,
     cache_type_k: o.CacheTypeK = "f16",
     cache_type_v: o.CacheTypeV = "f16",
@@ -351,10 +351,10 @@ def serve(
                                                           "origin (repeatable; '*' for any).")] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.", min=0.001)
                            ] = 8.0,
-    ctx: o.Ctx = o.DEFAULTS["ctx"],
+    ctx: o.Ctx = str(DEFAULT_CTX),
     gpu_layers: o.GpuLayers = "auto",
     threads: o.Threads = None,
-    batch: o.Batch = o.DEFAULTS["batch"],
+    batch: o.Batch = DEFAULT_BATCH,
     flash_attn: o.FlashAttn = False,
     cache_type_k: o.CacheTypeK = "f16",
     cache_type_v: o.CacheTypeV = "f16",
@@ -369,7 +369,7 @@ def serve(
     runtime_options = runtime_options_of(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,
                                          mlock, no_mmap)
     with user_errors(on_interrupt="stopped"):
-        options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cor for cor in cors_origin or ()),
+        options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
                                int(max_body_mb * 1024 * 1024))
         serve_model(resolve_model(model), runtime_options, options,
                     say=lambda line: err.print(line, markup=False),

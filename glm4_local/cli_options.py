@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX
 from glm4_local.core.llama import CACHE_TYPES
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
@@ -25,4 +24,3 @@ CacheTypeV = Annotated[str, typer.Option("--cache-type-v", metavar="TYPE", help=
 Mlock = Annotated[bool, typer.Option("--mlock", help="Lock the model in RAM (never swapped out).")]
 NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the whole model into memory instead of "
                                       "mapping the file.")]
-DEFAULTS = {"ctx": str(DEFAULT_CTX), "gpu_layers": "auto", "batch": DEFAULT_BATCH, "cache_type": "f16"}
