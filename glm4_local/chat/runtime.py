@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,12 @@ class Vocabulary:
             piece = self._pieces[token] = self.model.detokenize([token], special=False)
         return piece
 
+    def detokenizer(self) -> Callable[[int], str]:
+        """Token → text for one reply: a character split across tokens comes out whole once complete
+        (bytes of one cut off at the end are dropped, never shown as U+FFFD)."""
+        decode, piece = codecs.getincrementaldecoder("utf-8")(errors="replace").decode, self.piece
+        return lambda token: decode(piece(token))
+
     def _special_id(self, text: str) -> int:
         ids = tokenize(self.model, text, special=True)
         if len(ids) != 1:
@@ -129,19 +135,17 @@ class ChatRuntime(Vocabulary):
         return generation
 
     def _stream(self, job: Job, gen: Generation, cut: str) -> Iterator[str]:
-        decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        decoder, piece, generated = self.decoder, self.piece, job.generated
+        text_of, decoder, generated = self.detokenizer(), self.decoder, job.generated
         decoder.submit(job)
         shown = 0
         try:
             while not job.done:
                 decoder.step()
                 while shown < len(generated):
-                    text = decode(piece(generated[shown]))
+                    text = text_of(generated[shown])
                     shown += 1
                     if text:
                         yield text
-            # bytes of a character cut off by max_tokens are dropped, not shown as U+FFFD
         finally:
             if not job.done:
                 decoder.cancel(job)

@@ -8,7 +8,6 @@ forced the call). Anything else that looked like a call is given back as text, v
 
 from __future__ import annotations
 
-import codecs
 from dataclasses import dataclass
 
 from glm4_local.chat.runtime import ChatRuntime
@@ -56,9 +55,8 @@ class ReplyAssembler:
 
     def __init__(self, plan: Plan, runtime: ChatRuntime) -> None:
         self.plan = plan
-        self.piece = runtime.piece
+        self.text_of = runtime.detokenizer()
         self.call_end = runtime.special_ids.get(runtime.family.call_end_token)
-        self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
         self.text = plan.prefix  # the whole reply as generated, for parsing
         self.reply = None if plan.raw else ReplyText(plan.tools, plan.prefix)
         self.stops = StopScanner(plan.stop_strings)
@@ -69,7 +67,7 @@ class ReplyAssembler:
         return self.stops.hit
 
     def feed(self, token: int) -> str:
-        chunk = self.decode(self.piece(token))
+        chunk = self.text_of(token)
         self.text += chunk
         shown = chunk if self.reply is None else self.reply.feed(chunk)
         return self.stops.feed(shown) if shown else ""
