@@ -12,12 +12,12 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
-from glm4_local.core import llama
+from glm4_local.core.llama import door
 
 
 class BareDecoder:
     def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
-        self.model = llama.load_model(path)
+        self.model = door.load_model(path)
         params = ll.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, 512, 512
         params.n_threads = params.n_threads_batch = threads

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
-from glm4_local.convert.verify import verify
+from glm4_local.gguf_tools.verify import verify
 
 CHECKPOINTS = {
     "seed0": factory.Spec(),

@@ -67,10 +67,10 @@ def http_against_bare(path: Path, workdir: Path, n_tokens: int, rounds: int, thr
         prompt_tokens = timed_stream(server, messages, 1)[1]["prompt_tokens"]
         from glm4_local.chat.runtime import Vocabulary
         from glm4_local.chat.setup import ModelFacts
-        from glm4_local.core import llama
+        from glm4_local.core.llama import door
 
         facts = ModelFacts.read(path)
-        prompt = Vocabulary(llama.load(path, vocab_only=True), facts.family).prompt(facts.template, messages, None)
+        prompt = Vocabulary(door.load(path, vocab_only=True), facts.family).prompt(facts.template, messages, None)
         assert len(prompt) == prompt_tokens
         ours, bare = [], []
         for _ in range(rounds):  # interleaved, so machine noise hits both alike

@@ -14,8 +14,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.llama import activations, door
 
 CALIBRATION_NAME = "glm4-local built-in text"
 
@@ -69,12 +69,12 @@ def is_layer_weight(name: str) -> bool:
 def compute_imatrix(gguf_path: Path, text: str, chunk_size: int = 512, threads: int | None = None,
                     on_tokens: Callable[[int], None] | None = None) -> Importance:
     """Run `gguf_path` in llama.cpp over `text` in chunks of `chunk_size` tokens."""
-    model = llama.load(gguf_path, n_ctx=chunk_size, n_threads=threads)
-    tokens = llama.tokenize(model, text)
+    model = door.load(gguf_path, n_ctx=chunk_size, n_threads=threads)
+    tokens = door.tokenize(model, text)
     chunks = [tokens[i : i + chunk_size] for i in range(0, len(tokens), chunk_size)]
     if not chunks:
         raise Glm4LocalError("the calibration text is empty")
-    sums, rows = llama.squared_matmul_inputs(model, chunks, is_layer_weight, on_tokens)
+    sums, rows = activations.squared_matmul_inputs(model, chunks, is_layer_weight, on_tokens)
     if not sums:
         raise Glm4LocalError(f"{gguf_path}: no weight's inputs were seen while running the calibration text")
     return Importance({n: s.astype(np.float32) for n, s in sums.items()}, rows, len(chunks), chunk_size)

@@ -28,9 +28,10 @@ from glm4_local.core.atomic import (
     temp_path_beside,
 )
 from glm4_local.core.errors import CheckpointError, Glm4LocalError, OutputError
-from glm4_local.core.families import family_for_config
-from glm4_local.core.llama import quantize
-from glm4_local.core.model_family import ModelFamily, ModelSpec
+from glm4_local.core.families.family import ModelFamily, ModelSpec
+from glm4_local.core.families.registry import family_for_config
+from glm4_local.core.llama.door import quantize
+from glm4_local.core.progress import Progress
 
 DEFAULT_MODELS_DIR = Path("models")
 IMATRIX_AUTO = "auto"  # measure an importance matrix on the built-in text, from the 16-bit model
@@ -57,16 +58,6 @@ class ConvertResult:
     input_bytes: int
     output_bytes: int
     seconds: float
-
-
-class ProgressSink:
-    """What a conversion reports: a phase starting with a byte total, then bytes done."""
-
-    def start(self, phase: str, total_bytes: int, total_tensors: int) -> None: ...
-
-    def advance(self, nbytes: int) -> None: ...
-
-    def tensor_done(self) -> None: ...
 
 
 def model_name(source: str, folder: Path) -> str:
@@ -125,7 +116,7 @@ def convert(
     force: bool = False,
     download: bool = False,
     imatrix: ImatrixChoice = None,
-    progress: ProgressSink | None = None,
+    progress: Progress | None = None,
     models_dir: Path = DEFAULT_MODELS_DIR,
     notify: Callable[[str], None] = lambda message: None,
 ) -> ConvertResult:
@@ -146,7 +137,7 @@ def convert(
     for stale in remove_stale_temps(path.parent):
         notify(f"removed {stale}: a temporary file left by a conversion that was killed")
     importance = _importance_source(imatrix, kind, path, force)
-    sink = progress or ProgressSink()
+    sink = progress or Progress()
     weight_type = _written_weight_type(kind, checkpoint)
     try:
         with atomic_output(path, force) as tmp:
@@ -186,13 +177,13 @@ def _importance_source(imatrix: ImatrixChoice, kind: OutType, output: Path, forc
 
 
 def _write(checkpoint: Checkpoint, dest: Path, weight_type: gguf.GGMLQuantizationType,
-           file_type: gguf.LlamaFileType, sink: ProgressSink) -> None:
+           file_type: gguf.LlamaFileType, sink: Progress) -> None:
     sink.start("Converting", checkpoint.tensors.total_bytes, len(checkpoint.plan))
     write_gguf(dest, checkpoint.family, checkpoint.spec, checkpoint.vocab, checkpoint.info, checkpoint.plan,
                checkpoint.tensors, weight_type, file_type, progress=sink)
 
 
-def _measure_importance(staging: Path, target: Path, force: bool, sink: ProgressSink) -> dict[str, np.ndarray]:
+def _measure_importance(staging: Path, target: Path, force: bool, sink: Progress) -> dict[str, np.ndarray]:
     sink.start("Measuring importance (built-in text)", 0, 0)
     importance = compute_imatrix(staging, calibration_text(), on_tokens=sink.advance)
     with atomic_output(target, force) as tmp:
@@ -201,7 +192,7 @@ def _measure_importance(staging: Path, target: Path, force: bool, sink: Progress
 
 
 def _write_quantized(checkpoint: Checkpoint, dest: Path, final: Path, weight_type: gguf.GGMLQuantizationType,
-                     kind: OutType, imatrix: dict[str, np.ndarray] | Path | None, sink: ProgressSink,
+                     kind: OutType, imatrix: dict[str, np.ndarray] | Path | None, sink: Progress,
                      force: bool) -> None:
     """The quantized file at `dest` (a temporary file that will become `final`)."""
     staging = temp_path_beside(dest, "16bit")

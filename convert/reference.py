@@ -13,7 +13,7 @@ import numpy as np
 
 from glm4_local.convert.safetensors import SafetensorsCheckpoint
 from glm4_local.convert.tensors import PlannedTensor
-from glm4_local.core.model_family import ModelFamily, ModelSpec
+from glm4_local.core.families.family import ModelFamily, ModelSpec
 
 _OUTPUT_BLOCK_ROWS = 16384
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from glm4_local.core.errors import CheckpointError
-from glm4_local.core.model_family import ModelFamily, ModelSpec, Shape
+from glm4_local.core.families.family import ModelFamily, ModelSpec, Shape
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Any
 
 import gguf
 
-from glm4_local.core.bpe import bpe_merges, token_text
 from glm4_local.core.errors import CheckpointError
+from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.gguf.bpe import bpe_merges, token_text
 from glm4_local.core.jsonfile import read_json as read_json_file
-from glm4_local.core.model_family import ModelFamily
 
 
 def load_ranks(path: Path) -> dict[bytes, int]:

@@ -10,27 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import gguf
 import numpy as np
 
-from glm4_local.convert.rewrite import pad_to_alignment, write_header
 from glm4_local.convert.safetensors import SafetensorsCheckpoint
 from glm4_local.convert.tensors import PlannedTensor
 from glm4_local.convert.vocab import Vocabulary
-from glm4_local.core.model_family import ModelFamily, ModelSpec
+from glm4_local.core.families.family import ModelFamily, ModelSpec
+from glm4_local.core.gguf.writing import pad_to_alignment, write_header
+from glm4_local.core.progress import Progress
 
 Q = gguf.GGMLQuantizationType
 # Row blocks are sized in bytes (as float32) so the 151552-row embedding and a 4096-row matrix
 # alike are converted in small pieces.
 BLOCK_BYTES = 64 * 1024 * 1024
-
-
-class Progress(Protocol):
-    def advance(self, nbytes: int) -> None: ...
-
-    def tensor_done(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Describe a GGUF file and flag settings known to mis-tokenize GLM-4."""
-    from glm4_local.core.gguf_file import summarize
+    from glm4_local.gguf_tools.summary import summarize
 
     summary = run(summarize, file)
     if as_json:
@@ -166,7 +166,7 @@ def verify(
     source: Annotated[str, typer.Option("--source", help="The checkpoint it was converted from.")],
 ) -> None:
     """Compare a GGUF's logits in llama.cpp with a numpy forward pass over the source weights."""
-    from glm4_local.convert.verify import verify as verify_gguf
+    from glm4_local.gguf_tools.verify import verify as verify_gguf
 
     with err.status("running the file in llama.cpp and the reference forward pass…") if err.is_terminal \
             else nullcontext():
@@ -193,8 +193,8 @@ def repair(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fix a downloaded GLM-4 GGUF's tokenizer, stop tokens and chat template; tensors are copied as they are."""
-    from glm4_local.convert.repair import repair as repair_gguf
     from glm4_local.frontends.progress import RichProgress
+    from glm4_local.gguf_tools.repair import repair as repair_gguf
 
     bar = RichProgress(err) if not quiet and err.is_terminal else None
     with bar or nullcontext():
@@ -226,9 +226,9 @@ def evaluate(
 ) -> None:
     """How far a quantized GGUF is from its parent: KL divergence, top-1 agreement, perplexity."""
     from glm4_local.chat.models import resolve_model
-    from glm4_local.convert.evaluate import evaluate as evaluate_gguf
     from glm4_local.core.jsonfile import read_text
     from glm4_local.frontends.progress import RichProgress
+    from glm4_local.gguf_tools.evaluate import evaluate as evaluate_gguf
 
     model_path, reference_path = run(resolve_model, model), run(resolve_model, reference)
     sample = run(read_text, text) if text is not None else None

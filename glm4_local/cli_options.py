@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from glm4_local.core.llama import CACHE_TYPES
+from glm4_local.core.llama.door import CACHE_TYPES
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
                                                 "(default: the newest there).")]

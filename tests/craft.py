@@ -12,7 +12,7 @@ from typing import Any
 
 import gguf
 
-from glm4_local.core.gguf_header import read_gguf_header
+from glm4_local.core.gguf.header import read_gguf_header
 
 V = gguf.GGUFValueType
 _FORMATS = {V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",

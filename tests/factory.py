@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import regex
 
-from glm4_local.core.glm4 import GLM4_9B, PATTERN
-from glm4_local.core.glm4 import SPECIAL_TOKENS as DEFAULT_SPECIAL_TOKENS
+from glm4_local.core.families.glm4 import GLM4_9B, PATTERN
+from glm4_local.core.families.glm4 import SPECIAL_TOKENS as DEFAULT_SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parents[1]
 # GLM4_LOCAL_TESTS_NO_SHARED=1 runs the suite as a fresh clone without ../shared would
@@ -42,8 +42,8 @@ def real_tokenizer() -> Path:
         return shared
     target = Path(tempfile.gettempdir()) / f"glm4-local-tests-{os.getuid()}" / "tokenizer.model"
     if not target.is_file():
-        from glm4_local.convert.tokenizer_check import ranks_of
-        from glm4_local.core.gguf_header import read_gguf_header
+        from glm4_local.core.gguf.header import read_gguf_header
+        from glm4_local.gguf_tools.tokenizer_check import ranks_of
 
         ranks = ranks_of(read_gguf_header(SHIPPED_VOCAB))
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -389,10 +389,10 @@ def write_community_gguf(ours: Path, dest: Path) -> Path:
     """A GLM-4 GGUF as llama.cpp's own converter writes it (the files on the Hub): pre-tokenizer
     `chatglm-bpe`, one merge per token (its tiktoken split, 2+ parts), no end-of-message id, no
     sampling defaults, no chat template, no BOS flag. Tensors unchanged."""
-    from glm4_local.convert.rewrite import Field, fields_of, rewrite_gguf
-    from glm4_local.convert.tokenizer_check import ranks_of
-    from glm4_local.core.bpe import token_text
-    from glm4_local.core.gguf_file import open_gguf
+    from glm4_local.core.gguf.bpe import token_text
+    from glm4_local.core.gguf.checks import open_gguf
+    from glm4_local.gguf_tools.rewrite import Field, fields_of, rewrite_gguf
+    from glm4_local.gguf_tools.tokenizer_check import ranks_of
 
     header = open_gguf(ours)
     ranks = ranks_of(header)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import factory
 from glm4_local.chat.template import ChatTemplate, to_glm_messages
 from glm4_local.cli import app
-from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.families.glm4 import GLM4_9B
 
 runner = CliRunner()
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up <|user|> weather",
@@ -151,7 +151,7 @@ def test_render_prints_exact_bytes(tmp_path: Path) -> None:
 
 
 def test_render_tokens_as_the_chat_feeds_them(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
-    from glm4_local.core import llama as runtime
+    from glm4_local.core.llama import door as runtime
 
     model = make_gguf("q8_0")
     path = conversation_file(tmp_path)

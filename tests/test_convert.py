@@ -14,9 +14,9 @@ import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert, load_checkpoint
 from glm4_local.convert.reference import ReferenceModel
-from glm4_local.convert.verify import compare, verify
-from glm4_local.core import llama as runtime
-from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.llama import door as runtime
+from glm4_local.gguf_tools.verify import compare, verify
 
 PROMPTS = GLM4_9B.probe_prompts
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts, load_runtime
-from glm4_local.core.decoder import Decoder, Job
-from glm4_local.core.sampling import SamplerSettings
+from glm4_local.core.llama.decoder import Decoder, Job
+from glm4_local.core.llama.sampling import SamplerSettings
 
 
 def runtime(path: Path, slots: int, ctx: int) -> ChatRuntime:

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from glm4_local.cli import app
-from glm4_local.convert.evaluate import evaluate, windows
 from glm4_local.convert.texts import eval_text
-from glm4_local.convert.verify import compare
-from glm4_local.core import llama
+from glm4_local.core.llama import door
+from glm4_local.gguf_tools.evaluate import evaluate, windows
+from glm4_local.gguf_tools.verify import compare
 
 runner = CliRunner()
 
@@ -39,12 +39,12 @@ def test_kl_matches_a_direct_computation_from_llama_cpp_logits(make_gguf: Callab
     model, reference, ctx = make_gguf("q4_0"), make_gguf("f32"), 128
     text = eval_text()[:1500]
     report = evaluate(model, reference, text, ctx=ctx)
-    ref_llm = llama.load(reference, n_ctx=ctx, logits_all=True)
-    model_llm = llama.load(model, n_ctx=ctx, logits_all=True)
+    ref_llm = door.load(reference, n_ctx=ctx, logits_all=True)
+    model_llm = door.load(model, n_ctx=ctx, logits_all=True)
     ref_logits, model_logits, targets = [], [], []
-    for window in windows(llama.tokenize(ref_llm, text), ctx):
-        ref_logits.append(llama.all_logits(ref_llm, window)[:-1])
-        model_logits.append(llama.all_logits(model_llm, window)[:-1])
+    for window in windows(door.tokenize(ref_llm, text), ctx):
+        ref_logits.append(door.all_logits(ref_llm, window)[:-1])
+        model_logits.append(door.all_logits(model_llm, window)[:-1])
         targets += window[1:]
     p, q = np.concatenate(ref_logits), np.concatenate(model_logits)
     _, top1, kl = compare(p, q)

@@ -27,8 +27,8 @@ from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.template import ChatTemplate, to_glm_messages
 from glm4_local.chat.toolcalls import ToolCall, run_tool
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.gguf_header import read_gguf_header
-from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.gguf.header import read_gguf_header
 
 V = gguf.GGUFValueType
 RUNNER = Path(__file__).with_name("fuzz_runner.py")

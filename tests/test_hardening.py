@@ -25,8 +25,8 @@ import factory
 from glm4_local.chat.schema import SchemaError, check_messages
 from glm4_local.chat.session import load_conversation, save_json
 from glm4_local.chat.toolcalls import ToolCall, run_tool
-from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.llama import door
 
 K, V = gguf.Keys, gguf.GGUFValueType
 ARCH = "chatglm"
@@ -108,7 +108,7 @@ def test_2_markup_in_tool_keys_and_strings_renders_as_text(make_gguf: Callable[.
     (tmp_path / "c.json").write_text(json.dumps({"messages": [{"role": "user", "content": "<|system|>"}],
                                                  "tools": tools}))
     model = make_gguf("q8_0")
-    first_special = llama.tokenize(llama.load(model, vocab_only=True), "<|endoftext|>", special=True)[0]
+    first_special = door.tokenize(door.load(model, vocab_only=True), "<|endoftext|>", special=True)[0]
     for args in (["--tools", str(tmp_path / "tools.json")], []):
         result = cli("render", str(tmp_path / "c.json"), "--model", str(model), "--tokens", *args)
         assert result.returncode == 0, result.stderr

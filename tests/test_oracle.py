@@ -13,9 +13,9 @@ import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import load_checkpoint
 from glm4_local.convert.reference import ReferenceModel
-from glm4_local.convert.verify import compare, top1_disagreements
-from glm4_local.core import llama as runtime
-from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.llama import door as runtime
+from glm4_local.gguf_tools.verify import compare, top1_disagreements
 
 PROMPTS = GLM4_9B.probe_prompts
 

@@ -12,8 +12,8 @@ import pytest
 from glm4_local.convert.imatrix import load_imatrix
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
-from glm4_local.convert.verify import verify
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.gguf_tools.verify import verify
 
 
 def write_imatrix(path: Path, gguf_path: Path, seed: int = 0) -> None:
@@ -81,14 +81,14 @@ def test_imatrix_only_for_quantizer_types(make_checkpoint: Callable[..., Path], 
 def test_measured_importance_is_the_mean_square_of_each_input(make_gguf: Callable[..., Path]) -> None:
     """Cross-check one weight against its input computed by hand: the attention norm's output."""
     from glm4_local.convert.imatrix import compute_imatrix
-    from glm4_local.core import llama
+    from glm4_local.core.llama import door
 
     path = make_gguf("f32")
     text = "Hello world, 你好世界. def main(): return 42"
     importance = compute_imatrix(path, text, chunk_size=64)
     reader = gguf.GGUFReader(path)
     weights = {t.name: np.asarray(t.data) for t in reader.tensors}
-    tokens = llama.tokenize(llama.load(path, vocab_only=True), text)
+    tokens = door.tokenize(door.load(path, vocab_only=True), text)
     x = weights["token_embd.weight"][tokens].astype(np.float64)
     eps = float(reader.get_field(gguf.Keys.Attention.LAYERNORM_RMS_EPS.format(arch="chatglm")).contents())
     normed = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weights["blk.0.attn_norm.weight"]

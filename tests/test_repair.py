@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 import factory
 from glm4_local.cli import app
-from glm4_local.convert.repair import repair
-from glm4_local.core import llama
-from glm4_local.core.gguf_file import open_gguf, summarize
-from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.gguf.checks import open_gguf
+from glm4_local.core.llama import door
+from glm4_local.gguf_tools.repair import repair
+from glm4_local.gguf_tools.summary import summarize
 
 K = gguf.Keys
 runner = CliRunner()
@@ -26,14 +27,14 @@ def tensor_bytes(path: Path) -> dict[str, bytes]:
 
 
 def special_id(llm: object, text: str) -> int:
-    return llama.tokenize(llm, text, special=True)[0]
+    return door.tokenize(llm, text, special=True)[0]
 
 
 def test_converted_gguf_stops_on_every_glm4_stop_token_in_plain_llama_cpp(make_gguf: Callable[..., Path]) -> None:
     path = make_gguf("q8_0")
-    llm = llama.load(path, vocab_only=True)
+    llm = door.load(path, vocab_only=True)
     stops = [special_id(llm, t) for t in GLM4_9B.stop_tokens]
-    assert llama.end_of_generation(llm, list(range(llm.n_vocab()))) == sorted(stops)
+    assert door.end_of_generation(llm, list(range(llm.n_vocab()))) == sorted(stops)
     summary = summarize(path)
     assert set(summary.end_of_generation) == set(GLM4_9B.stop_tokens) and summary.warnings == []
     assert "stops on: <|endoftext|>" in runner.invoke(app, ["info", str(path)]).stdout
@@ -119,7 +120,7 @@ def test_repair_of_a_real_vocabulary_community_gguf_is_exact(real_vocab_gguf: Pa
     ranks = load_ranks(factory.REAL_TOKENIZER)
 
     def wrong(path: Path) -> list[str]:
-        llm = llama.load(path, vocab_only=True)
+        llm = door.load(path, vocab_only=True)
         return [t for _, t in vocabulary_mismatches(llm, encoder, ranks)] + corpus_mismatches(
             llm, encoder, corpus_variants())
 

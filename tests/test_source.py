@@ -15,8 +15,8 @@ from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 from glm4_local.convert.source import cached_snapshot, hub_cache_dir, resolve_source
 from glm4_local.core.errors import CheckpointError, SourceError
-from glm4_local.core.glm4 import GLM4_9B
-from glm4_local.core.model_family import ModelSpec
+from glm4_local.core.families.family import ModelSpec
+from glm4_local.core.families.glm4 import GLM4_9B
 
 
 def make_cache_entry(cache: Path, repo_id: str, revisions: list[str], main: str | None) -> Path:

@@ -12,7 +12,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 import factory
 from glm4_local.chat.template import ChatTemplate, to_glm_messages
 from glm4_local.chat.toolcalls import parse_reply
-from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.families.glm4 import GLM4_9B
 
 GLM4_CHAT_TEMPLATE = GLM4_9B.published_template
 MARKUP_TOKENS = GLM4_9B.markup_tokens

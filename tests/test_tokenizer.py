@@ -15,8 +15,8 @@ import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 from glm4_local.convert.vocab import load_ranks
-from glm4_local.core import llama as runtime
-from glm4_local.core.glm4 import PATTERN
+from glm4_local.core.families.glm4 import PATTERN
+from glm4_local.core.llama import door as runtime
 
 CORPUS: dict[str, str] = json.loads((Path(__file__).parent / "data" / "corpus.json").read_text(encoding="utf-8"))
 
@@ -130,8 +130,8 @@ def test_the_shipped_vocabulary_is_glm4s_tokenizer(tmp_path: Path) -> None:
     """tests/data's vocabulary GGUF rebuilds GLM-4-9B-Chat's tokenizer.model byte for byte."""
     import hashlib
 
-    from glm4_local.convert.tokenizer_check import ranks_of
-    from glm4_local.core.gguf_header import read_gguf_header
+    from glm4_local.core.gguf.header import read_gguf_header
+    from glm4_local.gguf_tools.tokenizer_check import ranks_of
 
     ranks = ranks_of(read_gguf_header(factory.SHIPPED_VOCAB))
     factory.write_tokenizer_model(tmp_path / "tokenizer.model", sorted(ranks, key=ranks.__getitem__))

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.llama import json_schema_grammar
+from glm4_local.core.llama.door import json_schema_grammar
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 MAX_SCHEMA_CHARS = 64 * 1024  # a larger schema makes a grammar too slow to apply at every token

@@ -12,7 +12,7 @@ from typing import Literal
 
 import gguf
 
-from glm4_local.core.llama import CACHE_TYPES, gpu_offload_available
+from glm4_local.core.llama.door import CACHE_TYPES, gpu_offload_available
 
 DEFAULT_CTX = 8192
 MIN_CTX = 64

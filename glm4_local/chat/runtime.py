@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glm4_local.chat.template import ChatTemplate, Piece, merged_text, to_glm_messages
-from glm4_local.core.decoder import Decoder, Job
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
-from glm4_local.core.llama import tokenize
-from glm4_local.core.model_family import ModelFamily
-from glm4_local.core.sampling import SamplerSettings
+from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.llama.decoder import Decoder, Job
+from glm4_local.core.llama.door import tokenize
+from glm4_local.core.llama.sampling import SamplerSettings
 
 
 @dataclass(frozen=True)

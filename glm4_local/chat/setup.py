@@ -17,11 +17,11 @@ from glm4_local.chat.options import RuntimeOptions, SamplingOptions
 from glm4_local.chat.runtime import ChatRuntime, Sampling
 from glm4_local.chat.session import Autosave, Conversation
 from glm4_local.chat.template import ChatTemplate
-from glm4_local.core import llama
-from glm4_local.core.decoder import Decoder
-from glm4_local.core.gguf_file import check_model
-from glm4_local.core.gguf_header import GGUFHeader
-from glm4_local.core.model_family import Hyperparams, ModelFamily
+from glm4_local.core.families.family import Hyperparams, ModelFamily
+from glm4_local.core.gguf.checks import check_model
+from glm4_local.core.gguf.header import GGUFHeader
+from glm4_local.core.llama import door
+from glm4_local.core.llama.decoder import Decoder
 
 K = gguf.Keys
 
@@ -66,7 +66,7 @@ def sampling_settings(facts: ModelFacts, options: SamplingOptions) -> ChatSettin
 def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1) -> ChatRuntime:
     """The model and a decoder of `slots` sequences, each with the context the options give."""
     n_ctx = options.context_size(facts.hparams.context_length)
-    model = llama.load_model(facts.path, header=facts.header, n_gpu_layers=options.offloaded_layers(),
+    model = door.load_model(facts.path, header=facts.header, n_gpu_layers=options.offloaded_layers(),
                              use_mmap=options.mmap, use_mlock=options.mlock)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
                       flash_attn=options.flash_attn, type_k=options.cache_type_k, type_v=options.cache_type_v)

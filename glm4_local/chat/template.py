@@ -20,8 +20,8 @@ from typing import Any
 from glm4_local.chat.jinja_render import RenderFailure, render_source
 from glm4_local.chat.template_worker import TemplateWorker
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.families import FAMILIES
-from glm4_local.core.model_family import ModelFamily
+from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.families.registry import FAMILIES
 
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "observation")  # GLM-4's roles, as its template names them

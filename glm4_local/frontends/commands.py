@@ -16,10 +16,10 @@ from glm4_local.chat.session import Autosave, Conversation, load_conversation, r
 from glm4_local.chat.setup import ModelFacts, open_engine
 from glm4_local.chat.template import ChatTemplate, to_glm_messages
 from glm4_local.chat.toolcalls import ToolRunner
-from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.families import FAMILIES
-from glm4_local.core.gguf_file import REPAIR, quick_problems
+from glm4_local.core.families.registry import FAMILIES
+from glm4_local.core.gguf.problems import REPAIR, quick_problems
+from glm4_local.core.llama import door
 from glm4_local.frontends.oneshot import run_oneshot
 
 
@@ -105,4 +105,4 @@ def render_conversation(conversation_path: Path, tools_path: Path | None, model:
     if not tokens:
         return "".join(p.text for p in pieces)
     assert facts is not None
-    return Vocabulary(llama.load(facts.path, header=facts.header, vocab_only=True), facts.family).tokens(pieces)
+    return Vocabulary(door.load(facts.path, header=facts.header, vocab_only=True), facts.family).tokens(pieces)

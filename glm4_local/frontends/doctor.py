@@ -13,9 +13,9 @@ from glm4_local.chat.models import searched
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.session import sessions_dir
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type_for_file_type
-from glm4_local.core import llama
-from glm4_local.core.families import FAMILIES
-from glm4_local.core.model_family import ModelFamily
+from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.families.registry import FAMILIES
+from glm4_local.core.llama import door
 
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
 RUNTIME_OVERHEAD_BYTES = 0.6e9  # compute buffers and the runtime itself
@@ -54,11 +54,11 @@ def memory() -> tuple[int | None, int | None]:
 
 
 def collect() -> Report:
-    info = llama.system_info()
+    info = door.system_info()
     features = sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)})
     backends = [b for b in BACKENDS if re.search(rf"\b{b}\b", info.upper())]
     total, available = memory()
-    return Report(llama.version(), info, llama.gpu_offload_available(), backends, features, total, available,
+    return Report(door.version(), info, door.gpu_offload_available(), backends, features, total, available,
                   os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(Path("models")), searched(),
                   sessions_dir())
 
@@ -75,7 +75,7 @@ def _free_disk(folder: Path) -> int | None:
 
 def fits(budget: int, family: ModelFamily = FAMILIES[0]) -> list[tuple[str, float, int]]:
     """(type, model GB, largest context in tokens that fits `budget` bytes), largest context 0 if none."""
-    f16 = llama.CACHE_TYPES["f16"]
+    f16 = door.CACHE_TYPES["f16"]
     kv_per_token = family.kv_cache_bytes(family.flagship, 1, f16, f16)
     rows = []
     for file_type, bits in family.flagship_bits_per_weight.items():
@@ -88,7 +88,7 @@ def fits(budget: int, family: ModelFamily = FAMILIES[0]) -> list[tuple[str, floa
 
 def reinstall_lines(system: str | None = None) -> dict[str, str]:
     """How to rebuild llama-cpp-python with GPU offload, for the GPUs this operating system has."""
-    base = f'pip install --force-reinstall --no-cache-dir "llama-cpp-python=={llama.version()}"'
+    base = f'pip install --force-reinstall --no-cache-dir "llama-cpp-python=={door.version()}"'
     system = system or platform.system()
     lines = {"CUDA": f'CMAKE_ARGS="-DGGML_CUDA=on" {base}'} if system != "Darwin" else {}
     if system == "Darwin":

@@ -13,9 +13,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from glm4_local.core.progress import Progress as ProgressReport
 
-class RichProgress:
-    """Implements convert's ProgressSink: one bar per phase."""
+
+class RichProgress(ProgressReport):
+    """core.progress.Progress as a rich bar per phase."""
 
     def __init__(self, console: Console) -> None:
         self._progress = Progress(

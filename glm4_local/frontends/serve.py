@@ -15,7 +15,7 @@ from typing import Any
 from glm4_local.chat.options import RuntimeOptions, SamplingOptions
 from glm4_local.chat.setup import ModelFacts, load_runtime, sampling_settings
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.gguf_file import REPAIR, quick_problems
+from glm4_local.core.gguf.problems import REPAIR, quick_problems
 from glm4_local.frontends.commands import size_text
 from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
 from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from glm4_local.chat.runtime import ChatRuntime
-from glm4_local.core.decoder import Job
+from glm4_local.core.llama.decoder import Job
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 from glm4_local.server.replies import Outcome, ReplyAssembler

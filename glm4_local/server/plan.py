@@ -15,8 +15,8 @@ from glm4_local.chat.runtime import ChatRuntime, Sampling
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.chat.template import TemplateRenderError
-from glm4_local.core.llama import tokenize
-from glm4_local.core.sampling import SamplerSettings, grammar_problem
+from glm4_local.core.llama.door import tokenize
+from glm4_local.core.llama.sampling import SamplerSettings, grammar_problem
 from glm4_local.server.protocol import ChatRequest, CompletionRequest, NamedToolChoice, bad_request
 from glm4_local.server.protocol import Sampling as SamplingFields
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.toolcalls import ReplyText, ToolCall, parse_reply
-from glm4_local.core.decoder import Job
+from glm4_local.core.llama.decoder import Job
 from glm4_local.server.plan import Plan
 
 

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from glm4_local.chat.runtime import ChatRuntime
-from glm4_local.core.decoder import Job
-from glm4_local.core.sampling import DecodeError
+from glm4_local.core.llama.decoder import Job
+from glm4_local.core.llama.sampling import DecodeError
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 

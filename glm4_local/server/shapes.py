@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glm4_local.chat.toolcalls import ToolCall
-from glm4_local.core.decoder import Job
+from glm4_local.core.llama.decoder import Job
 
 
 def usage(job: Job) -> dict[str, Any]:

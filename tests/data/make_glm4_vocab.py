@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 
 from glm4_local.convert.vocab import build_vocabulary
-from glm4_local.core.glm4 import GLM4_9B
+from glm4_local.core.families.glm4 import GLM4_9B
 
 OUT = Path(__file__).with_name("glm4-9b-chat-vocab.gguf")
 VOCAB_SIZE = 151552

@@ -13,10 +13,10 @@ from pathlib import Path
 import gguf
 
 from glm4_local.convert.texts import calibration_text, eval_text
-from glm4_local.core import llama
-from glm4_local.core.bpe import vocabulary_ranks
-from glm4_local.core.gguf_header import GGUFHeader
-from glm4_local.core.model_family import ModelFamily
+from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.gguf.bpe import vocabulary_ranks
+from glm4_local.core.gguf.header import GGUFHeader
+from glm4_local.core.llama import door
 
 K = gguf.Keys
 
@@ -63,12 +63,12 @@ def check_tokenizer(path: Path, header: GGUFHeader, family: ModelFamily,
     ranks = ranks_of(header)
     reference = tiktoken.Encoding(f"{family.name}-check", pat_str=family.pre_tokenizer_pattern,
                                   mergeable_ranks=ranks, special_tokens={})
-    llm = llama.load(path, header=header, vocab_only=True)
+    llm = door.load(path, header=header, vocab_only=True)
     texts = check_texts(ranks)
     result = TokenizerCheck()
     for text in _progress(texts, on_progress):
         result.checked += 1
-        if llama.tokenize(llm, text) != reference.encode_ordinary(text):
+        if door.tokenize(llm, text) != reference.encode_ordinary(text):
             result.mismatched.append(text)
     return result
 

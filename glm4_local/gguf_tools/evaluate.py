@@ -14,12 +14,13 @@ from typing import Any
 import gguf
 import numpy as np
 
-from glm4_local.convert.pipeline import ProgressSink
 from glm4_local.convert.texts import eval_text
-from glm4_local.core import llama
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.gguf_file import check_model
-from glm4_local.core.gguf_header import GGUFHeader
+from glm4_local.core.gguf.checks import check_model
+from glm4_local.core.gguf.header import GGUFHeader
+from glm4_local.core.llama import door
+from glm4_local.core.progress import Progress
+from glm4_local.gguf_tools.divergence import kl_per_position, log_softmax, top1_matches
 
 K = gguf.Keys
 _CHUNK_POSITIONS = 64  # positions compared at once: bounds memory for a 151,552-token vocabulary
@@ -42,12 +43,6 @@ class EvalReport:
                 "tokens": self.tokens, "delta_p": self.delta_p}
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 @dataclass
 class _Scores:
     """Per-position numbers, gathered window by window."""
@@ -59,10 +54,10 @@ class _Scores:
     delta_p: list[np.ndarray]
 
     def add(self, model: np.ndarray, reference: np.ndarray, targets: np.ndarray) -> None:
-        log_q, log_p = _log_softmax(model), _log_softmax(reference)
+        log_q, log_p = log_softmax(model), log_softmax(reference)
         rows = np.arange(len(targets))
-        self.kl.append(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1))
-        self.top1.append(model.argmax(-1) == reference.argmax(-1))
+        self.kl.append(kl_per_position(log_p, log_q))
+        self.top1.append(top1_matches(reference, model))
         self.nll.append(-log_q[rows, targets])
         self.ref_nll.append(-log_p[rows, targets])
         self.delta_p.append(np.exp(log_q[rows, targets]) - np.exp(log_p[rows, targets]))
@@ -93,23 +88,23 @@ def _checked_pair(model: Path, reference: Path) -> tuple[GGUFHeader, GGUFHeader]
 
 
 def evaluate(model: Path, reference: Path, text: str | None = None, ctx: int = 512, threads: int | None = None,
-             progress: ProgressSink | None = None) -> EvalReport:
+             progress: Progress | None = None) -> EvalReport:
     """Compare `model` with `reference` on `text` (default: the built-in bilingual text)."""
     if ctx < 2:
         raise Glm4LocalError(f"a window of {ctx} tokens has nothing to score (at least 2)")
     model_header, reference_header = _checked_pair(model, reference)
-    sink = progress or ProgressSink()
-    ref_llm = llama.load(reference, header=reference_header, n_ctx=ctx, logits_all=True, n_threads=threads)
-    model_llm = llama.load(model, header=model_header, n_ctx=ctx, logits_all=True, n_threads=threads)
-    tokens = llama.tokenize(ref_llm, text if text is not None else eval_text())
+    sink = progress or Progress()
+    ref_llm = door.load(reference, header=reference_header, n_ctx=ctx, logits_all=True, n_threads=threads)
+    model_llm = door.load(model, header=model_header, n_ctx=ctx, logits_all=True, n_threads=threads)
+    tokens = door.tokenize(ref_llm, text if text is not None else eval_text())
     chunks = windows(tokens, ctx)
     if not chunks:
         raise Glm4LocalError("the text is too short to evaluate (it needs at least 2 tokens)")
     scores = _Scores([], [], [], [], [])
     sink.start("Evaluating", sum(len(w) - 1 for w in chunks), 0)
     for window in chunks:
-        reference_logits = llama.all_logits(ref_llm, window)
-        model_logits = llama.all_logits(model_llm, window)
+        reference_logits = door.all_logits(ref_llm, window)
+        model_logits = door.all_logits(model_llm, window)
         for start in range(0, len(window) - 1, _CHUNK_POSITIONS):
             end = min(start + _CHUNK_POSITIONS, len(window) - 1)
             targets = np.asarray(window[start + 1 : end + 1])

@@ -22,7 +22,7 @@ from typing import Any
 
 import gguf
 
-from glm4_local.core.sampling import DecodeError, Sampler, SamplerSettings
+from glm4_local.core.llama.sampling import DecodeError, Sampler, SamplerSettings
 
 
 @dataclass(eq=False)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import gguf
 
-from glm4_local.convert.pipeline import ProgressSink
-from glm4_local.convert.rewrite import Field, fields_of, rewrite_gguf
-from glm4_local.convert.tokenizer_check import TokenizerCheck, check_tokenizer, ranks_of
 from glm4_local.core.atomic import atomic_output, check_writable_target
-from glm4_local.core.bpe import bpe_merges
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
-from glm4_local.core.gguf_file import check_model
-from glm4_local.core.gguf_header import GGUFHeader
+from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.gguf.bpe import bpe_merges
+from glm4_local.core.gguf.checks import check_model
+from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.jsonfile import read_text
-from glm4_local.core.model_family import ModelFamily
+from glm4_local.core.progress import Progress
+from glm4_local.gguf_tools.rewrite import Field, fields_of, rewrite_gguf
+from glm4_local.gguf_tools.tokenizer_check import TokenizerCheck, check_tokenizer, ranks_of
 
 K = gguf.Keys
 V = gguf.GGUFValueType
@@ -108,9 +108,9 @@ def default_output(source: Path) -> Path:
 
 
 def repair(source: Path, output: Path | None = None, force: bool = False, template_path: Path | None = None,
-           progress: ProgressSink | None = None) -> RepairReport:
+           progress: Progress | None = None) -> RepairReport:
     """Write a repaired copy of `source` (atomically), or nothing when it is already right."""
-    sink = progress or ProgressSink()
+    sink = progress or Progress()
     header, family = check_model(source)
     template = read_text(template_path) if template_path else None
     if template is not None and not template.strip():
@@ -129,7 +129,7 @@ def repair(source: Path, output: Path | None = None, force: bool = False, templa
     return RepairReport(source, path, changes, _check(path, repaired, family, sink))
 
 
-def _check(path: Path, header: GGUFHeader, family: ModelFamily, sink: ProgressSink) -> TokenizerCheck:
+def _check(path: Path, header: GGUFHeader, family: ModelFamily, sink: Progress) -> TokenizerCheck:
     done = 0
 
     def on_progress(checked: int, total: int) -> None:

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from glm4_local.core.errors import CheckpointError, GGUFFileError
-from glm4_local.core.glm4 import GLM4_9B
-from glm4_local.core.model_family import ModelFamily
+from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.families.glm4 import GLM4_9B
 
 FAMILIES: tuple[ModelFamily, ...] = (GLM4_9B,)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import gguf
 import numpy as np
 
-from glm4_local.core.gguf_header import GGUFHeader
+from glm4_local.core.gguf.header import GGUFHeader
+from glm4_local.core.gguf.writing import pad_to_alignment, write_header
+from glm4_local.core.progress import Progress
 
 K = gguf.Keys
 CHUNK_BYTES = 16 * 1024 * 1024
@@ -27,10 +29,6 @@ class Field:
     value: Any
     type: gguf.GGUFValueType
     item_type: gguf.GGUFValueType | None = None
-
-
-class Progress(Protocol):
-    def advance(self, nbytes: int) -> None: ...
 
 
 def fields_of(header: GGUFHeader) -> dict[str, Field]:
@@ -60,16 +58,6 @@ def rewrite_gguf(source: Path, header: GGUFHeader, dest: Path, fields: Mapping[s
         pad_to_alignment(out, writer.data_alignment)
 
 
-def write_header(writer: gguf.GGUFWriter) -> None:
-    """Metadata and tensor table, then close: tensor data is appended by the caller, block by block."""
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-    finally:
-        writer.close()
-
-
 def _copy_range(src: BinaryIO, out: BinaryIO, start: int, length: int, progress: Progress | None) -> None:
     src.seek(start)
     left = length
@@ -81,9 +69,3 @@ def _copy_range(src: BinaryIO, out: BinaryIO, start: int, length: int, progress:
         left -= len(chunk)
         if progress:
             progress.advance(len(chunk))
-
-
-def pad_to_alignment(out: BinaryIO, alignment: int) -> None:
-    """Zeros up to the next multiple of `alignment`, where GGUF tensor data starts and ends."""
-    position = out.tell()
-    out.write(bytes(gguf.GGUFWriter.ggml_pad(position, alignment) - position))

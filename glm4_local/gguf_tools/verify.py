@@ -11,8 +11,9 @@ import numpy as np
 from glm4_local.convert.outtypes import Limits, out_type_for_file_type
 from glm4_local.convert.pipeline import load_checkpoint
 from glm4_local.convert.reference import ReferenceModel
-from glm4_local.core import llama
-from glm4_local.core.gguf_file import check_model
+from glm4_local.core.gguf.checks import check_model
+from glm4_local.core.llama import door
+from glm4_local.gguf_tools.divergence import kl_per_position, log_softmax, top1_matches
 
 
 @dataclass(frozen=True)
@@ -30,18 +31,12 @@ class VerifyReport:
                 and self.mean_kl <= self.limits.max_mean_kl)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def compare(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float, float]:
     """(max |logit difference|, top-1 agreement, mean KL(reference || candidate)) over positions."""
     max_abs = float(np.max(np.abs(reference - candidate)))
-    top1 = float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
-    log_p, log_q = _log_softmax(reference), _log_softmax(candidate)
-    kl = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+    top1 = float(np.mean(top1_matches(reference, candidate)))
+    log_p, log_q = log_softmax(reference), log_softmax(candidate)
+    kl = float(np.mean(kl_per_position(log_p, log_q)))
     return max_abs, top1, kl
 
 
@@ -58,11 +53,11 @@ def verify(gguf_path: Path, source: str, prompts: tuple[str, ...] | None = None)
     kind = out_type_for_file_type(header.get(gguf.Keys.General.FILE_TYPE))
     checkpoint = load_checkpoint(source)
     reference = ReferenceModel(checkpoint.family, checkpoint.spec, checkpoint.tensors, checkpoint.plan)
-    llm = llama.load(gguf_path, header=header, n_ctx=512, logits_all=True, exact_cache=True)
+    llm = door.load(gguf_path, header=header, n_ctx=512, logits_all=True, exact_cache=True)
     refs, cands = [], []
     for prompt in prompts or checkpoint.family.probe_prompts:
-        tokens = llama.tokenize(llm, prompt, special=True)
-        cands.append(llama.all_logits(llm, tokens))
+        tokens = door.tokenize(llm, prompt, special=True)
+        cands.append(door.all_logits(llm, tokens))
         refs.append(reference.logits(tokens))
     max_abs, top1, kl = compare(np.concatenate(refs), np.concatenate(cands))
     return VerifyReport(kind.label, sum(len(r) for r in refs), max_abs, top1, kl, kind.limits)

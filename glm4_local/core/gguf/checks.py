@@ -7,13 +7,15 @@ The tokenizer arrays, the special-token ids, every hyper-parameter (through the 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gguf
 
 from glm4_local.core.errors import GGUFFileError
-from glm4_local.core.gguf_header import GGUFHeader
-from glm4_local.core.model_family import ModelFamily, ModelSpec
+from glm4_local.core.families.family import ModelFamily, ModelSpec
+from glm4_local.core.families.registry import require_family
+from glm4_local.core.gguf.header import GGUFHeader, read_gguf_header
 
 K = gguf.Keys
 SPECIAL_ID_KEYS = (K.Tokenizer.BOS_ID, K.Tokenizer.EOS_ID, K.Tokenizer.EOT_ID, K.Tokenizer.EOM_ID,
@@ -99,3 +101,36 @@ def check_header(header: GGUFHeader, family: ModelFamily, where: str) -> ModelSp
     spec = family.spec_from_gguf(header, where)
     check_tensors(header, family, spec, where)
     return spec
+
+
+def open_gguf(path: Path) -> GGUFHeader:
+    """A parsed GGUF header; GGUFFileError (naming the file) for anything unreadable or truncated."""
+    if not path.is_file():
+        raise GGUFFileError(f"{path}: no such file")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise GGUFFileError(f"{path}: cannot read ({e.strerror})") from e
+    if magic != b"GGUF":
+        raise GGUFFileError(f"{path}: not a GGUF file")
+    try:
+        reader = read_gguf_header(path)
+    except ValueError as e:
+        raise GGUFFileError(f"{path}: corrupt or truncated GGUF ({e})") from e
+    except OSError as e:
+        raise GGUFFileError(f"{path}: cannot read ({e.strerror or e})") from e
+    size = path.stat().st_size
+    for tensor in reader.tensors:
+        if tensor.offset + tensor.n_bytes > size:
+            raise GGUFFileError(f"{path}: truncated GGUF (tensor {tensor.name} ends past the end of the file)")
+    return reader
+
+
+def check_model(path: Path) -> tuple[GGUFHeader, ModelFamily]:
+    """The header of a GGUF of a family glm4-local runs, and that family, once everything llama.cpp
+    would assert on has been checked; GGUFFileError otherwise."""
+    header = open_gguf(path)
+    family = require_family(header.get(K.General.ARCHITECTURE), str(path))
+    check_header(header, family, str(path))
+    return header, family

@@ -16,8 +16,7 @@ import gguf
 import numpy as np
 
 from glm4_local.core.errors import CheckpointError, GGUFFileError
-from glm4_local.core.glm4_templates import GLM4_CHAT_1M_TEMPLATE, GLM4_CHAT_TEMPLATE
-from glm4_local.core.model_family import (
+from glm4_local.core.families.family import (
     Hyperparams,
     ModelFamily,
     ModelSpec,
@@ -32,6 +31,7 @@ from glm4_local.core.model_family import (
     positive_number,
     whole_number,
 )
+from glm4_local.core.families.glm4_templates import GLM4_CHAT_1M_TEMPLATE, GLM4_CHAT_TEMPLATE
 
 T = gguf.MODEL_TENSOR
 F = gguf.LlamaFileType
