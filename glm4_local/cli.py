@@ -16,7 +16,7 @@ from rich.console import Console
 
 from glm4_local import cli_options as o
 from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX, RuntimeOptions
-from glm4_local.chat.toolcalls import DEFAULT_TOOL_TIMEOUT
+from glm4_local.chat.tool_exec import DEFAULT_TOOL_TIMEOUT
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
 from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
 
@@ -315,7 +315,7 @@ def chat(
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
     from glm4_local.chat.options import SamplingOptions
-    from glm4_local.chat.toolcalls import ToolRunner
+    from glm4_local.chat.tool_exec import ToolRunner
     from glm4_local.frontends.commands import start_chat
 
     runtime_options = runtime_options_of(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,

@@ -14,9 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 import factory
-from glm4_local.chat.template import ChatTemplate, to_glm_messages
+from glm4_local.chat.template import ChatTemplate
 from glm4_local.cli import app
 from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.families.glm4_replies import to_glm_messages
 
 runner = CliRunner()
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up <|user|> weather",

@@ -24,10 +24,12 @@ import gguf
 import pytest
 
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
-from glm4_local.chat.template import ChatTemplate, to_glm_messages
-from glm4_local.chat.toolcalls import ToolCall, run_tool
+from glm4_local.chat.template import ChatTemplate
+from glm4_local.chat.tool_exec import run_tool
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.families.glm4_replies import to_glm_messages
+from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.gguf.header import read_gguf_header
 
 V = gguf.GGUFValueType

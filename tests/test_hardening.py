@@ -24,8 +24,9 @@ from test_errors import SLOW_CONVERT
 import factory
 from glm4_local.chat.schema import SchemaError, check_messages
 from glm4_local.chat.session import load_conversation, save_json
-from glm4_local.chat.toolcalls import ToolCall, run_tool
+from glm4_local.chat.tool_exec import run_tool
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.llama import door
 
 K, V = gguf.Keys, gguf.GGUFValueType

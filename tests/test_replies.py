@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from glm4_local.chat.toolcalls import ReplyText
+from glm4_local.core.families.glm4_replies import ReplyText
 from glm4_local.server.replies import StopScanner
 
 TOOLS = [{"type": "function", "function": {"name": "lookup"}}]

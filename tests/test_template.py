@@ -10,20 +10,21 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 import factory
-from glm4_local.chat.template import ChatTemplate, to_glm_messages
-from glm4_local.chat.toolcalls import parse_reply
+from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.families.glm4_replies import parse_reply, to_glm_messages
 
 GLM4_CHAT_TEMPLATE = GLM4_9B.published_template
 MARKUP_TOKENS = GLM4_9B.markup_tokens
+TOOL_TYPES = GLM4_9B.replies.tool_types
 
 
 def render_text(template: str, messages: list, add_generation_prompt: bool = True) -> str:
-    return ChatTemplate(template, MARKUP_TOKENS).text(messages, add_generation_prompt)
+    return ChatTemplate(template, MARKUP_TOKENS, tool_types=TOOL_TYPES).text(messages, add_generation_prompt)
 
 
 def render_pieces(template: str, messages: list) -> list:
-    return ChatTemplate(template, MARKUP_TOKENS).pieces(messages)
+    return ChatTemplate(template, MARKUP_TOKENS, tool_types=TOOL_TYPES).pieces(messages)
 
 PUBLISHED = {
     name: json.loads((factory.REFERENCE.parent / name / "tokenizer_config.json").read_text())["chat_template"]

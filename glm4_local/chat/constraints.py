@@ -1,7 +1,7 @@
-"""Grammars that hold a GLM-4 reply to a shape: a JSON answer, or a call of one of the given functions.
+"""Grammars that hold a reply to a shape: a JSON answer, or a call of one of the given functions.
 
-A GLM-4 reply is `{metadata}\\n{content}`: an answer has empty metadata, a call has the function's
-name there and its JSON arguments as content. The JSON rules come from llama.cpp's own converter.
+The JSON rules come from llama.cpp's own converter; the family's reply format frames them (for
+GLM-4-9B: an empty metadata line before an answer, the function's name line before a call).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.replies import ReplyFormat
 from glm4_local.core.llama.door import json_schema_grammar
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -33,14 +34,10 @@ def _rules(schemas: dict[str, Any], what: str) -> str:
         raise ConstraintError(f"{what}: cannot follow this JSON schema ({e})") from None
 
 
-def _literal(text: str) -> str:
-    return json.dumps(text)  # a GBNF string literal escapes as JSON does
-
-
-def answer_grammar(schema: Mapping[str, Any] | None) -> str:
-    """An answer (empty metadata line) whose content is JSON: any object, or one matching `schema`."""
+def answer_grammar(replies: ReplyFormat, schema: Mapping[str, Any] | None) -> str:
+    """An answer whose content is JSON: any object, or one matching `schema`."""
     rules = _rules({"answer": dict(schema) if schema is not None else ANY_OBJECT}, "response_format")
-    return f'root ::= "\\n" answer\n{rules}\n'
+    return f"{replies.answer_grammar('answer')}\n{rules}\n"
 
 
 def _parameters(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,8 +49,8 @@ def function_tools(tools: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
     return [t for t in tools if t.get("type") == "function"]
 
 
-def call_grammar(tools: Sequence[Mapping[str, Any]], named: str | None = None) -> str:
-    """A call of one of `tools` (name line, then arguments matching its schema).
+def call_grammar(replies: ReplyFormat, tools: Sequence[Mapping[str, Any]], named: str | None = None) -> str:
+    """A call of one of `tools`, its arguments matching the function's schema.
 
     `named`: the call's name is already in the prompt (prefilled), so only its arguments follow.
     """
@@ -64,7 +61,5 @@ def call_grammar(tools: Sequence[Mapping[str, Any]], named: str | None = None) -
         raise ConstraintError("tool_choice: no function tool to call")
     schemas = {f"call{i}": _parameters(t) for i, t in enumerate(functions)}
     rules = _rules(schemas, "tools")
-    if named is not None:
-        return f"root ::= call0\n{rules}\n"
-    choices = " | ".join(f"{_literal(t['function']['name'] + chr(10))} call{i}" for i, t in enumerate(functions))
-    return f"root ::= {choices}\n{rules}\n"
+    calls = {t["function"]["name"]: f"call{i}" for i, t in enumerate(functions)}
+    return f"{replies.call_grammar(calls, named is not None)}\n{rules}\n"

@@ -9,8 +9,8 @@ from typing import Any
 from glm4_local.chat.runtime import ChatRuntime, Generation, Sampling, Timings
 from glm4_local.chat.session import Autosave, Conversation, Message, turns
 from glm4_local.chat.template import ChatTemplate
-from glm4_local.chat.toolcalls import Reply, ReplyText, may_be_call, parse_reply
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.replies import Reply
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Turn:
         Text before the first newline is metadata (a tool name, or empty for an answer); a tool call
         is shown when complete, so only an answer's content streams.
         """
-        reply = ReplyText(self.engine.conversation.tools)
+        reply = self.engine.runtime.family.replies.stream(self.engine.conversation.tools)
         for chunk in self.generation.chunks:
             self.generated.append(chunk)
             shown = reply.feed(chunk)
@@ -59,7 +59,8 @@ class Turn:
             yield rest
 
     def finish(self, interrupted: bool = False) -> TurnResult:
-        return self.engine._record(self, interrupted)
+        """Record the reply in the conversation (a call only if the model ended it as one)."""
+        return self.engine.record(self, interrupted)
 
 
 class ChatEngine:
@@ -190,19 +191,12 @@ class ChatEngine:
                         f"({self.dropped_turns} in all); the system prompt and tools are kept")
         return tokens, newly_dropped
 
-    def _record(self, turn: Turn, interrupted: bool) -> TurnResult:
-        generated = "".join(turn.generated)
-        reply = parse_reply(generated, self.conversation.tools)
+    def record(self, turn: Turn, interrupted: bool) -> TurnResult:
+        """Add a finished (or interrupted) turn's reply to the conversation; see Turn.finish."""
         stopped_by = turn.generation.stopped_by
-        metadata, newline, content = generated.partition("\n")
-        if reply.tool_call and not interrupted and stopped_by == self.runtime.family.call_end_token:
-            message: dict[str, Any] = reply.tool_call.as_message()
-        elif newline and metadata.strip() and may_be_call(metadata, self.conversation.tools):
-            # a malformed or cut-off call: kept verbatim as the model wrote it, shown as text
-            message = {"role": "assistant", "metadata": metadata, "content": content}
-            reply = Reply(generated, None, reply.problem or "the model's tool call was cut off")
-        else:
-            message = {"role": "assistant", "content": content if newline and not metadata.strip() else generated}
+        call_ended = not interrupted and stopped_by == self.runtime.family.call_end_token
+        reply = self.runtime.family.replies.finish("".join(turn.generated), self.conversation.tools, call_ended)
+        message = reply.as_message()
         if interrupted:
             message["interrupted"] = True
         self.conversation.messages.append(message)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from glm4_local.chat.template import ChatTemplate, Piece, merged_text, to_glm_messages
+from glm4_local.chat.template import ChatTemplate, Piece, merged_text
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.llama.decoder import Decoder, Job
@@ -87,7 +87,7 @@ class Vocabulary:
                tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
         """The tokens of OpenAI-style messages (and tools) as the model's template renders them, ready
         for the assistant's reply: the one prompt path of chat, render and serve."""
-        return self.tokens(template.pieces(to_glm_messages(messages, tools), add_generation_prompt=True))
+        return self.tokens(template.pieces(self.family.replies.template_messages(messages, tools)))
 
     def tokens(self, pieces: Sequence[Piece]) -> list[int]:
         """Markup pieces become their special token; text between them is tokenized as plain text."""

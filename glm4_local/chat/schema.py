@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from glm4_local.chat.template import TOOL_TYPES
-from glm4_local.chat.toolcalls import CALL_NAME
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.jsonfile import read_json
 
 Message = dict[str, Any]
 ROLES = ("system", "user", "assistant", "tool", "observation")
+# tool types some family's template lists (function and built-in tools)
+TOOL_TYPES = tuple(dict.fromkeys(t for f in FAMILIES for t in f.replies.tool_types))
 MAX_DEPTH = 64
 
 
@@ -117,7 +118,7 @@ def check_tools(tools: Any, where: str) -> list[dict[str, Any]]:
         function = tool.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
             raise SchemaError(f"{here} needs a \"function\" object with a \"name\"")
-        if not CALL_NAME.fullmatch(function["name"]):
+        if not all(f.replies.valid_function_name(function["name"]) for f in FAMILIES):
             raise SchemaError(f"{here}: function name {function['name']!r} must be letters, digits, _ . - "
                               "(up to 64, not starting with a digit)")
         for key, kind in (("description", str), ("parameters", dict)):

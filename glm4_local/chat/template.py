@@ -1,4 +1,4 @@
-"""Prompts: OpenAI-style messages -> GLM-4 messages -> the model's own Jinja template.
+"""Prompts: the family's messages (see its reply format) -> the model's own Jinja template.
 
 The prompt is rendered by the model's chat template itself (from the GGUF), exactly as transformers
 renders it, so its bytes match the real thing for every model variant. Message contents and metadata
@@ -37,31 +37,6 @@ class Piece:
     special: bool  # True: template markup to become one special token
 
 
-def to_glm_messages(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
-                    ) -> list[Message]:
-    """OpenAI-style messages (and tools) to GLM-4's message form.
-
-    Tools become a first system message with empty content that carries them; an assistant tool call
-    becomes metadata = function name, content = arguments verbatim; a tool message becomes an
-    observation. Everything else passes through unchanged.
-    """
-    out: list[Message] = [{"role": "system", "content": "", "tools": list(tools)}] if tools else []
-    for message in messages:
-        role = message.get("role")
-        if role == "tool":
-            out.append({"role": "observation", "content": message.get("content")})
-        elif role == "assistant" and message.get("tool_calls"):
-            if message.get("content"):
-                out.append({"role": "assistant", "content": message["content"]})
-            for call in message["tool_calls"]:
-                function = call.get("function", {})
-                out.append({"role": "assistant", "metadata": function.get("name", ""),
-                            "content": function.get("arguments", "")})
-        else:
-            out.append(dict(message))
-    return out
-
-
 _WORKER = TemplateWorker()
 
 
@@ -80,13 +55,16 @@ class ChatTemplate:
     source: str
     markup: tuple[str, ...]
     origin: str = "the chat template"  # how messages name it, e.g. "the chat template of x.gguf"
+    tool_types: tuple[str, ...] = ()  # tool types the template branches on (kept as they are)
 
     @classmethod
     def of(cls, family: ModelFamily, source: str | None = None, origin: str | None = None) -> ChatTemplate:
         """`source` (a GGUF's own template), else the family's published one."""
+        types = family.replies.tool_types
         if source:
-            return cls(source, family.markup_tokens, origin or "the model's chat template")
-        return cls(family.published_template, family.markup_tokens, f"{family.name}'s published chat template")
+            return cls(source, family.markup_tokens, origin or "the model's chat template", types)
+        return cls(family.published_template, family.markup_tokens, f"{family.name}'s published chat template",
+                   types)
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         try:
@@ -103,7 +81,7 @@ class ChatTemplate:
     def pieces(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[Piece]:
         """The prompt as pieces: template markup (special) and text, in order."""
         markers = _Markers(self.markup)
-        guarded = [_guard_message(m, markers) for m in messages]
+        guarded = [_guard_message(m, markers, self.tool_types) for m in messages]
         rendered = self._render(guarded, add_generation_prompt)
         if not rendered.strip():
             raise TemplateRenderError(f"{self.origin} rendered an empty prompt for this conversation")
@@ -153,29 +131,28 @@ class _Markers:
 # Keys a template reads by name, so they stay as they are; their values are still protected.
 _TOOL_KEYS = frozenset({"type", "function"})
 _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
-TOOL_TYPES = ("function", "python", "simple_browser", "cogview")  # GLM-4's template knows these
 
 
-def _guard_message(message: Mapping[str, Any], markers: _Markers) -> dict[str, Any]:
+def _guard_message(message: Mapping[str, Any], markers: _Markers, tool_types: tuple[str, ...]) -> dict[str, Any]:
     """A message with everything but its role (which the template branches on) made into data."""
     guarded: dict[str, Any] = {}
     for key, value in message.items():
         if key == "role" and value in ROLES:
             guarded[key] = value
         elif key == "tools" and isinstance(value, list):
-            guarded[key] = [_protect_tool(t, markers) for t in value]
+            guarded[key] = [_protect_tool(t, markers, tool_types) for t in value]
         else:
             guarded[key] = markers.protect_all(value)
     return guarded
 
 
-def _protect_tool(tool: Any, markers: _Markers) -> Any:
+def _protect_tool(tool: Any, markers: _Markers, tool_types: tuple[str, ...]) -> Any:
     """A tool with every string made into data, except its type and the key names templates read."""
     if not isinstance(tool, dict):
         return markers.protect_all(tool)
     guarded: dict[Any, Any] = {}
     for key, value in tool.items():
-        if key == "type" and value in TOOL_TYPES:
+        if key == "type" and value in tool_types:
             guarded[key] = value
         elif key == "function" and isinstance(value, dict):
             guarded[key] = {(k if k in _FUNCTION_KEYS else markers.protect(k)): markers.protect_all(v)

@@ -14,8 +14,8 @@ from glm4_local.chat.runtime import Vocabulary
 from glm4_local.chat.schema import load_tools
 from glm4_local.chat.session import Autosave, Conversation, load_conversation, resume_latest
 from glm4_local.chat.setup import ModelFacts, open_engine
-from glm4_local.chat.template import ChatTemplate, to_glm_messages
-from glm4_local.chat.toolcalls import ToolRunner
+from glm4_local.chat.template import ChatTemplate
+from glm4_local.chat.tool_exec import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.gguf.problems import REPAIR, quick_problems
@@ -100,8 +100,9 @@ def render_conversation(conversation_path: Path, tools_path: Path | None, model:
         raise Glm4LocalError("token ids need a model (they come from the model's vocabulary)")
     facts = ModelFacts.read(resolve_model(model)) if model is not None else None
     # without a model: the published template of the first (flagship) family
-    template = facts.template if facts else ChatTemplate.of(FAMILIES[0])
-    pieces = template.pieces(to_glm_messages(conversation.messages, tools), add_generation_prompt=True)
+    family = facts.family if facts else FAMILIES[0]
+    template = facts.template if facts else ChatTemplate.of(family)
+    pieces = template.pieces(family.replies.template_messages(conversation.messages, tools))
     if not tokens:
         return "".join(p.text for p in pieces)
     assert facts is not None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
-from glm4_local.chat.toolcalls import ToolRunner
+from glm4_local.chat.tool_exec import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
 
 MAX_TOOL_ROUNDS = 8

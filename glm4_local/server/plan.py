@@ -15,6 +15,7 @@ from glm4_local.chat.runtime import ChatRuntime, Sampling
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.chat.template import TemplateRenderError
+from glm4_local.core.families.replies import ReplyFormat
 from glm4_local.core.llama.door import tokenize
 from glm4_local.core.llama.sampling import SamplerSettings, grammar_problem
 from glm4_local.server.protocol import ChatRequest, CompletionRequest, NamedToolChoice, bad_request
@@ -61,7 +62,8 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
     return check_messages(renamed, "messages")
 
 
-def _constraint(request: ChatRequest, tools: list[dict[str, Any]] | None) -> tuple[str | None, str, bool]:
+def _constraint(request: ChatRequest, tools: list[dict[str, Any]] | None, replies: ReplyFormat
+                ) -> tuple[str | None, str, bool]:
     """(grammar, prefilled reply text, whether the reply must be a call) for tool_choice/response_format."""
     choice = request.tool_choice
     if isinstance(choice, NamedToolChoice):
@@ -69,19 +71,20 @@ def _constraint(request: ChatRequest, tools: list[dict[str, Any]] | None) -> tup
         if choice.function.name not in names:
             raise bad_request(f"tool_choice names {choice.function.name!r}, which is not among the tools",
                               "tool_choice")
-        return call_grammar(tools or [], named=choice.function.name), choice.function.name + "\n", True
+        name = choice.function.name
+        return call_grammar(replies, tools or [], named=name), replies.call_prefix(name), True
     if choice == "required":
         if not tools:
             raise bad_request("tool_choice 'required' needs tools", "tool_choice")
-        return call_grammar(tools), "", True
+        return call_grammar(replies, tools), "", True
     form = request.response_format
     if form is None or form.type == "text":
         return None, "", False
     if form.type == "json_object":
-        return answer_grammar(None), "", False
+        return answer_grammar(replies, None), "", False
     if form.json_schema is None or form.json_schema.schema_ is None:
         raise bad_request("response_format: json_schema needs a \"schema\"", "response_format")
-    return answer_grammar(form.json_schema.schema_), "", False
+    return answer_grammar(replies, form.json_schema.schema_), "", False
 
 
 def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, defaults: Sampling) -> Plan:
@@ -92,7 +95,7 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
         tools = check_tools(request.tools, "tools") if request.tools else None
         if request.tool_choice == "none":
             tools = None  # not offered, so never called
-        grammar, prefix, forced = _constraint(request, tools)
+        grammar, prefix, forced = _constraint(request, tools, runtime.family.replies)
         if grammar is not None and (problem := grammar_problem(runtime.model.vocab, grammar)):
             raise ConstraintError(f"{'tools' if forced else 'response_format'}: {problem}")
         prompt = runtime.prompt(facts.template, messages, tools)

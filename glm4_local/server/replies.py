@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from glm4_local.chat.runtime import ChatRuntime
-from glm4_local.chat.toolcalls import ReplyText, ToolCall, parse_reply
+from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.llama.decoder import Job
 from glm4_local.server.plan import Plan
 
@@ -56,9 +56,10 @@ class ReplyAssembler:
     def __init__(self, plan: Plan, runtime: ChatRuntime) -> None:
         self.plan = plan
         self.text_of = runtime.detokenizer()
+        self.format = runtime.family.replies
         self.call_end = runtime.special_ids.get(runtime.family.call_end_token)
         self.text = plan.prefix  # the whole reply as generated, for parsing
-        self.reply = None if plan.raw else ReplyText(plan.tools, plan.prefix)
+        self.reply = None if plan.raw else self.format.stream(plan.tools, plan.prefix)
         self.stops = StopScanner(plan.stop_strings)
 
     @property
@@ -86,8 +87,5 @@ class ReplyAssembler:
         return Outcome(tail, None, reason)
 
     def _accepted_call(self, job: Job) -> ToolCall | None:
-        if job.finish != "stop":
-            return None
-        if job.stop_token != self.call_end and not self.plan.forced_call:
-            return None
-        return parse_reply(self.text, self.plan.tools).tool_call
+        call_ended = job.finish == "stop" and (job.stop_token == self.call_end or self.plan.forced_call)
+        return self.format.finish(self.text, self.plan.tools, call_ended).tool_call

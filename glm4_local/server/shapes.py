@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from glm4_local.chat.toolcalls import ToolCall
+from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.llama.decoder import Job
 
 

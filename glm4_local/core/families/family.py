@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 
 from glm4_local.core.errors import CheckpointError, GGUFFileError, Glm4LocalError
+from glm4_local.core.families.replies import ReplyFormat
 
 K = gguf.Keys
 Shape = tuple[int, ...]
@@ -155,6 +156,7 @@ class ModelFamily:
     stop_tokens: tuple[str, ...]  # generation ends on any of these; none is shown
     markup_tokens: tuple[str, ...]  # the special tokens the chat template writes
     call_end_token: str  # the stop token that ends a tool call (the caller's result comes next)
+    replies: ReplyFormat  # how replies are read and calls and results written back
     # chat: the published templates by model name, the first the default; used when a GGUF carries
     # none, and by `render` without a model
     published_templates: Mapping[str, str]

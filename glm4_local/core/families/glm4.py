@@ -31,6 +31,7 @@ from glm4_local.core.families.family import (
     positive_number,
     whole_number,
 )
+from glm4_local.core.families.glm4_replies import GLM4_REPLIES
 from glm4_local.core.families.glm4_templates import GLM4_CHAT_1M_TEMPLATE, GLM4_CHAT_TEMPLATE
 
 T = gguf.MODEL_TENSOR
@@ -354,6 +355,7 @@ GLM4_9B = ModelFamily(
     stop_tokens=("<|endoftext|>", "<|user|>", "<|observation|>"),
     markup_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
     call_end_token="<|observation|>",
+    replies=GLM4_REPLIES,
     published_templates={"glm-4-9b-chat": GLM4_CHAT_TEMPLATE, "glm-4-9b-chat-1m": GLM4_CHAT_1M_TEMPLATE},
     long_context=(131072, "glm-4-9b-chat-1m"),
     default_temperature=0.8,

@@ -1,120 +1,20 @@
-"""Function calling: telling a GLM-4 tool call from a plain reply, and running a tool.
-
-After <|assistant|> GLM-4 writes `{metadata}\\n{content}`. A plain answer has empty metadata; a tool
-call has the function name as metadata and its JSON arguments as content.
-"""
+"""Running the user's tool program (`--tool-exec`) for a function call, bounded in time and output."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from glm4_local.core.errors import Glm4LocalError
-
-CALL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: str  # the model's JSON text, verbatim
-
-    def as_message(self) -> dict[str, Any]:
-        """The OpenAI-style assistant message that records this call in the conversation."""
-        call = {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                "function": {"name": self.name, "arguments": self.arguments}}
-        return {"role": "assistant", "content": None, "tool_calls": [call]}
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What the model answered: text (possibly a malformed call, shown as text) or a valid call."""
-
-    text: str
-    tool_call: ToolCall | None = None
-    problem: str | None = None  # why a call-looking reply was not accepted
-
-
-def tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
-    return {t["function"]["name"] if t.get("type") == "function" else str(t.get("type")) for t in tools}
-
-
-def may_be_call(first_line: str, tools: Sequence[Mapping[str, Any]] | None) -> bool:
-    """Whether a reply's first line could name a function (else it is just the first line of text).
-
-    Without tools GLM-4 has nothing to call, so its replies are text whatever their first line.
-    """
-    return bool(tools) and bool(CALL_NAME.fullmatch(first_line.strip()))
-
-
-class ReplyText:
-    """A GLM-4 reply as it streams: what to show of it now. The metadata line is never shown; an
-    answer's content streams; a reply whose first line may name a function is held back whole (a
-    call, or a malformed one shown as text once finished)."""
-
-    def __init__(self, tools: Sequence[Mapping[str, Any]] | None, prefix: str = "") -> None:
-        self.tools = tools
-        self.head = prefix
-        self.mode: str | None = None  # None: first line not seen yet; "text"; "held"
-
-    @property
-    def held(self) -> bool:
-        return self.mode == "held"
-
-    def feed(self, chunk: str) -> str:
-        if self.mode == "text":
-            return chunk
-        self.head += chunk
-        if self.mode == "held":
-            return ""
-        metadata, newline, rest = self.head.partition("\n")
-        if not newline:
-            return ""
-        if not metadata.strip():
-            self.mode = "text"
-            return rest
-        if may_be_call(metadata, self.tools):
-            self.mode = "held"
-            return ""
-        self.mode = "text"  # text that just lacks GLM-4's leading newline
-        return self.head
-
-    def end(self) -> str:
-        """What is left to show once the reply is over: text that never had a newline."""
-        return self.head if self.mode is None else ""
-
-
-def parse_reply(generated: str, tools: Sequence[Mapping[str, Any]] | None) -> Reply:
-    """Split the generated `{metadata}\\n{content}` into a plain reply or a checked tool call."""
-    metadata, newline, content = generated.partition("\n")
-    if not newline:
-        return Reply(generated)
-    if not metadata.strip():
-        return Reply(content)
-    if not tools or not may_be_call(metadata, tools):
-        return Reply(generated)
-    name = metadata.strip()
-    if name not in tool_names(tools):
-        return Reply(generated, problem=f"the model called unknown tool {name!r}")
-    try:
-        json.loads(content)
-    except json.JSONDecodeError as e:
-        if name in {str(t.get("type")) for t in tools if t.get("type") != "function"}:
-            return Reply(generated, ToolCall(name, content))  # built-in tools (python) take free text
-        return Reply(generated, problem=f"arguments for {name!r} are not valid JSON ({e.msg})")
-    return Reply(generated, ToolCall(name, content))
-
+from glm4_local.core.families.replies import ToolCall
 
 DEFAULT_TOOL_TIMEOUT = 60.0
 MAX_TOOL_OUTPUT = 1024 * 1024  # bytes of a tool's output given to the model; the rest is cut, with a note
