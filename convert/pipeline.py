@@ -18,7 +18,7 @@ from glm4_local.convert.safetensors import SafetensorsCheckpoint, find_weight_fi
 from glm4_local.convert.source import looks_like_repo_id, resolve_source
 from glm4_local.convert.tensors import PlannedTensor, plan_tensors
 from glm4_local.convert.texts import calibration_text
-from glm4_local.convert.vocab import Vocabulary, build_vocabulary, read_json
+from glm4_local.convert.vocab import Vocabulary, build_vocabulary, read_json, tokenizer_file
 from glm4_local.convert.writer import ModelInfo, write_gguf
 from glm4_local.core.atomic import (
     atomic_output,
@@ -74,9 +74,7 @@ def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
     spec = family.spec_from_config(config, str(config_path))
     tokenizer_config = read_json(folder / "tokenizer_config.json", required=False)
     generation = read_json(folder / "generation_config.json", required=False)
-    tokenizer_path = folder / "tokenizer.model"
-    if not tokenizer_path.is_file():
-        raise CheckpointError(f"{tokenizer_path}: missing (GLM-4's tiktoken vocabulary is needed)")
+    tokenizer_path = tokenizer_file(family, folder)
     tensors = SafetensorsCheckpoint(find_weight_files(folder))
     shapes = {name: entry.shape for name, entry in tensors.entries.items()}
     plan = plan_tensors(family, spec, shapes, where=str(folder))

@@ -1,45 +1,49 @@
-"""A tiktoken vocabulary (tokenizer.model) as a GGUF BPE vocabulary that llama.cpp tokenizes identically.
+"""A checkpoint's byte-level BPE vocabulary as a GGUF vocabulary that llama.cpp tokenizes identically.
 
-The merges list every two-token split of every token in rank order (see core/bpe.py); the family's
-pre-tokenizer makes llama.cpp look a whole pre-tokenized piece up first, as tiktoken does.
+A reader per tokenizer file format (READERS; the family names its own) gives the ranked byte
+tokens; the merges list every two-token split of every token in rank order (see core/gguf/bpe.py),
+and the family's pre-tokenizer makes llama.cpp look a whole pre-tokenized piece up first, as
+tiktoken does.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gguf
 
+from glm4_local.convert.tiktoken_ranks import load_ranks
 from glm4_local.core.errors import CheckpointError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.gguf.bpe import bpe_merges, token_text
 from glm4_local.core.jsonfile import read_json as read_json_file
 
 
-def load_ranks(path: Path) -> dict[bytes, int]:
-    """Read a tiktoken rank file (`base64 rank` per line); ranks must be 0..n-1."""
-    try:
-        text = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from e
-    ranks: dict[bytes, int] = {}
-    try:
-        for line in text.decode("ascii").splitlines():
-            if line:
-                token, rank = line.split(" ")
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-    except (UnicodeDecodeError, ValueError, binascii.Error) as e:
-        raise CheckpointError(
-            f"{path}: not a GLM-4 tiktoken vocabulary (a sentencepiece model means ChatGLM2/3, not supported)"
-        ) from e
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise CheckpointError(f"{path}: vocabulary ranks are not 0..{len(ranks) - 1} without gaps")
-    return ranks
+@dataclass(frozen=True)
+class TokenizerReader:
+    """How one tokenizer file format reads: its file in the checkpoint, and byte token -> rank."""
+
+    file_name: str
+    read_ranks: Callable[[Path], dict[bytes, int]]
+    what: str  # for messages
+
+
+# Adding a format (e.g. a Hugging Face tokenizer.json): a module with its reader and one row here.
+READERS: dict[str, TokenizerReader] = {
+    "tiktoken": TokenizerReader("tokenizer.model", load_ranks, "a tiktoken vocabulary"),
+}
+
+
+def tokenizer_file(family: ModelFamily, folder: Path) -> Path:
+    """The checkpoint's tokenizer file in the family's format; CheckpointError when it is missing."""
+    reader = READERS[family.checkpoint_tokenizer]
+    path = folder / reader.file_name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ({family.name} needs {reader.what})")
+    return path
 
 
 def special_tokens(family: ModelFamily, tokenizer_config: Mapping[str, Any], first_id: int) -> dict[int, str]:
@@ -64,7 +68,7 @@ class Vocabulary:
 def build_vocabulary(family: ModelFamily, tokenizer_path: Path, tokenizer_config: Mapping[str, Any],
                      vocab_size: int) -> Vocabulary:
     """The GGUF vocabulary: ranked tokens, then special tokens, then padding up to vocab_size."""
-    ranks = load_ranks(tokenizer_path)
+    ranks = READERS[family.checkpoint_tokenizer].read_ranks(tokenizer_path)
     specials = special_tokens(family, tokenizer_config, len(ranks))
     size = max(vocab_size, len(ranks), max(specials, default=0) + 1)
     if size > vocab_size:

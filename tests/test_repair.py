@@ -114,7 +114,7 @@ def test_repair_of_a_real_vocabulary_community_gguf_is_exact(real_vocab_gguf: Pa
     """The GLM-4-9B-Chat GGUFs on the Hub, tokenizer-wise: over a thousand strings differ; after repair none."""
     from test_tokenizer import corpus_mismatches, corpus_variants, reference_encoder, vocabulary_mismatches
 
-    from glm4_local.convert.vocab import load_ranks
+    from glm4_local.convert.tiktoken_ranks import load_ranks
 
     encoder = reference_encoder(factory.REAL_TOKENIZER)
     ranks = load_ranks(factory.REAL_TOKENIZER)

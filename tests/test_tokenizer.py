@@ -14,7 +14,7 @@ import tiktoken
 import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
-from glm4_local.convert.vocab import load_ranks
+from glm4_local.convert.tiktoken_ranks import load_ranks
 from glm4_local.core.families.glm4 import PATTERN
 from glm4_local.core.llama import door as runtime
 

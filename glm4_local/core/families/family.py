@@ -146,6 +146,7 @@ class ModelFamily:
     tensors: TensorTable
     forward: Callable[[ModelSpec, WeightSource, Sequence[int]], np.ndarray]
     # tokenizer
+    checkpoint_tokenizer: str  # the reader of its checkpoints' tokenizer file (convert/vocab.py READERS)
     tokenizer_model: str  # llama.cpp's tokenizer.ggml.model
     pre_tokenizer: str  # llama.cpp's pre-tokenizer name that reproduces the family's tokenizer
     pre_tokenizer_pattern: str

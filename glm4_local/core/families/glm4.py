@@ -345,6 +345,7 @@ GLM4_9B = ModelFamily(
     forward=forward,
     # llama.cpp's `glm4` pre-tokenizer looks a whole pre-tokenized piece up first, as tiktoken does;
     # its older `chatglm-bpe` does not, and splits hundreds of words GLM-4 keeps whole.
+    checkpoint_tokenizer="tiktoken",  # tokenizer.model
     tokenizer_model="gpt2",  # llama.cpp's name for byte-level BPE
     pre_tokenizer="glm4",
     pre_tokenizer_pattern=PATTERN,
