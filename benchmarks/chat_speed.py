@@ -25,7 +25,7 @@ from bare import BareDecoder
 
 import factory
 from glm4_local.chat.engine import ChatEngine
-from glm4_local.chat.options import RuntimeOptions, SamplingOptions
+from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import open_engine
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
@@ -43,7 +43,7 @@ def build_model(folder: Path) -> Path:
 
 
 def engine(path: Path, max_tokens: int) -> ChatEngine:
-    return open_engine(path, RuntimeOptions(ctx=CTX, threads=THREADS), SamplingOptions(temp=0.0, max_tokens=max_tokens))
+    return open_engine(path, RuntimeOptions(ctx=CTX, threads=THREADS), {"temperature": 0.0}, max_tokens)
 
 
 def chat_decode_tps(chat: ChatEngine) -> float:

@@ -18,7 +18,7 @@ from glm4_local.convert.safetensors import SafetensorsCheckpoint, find_weight_fi
 from glm4_local.convert.source import looks_like_repo_id, resolve_source
 from glm4_local.convert.tensors import PlannedTensor, plan_tensors
 from glm4_local.convert.texts import calibration_text
-from glm4_local.convert.vocab import Vocabulary, build_vocabulary, read_json, tokenizer_file
+from glm4_local.convert.vocab import GGUFVocabulary, build_vocabulary, read_json, tokenizer_file
 from glm4_local.convert.writer import ModelInfo, write_gguf
 from glm4_local.core.atomic import (
     atomic_output,
@@ -31,9 +31,9 @@ from glm4_local.core.errors import CheckpointError, Glm4LocalError, OutputError
 from glm4_local.core.families.family import ModelFamily, ModelSpec
 from glm4_local.core.families.registry import family_for_config
 from glm4_local.core.llama.door import quantize
+from glm4_local.core.paths import MODELS_DIR
 from glm4_local.core.progress import Progress
 
-DEFAULT_MODELS_DIR = Path("models")
 IMATRIX_AUTO = "auto"  # measure an importance matrix on the built-in text, from the 16-bit model
 ImatrixChoice = Path | Literal["auto"] | None
 
@@ -46,7 +46,7 @@ class Checkpoint:
     family: ModelFamily
     spec: ModelSpec
     info: ModelInfo
-    vocab: Vocabulary
+    vocab: GGUFVocabulary
     tensors: SafetensorsCheckpoint
     plan: list[PlannedTensor]
 
@@ -95,7 +95,7 @@ def _float_or_none(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def default_output(name: str, kind: OutType, models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
+def default_output(name: str, kind: OutType, models_dir: Path = MODELS_DIR) -> Path:
     return models_dir / f"{name}-{kind.label}.gguf"
 
 
@@ -115,7 +115,7 @@ def convert(
     download: bool = False,
     imatrix: ImatrixChoice = None,
     progress: Progress | None = None,
-    models_dir: Path = DEFAULT_MODELS_DIR,
+    models_dir: Path = MODELS_DIR,
     notify: Callable[[str], None] = lambda message: None,
 ) -> ConvertResult:
     """Convert `source` to a GGUF of type `kind`; the file appears only when complete.

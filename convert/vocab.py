@@ -55,7 +55,7 @@ def special_tokens(family: ModelFamily, tokenizer_config: Mapping[str, Any], fir
 
 
 @dataclass(frozen=True)
-class Vocabulary:
+class GGUFVocabulary:
     tokens: list[str]
     types: list[int]
     merges: list[str]
@@ -66,7 +66,7 @@ class Vocabulary:
 
 
 def build_vocabulary(family: ModelFamily, tokenizer_path: Path, tokenizer_config: Mapping[str, Any],
-                     vocab_size: int) -> Vocabulary:
+                     vocab_size: int) -> GGUFVocabulary:
     """The GGUF vocabulary: ranked tokens, then special tokens, then padding up to vocab_size."""
     ranks = READERS[family.checkpoint_tokenizer].read_ranks(tokenizer_path)
     specials = special_tokens(family, tokenizer_config, len(ranks))
@@ -89,7 +89,7 @@ def build_vocabulary(family: ModelFamily, tokenizer_path: Path, tokenizer_config
         if needed not in specials.values():
             raise CheckpointError(f"{tokenizer_path}: special token {needed} is not defined")
     special_ids = {text: token_id for token_id, text in specials.items()}
-    return Vocabulary(tokens, [int(t) for t in types], bpe_merges(ranks), special_ids)
+    return GGUFVocabulary(tokens, [int(t) for t in types], bpe_merges(ranks), special_ids)
 
 
 def read_json(path: Path, required: bool = True) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from glm4_local.convert.safetensors import SafetensorsCheckpoint
 from glm4_local.convert.tensors import PlannedTensor
-from glm4_local.convert.vocab import Vocabulary
+from glm4_local.convert.vocab import GGUFVocabulary
 from glm4_local.core.families.family import ModelFamily, ModelSpec
 from glm4_local.core.gguf.writing import pad_to_alignment, write_header
 from glm4_local.core.progress import Progress
@@ -38,7 +38,7 @@ class ModelInfo:
     pad_token_id: int | None
 
 
-def add_metadata(writer: gguf.GGUFWriter, family: ModelFamily, spec: ModelSpec, vocab: Vocabulary, info: ModelInfo,
+def add_metadata(writer: gguf.GGUFWriter, family: ModelFamily, spec: ModelSpec, vocab: GGUFVocabulary, info: ModelInfo,
                  file_type: gguf.LlamaFileType) -> None:
     writer.add_name(info.name)
     writer.add_file_type(int(file_type))
@@ -63,7 +63,7 @@ def add_metadata(writer: gguf.GGUFWriter, family: ModelFamily, spec: ModelSpec, 
         writer.add_sampling_top_p(info.top_p)
 
 
-def add_vocabulary(writer: gguf.GGUFWriter, family: ModelFamily, vocab: Vocabulary, pad_token_id: int | None
+def add_vocabulary(writer: gguf.GGUFWriter, family: ModelFamily, vocab: GGUFVocabulary, pad_token_id: int | None
                    ) -> None:
     writer.add_tokenizer_model(family.tokenizer_model)
     writer.add_tokenizer_pre(family.pre_tokenizer)
@@ -113,7 +113,7 @@ def write_gguf(
     path: Path,
     family: ModelFamily,
     spec: ModelSpec,
-    vocab: Vocabulary,
+    vocab: GGUFVocabulary,
     info: ModelInfo,
     plan: list[PlannedTensor],
     checkpoint: SafetensorsCheckpoint,

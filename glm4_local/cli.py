@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import functools
+import inspect
 import os
 import sys
+import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from glm4_local import cli_options as o
-from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX, RuntimeOptions
+from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.tool_exec import DEFAULT_TOOL_TIMEOUT
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
 from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
+from glm4_local.frontends.repl_commands import COMMANDS
 
 app = typer.Typer(
     name="glm4-local", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -112,23 +114,12 @@ def convert(
 ) -> None:
     """Convert a GLM-4 Hugging Face checkpoint to a GGUF file."""
     from glm4_local.convert.outtypes import out_type
-    from glm4_local.convert.pipeline import convert as convert_checkpoint
     from glm4_local.convert.pipeline import imatrix_choice
-    from glm4_local.frontends.progress import RichProgress
+    from glm4_local.frontends import files
 
     kind = run(out_type, outtype)
-    show = not quiet and err.is_terminal
-    bar = RichProgress(err) if show else None
-    with bar or nullcontext():
-        result = run(convert_checkpoint, source, kind, output=output, force=force,
-                     download=download, imatrix=imatrix_choice(imatrix), progress=bar,
-                     notify=lambda message: err.print(message, markup=False),
-                     on_interrupt="interrupted; no output file was left behind")
-    if not quiet:
-        gb = result.input_bytes / 1e9
-        err.print(f"wrote {result.path} ({result.output_bytes / 1e9:.2f} GB, {result.out_type.label}) "
-                  f"from {gb:.2f} GB in {result.seconds:.1f} s", markup=False)
-    out.print(str(result.path), markup=False)
+    run(files.convert, source, kind, output, force, download, imatrix_choice(imatrix), quiet, out, err,
+        on_interrupt="interrupted; no output file was left behind")
 
 
 @app.command(epilog=examples("glm4-local info models/glm-4-9b-chat-Q4_K_M.gguf", "glm4-local info FILE --json"))
@@ -137,27 +128,9 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Describe a GGUF file and flag settings known to mis-tokenize GLM-4."""
-    from glm4_local.gguf_tools.summary import summarize
+    from glm4_local.frontends import files
 
-    summary = run(summarize, file)
-    if as_json:
-        data = asdict(summary) | {"path": str(summary.path)}
-        out.print(json.dumps(data, ensure_ascii=False, indent=2), markup=False)
-    else:
-        rows = {
-            "file": str(summary.path), "architecture": summary.architecture, "name": summary.name or "-",
-            "file type": summary.file_type, "size": f"{summary.size_bytes / 1e9:.3f} GB",
-            "parameters": f"{summary.parameters:,}", "context length": str(summary.context_length),
-            "vocabulary": f"{summary.vocab_size:,} tokens, {summary.merges:,} merges, "
-                          f"pre-tokenizer {summary.pre_tokenizer}",
-            "special tokens": " ".join(f"{t}={i}" for t, i in summary.special_tokens.items()) or "-",
-            "stops on": " ".join(f"{t}={i}" for t, i in summary.end_of_generation.items()) or "-",
-            "chat template": "yes" if summary.chat_template else "no",
-        }
-        for key, value in rows.items():
-            out.print(f"{key:>15}: {value}", markup=False)
-    for warning in summary.warnings:
-        err.print(f"warning: {warning}", markup=False)
+    run(files.info, file, as_json, out, err)
 
 
 @app.command(epilog=examples("glm4-local verify models/glm-4-9b-chat-Q4_K_M.gguf --source THUDM/glm-4-9b-chat"))
@@ -166,19 +139,9 @@ def verify(
     source: Annotated[str, typer.Option("--source", help="The checkpoint it was converted from.")],
 ) -> None:
     """Compare a GGUF's logits in llama.cpp with a numpy forward pass over the source weights."""
-    from glm4_local.gguf_tools.verify import verify as verify_gguf
+    from glm4_local.frontends import files
 
-    with err.status("running the file in llama.cpp and the reference forward pass…") if err.is_terminal \
-            else nullcontext():
-        report = run(verify_gguf, file, source)
-    lim = report.limits
-    out.print(f"file type {report.file_type}, {report.positions} positions", markup=False)
-    out.print(f"max abs error  {report.max_abs_error:.6f} (limit {lim.max_abs_error})", markup=False)
-    out.print(f"top-1 agree    {report.top1_agreement:.4f} (limit {lim.min_top1})", markup=False)
-    out.print(f"mean KL        {report.mean_kl:.3e} (limit {lim.max_mean_kl})", markup=False)
-    if not report.passed:
-        raise fail(f"{file}: disagrees with the reference beyond the {report.file_type} limits", 2)
-    out.print("OK", markup=False)
+    run(files.verify, file, source, out, err)
 
 
 @app.command(epilog=examples("glm4-local repair glm-4-9b-chat.Q4_K_M.gguf",
@@ -193,23 +156,10 @@ def repair(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fix a downloaded GLM-4 GGUF's tokenizer, stop tokens and chat template; tensors are copied as they are."""
-    from glm4_local.frontends.progress import RichProgress
-    from glm4_local.gguf_tools.repair import repair as repair_gguf
+    from glm4_local.frontends import files
 
-    bar = RichProgress(err) if not quiet and err.is_terminal else None
-    with bar or nullcontext():
-        report = run(repair_gguf, file, output, force, template, bar,
-                     on_interrupt="interrupted; no output file was left behind")
-    for change in report.changes:
-        err.print(f"changed: {change}", markup=False)
-    if report.output is None:
-        err.print(f"{file}: already right; nothing written", markup=False)
-    if report.check is not None:
-        err.print(report.check.summary(), markup=False)
-        if not report.check.exact:
-            raise fail(f"{report.output or file}: still tokenizes differently from the model's tokenizer", 2)
-    if report.output is not None:
-        out.print(str(report.output), markup=False)
+    run(files.repair, file, output, force, template, quiet, out, err,
+        on_interrupt="interrupted; no output file was left behind")
 
 
 @app.command(name="eval", epilog=examples(
@@ -225,27 +175,9 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """How far a quantized GGUF is from its parent: KL divergence, top-1 agreement, perplexity."""
-    from glm4_local.chat.models import resolve_model
-    from glm4_local.core.jsonfile import read_text
-    from glm4_local.frontends.progress import RichProgress
-    from glm4_local.gguf_tools.evaluate import evaluate as evaluate_gguf
+    from glm4_local.frontends import files
 
-    model_path, reference_path = run(resolve_model, model), run(resolve_model, reference)
-    sample = run(read_text, text) if text is not None else None
-    bar = RichProgress(err) if err.is_terminal else None
-    with bar or nullcontext():
-        report = run(evaluate_gguf, model_path, reference_path, sample, ctx, threads, bar)
-    if as_json:
-        out.print(json.dumps(report.as_json(), indent=2), markup=False)
-        return
-    rows = {
-        "tokens scored": f"{report.tokens:,}", "mean KL": f"{report.mean_kl:.6f}", "max KL": f"{report.max_kl:.6f}",
-        "top-1 agreement": f"{report.top1_agreement:.4f}",
-        "perplexity": f"{report.perplexity:.4f} (reference {report.reference_perplexity:.4f})",
-        "delta p": "  ".join(f"{k} {v:+.4f}" for k, v in report.delta_p.items()),
-    }
-    for key, value in rows.items():
-        out.print(f"{key:>15}: {value}", markup=False)
+    run(files.evaluate, model, reference, text, ctx, threads, as_json, out, err)
 
 
 CHAT_EPILOG = examples(
@@ -257,14 +189,14 @@ CHAT_EPILOG = examples(
 ) + """
 
 \b
-In the chat: /help /show /set NAME VALUE /system [TEXT|--clear] /reset /retry /undo /save FILE
-/load FILE /stats /exit. Enter sends, Alt-Enter adds a line, Ctrl-C stops a reply, Ctrl-D leaves.
+In the chat: """ + " ".join(usage for usage, _ in COMMANDS) + """.
+Enter sends, Alt-Enter adds a line, Ctrl-C stops a reply, Ctrl-D leaves.
 Sampling defaults come from the GGUF (general.sampling.*), else GLM-4's own (temperature 0.8, top_p 0.8)."""
 
 
 def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: int, flash_attn: bool,
                        cache_type_k: str, cache_type_v: str, mlock: bool, no_mmap: bool) -> RuntimeOptions:
-    """How chat and serve run a model, from their shared options."""
+    """How chat and serve run a model, from their shared options (o.RUNTIME_OPTIONS)."""
     from glm4_local.chat import options as opts
 
     return opts.RuntimeOptions(
@@ -276,7 +208,26 @@ def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: in
     )
 
 
+def with_runtime_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the shared model-running options: Typer sees them as flags, the command receives
+    them as one `runtime: RuntimeOptions` argument."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "runtime"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        shared = {p.name: kwargs.pop(p.name) for p in o.RUNTIME_OPTIONS}
+        command(**kwargs, runtime=runtime_options_of(**shared))
+
+    del wrapper.__wrapped__  # Typer reads the signature below, not the command's own
+    wrapper.__signature__ = signature.replace(parameters=[*own, *o.RUNTIME_OPTIONS])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *o.RUNTIME_OPTIONS)}
+    return wrapper
+
+
 @app.command(epilog=CHAT_EPILOG)
+@with_runtime_options
 def chat(
     model: o.ModelArg = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
@@ -299,30 +250,20 @@ def chat(
                                                          "tokens (1: off).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed, for repeatable sampling.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")] = None,
-    ctx: o.Ctx = str(DEFAULT_CTX),
-    gpu_layers: o.GpuLayers = "auto",
-    threads: o.Threads = None,
-    batch: o.Batch = DEFAULT_BATCH,
-    flash_attn: o.FlashAttn = False,
-    cache_type_k: o.CacheTypeK = "f16",
-    cache_type_v: o.CacheTypeV = "f16",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show token counts and speed.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Non-interactive: print content, tool_calls, usage "
                                           "(summed over every model call of the answer), "
                                           "timings as JSON.")] = False,
+    *, runtime: RuntimeOptions,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
-    from glm4_local.chat.options import SamplingOptions
     from glm4_local.chat.tool_exec import ToolRunner
     from glm4_local.frontends.commands import start_chat
 
-    runtime_options = runtime_options_of(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,
-                                         mlock, no_mmap)
-    sampling = SamplingOptions(temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens)
+    sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
+                "repeat_penalty": repeat_penalty, "seed": seed}
     runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
-    run(start_chat, model, runtime_options, sampling, system=system, prompt=prompt, tools_path=tools,
+    run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt, tools_path=tools,
         tool_exec=runner, resume=resume, verbose=verbose, as_json=as_json, errors=err)
 
 
@@ -335,6 +276,7 @@ def chat(
 Then point any OpenAI client at it: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).
 Routes: /v1/chat/completions (tools, tool_choice, response_format, streaming), /v1/completions,
 /v1/models, /health, /metrics. Each of the --parallel slots has --ctx tokens of context.""")
+@with_runtime_options
 def serve(
     model: o.ModelArg = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (another than 127.0.0.1 exposes "
@@ -351,27 +293,17 @@ def serve(
                                                           "origin (repeatable; '*' for any).")] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.", min=0.001)
                            ] = 8.0,
-    ctx: o.Ctx = str(DEFAULT_CTX),
-    gpu_layers: o.GpuLayers = "auto",
-    threads: o.Threads = None,
-    batch: o.Batch = DEFAULT_BATCH,
-    flash_attn: o.FlashAttn = False,
-    cache_type_k: o.CacheTypeK = "f16",
-    cache_type_v: o.CacheTypeV = "f16",
-    mlock: o.Mlock = False,
-    no_mmap: o.NoMmap = False,
+    *, runtime: RuntimeOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling."""
     from glm4_local.chat.models import resolve_model
     from glm4_local.frontends.serve import ServeOptions
     from glm4_local.frontends.serve import serve as serve_model
 
-    runtime_options = runtime_options_of(ctx, gpu_layers, threads, batch, flash_attn, cache_type_k, cache_type_v,
-                                         mlock, no_mmap)
     with user_errors(on_interrupt="stopped"):
         options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
                                int(max_body_mb * 1024 * 1024))
-        serve_model(resolve_model(model), runtime_options, options,
+        serve_model(resolve_model(model), runtime, options,
                     say=lambda line: err.print(line, markup=False),
                     warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))
 
@@ -387,22 +319,16 @@ def render(
                       ] = False,
 ) -> None:
     """Print the exact prompt GLM-4 sees for a conversation (no trailing newline)."""
-    from glm4_local.frontends.commands import render_conversation
+    from glm4_local.frontends.commands import render
 
     if tokens and model is None:
         raise fail("--tokens needs --model (token ids come from the model's vocabulary)")
-    result = run(render_conversation, conversation, tools, model, tokens)
-    if isinstance(result, list):
-        out.print(json.dumps(result), markup=False)
-    else:
-        sys.stdout.buffer.write(result.encode("utf-8"))
-        sys.stdout.flush()
+    run(render, conversation, tools, model, tokens, out)
 
 
 @app.command(epilog=examples("glm4-local doctor"))
 def doctor() -> None:
     """What this machine's llama.cpp can do: offload, CPU features, RAM, and which GLM-4 fits."""
-    from glm4_local.frontends.doctor import collect, render
+    from glm4_local.frontends.doctor import show
 
-    for line in render(run(collect)):
-        out.print(line, markup=False)
+    run(show, out)

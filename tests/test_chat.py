@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from glm4_local.chat.engine import ChatEngine, ChatSettings
-from glm4_local.chat.options import RuntimeOptions, SamplingOptions
-from glm4_local.chat.runtime import Sampling
+from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.session import Autosave, Conversation, load_conversation, turns
-from glm4_local.chat.setup import ModelFacts, open_engine, sampling_settings
+from glm4_local.chat.setup import ModelFacts, chat_settings, open_engine
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.llama.sampling import SamplerSettings
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
 
@@ -20,7 +20,7 @@ TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"typ
 def engine_for(path: Path, n_ctx: int = 2048, tools: list | None = None, max_tokens: int | None = None,
                autosave: Autosave | None = None, notes: list[str] | None = None, temp: float = 0.8) -> ChatEngine:
     sink = notes if notes is not None else []
-    return open_engine(path, RuntimeOptions(ctx=n_ctx), SamplingOptions(max_tokens=max_tokens, temp=temp, seed=3),
+    return open_engine(path, RuntimeOptions(ctx=n_ctx), {"temperature": temp, "seed": 3}, max_tokens,
                        Conversation(tools=tools), autosave, sink.append)
 
 
@@ -40,7 +40,7 @@ def test_stops_on_stop_tokens_and_never_prints_them(scripted_gguf: Callable[[str
     assert engine.conversation.messages[-1] == {"role": "assistant", "content": shown}
 
 
-def test_sampling_settings_do_not_change_a_scripted_reply(scripted_gguf: Callable[[str], Path]) -> None:
+def test_chat_settings_do_not_change_a_scripted_reply(scripted_gguf: Callable[[str], Path]) -> None:
     for temp in (0.0, 0.8, 1.5):
         assert reply_text(engine_for(scripted_gguf("answer"), temp=temp), "hi")[0] == "Sunny day"
 
@@ -150,6 +150,7 @@ def test_interrupted_reply_is_kept_and_marked(scripted_gguf: Callable[[str], Pat
 
 def test_settings_defaults_come_from_the_gguf(make_gguf: Callable[..., Path]) -> None:
     facts = ModelFacts.read(make_gguf("q8_0"))
-    assert sampling_settings(facts, SamplingOptions()) == ChatSettings(Sampling(0.8, 0.8, 0, 0.0, 1.0))
-    custom = sampling_settings(facts, SamplingOptions(temp=0.0, top_k=5, max_tokens=9, seed=1))
+    assert chat_settings(facts) == ChatSettings(SamplerSettings(0.8, 0.8, 0, 0.0, 1.0))
+    custom = chat_settings(facts, {"temperature": 0.0, "top_k": 5, "seed": 1, "min_p": None}, max_tokens=9)
     assert custom.sampling.temperature == 0.0 and custom.sampling.top_k == 5 and custom.max_tokens == 9
+    assert custom.sampling.seed == 1 and custom.sampling.min_p == 0.0

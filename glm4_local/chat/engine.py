@@ -6,18 +6,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from glm4_local.chat.runtime import ChatRuntime, Generation, Sampling, Timings
+from glm4_local.chat.runtime import ChatRuntime, Generation, Timings
 from glm4_local.chat.session import Autosave, Conversation, Message, turns
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import Reply
+from glm4_local.core.llama.sampling import SamplerSettings
 
 
 @dataclass(frozen=True)
 class ChatSettings:
-    sampling: Sampling
+    sampling: SamplerSettings
     max_tokens: int | None = None
-    seed: int | None = None
 
     def reply_reserve(self, n_ctx: int) -> int:
         """Context kept free for the reply when fitting the prompt."""
@@ -49,7 +49,7 @@ class Turn:
         Text before the first newline is metadata (a tool name, or empty for an answer); a tool call
         is shown when complete, so only an answer's content streams.
         """
-        reply = self.engine.runtime.family.replies.stream(self.engine.conversation.tools)
+        reply = self.engine.runtime.vocab.family.replies.stream(self.engine.conversation.tools)
         for chunk in self.generation.chunks:
             self.generated.append(chunk)
             shown = reply.feed(chunk)
@@ -117,7 +117,7 @@ class ChatEngine:
         """Reply to the conversation as it stands (its last message is the user's or a tool's)."""
         tokens, dropped = self._fitted_prompt()
         s = self.settings
-        return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens, s.seed), self, dropped, len(tokens))
+        return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens), self, dropped, len(tokens))
 
     def send(self, text: str) -> Turn:
         self.conversation.messages.append({"role": "user", "content": text})
@@ -145,8 +145,8 @@ class ChatEngine:
         return call.get("id") if isinstance(call, dict) else None
 
     def set_sampling(self, **changes: object) -> None:
-        """Change sampling for the next replies: temperature, top_p, ..., or max_tokens / seed."""
-        own = {k: changes.pop(k) for k in ("max_tokens", "seed") if k in changes}
+        """Change sampling for the next replies: temperature, top_p, ..., seed, or max_tokens."""
+        own = {k: changes.pop(k) for k in ("max_tokens",) if k in changes}
         sampling = replace(self.settings.sampling, **changes)  # type: ignore[arg-type]
         self.settings = replace(self.settings, sampling=sampling, **own)  # type: ignore[arg-type]
 
@@ -165,7 +165,7 @@ class ChatEngine:
         return self.answer()
 
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
-        return self.runtime.prompt(self.template, messages, self.conversation.tools)
+        return self.runtime.vocab.prompt(self.template, messages, self.conversation.tools)
 
     def _fitted_prompt(self) -> tuple[list[int], int]:
         """Prompt tokens for the conversation, leaving out the oldest turns when it would not fit."""
@@ -194,8 +194,8 @@ class ChatEngine:
     def record(self, turn: Turn, interrupted: bool) -> TurnResult:
         """Add a finished (or interrupted) turn's reply to the conversation; see Turn.finish."""
         stopped_by = turn.generation.stopped_by
-        call_ended = not interrupted and stopped_by == self.runtime.family.call_end_token
-        reply = self.runtime.family.replies.finish("".join(turn.generated), self.conversation.tools, call_ended)
+        call_ended = not interrupted and stopped_by == self.runtime.vocab.family.call_end_token
+        reply = self.runtime.vocab.family.replies.finish("".join(turn.generated), self.conversation.tools, call_ended)
         message = reply.as_message()
         if interrupted:
             message["interrupted"] = True

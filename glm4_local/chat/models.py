@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.paths import MODELS_DIR
 
 HOW_TO_CONVERT = "convert one with: glm4-local convert THUDM/glm-4-9b-chat"
 
 
 def model_dirs() -> list[Path]:
     """./models, then $GLM4_LOCAL_MODELS (os.pathsep-separated)."""
-    dirs = [Path("models")]
+    dirs = [MODELS_DIR]
     extra = os.environ.get("GLM4_LOCAL_MODELS", "")
     dirs += [Path(p).expanduser() for p in extra.split(os.pathsep) if p]
     return dirs

@@ -1,4 +1,4 @@
-"""How to run a model (context, offload, threads, caches) and how to sample: typed, checked once.
+"""How to run a model (context, offload, threads, caches): typed, checked once.
 
 Front-ends turn what the user typed into these values with the `parse_*` functions (which raise
 ValueError with a message that names no command-line flag), then hand them to `open_engine`.
@@ -80,16 +80,3 @@ class RuntimeOptions:
 
     def thread_count(self) -> int:
         return self.threads or max(1, os.cpu_count() or 2)
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Overrides of the model's sampling defaults; None keeps the default."""
-
-    temp: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    seed: int | None = None
-    max_tokens: int | None = None

@@ -15,17 +15,6 @@ from glm4_local.core.llama.door import tokenize
 from glm4_local.core.llama.sampling import SamplerSettings
 
 
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float
-    top_p: float
-    top_k: int = 0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-
-
 @dataclass
 class Timings:
     prompt_tokens: int = 0  # the whole prompt
@@ -102,12 +91,13 @@ class Vocabulary:
         return ids
 
 
-class ChatRuntime(Vocabulary):
-    """One loaded model and its decoder; each slot keeps its KV cache across turns, so a turn evaluates
-    only its new tokens. The chat steps the decoder itself; the server steps it from a worker thread."""
+class ChatRuntime:
+    """One loaded model (its vocabulary) and its decoder; each slot keeps its KV cache across turns, so a
+    turn evaluates only its new tokens. The chat steps the decoder itself; the server steps it from a
+    worker thread."""
 
-    def __init__(self, model: Any, family: ModelFamily, decoder: Decoder) -> None:
-        super().__init__(model, family)
+    def __init__(self, vocab: Vocabulary, decoder: Decoder) -> None:
+        self.vocab = vocab
         self.decoder = decoder
 
     @property
@@ -115,27 +105,19 @@ class ChatRuntime(Vocabulary):
         """Tokens of context one conversation (one slot) has."""
         return self.decoder.slot_ctx
 
-    def sampler_settings(self, sampling: Sampling, seed: int | None = None, grammar: str | None = None
-                         ) -> SamplerSettings:
-        return SamplerSettings(
-            temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
-            repeat_penalty=sampling.repeat_penalty, frequency_penalty=sampling.frequency_penalty,
-            presence_penalty=sampling.presence_penalty, seed=seed, grammar=grammar)
-
-    def generate(self, prompt: Sequence[int], sampling: Sampling, max_tokens: int | None,
-                 seed: int | None = None) -> Generation:
+    def generate(self, prompt: Sequence[int], sampling: SamplerSettings, max_tokens: int | None) -> Generation:
         """Stream a reply, stepping the decoder in this thread (the chat's way)."""
         if len(prompt) >= self.n_ctx:
             raise Glm4LocalError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
         budget = self.n_ctx - len(prompt)
         cut = "max_tokens" if max_tokens and max_tokens <= budget else "context"
-        job = Job(list(prompt), self.sampler_settings(sampling, seed), max_tokens or 0, frozenset(self.stop_ids))
+        job = Job(list(prompt), sampling, max_tokens or 0, frozenset(self.vocab.stop_ids))
         generation = Generation(iter(()))
         generation.chunks = self._stream(job, generation, cut)
         return generation
 
     def _stream(self, job: Job, gen: Generation, cut: str) -> Iterator[str]:
-        text_of, decoder, generated = self.detokenizer(), self.decoder, job.generated
+        text_of, decoder, generated = self.vocab.detokenizer(), self.decoder, job.generated
         decoder.submit(job)
         shown = 0
         try:
@@ -150,7 +132,7 @@ class ChatRuntime(Vocabulary):
             if not job.done:
                 decoder.cancel(job)
                 decoder.release_cancelled()
-            _record_timings(job, gen, cut, self.stop_ids)
+            _record_timings(job, gen, cut, self.vocab.stop_ids)
 
 
 def _record_timings(job: Job, gen: Generation, cut: str, stop_ids: dict[int, str]) -> None:

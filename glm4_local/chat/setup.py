@@ -6,15 +6,16 @@ a ChatEngine, so they all run the same prompt, stop and sampling code.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 
 from glm4_local.chat.engine import ChatEngine, ChatSettings
-from glm4_local.chat.options import RuntimeOptions, SamplingOptions
-from glm4_local.chat.runtime import ChatRuntime, Sampling
+from glm4_local.chat.options import RuntimeOptions
+from glm4_local.chat.runtime import ChatRuntime, Vocabulary
 from glm4_local.chat.session import Autosave, Conversation
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.families.family import Hyperparams, ModelFamily
@@ -22,6 +23,7 @@ from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.llama import door
 from glm4_local.core.llama.decoder import Decoder
+from glm4_local.core.llama.sampling import SamplerSettings
 
 K = gguf.Keys
 
@@ -46,21 +48,20 @@ class ModelFacts:
         return self.family.kv_cache_bytes(self.hparams, n_ctx, options.cache_type_k, options.cache_type_v)
 
 
-def sampling_settings(facts: ModelFacts, options: SamplingOptions) -> ChatSettings:
-    """The GGUF's general.sampling.* defaults (else the family's), overridden by options."""
+def model_sampling(facts: ModelFacts) -> SamplerSettings:
+    """The GGUF's general.sampling.* defaults, else the family's."""
     family = facts.family
     # stored as float32: 0.8 reads back as 0.800000011920929
     temp = round(facts.header.get(K.General.SAMPLING_TEMP, family.default_temperature), 6)
     top_p = round(facts.header.get(K.General.SAMPLING_TOP_P, family.default_top_p), 6)
     top_k = facts.header.get(K.General.SAMPLING_TOP_K, 0)
-    sampling = Sampling(
-        temperature=options.temp if options.temp is not None else float(temp),
-        top_p=options.top_p if options.top_p is not None else float(top_p),
-        top_k=options.top_k if options.top_k is not None else int(top_k),
-        min_p=options.min_p if options.min_p is not None else 0.0,
-        repeat_penalty=options.repeat_penalty if options.repeat_penalty is not None else 1.0,
-    )
-    return ChatSettings(sampling, options.max_tokens, options.seed)
+    return SamplerSettings(temperature=float(temp), top_p=float(top_p), top_k=int(top_k))
+
+
+def chat_settings(facts: ModelFacts, sampling: Mapping[str, Any] | None = None, max_tokens: int | None = None
+                  ) -> ChatSettings:
+    """The model's sampling defaults with `sampling`'s fields (SamplerSettings names) changed."""
+    return ChatSettings(model_sampling(facts).updated(**(sampling or {})), max_tokens)
 
 
 def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1) -> ChatRuntime:
@@ -70,15 +71,16 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1) -> 
                              use_mmap=options.mmap, use_mlock=options.mlock)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
                       flash_attn=options.flash_attn, type_k=options.cache_type_k, type_v=options.cache_type_v)
-    return ChatRuntime(model, facts.family, decoder)
+    return ChatRuntime(Vocabulary(model, facts.family), decoder)
 
 
 def open_engine(model: Path | ModelFacts, runtime: RuntimeOptions | None = None,
-                sampling: SamplingOptions | None = None, conversation: Conversation | None = None,
-                autosave: Autosave | None = None, notify: Callable[[str], None] | None = None) -> ChatEngine:
-    """A ready chat engine for a GGUF (or its already-read facts)."""
+                sampling: Mapping[str, Any] | None = None, max_tokens: int | None = None,
+                conversation: Conversation | None = None, autosave: Autosave | None = None,
+                notify: Callable[[str], None] | None = None) -> ChatEngine:
+    """A ready chat engine for a GGUF (or its already-read facts); `sampling` as in chat_settings."""
     facts = model if isinstance(model, ModelFacts) else ModelFacts.read(model)
     loaded = load_runtime(facts, runtime or RuntimeOptions())
-    settings = sampling_settings(facts, sampling or SamplingOptions())
+    settings = chat_settings(facts, sampling, max_tokens)
     return ChatEngine(loaded, facts.template, conversation or Conversation(), settings, autosave,
                       notify or (lambda message: None))

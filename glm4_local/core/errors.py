@@ -41,6 +41,7 @@ class GGUFFileError(Glm4LocalError):
 
 
 class VerifyError(Glm4LocalError):
-    """A converted model disagrees with the reference beyond the limits of its type."""
+    """A file failed its check: a model outside its type's limits against the reference, or a repaired
+    vocabulary that still tokenizes differently. Exit status 2, as other checking tools use."""
 
     exit_code = 2

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from glm4_local.chat.models import resolve_model
-from glm4_local.chat.options import RuntimeOptions, SamplingOptions
+from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import Vocabulary
 from glm4_local.chat.schema import load_tools
 from glm4_local.chat.session import Autosave, Conversation, load_conversation, resume_latest
@@ -18,8 +21,8 @@ from glm4_local.chat.template import ChatTemplate
 from glm4_local.chat.tool_exec import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.registry import FAMILIES
-from glm4_local.core.gguf.problems import REPAIR, quick_problems
 from glm4_local.core.llama import door
+from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
 
 
@@ -46,34 +49,26 @@ def _oneshot_text(prompt: str | None) -> str:
     return text
 
 
-def size_text(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
-
-
-def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: SamplingOptions, *,
-               system: str | None, prompt: str | None, tools_path: Path | None, tool_exec: ToolRunner | None,
-               resume: bool, verbose: bool, as_json: bool, errors: Console) -> None:
+def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Mapping[str, Any], *,
+               max_tokens: int | None, system: str | None, prompt: str | None, tools_path: Path | None,
+               tool_exec: ToolRunner | None, resume: bool, verbose: bool, as_json: bool, errors: Console) -> None:
+    """The terminal chat, or one answer (`prompt`, or stdin not a terminal); `sampling` as in chat_settings."""
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
     model_path = resolve_model(model)  # before reading stdin: a missing model is the first thing to hear
     text = None if interactive else _oneshot_text(prompt)
     conversation, autosave = _conversation(resume, system, tools_path, errors)
-    facts = ModelFacts.read(model_path)
-    for problem in quick_problems(facts.header, facts.family):
-        errors.print(f"warning: {facts.path.name}: {problem}; {REPAIR}", style="yellow", markup=False,
-                     highlight=False)
-    trained = facts.hparams.context_length
-    n_ctx = runtime_options.context_size(trained)
+    plan = plan_model(model_path, runtime_options, lambda line: errors.print(
+        f"warning: {line}", style="yellow", markup=False, highlight=False))
+    facts = plan.facts
     if interactive or verbose:
-        errors.print(f"{facts.path.name}: context {n_ctx:,} tokens (trained {trained:,}), "
-                     f"KV cache {size_text(facts.kv_cache_bytes(n_ctx, runtime_options))}", markup=False,
-                     highlight=False)
+        errors.print(f"{facts.path.name}: {plan.describe()}", markup=False, highlight=False)
 
     def notify(message: str) -> None:
         errors.print(message, style="yellow", markup=False, highlight=False)
 
     with errors.status(f"loading {facts.path.name}…") if errors.is_terminal else nullcontext():
-        engine = open_engine(facts, runtime_options, sampling, conversation, autosave if interactive else None,
-                             notify)
+        engine = open_engine(facts, runtime_options, sampling, max_tokens, conversation,
+                             autosave if interactive else None, notify)
     if not interactive:
         run_oneshot(engine, text or "", tool_exec, as_json)
         if verbose and engine.last:
@@ -107,3 +102,13 @@ def render_conversation(conversation_path: Path, tools_path: Path | None, model:
         return "".join(p.text for p in pieces)
     assert facts is not None
     return Vocabulary(door.load(facts.path, header=facts.header, vocab_only=True), facts.family).tokens(pieces)
+
+
+def render(conversation_path: Path, tools_path: Path | None, model: str | None, tokens: bool, out: Console) -> None:
+    """Print the prompt's exact bytes (no trailing newline), or its token ids as JSON."""
+    result = render_conversation(conversation_path, tools_path, model, tokens)
+    if isinstance(result, list):
+        out.print(json.dumps(result), markup=False)
+    else:
+        sys.stdout.buffer.write(result.encode("utf-8"))
+        sys.stdout.flush()

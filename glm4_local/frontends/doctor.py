@@ -9,6 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 from glm4_local.chat.models import searched
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.session import sessions_dir
@@ -16,6 +18,7 @@ from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type_for_file_type
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
+from glm4_local.core.paths import MODELS_DIR
 
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
 RUNTIME_OVERHEAD_BYTES = 0.6e9  # compute buffers and the runtime itself
@@ -59,7 +62,7 @@ def collect() -> Report:
     backends = [b for b in BACKENDS if re.search(rf"\b{b}\b", info.upper())]
     total, available = memory()
     return Report(door.version(), info, door.gpu_offload_available(), backends, features, total, available,
-                  os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(Path("models")), searched(),
+                  os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(MODELS_DIR), searched(),
                   sessions_dir())
 
 
@@ -133,3 +136,9 @@ def render(report: Report) -> list[str]:
         for name, line in reinstall_lines().items():
             lines.append(f"  {name + ':':7} {line}")
     return lines
+
+
+def show(out: Console) -> None:
+    """`glm4-local doctor`: the report, a line at a time."""
+    for line in render(collect()):
+        out.print(line, markup=False)

@@ -12,20 +12,24 @@ from glm4_local.core.errors import Glm4LocalError
 if TYPE_CHECKING:
     from glm4_local.frontends.repl import Repl
 
-HELP = """\
-/help                this list
-/show                model, sampling settings, system prompt and tools
-/set NAME VALUE      change sampling: temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens
-/system [TEXT]       show the system prompt, or set it; /system --clear removes it
-/reset               start over (keeps the system prompt and tools)
-/retry               answer the last message again
-/undo                remove the last exchange
-/save FILE           write the conversation (OpenAI-style JSON)
-/load FILE           continue a saved conversation
-/stats               tokens and speed of the last reply
-/exit                leave (or Ctrl-D)
-Enter sends; Alt-Enter (or Esc then Enter) starts a new line; pasted text keeps its lines.
-A message that starts with / : type // (sent as one /) or a space first."""
+# (usage, what it does): /help prints them, and `chat --help` lists the usages
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("/help", "this list"),
+    ("/show", "model, sampling settings, system prompt and tools"),
+    ("/set NAME VALUE", "change sampling: temp, top_p, top_k, min_p, repeat_penalty, seed, max_tokens"),
+    ("/system [TEXT]", "show the system prompt, or set it; /system --clear removes it"),
+    ("/reset", "start over (keeps the system prompt and tools)"),
+    ("/retry", "answer the last message again"),
+    ("/undo", "remove the last exchange"),
+    ("/save FILE", "write the conversation (OpenAI-style JSON)"),
+    ("/load FILE", "continue a saved conversation"),
+    ("/stats", "tokens and speed of the last reply"),
+    ("/exit", "leave (or Ctrl-D)"),
+)
+KEYS = ("Enter sends; Alt-Enter (or Esc then Enter) starts a new line; pasted text keeps its lines.\n"
+        "A message that starts with / : type // (sent as one /) or a space first.")
+HELP = "\n".join(f"{usage:<20} {what}" for usage, what in COMMANDS) + "\n" + KEYS
+
 
 # /set NAME: (engine field, parser, allowed range for the message)
 SETTINGS: dict[str, tuple[str, Callable[[str], float | int], str]] = {
@@ -67,6 +71,7 @@ class Commands:
     def show(self, _: str) -> None:
         s = self.engine.settings
         sampling = s.sampling
+        seed = sampling.seed if sampling.seed is not None else "random"
         tools = self.engine.conversation.tools or []
         names = ", ".join(t.get("function", {}).get("name", t.get("type", "?")) for t in tools) or "none"
         self.repl.say("\n".join([
@@ -74,7 +79,7 @@ class Commands:
             f"context         {self.engine.runtime.n_ctx:,} tokens",
             f"sampling        temp {sampling.temperature:g}, top_p {sampling.top_p:g}, top_k {sampling.top_k}, "
             f"min_p {sampling.min_p:g}, repeat_penalty {sampling.repeat_penalty:g}",
-            f"max_tokens      {s.max_tokens or 'no limit'}; seed {s.seed if s.seed is not None else 'random'}",
+            f"max_tokens      {s.max_tokens or 'no limit'}; seed {seed}",
             f"system prompt   {self.engine.conversation.system_prompt or '(none)'}",
             f"tools           {names}",
         ]))

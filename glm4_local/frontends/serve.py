@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glm4_local.chat.options import RuntimeOptions, SamplingOptions
-from glm4_local.chat.setup import ModelFacts, load_runtime, sampling_settings
+from glm4_local.chat.options import RuntimeOptions
+from glm4_local.chat.setup import load_runtime, model_sampling
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.gguf.problems import REPAIR, quick_problems
-from glm4_local.frontends.commands import size_text
+from glm4_local.frontends.model_plan import plan_model, size_text
 from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
 from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
 
@@ -92,9 +91,8 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     """Serve until Ctrl-C or SIGTERM; Glm4LocalError if the model cannot be loaded or the port bound."""
     import uvicorn
 
-    facts = ModelFacts.read(model_path)
-    for problem in quick_problems(facts.header, facts.family):
-        warn(f"{facts.path.name}: {problem}; {REPAIR}")
+    plan = plan_model(model_path, runtime, warn, slots=options.parallel)
+    facts = plan.facts
     if warning := exposure_warning(options.host, options.api_key):
         warn(warning)
     sock = listen(options.host, options.port)
@@ -102,17 +100,16 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     state = ServerState(config)
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
-    n_ctx = runtime.context_size(facts.hparams.context_length)
-    kv_cache = size_text(options.parallel * facts.kv_cache_bytes(n_ctx, runtime))
     say(f"serving {facts.path.name} as \"{config.model_id}\" on {url_of(sock, options.host)} "
-        f"({options.parallel} slot(s) × {n_ctx:,} tokens of context, KV cache {kv_cache}); loading…")
+        f"({options.parallel} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
+        f"{size_text(plan.kv_cache_bytes)}); loading…")
 
     def load() -> None:
         try:
             loaded = load_runtime(facts, runtime, slots=options.parallel)
             scheduler = Scheduler(loaded, options.max_queue)
             scheduler.start()
-            state.loaded = Loaded(facts, loaded, scheduler, sampling_settings(facts, SamplingOptions()).sampling)
+            state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts))
             say("ready")
         except Exception as e:  # the server must stop with the reason, never serve "loading" forever
             state.error = str(e) if isinstance(e, Glm4LocalError) else f"could not load the model ({e!r})"

@@ -22,7 +22,7 @@ from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.jsonfile import read_text
 from glm4_local.core.progress import Progress
 from glm4_local.gguf_tools.rewrite import Field, fields_of, rewrite_gguf
-from glm4_local.gguf_tools.tokenizer_check import TokenizerCheck, check_tokenizer, ranks_of
+from glm4_local.gguf_tools.tokenizer_check import TokenizerCheck, check_tokenization, ranks_of
 
 K = gguf.Keys
 V = gguf.GGUFValueType
@@ -139,4 +139,4 @@ def _check(path: Path, header: GGUFHeader, family: ModelFamily, sink: Progress) 
         sink.advance(checked - done)
         done = checked
 
-    return check_tokenizer(path, header, family, on_progress)
+    return check_tokenization(path, header, family, on_progress)

@@ -55,7 +55,7 @@ def check_texts(ranks: dict[bytes, int]) -> list[str]:
     return texts + [line for line in lines if line.strip()]
 
 
-def check_tokenizer(path: Path, header: GGUFHeader, family: ModelFamily,
+def check_tokenization(path: Path, header: GGUFHeader, family: ModelFamily,
                     on_progress: Callable[[int, int], None] | None = None) -> TokenizerCheck:
     """Tokenize every check text with llama.cpp (the file) and tiktoken (the reference)."""
     import tiktoken

@@ -19,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from glm4_local.chat.runtime import ChatRuntime, Sampling
+from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts
+from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.completions import Run
 from glm4_local.server.metrics import prometheus_text
 from glm4_local.server.plan import Plan, chat_plan, completion_plan
@@ -45,7 +46,7 @@ class Loaded:
     facts: ModelFacts
     runtime: ChatRuntime
     scheduler: Scheduler
-    defaults: Sampling  # the GGUF's sampling defaults
+    defaults: SamplerSettings  # the GGUF's sampling defaults
 
 
 @dataclass
@@ -111,7 +112,7 @@ def create_app(state: ServerState) -> Starlette:
             status = {"status": "loading"} if state.error is None else {"status": "error", "error": state.error}
             return JSONResponse(status, status_code=503)
         decoder = state.loaded.runtime.decoder
-        return JSONResponse({"status": "ok", "slots": len(decoder.slots), "slots_busy": decoder.active,
+        return JSONResponse({"status": "ok", "slots": decoder.slot_count, "slots_busy": decoder.active,
                              "queued": decoder.queued})
 
     def model_object() -> dict[str, Any]:

@@ -7,19 +7,18 @@ tokens `glm4-local chat` would feed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from glm4_local.chat.constraints import ConstraintError, answer_grammar, call_grammar, function_tools
-from glm4_local.chat.runtime import ChatRuntime, Sampling
+from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.chat.template import TemplateRenderError
 from glm4_local.core.families.replies import ReplyFormat
 from glm4_local.core.llama.door import tokenize
 from glm4_local.core.llama.sampling import SamplerSettings, grammar_problem
-from glm4_local.server.protocol import ChatRequest, CompletionRequest, NamedToolChoice, bad_request
-from glm4_local.server.protocol import Sampling as SamplingFields
+from glm4_local.server.protocol import ChatRequest, CompletionRequest, NamedToolChoice, SamplingFields, bad_request
 
 
 @dataclass(frozen=True)
@@ -36,14 +35,12 @@ class Plan:
     stream: bool = False
 
 
-def _sampler(runtime: ChatRuntime, defaults: Sampling, fields: SamplingFields, grammar: str | None
-             ) -> SamplerSettings:
-    chosen = {k: v for k, v in (("temperature", fields.temperature), ("top_p", fields.top_p),
-                                ("top_k", fields.top_k), ("min_p", fields.min_p),
-                                ("repeat_penalty", fields.repeat_penalty),
-                                ("presence_penalty", fields.presence_penalty),
-                                ("frequency_penalty", fields.frequency_penalty)) if v is not None}
-    return runtime.sampler_settings(replace(defaults, **chosen), fields.seed, grammar)
+def _sampler(defaults: SamplerSettings, fields: SamplingFields, grammar: str | None) -> SamplerSettings:
+    """The request's sampling fields over the model's defaults (a field left out keeps its default)."""
+    return defaults.updated(temperature=fields.temperature, top_p=fields.top_p, top_k=fields.top_k,
+                            min_p=fields.min_p, repeat_penalty=fields.repeat_penalty,
+                            presence_penalty=fields.presence_penalty, frequency_penalty=fields.frequency_penalty,
+                            seed=fields.seed, grammar=grammar)
 
 
 def _limit(prompt: list[int], asked: int | None, n_ctx: int) -> int:
@@ -87,7 +84,7 @@ def _constraint(request: ChatRequest, tools: list[dict[str, Any]] | None, replie
     return answer_grammar(replies, form.json_schema.schema_), "", False
 
 
-def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, defaults: Sampling) -> Plan:
+def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, defaults: SamplerSettings) -> Plan:
     """What to generate for a chat completion; ApiError 400 for anything malformed or impossible."""
     request.refuse_unsupported()
     try:
@@ -95,21 +92,21 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
         tools = check_tools(request.tools, "tools") if request.tools else None
         if request.tool_choice == "none":
             tools = None  # not offered, so never called
-        grammar, prefix, forced = _constraint(request, tools, runtime.family.replies)
-        if grammar is not None and (problem := grammar_problem(runtime.model.vocab, grammar)):
+        grammar, prefix, forced = _constraint(request, tools, runtime.vocab.family.replies)
+        if grammar is not None and (problem := grammar_problem(runtime.vocab.model.vocab, grammar)):
             raise ConstraintError(f"{'tools' if forced else 'response_format'}: {problem}")
-        prompt = runtime.prompt(facts.template, messages, tools)
+        prompt = runtime.vocab.prompt(facts.template, messages, tools)
     except (SchemaError, TemplateRenderError, ConstraintError) as e:
         raise bad_request(str(e)) from None
     if prefix:
-        prompt += tokenize(runtime.model, prefix)
+        prompt += tokenize(runtime.vocab.model, prefix)
     options = request.stream_options
-    return Plan(prompt, _sampler(runtime, defaults, request, grammar),
+    return Plan(prompt, _sampler(defaults, request, grammar),
                 _limit(prompt, request.token_limit(), runtime.n_ctx), request.stop_strings(), tools, prefix,
                 forced, include_usage=bool(options and options.include_usage), stream=request.stream)
 
 
-def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: Sampling) -> Plan:
+def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: SamplerSettings) -> Plan:
     """A raw prompt, tokenized with its markup (the caller writes the whole prompt)."""
     request.refuse_unsupported()
     if request.echo or request.suffix:
@@ -117,8 +114,8 @@ def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: 
     text = request.prompt_text()
     if not text:
         raise bad_request("prompt: empty", "prompt")
-    prompt = tokenize(runtime.model, text, special=True)
+    prompt = tokenize(runtime.vocab.model, text, special=True)
     options = request.stream_options
-    return Plan(prompt, _sampler(runtime, defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx),
+    return Plan(prompt, _sampler(defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx),
                 request.stop_strings(), raw=True, include_usage=bool(options and options.include_usage),
                 stream=request.stream)

@@ -59,7 +59,7 @@ class ResponseFormat(_Strict):
     json_schema: JsonSchemaFormat | None = None
 
 
-class Sampling(_Strict):
+class SamplingFields(_Strict):
     """The sampling fields chat and text completions share (None: the model's default)."""
 
     model: str | None = None
@@ -97,7 +97,7 @@ class Sampling(_Strict):
             raise bad_request("logit_bias is not supported by this server", "logit_bias")
 
 
-class ChatRequest(Sampling):
+class ChatRequest(SamplingFields):
     messages: list[Any]  # shapes checked by chat/schema.py, the same code the terminal chat uses
     tools: list[Any] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -110,7 +110,7 @@ class ChatRequest(Sampling):
         return self.max_completion_tokens or self.max_tokens
 
 
-class CompletionRequest(Sampling):
+class CompletionRequest(SamplingFields):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None

@@ -55,9 +55,9 @@ class ReplyAssembler:
 
     def __init__(self, plan: Plan, runtime: ChatRuntime) -> None:
         self.plan = plan
-        self.text_of = runtime.detokenizer()
-        self.format = runtime.family.replies
-        self.call_end = runtime.special_ids.get(runtime.family.call_end_token)
+        self.text_of = runtime.vocab.detokenizer()
+        self.format = runtime.vocab.family.replies
+        self.call_end = runtime.vocab.special_ids.get(runtime.vocab.family.call_end_token)
         self.text = plan.prefix  # the whole reply as generated, for parsing
         self.reply = None if plan.raw else self.format.stream(plan.tools, plan.prefix)
         self.stops = StopScanner(plan.stop_strings)

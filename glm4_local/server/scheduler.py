@@ -94,9 +94,7 @@ class Scheduler:
             if not worked:
                 self._wake.wait(0.5)
                 self._wake.clear()
-        for slot_job in [s.job for s in self.decoder.slots if s.job is not None] + list(self.decoder.waiting):
-            self.decoder.cancel(slot_job)
-        self.decoder.release_cancelled()
+        self.decoder.cancel_all()
         self._flush()
 
     def _flush(self) -> None:
@@ -114,12 +112,12 @@ class Scheduler:
     def submit(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> tuple[Job, TokenStream]:
         """Queue a job for `plan`; ApiError 503 (Retry-After) when the waiting queue is full."""
         stream = TokenStream(loop, self._outbox)
-        job = Job(plan.prompt, plan.sampler, plan.max_new_tokens, frozenset(self.runtime.stop_ids),
+        job = Job(plan.prompt, plan.sampler, plan.max_new_tokens, frozenset(self.runtime.vocab.stop_ids),
                   on_token=stream.on_token, on_done=stream.on_done)
         with self._admit:
             if self._stopping:
                 raise ApiError(503, "the server is shutting down", "server_error")
-            free = len(self.decoder.slots) - self.decoder.active
+            free = self.decoder.slot_count - self.decoder.active
             if self.decoder.queued - free >= self.max_queue:
                 self.counters.rejected += 1
                 raise ApiError(503, f"the server is busy ({self.max_queue} requests waiting); retry shortly",

@@ -29,7 +29,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_tokenizer(header: GGUFHeader, family: ModelFamily, where: str) -> None:
+def check_tokenizer_arrays(header: GGUFHeader, family: ModelFamily, where: str) -> None:
     model = header.get(K.Tokenizer.MODEL)
     if model != family.tokenizer_model:
         raise GGUFFileError(f"{where}: tokenizer model {model!r} is not {family.name}'s "
@@ -97,7 +97,7 @@ def check_tensors(header: GGUFHeader, family: ModelFamily, spec: ModelSpec, wher
 def check_header(header: GGUFHeader, family: ModelFamily, where: str) -> ModelSpec:
     """The model's spec if llama.cpp can load this file; GGUFFileError naming the first problem."""
     check_metadata_types(header, where)
-    check_tokenizer(header, family, where)
+    check_tokenizer_arrays(header, family, where)
     spec = family.spec_from_gguf(header, where)
     check_tensors(header, family, spec, where)
     return spec

@@ -108,8 +108,8 @@ class Decoder:
         self.batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.vocab = model.vocab
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
-        self.slots = [_Slot(i) for i in range(slots)]
-        self.waiting: collections.deque[Job] = collections.deque()
+        self._slots = [_Slot(i) for i in range(slots)]
+        self._waiting: collections.deque[Job] = collections.deque()
         self.decode_calls = 0  # llama_decode calls, and the tokens they carried (for /metrics)
         self.decoded_tokens = 0
         self.decode_seconds = 0.0
@@ -124,7 +124,7 @@ class Decoder:
         if len(job.prompt) >= self.slot_ctx:
             raise DecodeError(f"a prompt of {len(job.prompt)} tokens does not fit the context of {self.slot_ctx}")
         with self._lock:
-            self.waiting.append(job)
+            self._waiting.append(job)
             self._changed = True
 
     def cancel(self, job: Job) -> None:
@@ -134,29 +134,42 @@ class Decoder:
             self._changed = True
 
     @property
+    def slot_count(self) -> int:
+        return len(self._slots)
+
+    @property
     def active(self) -> int:
-        return sum(1 for s in self.slots if s.job is not None)
+        """Slots running a job."""
+        return sum(1 for s in self._slots if s.job is not None)
 
     @property
     def queued(self) -> int:
-        return len(self.waiting)
+        return len(self._waiting)
 
     def has_work(self) -> bool:
-        return bool(self.waiting) or self.active > 0
+        return bool(self._waiting) or self.active > 0
 
     def release_cancelled(self) -> None:
         """Free the slots of cancelled jobs and drop cancelled jobs still waiting (stepping thread only)."""
         with self._lock:
-            for job in [j for j in self.waiting if j.cancelled]:
-                self.waiting.remove(job)
+            for job in [j for j in self._waiting if j.cancelled]:
+                self._waiting.remove(job)
                 self._end(job, "cancelled")
-        for slot in self.slots:
+        for slot in self._slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot, "cancelled")
 
+    def cancel_all(self) -> None:
+        """Cancel every running and waiting job and free their slots (stepping thread only)."""
+        with self._lock:
+            jobs = [s.job for s in self._slots if s.job is not None] + list(self._waiting)
+        for job in jobs:
+            self.cancel(job)
+        self.release_cancelled()
+
     def forget(self) -> None:
         """Empty every idle slot's cache (the next prompt is evaluated whole)."""
-        for slot in self.slots:
+        for slot in self._slots:
             if slot.job is None:
                 self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
                 slot.cached.clear()
@@ -189,11 +202,11 @@ class Decoder:
 
     def _start_waiting(self) -> None:
         while True:
-            free = [s for s in self.slots if s.job is None]
+            free = [s for s in self._slots if s.job is None]
             with self._lock:
-                if not free or not self.waiting:
+                if not free or not self._waiting:
                     return
-                job = self.waiting.popleft()
+                job = self._waiting.popleft()
             self._assign(job, free)
 
     @staticmethod
@@ -228,7 +241,7 @@ class Decoder:
         """(slot, tokens added, batch index of its output or None); generating slots first, one token each."""
         batch, budget, n = self.batch, self.n_batch, 0
         added = []
-        busy = sorted((s for s in self.slots if s.job is not None and s.pending),
+        busy = sorted((s for s in self._slots if s.job is not None and s.pending),
                       key=lambda s: (len(s.pending) > 1, s.job.started_at))  # type: ignore[union-attr]
         for slot in busy:
             if n >= budget:
@@ -272,7 +285,7 @@ class Decoder:
 
     def abort(self, message: str) -> None:
         """End every running job with an error (after an unexpected failure in a step)."""
-        for slot in self.slots:
+        for slot in self._slots:
             if slot.job is not None:
                 self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
                 slot.cached.clear()
@@ -308,7 +321,7 @@ class Decoder:
             self.close()
 
     def close(self) -> None:
-        for slot in self.slots:
+        for slot in self._slots:
             if slot.job is not None:
                 self._finish(slot, "cancelled")
         if self.ctx:

@@ -5,7 +5,7 @@ its grammar, all run in C. With core/llama.py and core/decoder.py the only modul
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ class GrammarError(DecodeError):
 
 @dataclass(frozen=True)
 class SamplerSettings:
+    """How one reply is sampled: the one settings type of chat, serve and the decoder."""
+
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     top_k: int = 0
@@ -34,6 +36,10 @@ class SamplerSettings:
     presence_penalty: float = 0.0
     seed: int | None = None  # None: a random seed
     grammar: str | None = None  # GBNF with a `root` rule; the output must match it
+
+    def updated(self, **changes: Any) -> SamplerSettings:
+        """These settings with the given fields changed; a None value leaves its field as it is."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _sampler_chain(n_vocab: int, s: SamplerSettings) -> Any:
