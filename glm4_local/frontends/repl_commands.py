@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from glm4_local.chat.engine import ChatEngine, Turn
 from glm4_local.chat.session import load_conversation, save_json
 from glm4_local.core.errors import Glm4LocalError
 
-if TYPE_CHECKING:
-    from glm4_local.frontends.repl import Repl
+
+class Repl(Protocol):
+    """What the commands need of the terminal chat (frontends/repl.py)."""
+
+    EXIT: object
+    engine: ChatEngine
+    model_name: str
+
+    def say(self, text: str, style: str = "dim") -> None: ...
+
+    def converse(self, start: Callable[[], Turn | None]) -> None: ...
+
+    def show_stats(self) -> None: ...
+
+    def show_last_exchange(self) -> None: ...
 
 # (usage, what it does): /help prints them, and `chat --help` lists the usages
 COMMANDS: tuple[tuple[str, str], ...] = (
