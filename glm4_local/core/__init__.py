@@ -1,3 +1,4 @@
-"""The shared core: errors, atomic files, GGUF headers, model families, and the one door to llama.cpp.
+"""The shared core: small utilities here (errors, atomic files, JSON files, paths, progress), and one
+sub-package a concern: families/ (model facts), gguf/ (GGUF files), llama/ (the door to llama.cpp).
 
-It imports nothing from chat/, convert/ or the front-ends."""
+It imports nothing from the converter, chat, the GGUF tools, the server or the front-ends."""

@@ -7,7 +7,7 @@ goes to the free slot whose cache shares the longest prefix with its prompt (whe
 the slot's cache), so a conversation's next turn evaluates only its new tokens. The chat (one slot,
 stepped by its own thread) and the server (many slots, stepped by a worker thread) both run this loop.
 
-With core/llama.py and core/sampling.py, the only modules importing llama_cpp.
+One of the modules of core/llama/, the only ones importing llama_cpp.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_
 
 def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int = 0, use_mmap: bool = True,
                use_mlock: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
-    """The weights and vocabulary alone (no context): for core/decoder.py's contexts. GGUFFileError as load()."""
+    """The weights and vocabulary alone (no context): for decoder.py's contexts. GGUFFileError as load()."""
     import llama_cpp
     from llama_cpp._internals import LlamaModel
 

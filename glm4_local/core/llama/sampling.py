@@ -1,5 +1,5 @@
 """Sampling in llama.cpp: one job's sampler chain (penalties, top-k/p, min-p, temperature, seed) and
-its grammar, all run in C. With core/llama.py and core/decoder.py the only modules importing llama_cpp.
+its grammar, all run in C. One of the modules of core/llama/, the only ones importing llama_cpp.
 """
 
 from __future__ import annotations
