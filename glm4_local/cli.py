@@ -17,10 +17,10 @@ from rich.console import Console
 
 from glm4_local import cli_options as o
 from glm4_local.chat.options import RuntimeOptions
-from glm4_local.chat.tool_exec import DEFAULT_TOOL_TIMEOUT
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
 from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
 from glm4_local.frontends.repl_commands import COMMANDS
+from glm4_local.tools.program import DEFAULT_TOOL_TIMEOUT
 
 app = typer.Typer(
     name="glm4-local", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -257,8 +257,8 @@ def chat(
     *, runtime: RuntimeOptions,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
-    from glm4_local.chat.tool_exec import ToolRunner
     from glm4_local.frontends.commands import start_chat
+    from glm4_local.tools.program import ToolRunner
 
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed}

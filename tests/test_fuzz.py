@@ -25,12 +25,12 @@ import pytest
 
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.template import ChatTemplate
-from glm4_local.chat.tool_exec import run_tool
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.families.glm4_replies import to_glm_messages
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.gguf.header import read_gguf_header
+from glm4_local.tools.program import run_tool
 
 V = gguf.GGUFValueType
 RUNNER = Path(__file__).with_name("fuzz_runner.py")

@@ -24,10 +24,10 @@ from test_errors import SLOW_CONVERT
 import factory
 from glm4_local.chat.schema import SchemaError, check_messages
 from glm4_local.chat.session import load_conversation, save_json
-from glm4_local.chat.tool_exec import run_tool
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.llama import door
+from glm4_local.tools.program import run_tool
 
 K, V = gguf.Keys, gguf.GGUFValueType
 ARCH = "chatglm"

@@ -20,6 +20,7 @@ FOLDERS = {
     "glm4_local/core/llama": "glm4_local.core.llama",
     "convert": "glm4_local.convert",
     "glm4_local/chat": "glm4_local.chat",
+    "glm4_local/tools": "glm4_local.tools",
     "glm4_local/gguf_tools": "glm4_local.gguf_tools",
     "glm4_local/server": "glm4_local.server",
     "glm4_local/frontends": "glm4_local.frontends",
@@ -32,12 +33,14 @@ ALLOWED = {
     "glm4_local.core.llama": {"glm4_local.core", "glm4_local.core.gguf"},
     "glm4_local.convert": CORE,
     "glm4_local.chat": CORE,
+    "glm4_local.tools": CORE,
+    "glm4_local.documents": CORE,  # readers of files into the conversation (long documents)
     "glm4_local.gguf_tools": CORE | {"glm4_local.convert"},
-    "glm4_local.server": CORE | {"glm4_local.chat"},
+    "glm4_local.server": CORE | {"glm4_local.chat", "glm4_local.tools", "glm4_local.documents"},
     "glm4_local.frontends": CORE | {"glm4_local.convert", "glm4_local.chat", "glm4_local.gguf_tools",
-                                    "glm4_local.server"},
-    "glm4_local": set(FOLDERS.values()) - {"glm4_local"},  # cli.py: every layer
+                                    "glm4_local.tools", "glm4_local.documents", "glm4_local.server"},
 }
+ALLOWED["glm4_local"] = set(ALLOWED)  # cli.py, on top: every layer
 
 
 def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:

@@ -18,12 +18,12 @@ from glm4_local.chat.schema import load_tools
 from glm4_local.chat.session import Autosave, Conversation, load_conversation, resume_latest
 from glm4_local.chat.setup import ModelFacts, open_engine
 from glm4_local.chat.template import ChatTemplate
-from glm4_local.chat.tool_exec import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
 from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
+from glm4_local.tools.program import ToolRunner
 
 
 def _conversation(resume: bool, system: str | None, tools_path: Path | None, errors: Console

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
-from glm4_local.chat.tool_exec import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.tools.program import ToolRunner
 
 MAX_TOOL_ROUNDS = 8
 

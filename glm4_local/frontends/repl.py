@@ -22,11 +22,11 @@ from rich.text import Text
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
 from glm4_local.chat.session import data_home
-from glm4_local.chat.tool_exec import ToolRunner
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.frontends.repl_commands import Commands
 from glm4_local.frontends.reply_view import ReplyView
+from glm4_local.tools.program import ToolRunner
 
 CANCELLED = json.dumps({"error": "cancelled by the user"})
 
