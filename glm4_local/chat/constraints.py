@@ -1,6 +1,6 @@
 """Grammars that hold a reply to a shape: a JSON answer, or a call of one of the given functions.
 
-The JSON rules come from llama.cpp's own converter; the family's reply format frames them (for
+The JSON rules come from chat/json_grammar.py; the family's reply format frames them (for
 GLM-4-9B: an empty metadata line before an answer, the function's name line before a call).
 """
 
@@ -10,9 +10,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from glm4_local.chat.json_grammar import SchemaUnsupported, schema_rules
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ReplyFormat
-from glm4_local.core.llama.door import json_schema_grammar
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 MAX_SCHEMA_CHARS = 64 * 1024  # a larger schema makes a grammar too slow to apply at every token
@@ -29,9 +29,9 @@ def _rules(schemas: dict[str, Any], what: str) -> str:
         if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
             raise ConstraintError(f"{what}: the JSON schema is larger than {MAX_SCHEMA_CHARS // 1024} KiB")
     try:
-        return json_schema_grammar(schemas)
-    except (ValueError, RecursionError) as e:
-        raise ConstraintError(f"{what}: cannot follow this JSON schema ({e})") from None
+        return schema_rules(schemas)
+    except SchemaUnsupported as e:
+        raise ConstraintError(f"{what}: cannot hold the output to this JSON schema: {e}") from None
 
 
 def answer_grammar(replies: ReplyFormat, schema: Mapping[str, Any] | None) -> str:

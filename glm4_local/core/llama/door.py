@@ -29,6 +29,7 @@ CACHE_TYPES: dict[str, gguf.GGMLQuantizationType] = {"f32": Q.F32, "f16": Q.F16,
 # Rows of one tensor the quantizer holds at once; its default (8 GiB) would dominate peak memory.
 QUANTIZE_BUFFER_BYTES = 256 * 1024 * 1024
 _GGML_LOG_LEVEL_ERROR = 4  # ggml.h: NONE, DEBUG, INFO, WARN, ERROR, CONT
+_KEPT_ERRORS = 64
 
 _errors: list[str] = []
 _listeners: list[Callable[[str], None]] = []  # see every log line while registered (e.g. quantizer progress)
@@ -48,6 +49,7 @@ def capture_logs() -> list[str]:
             line = text.decode("utf-8", errors="replace")
             if level == _GGML_LOG_LEVEL_ERROR:
                 _errors.append(line.strip())
+                del _errors[:-_KEPT_ERRORS]  # a server runs for weeks: keep the latest only
             for listener in _listeners:
                 listener(line)
 
@@ -123,22 +125,6 @@ def _loading(path: Path, header: GGUFHeader | None) -> Iterator[None]:
     except Exception as e:  # llama-cpp-python raises ValueError, RuntimeError and others for a bad file
         detail = next((line for line in errors if line), str(e) or type(e).__name__)
         raise GGUFFileError(f"{path}: llama.cpp could not load it ({detail})") from e
-
-
-def json_schema_grammar(schemas: dict[str, Any]) -> str:
-    """GBNF rules, one per named JSON schema (rule name = key), by llama.cpp's own converter.
-
-    Raises ValueError for a schema it cannot express (a remote $ref, a type it does not know, ...).
-    """
-    from llama_cpp.llama_grammar import SchemaConverter
-
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    try:
-        for name, schema in schemas.items():
-            converter.visit(converter.resolve_refs(schema, name), name)
-        return str(converter.format_grammar())
-    except Exception as e:  # the converter asserts and raises many kinds for schemas it cannot express
-        raise ValueError(str(e) or type(e).__name__) from None
 
 
 class _NoFormatter:

@@ -4,7 +4,13 @@ its grammar, all run in C. One of the modules of core/llama/, the only ones impo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -132,14 +138,36 @@ class Sampler:
         self.chain = self.grammar = None
 
 
+_STDERR_LOCK = threading.Lock()
+MAX_GRAMMAR_ERROR = 300  # characters of llama.cpp's parse error kept for the message
+
+
+@contextlib.contextmanager
+def _stderr_into(sink: list[str]) -> Iterator[None]:
+    """Collect what C code writes to file descriptor 2 meanwhile (llama.cpp prints a refused grammar
+    there in full: up to megabytes per request), instead of letting it reach the log."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            sink.append(capture.read(4 * MAX_GRAMMAR_ERROR).decode("utf-8", errors="replace"))
 
 
 def grammar_problem(vocab: Any, grammar: str) -> str | None:
-    """Why llama.cpp's parser refuses `grammar` (None when it accepts it)."""
+    """Why llama.cpp's parser refuses `grammar` (None when it accepts it), in one bounded line."""
     import llama_cpp as ll
 
-    sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    printed: list[str] = []
+    with _stderr_into(printed):
+        sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
     if not sampler:
-        return "llama.cpp could not parse the grammar made from it"
+        reason = " ".join(printed[0].split())[:MAX_GRAMMAR_ERROR] if printed and printed[0].strip() else ""
+        return "llama.cpp could not parse the grammar made from it" + (f" ({reason})" if reason else "")
     ll.llama_sampler_free(sampler)
     return None
