@@ -289,6 +289,9 @@ def serve(
                                           "own context and prompt cache).", min=1, max=64)] = 1,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for a slot; more get 503 "
                                            "with Retry-After.", min=1)] = 64,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="A name clients may reach the "
+                                                           "server by, besides localhost and IP addresses "
+                                                           "(repeatable).")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow browser pages from this "
                                                           "origin (repeatable; '*' for any).")] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.", min=0.001)
@@ -302,7 +305,7 @@ def serve(
 
     with user_errors(on_interrupt="stopped"):
         options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
-                               int(max_body_mb * 1024 * 1024))
+                               int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()))
         serve_model(resolve_model(model), runtime, options,
                     say=lambda line: err.print(line, markup=False),
                     warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))

@@ -164,7 +164,7 @@ def test_health_is_503_while_the_model_loads() -> None:
 
         def get(method: str, path: str, body: str | None = None) -> tuple[int, Any]:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            connection.request(method, path, body)
+            connection.request(method, path, body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             return response.status, json.loads(response.read() or b"null") if path != "/metrics" else None
 

@@ -32,6 +32,7 @@ class ServeOptions:
     max_queue: int = DEFAULT_MAX_QUEUE
     cors_origins: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
@@ -40,6 +41,9 @@ class ServeOptions:
             raise Glm4LocalError(f"the waiting queue must hold at least 1 request, not {self.max_queue}")
         if self.api_key is not None and not self.api_key.strip():
             raise Glm4LocalError("the API key is empty")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            raise Glm4LocalError("the API key must be printable ASCII (HTTP headers carry nothing else, so no "
+                                 "client could ever send it)")
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:
@@ -96,7 +100,8 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     if warning := exposure_warning(options.host, options.api_key):
         warn(warning)
     sock = listen(options.host, options.port)
-    config = ServerConfig(facts.path.stem, options.api_key, options.cors_origins, options.max_body)
+    config = ServerConfig(facts.path.stem, options.api_key, options.cors_origins, options.max_body,
+                          options.allowed_hosts)
     state = ServerState(config)
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))

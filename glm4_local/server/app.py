@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -23,6 +23,7 @@ from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.completions import Run
+from glm4_local.server.guard import BrowserGuard
 from glm4_local.server.metrics import prometheus_text
 from glm4_local.server.plan import Plan, chat_plan, completion_plan
 from glm4_local.server.protocol import ApiError, ChatRequest, CompletionRequest, bad_request, validation_error
@@ -39,6 +40,7 @@ class ServerConfig:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
+    allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost and IP addresses
 
 
 @dataclass(frozen=True)
@@ -72,16 +74,16 @@ async def read_json(request: Request, limit: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body larger than {limit:,} bytes")
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in request.stream():  # ClientDisconnect when the client leaves mid-body
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"request body larger than {limit:,} bytes")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad_request(f"the body is not valid JSON ({e})") from None
     except RecursionError:
         raise bad_request("the body's JSON is nested too deeply") from None
+    except ValueError as e:  # not JSON, not UTF-8, or a number of more digits than Python converts
+        raise bad_request(f"the body is not valid JSON ({e})") from None
 
 
 def parse(model: type[Model], body: Any) -> Model:
@@ -104,6 +106,8 @@ def create_app(state: ServerState) -> Starlette:
                 return await handler(request)
             except ApiError as e:
                 return error_response(e)
+            except ClientDisconnect:  # gone while sending its body: nobody to answer, nothing to log
+                return Response(status_code=400)
 
         return guarded
 
@@ -160,8 +164,10 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/chat/completions", route(chat_completions), methods=["POST"]),
         Route("/v1/completions", route(completions), methods=["POST"]),
     ]
-    middleware = [Middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                             allow_headers=["Authorization", "Content-Type"])] if config.cors_origins else []
+    middleware = [Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)]
+    if config.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
     return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
 
 
