@@ -10,7 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from glm4_local.chat.json_grammar import SchemaUnsupported, schema_rules
+from glm4_local.chat.json_grammar import GrammarBuilder, SchemaUnsupported
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ReplyFormat
 
@@ -19,24 +19,36 @@ MAX_SCHEMA_CHARS = 64 * 1024  # a larger schema makes a grammar too slow to appl
 
 
 class ConstraintError(Glm4LocalError):
-    """A schema that cannot become a grammar."""
+    """A schema that cannot become a grammar; `param` is the request field that holds it."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
-def _rules(schemas: dict[str, Any], what: str) -> str:
-    for schema in schemas.values():
+def _rules(schemas: dict[str, tuple[Any, str]]) -> str:
+    """Rules named by the keys, for (schema, the request field it came from)."""
+    builder = GrammarBuilder()
+    for name, (schema, param) in schemas.items():
         if not isinstance(schema, dict):
-            raise ConstraintError(f"{what}: a JSON schema must be an object")
+            raise ConstraintError(f"{param}: a JSON schema must be an object", param)
         if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
-            raise ConstraintError(f"{what}: the JSON schema is larger than {MAX_SCHEMA_CHARS // 1024} KiB")
+            raise ConstraintError(f"{param}: the JSON schema is larger than {MAX_SCHEMA_CHARS // 1024} KiB", param)
+        try:
+            builder.add(name, schema)
+        except SchemaUnsupported as e:
+            raise ConstraintError(f"{param}: cannot hold the output to this JSON schema: {e}", param) from None
     try:
-        return schema_rules(schemas)
+        return builder.grammar()
     except SchemaUnsupported as e:
-        raise ConstraintError(f"{what}: cannot hold the output to this JSON schema: {e}") from None
+        param = next(iter(schemas.values()))[1] if len(schemas) == 1 else "tools"
+        raise ConstraintError(f"{param}: cannot hold the output to these JSON schemas: {e}", param) from None
 
 
 def answer_grammar(replies: ReplyFormat, schema: Mapping[str, Any] | None) -> str:
     """An answer whose content is JSON: any object, or one matching `schema`."""
-    rules = _rules({"answer": dict(schema) if schema is not None else ANY_OBJECT}, "response_format")
+    where = "response_format.json_schema.schema" if schema is not None else "response_format"
+    rules = _rules({"answer": (ANY_OBJECT if schema is None else schema, where)})
     return f"{replies.answer_grammar('answer')}\n{rules}\n"
 
 
@@ -54,12 +66,10 @@ def call_grammar(replies: ReplyFormat, tools: Sequence[Mapping[str, Any]], named
 
     `named`: the call's name is already in the prompt (prefilled), so only its arguments follow.
     """
-    functions = function_tools(tools)
-    if named is not None:
-        functions = [t for t in functions if t["function"]["name"] == named]
+    functions = [(i, t) for i, t in enumerate(tools) if t.get("type") == "function"
+                 and (named is None or t["function"]["name"] == named)]
     if not functions:
-        raise ConstraintError("tool_choice: no function tool to call")
-    schemas = {f"call{i}": _parameters(t) for i, t in enumerate(functions)}
-    rules = _rules(schemas, "tools")
-    calls = {t["function"]["name"]: f"call{i}" for i, t in enumerate(functions)}
+        raise ConstraintError("tool_choice: no function tool to call", "tool_choice")
+    rules = _rules({f"call{i}": (_parameters(t), f"tools[{i}].function.parameters") for i, t in functions})
+    calls = {t["function"]["name"]: f"call{i}" for i, t in functions}
     return f"{replies.call_grammar(calls, named is not None)}\n{rules}\n"

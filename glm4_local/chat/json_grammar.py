@@ -105,14 +105,15 @@ def integer_range(lo: int | None, hi: int | None) -> str:
 class GrammarBuilder:
     """Rules for one or more named schemas; `grammar()` is the text, without a root rule."""
 
-    def __init__(self, root_schema: Mapping[str, Any]) -> None:
-        self.root_schema = root_schema
+    def __init__(self) -> None:
+        self.root_schema: Any = {}  # the schema being added, which its local references point into
         self.rules: dict[str, str] = {}
         self.refs: dict[str, str] = {}  # "#/$defs/x" -> its rule name
         self.unguarded: list[str] = []  # references being expanded since the last "{" or "[" (left recursion)
 
     def add(self, name: str, schema: Any) -> str:
         """A rule called `name` for `schema`; returns the name."""
+        self.root_schema, self.refs = schema, {}
         self._define(name, self.expression(schema, "$", 0))
         return name
 
@@ -200,7 +201,7 @@ class GrammarBuilder:
         if ref in self.unguarded:
             raise SchemaUnsupported(f"{where}: {ref} refers to itself with no object or array around it")
         if ref not in self.refs:
-            target: Any = self.root_schema
+            target = self.root_schema
             for part in ref[2:].split("/") if ref != "#" else []:
                 part = part.replace("~1", "/").replace("~0", "~")
                 if not isinstance(target, dict) or part not in target:
@@ -358,10 +359,7 @@ class GrammarBuilder:
 
 def schema_rules(schemas: Mapping[str, Any]) -> str:
     """GBNF rules, one per named schema (rule name = key); SchemaUnsupported for what it cannot hold to."""
-    first = next(iter(schemas.values()), {})
-    builder = GrammarBuilder(first if isinstance(first, dict) else {})
+    builder = GrammarBuilder()
     for name, schema in schemas.items():
-        builder.root_schema = schema if isinstance(schema, dict) else {}
-        builder.refs.clear()
         builder.add(name, schema)
     return builder.grammar()

@@ -22,18 +22,27 @@ MAX_DEPTH = 64
 
 
 class SchemaError(Glm4LocalError):
-    """A conversation or tool list that does not have OpenAI's shape."""
+    """A conversation or tool list that does not have OpenAI's shape; `param` is the path of the field
+    (e.g. messages[2].role), for the server's error."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _fail(where: str, problem: str) -> SchemaError:
+    return SchemaError(f"{where}: {problem}", where.rsplit(": ", 1)[-1])
 
 
 def check_value(value: Any, where: str, depth: int = 0) -> None:
     """Any JSON value: not nested absurdly deep, every string (keys too) valid Unicode."""
     if depth > MAX_DEPTH:
-        raise SchemaError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        raise _fail(where, f"nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise SchemaError(f"{where}: text with an unpaired surrogate (not valid Unicode)") from None
+            raise _fail(where, "text with an unpaired surrogate (not valid Unicode)") from None
     elif isinstance(value, dict):
         for key, item in value.items():
             check_value(key, where, depth + 1)
@@ -51,38 +60,37 @@ def _text(value: Any, where: str) -> str | None:
         parts = []
         for i, part in enumerate(value):
             if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise SchemaError(f"{where}[{i}]: only text parts ({{\"type\": \"text\", \"text\": ...}}) are "
-                                  "supported")
+                raise _fail(f"{where}[{i}]", "only text parts ({\"type\": \"text\", \"text\": ...}) are supported")
             parts.append(part["text"])
         return "".join(parts)
-    raise SchemaError(f"{where}: must be text, null or a list of text parts, not {type(value).__name__}")
+    raise _fail(where, f"must be text, null or a list of text parts, not {type(value).__name__}")
 
 
 def _optional(message: Message, key: str, kind: type, where: str) -> None:
     if key in message and message[key] is not None and not isinstance(message[key], kind):
-        raise SchemaError(f"{where}.{key}: must be {kind.__name__}, not {type(message[key]).__name__}")
+        raise _fail(f"{where}.{key}", f"must be {kind.__name__}, not {type(message[key]).__name__}")
 
 
 def _tool_calls(calls: Any, where: str) -> None:
     if not isinstance(calls, list):
-        raise SchemaError(f"{where}: must be a list of tool calls")
+        raise _fail(where, "must be a list of tool calls")
     for i, call in enumerate(calls):
         here = f"{where}[{i}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
-            raise SchemaError(f"{here}: needs a \"function\" object")
+            raise _fail(here, "needs a \"function\" object")
         if not isinstance(function.get("name"), str) or not function["name"]:
-            raise SchemaError(f"{here}.function.name: must be a non-empty string")
+            raise _fail(f"{here}.function.name", "must be a non-empty string")
         if not isinstance(function.get("arguments", ""), str):
-            raise SchemaError(f"{here}.function.arguments: must be a JSON string, not "
-                              f"{type(function['arguments']).__name__}")
+            raise _fail(f"{here}.function.arguments",
+                        f"must be a JSON string, not {type(function['arguments']).__name__}")
         _optional(call, "id", str, here)
 
 
 def check_message(message: Any, where: str) -> Message:
     """One message, with its content normalized to text or null."""
     if not isinstance(message, dict) or message.get("role") not in ROLES:
-        raise SchemaError(f"{where}: needs a role ({', '.join(ROLES)})")
+        raise _fail(f"{where}.role" if isinstance(message, dict) else where, f"needs a role ({', '.join(ROLES)})")
     check_value(message, where)
     checked = dict(message)
     if "content" in message:
@@ -91,7 +99,7 @@ def check_message(message: Any, where: str) -> Message:
         _optional(message, key, kind, where)
     if "tool_calls" in message and message["tool_calls"] is not None:
         if message["role"] != "assistant":
-            raise SchemaError(f"{where}.tool_calls: only an assistant message makes tool calls")
+            raise _fail(f"{where}.tool_calls", "only an assistant message makes tool calls")
         _tool_calls(message["tool_calls"], f"{where}.tool_calls")
     if "tools" in message:
         checked["tools"] = check_tools(message["tools"], f"{where}.tools")
@@ -100,27 +108,27 @@ def check_message(message: Any, where: str) -> Message:
 
 def check_messages(messages: Any, where: str) -> list[Message]:
     if not isinstance(messages, list):
-        raise SchemaError(f"{where}: expected a list of messages")
-    return [check_message(m, f"{where}: message {i}") for i, m in enumerate(messages)]
+        raise _fail(where, "expected a list of messages")
+    return [check_message(m, f"{where}[{i}]") for i, m in enumerate(messages)]
 
 
 def check_tools(tools: Any, where: str) -> list[dict[str, Any]]:
     """An OpenAI-style list of tools: each {"type": "function", "function": {"name": ..., ...}}."""
     if not isinstance(tools, list):
-        raise SchemaError(f"{where}: expected a JSON list of tools")
+        raise _fail(where, "expected a JSON list of tools")
     check_value(tools, where)
     for i, tool in enumerate(tools):
-        here = f"{where}: tool {i}"
+        here = f"{where}[{i}]"
         if not isinstance(tool, dict) or tool.get("type") not in TOOL_TYPES:
-            raise SchemaError(f"{here} needs \"type\": \"function\"")
+            raise _fail(f"{here}.type", "needs \"type\": \"function\"")
         if tool["type"] != "function":
             continue
         function = tool.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-            raise SchemaError(f"{here} needs a \"function\" object with a \"name\"")
+            raise _fail(f"{here}.function", "needs a \"function\" object with a \"name\"")
         if not all(f.replies.valid_function_name(function["name"]) for f in FAMILIES):
-            raise SchemaError(f"{here}: function name {function['name']!r} must be letters, digits, _ . - "
-                              "(up to 64, not starting with a digit)")
+            raise _fail(f"{here}.function.name", f"{function['name']!r} must be letters, digits, _ . - "
+                        "(up to 64, not starting with a digit)")
         for key, kind in (("description", str), ("parameters", dict)):
             _optional(function, key, kind, f"{here}.function")
     return tools

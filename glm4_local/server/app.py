@@ -156,13 +156,14 @@ def create_app(state: ServerState) -> Starlette:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
 
+    api = [("/models", models, "GET"), ("/models/{model_id:path}", one_model, "GET"),
+           ("/chat/completions", chat_completions, "POST"), ("/completions", completions, "POST")]
     routes = [
         Route("/health", route(health, open_route=True), methods=["GET"]),
         Route("/metrics", route(metrics), methods=["GET"]),
-        Route("/v1/models", route(models), methods=["GET"]),
-        Route("/v1/models/{model_id:path}", route(one_model), methods=["GET"]),
-        Route("/v1/chat/completions", route(chat_completions), methods=["POST"]),
-        Route("/v1/completions", route(completions), methods=["POST"]),
+        # under /v1, and without it as llama.cpp's server also answers (clients given a bare base URL)
+        *(Route(prefix + path, route(handler), methods=[method]) for prefix in ("/v1", "") for path, handler, method
+          in api),
     ]
     middleware = [Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)]
     if config.cors_origins:

@@ -66,9 +66,14 @@ class Run:
         if self.plan.raw:
             return self.envelope.text(content, outcome.finish_reason, self.job)
         message: dict[str, Any] = {"role": "assistant", "content": content}
-        if outcome.tool_call:
+        reason = outcome.finish_reason
+        if outcome.tool_call and self.plan.legacy_functions:
+            call = tool_call_object(outcome.tool_call)["function"]
+            message = {"role": "assistant", "content": None, "function_call": call}
+            reason = "function_call" if reason == "tool_calls" else reason
+        elif outcome.tool_call:
             message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
-        return self.envelope.chat(message, outcome.finish_reason, self.job)
+        return self.envelope.chat(message, reason, self.job)
 
     async def _watch(self, request: Request) -> None:
         while not self.job.done:
@@ -94,7 +99,10 @@ class Run:
                 return
             for delta in self._closing_deltas(outcome):
                 yield sse(self.envelope.chunk(delta, with_usage=usage))
-            yield sse(self.envelope.chunk(piece(None), outcome.finish_reason, with_usage=usage))
+            reason = outcome.finish_reason
+            if self.plan.legacy_functions and reason == "tool_calls":
+                reason = "function_call"
+            yield sse(self.envelope.chunk(piece(None), reason, with_usage=usage))
             if usage:
                 yield sse(self.envelope.usage_chunk(self.job))
             yield sse("[DONE]")
@@ -111,7 +119,8 @@ class Run:
         if outcome.tool_call is None:
             return [self._piece(outcome.tail)] if outcome.tail else []
         call = tool_call_object(outcome.tool_call)
-        head = {"index": 0, "id": call["id"], "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": ""}}
-        arguments = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
-        return [{"tool_calls": [head]}, {"tool_calls": [arguments]}]
+        name, arguments = call["function"]["name"], call["function"]["arguments"]
+        if self.plan.legacy_functions:
+            return [{"function_call": {"name": name, "arguments": ""}}, {"function_call": {"arguments": arguments}}]
+        head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}
+        return [{"tool_calls": [head]}, {"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}]

@@ -18,7 +18,14 @@ from glm4_local.chat.template import TemplateRenderError
 from glm4_local.core.families.replies import ReplyFormat
 from glm4_local.core.llama.door import tokenize
 from glm4_local.core.llama.sampling import SamplerSettings, grammar_problem
-from glm4_local.server.protocol import ChatRequest, CompletionRequest, NamedToolChoice, SamplingFields, bad_request
+from glm4_local.server.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    FunctionName,
+    NamedToolChoice,
+    SamplingFields,
+    bad_request,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,7 @@ class Plan:
     raw: bool = False  # a text completion: no GLM-4 reply structure
     include_usage: bool = False
     stream: bool = False
+    legacy_functions: bool = False  # asked with `functions`: a call comes back as `function_call`
 
 
 def _sampler(defaults: SamplerSettings, fields: SamplingFields, grammar: str | None) -> SamplerSettings:
@@ -50,19 +58,45 @@ def _limit(prompt: list[int], asked: int | None, n_ctx: int) -> int:
     return min(asked, n_ctx - len(prompt)) if asked else 0
 
 
+def _current_form(message: Any) -> Any:
+    """A message in today's roles: developer as system; the legacy function call and result as a tool
+    call and a tool message."""
+    if not isinstance(message, dict):
+        return message
+    role = message.get("role")
+    if role == "developer":
+        return dict(message, role="system")
+    if role == "function":
+        return {"role": "tool", "content": message.get("content")}
+    if role == "assistant" and isinstance(message.get("function_call"), dict) and not message.get("tool_calls"):
+        call = {"id": "call_0", "type": "function", "function": message["function_call"]}
+        return {k: v for k, v in message.items() if k != "function_call"} | {"tool_calls": [call]}
+    return message
+
+
 def _messages(request: ChatRequest) -> list[dict[str, Any]]:
     if not request.messages:
         raise bad_request("messages: at least one message is needed", "messages")
-    # OpenAI's newer name for the system role
-    renamed = [dict(m, role="system") if isinstance(m, dict) and m.get("role") == "developer" else m
-               for m in request.messages]
-    return check_messages(renamed, "messages")
+    return check_messages([_current_form(m) for m in request.messages], "messages")
 
 
-def _constraint(request: ChatRequest, tools: list[dict[str, Any]] | None, replies: ReplyFormat
-                ) -> tuple[str | None, str, bool]:
+ToolChoice = str | NamedToolChoice | None
+
+
+def _tools_and_choice(request: ChatRequest) -> tuple[list[Any] | None, ToolChoice]:
+    """`tools` and `tool_choice`, or the legacy `functions` and `function_call` in their form."""
+    if request.functions is None and request.function_call is None:
+        return request.tools, request.tool_choice
+    if request.tools is not None or request.tool_choice is not None:
+        raise bad_request("functions: send tools or the legacy functions, not both", "functions")
+    tools = [{"type": "function", "function": f} for f in request.functions or []]
+    call = request.function_call
+    return tools, NamedToolChoice(type="function", function=call) if isinstance(call, FunctionName) else call
+
+
+def _constraint(request: ChatRequest, choice: ToolChoice, tools: list[dict[str, Any]] | None,
+                replies: ReplyFormat) -> tuple[str | None, str, bool]:
     """(grammar, prefilled reply text, whether the reply must be a call) for tool_choice/response_format."""
-    choice = request.tool_choice
     if isinstance(choice, NamedToolChoice):
         names = {t["function"]["name"] for t in function_tools(tools or [])}
         if choice.function.name not in names:
@@ -89,21 +123,27 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
     request.refuse_unsupported()
     try:
         messages = _messages(request)
-        tools = check_tools(request.tools, "tools") if request.tools else None
-        if request.tool_choice == "none":
+        offered, choice = _tools_and_choice(request)
+        field = "functions" if request.functions is not None else "tools"
+        tools = check_tools(offered, field) if offered else None
+        if choice == "none":
             tools = None  # not offered, so never called
-        grammar, prefix, forced = _constraint(request, tools, runtime.vocab.family.replies)
+        grammar, prefix, forced = _constraint(request, choice, tools, runtime.vocab.family.replies)
         if grammar is not None and (problem := grammar_problem(runtime.vocab.model.vocab, grammar)):
-            raise ConstraintError(f"{'tools' if forced else 'response_format'}: {problem}")
+            where = "tools" if forced else "response_format"
+            raise ConstraintError(f"{where}: {problem}", where)
         prompt = runtime.vocab.prompt(facts.template, messages, tools)
-    except (SchemaError, TemplateRenderError, ConstraintError) as e:
-        raise bad_request(str(e)) from None
+    except (SchemaError, ConstraintError) as e:
+        raise bad_request(str(e), e.param) from None
+    except TemplateRenderError as e:
+        raise bad_request(str(e), "messages") from None
     if prefix:
         prompt += tokenize(runtime.vocab.model, prefix)
     options = request.stream_options
     return Plan(prompt, _sampler(defaults, request, grammar),
                 _limit(prompt, request.token_limit(), runtime.n_ctx), request.stop_strings(), tools, prefix,
-                forced, include_usage=bool(options and options.include_usage), stream=request.stream)
+                forced, include_usage=bool(options and options.include_usage), stream=request.stream,
+                legacy_functions=request.functions is not None)
 
 
 def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: SamplerSettings) -> Plan:

@@ -7,9 +7,9 @@ servers do, so that unmodified apps work.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 MAX_STOP_STRINGS = 16
 
@@ -29,6 +29,14 @@ class ApiError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+def _integral(value: Any) -> Any:
+    """100.0 as 100: some clients write every number as a float."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_integral)]
 
 
 class _Strict(BaseModel):
@@ -65,19 +73,19 @@ class SamplingFields(_Strict):
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0, le=2**31 - 1)  # llama.cpp's extensions, as its server takes them
+    top_k: Whole | None = Field(default=None, ge=0, le=2**31 - 1)  # llama.cpp's extensions, as its server takes them
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    max_tokens: Whole | None = Field(default=None, ge=1)
+    seed: Whole | None = None
     stop: str | list[str] | None = None
-    n: int | None = None
+    n: Whole | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: bool | int | None = None
-    best_of: int | None = None
+    logprobs: bool | Whole | None = None
+    best_of: Whole | None = None
     logit_bias: dict[str, float] | None = None
 
     def stop_strings(self) -> list[str]:
@@ -101,10 +109,12 @@ class ChatRequest(SamplingFields):
     messages: list[Any]  # shapes checked by chat/schema.py, the same code the terminal chat uses
     tools: list[Any] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    functions: list[Any] | None = None  # the legacy form of tools, still sent by older clients
+    function_call: Literal["none", "auto"] | FunctionName | None = None
     response_format: ResponseFormat | None = None
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: Whole | None = Field(default=None, ge=1)
     parallel_tool_calls: bool | None = None  # GLM-4 makes one call per turn either way
-    top_logprobs: int | None = None
+    top_logprobs: Whole | None = None
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -123,9 +133,23 @@ class CompletionRequest(SamplingFields):
         return self.prompt[0]
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "json-or-python"})
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """pydantic's location as the request's field path (messages[2].role), without its type tags."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and part.isidentifier() and part not in _TYPE_TAGS and not part[0].isupper():
+            path += f".{part}" if path else part
+    return path
+
+
 def validation_error(e: ValidationError) -> ApiError:
     """The first problem pydantic found, as one line naming the field."""
     first = e.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if not str(p).startswith("function-after"))
-    return bad_request(f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid"),
-                       where or None)
+    where = _field_path(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid value")
+    return bad_request(f"{where}: {message}" if where else message, where or None)

@@ -3,7 +3,9 @@
 Content streams as it is generated (less any tail that could still become a stop string); a reply
 whose first line may name a function is held back whole and becomes a tool call only if it names a
 known function, its arguments are JSON and the model ended the call as GLM-4 does (or a grammar
-forced the call). Anything else that looked like a call is given back as text, verbatim.
+forced the call). A call of a known function cut by max_tokens comes back as OpenAI returns one: in
+tool_calls, its arguments as far as they were written, with finish_reason "length". Anything else that
+looked like a call is given back as text, verbatim.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from glm4_local.chat.runtime import ChatRuntime
-from glm4_local.core.families.replies import ToolCall
+from glm4_local.core.families.replies import Reply, ToolCall
 from glm4_local.core.llama.decoder import Job
 from glm4_local.server.plan import Plan
 
@@ -78,14 +80,16 @@ class ReplyAssembler:
         if self.reply is not None:
             tail = self.stops.feed(self.reply.end())
             if self.reply.held:
-                call = self._accepted_call(job)
-                if call is not None:
-                    return Outcome("", call, "tool_calls")
+                reply = self._decided(job)
+                if reply.tool_call is not None:
+                    return Outcome("", reply.tool_call, "tool_calls")
+                if job.finish == "length" and reply.partial_call is not None:
+                    return Outcome("", reply.partial_call, "length")  # as OpenAI: the call so far, cut
                 tail = self.text  # not a call after all: the model's text, as it wrote it
         tail += self.stops.flush()
         reason = "length" if job.finish == "length" and not self.stops.hit else "stop"
         return Outcome(tail, None, reason)
 
-    def _accepted_call(self, job: Job) -> ToolCall | None:
+    def _decided(self, job: Job) -> Reply:
         call_ended = job.finish == "stop" and (job.stop_token == self.call_end or self.plan.forced_call)
-        return self.format.finish(self.text, self.plan.tools, call_ended).tool_call
+        return self.format.finish(self.text, self.plan.tools, call_ended)

@@ -85,7 +85,8 @@ def parse_reply(generated: str, tools: Tools | None) -> Reply:
     try:
         json.loads(content)
     except json.JSONDecodeError as e:
-        return Reply(generated, problem=f"arguments for {name!r} are not valid JSON ({e.msg})", **kept)
+        return Reply(generated, problem=f"arguments for {name!r} are not valid JSON ({e.msg})",
+                     partial_call=ToolCall(name, content), **kept)
     return Reply(generated, ToolCall(name, content))
 
 
@@ -95,7 +96,7 @@ def finish_reply(generated: str, tools: Tools | None, call_ended: bool) -> Reply
     if reply.tool_call is None or call_ended:
         return reply
     metadata, _, content = generated.partition("\n")
-    return Reply(generated, None, "the model's tool call was cut off", metadata, content)
+    return Reply(generated, None, "the model's tool call was cut off", metadata, content, reply.tool_call)
 
 
 def to_glm_messages(messages: Sequence[Mapping[str, Any]], tools: Tools | None = None) -> list[Message]:

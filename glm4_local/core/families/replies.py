@@ -38,6 +38,7 @@ class Reply:
     problem: str | None = None  # why a call-looking reply was not accepted
     metadata: str | None = None  # set when a call-looking reply is kept as the model wrote it
     content: str = ""  # with metadata: the rest of the reply
+    partial_call: ToolCall | None = None  # a call of a known tool that was not finished (cut off, bad JSON)
 
     def as_message(self) -> Message:
         """The assistant message that records this reply in the conversation."""
