@@ -96,3 +96,43 @@ def test_a_forced_call_cut_by_max_tokens_comes_back_as_openai_returns_it(random_
             content, reason = message.content or "", reply.choices[0].finish_reason
         assert (reason, name, content) == ("length", "get_weather", "")
         assert arguments.startswith("{") and "get_weather" not in arguments
+
+
+def test_responses_api_text_stream_tools_and_json(tool_server: Server, random_server: Server) -> None:
+    client = tool_server.client()
+    tools = [{"type": "function", **LOOKUP}]
+    plain = client.responses.create(model="m", input="What is the weather?", instructions="Be brief.")
+    assert (plain.status, plain.output_text, plain.output[0].type) == ("completed", "lookup\n{}", "message")
+    called = client.responses.create(model="m", input=ASK, tools=tools)
+    (call,) = [item for item in called.output if item.type == "function_call"]
+    assert (call.name, json.loads(call.arguments)) == ("lookup", {}) and called.usage.input_tokens > 0
+    follow_up = [*ASK, {"type": "function_call", "call_id": call.call_id, "name": "lookup", "arguments": "{}"},
+                 {"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "clear"}'}]
+    answered = client.responses.create(model="m", input=follow_up, tools=tools)
+    assert answered.output_text == "Sunny day" and answered.status == "completed"
+    events = list(client.responses.create(model="m", input=follow_up, tools=tools, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Sunny day"
+    assert [e.sequence_number for e in events] == list(range(1, len(events) + 1))
+    streamed_call = list(client.responses.create(model="m", input=ASK, tools=tools, stream=True))
+    done = [e.item for e in streamed_call if e.type == "response.output_item.done"]
+    assert [(i.type, i.name) for i in done] == [("function_call", "lookup")]
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    shaped = random_server.client().responses.create(
+        model="m", input="Answer in JSON.", temperature=1.0, max_output_tokens=100,
+        text={"format": {"type": "json_schema", "name": "status", "schema": schema}})
+    assert isinstance(json.loads(shaped.output_text)["ok"], bool)
+    cut = random_server.client().responses.create(model="m", input="Talk.", max_output_tokens=2)
+    assert cut.status == "incomplete" and cut.incomplete_details.reason == "max_output_tokens"
+
+
+def test_responses_api_refuses_what_it_cannot_do(tool_server: Server) -> None:
+    for body, param in [({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+                        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
+                        ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+                        ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0].role")]:
+        status, error = tool_server.json("POST", "/v1/responses", body)
+        assert status == 400 and error["error"]["param"] == param, error

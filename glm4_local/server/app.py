@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,7 +26,15 @@ from glm4_local.server.completions import Run
 from glm4_local.server.guard import BrowserGuard
 from glm4_local.server.metrics import prometheus_text
 from glm4_local.server.plan import Plan, chat_plan, completion_plan
-from glm4_local.server.protocol import ApiError, ChatRequest, CompletionRequest, bad_request, validation_error
+from glm4_local.server.protocol import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    ResponsesRequest,
+    bad_request,
+    validation_error,
+)
+from glm4_local.server.responses import ResponseShape, chat_request, renamed
 from glm4_local.server.scheduler import Scheduler
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -147,6 +155,19 @@ def create_app(state: ServerState) -> Starlette:
         plan = await run_in_threadpool(completion_plan, text, loaded.runtime, loaded.defaults)
         return await run(request, plan, loaded)
 
+    async def responses(request: Request) -> Response:
+        loaded = state.model()
+        asked = parse(ResponsesRequest, await read_json(request, config.max_body))
+        try:
+            chat = chat_request(asked)
+            plan = await run_in_threadpool(chat_plan, chat, loaded.runtime, loaded.facts, loaded.defaults)
+        except ApiError as e:
+            raise renamed(e) from None
+        shape = ResponseShape(Run(plan, loaded.runtime, loaded.scheduler, config.model_id), asked, config.model_id)
+        if asked.stream:
+            return EventStream(shape.run, shape.events())
+        return JSONResponse(await shape.whole(request))
+
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(prometheus_text(state.loaded.scheduler if state.loaded else None),
                                  media_type="text/plain; version=0.0.4")
@@ -157,7 +178,8 @@ def create_app(state: ServerState) -> Starlette:
         return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
 
     api = [("/models", models, "GET"), ("/models/{model_id:path}", one_model, "GET"),
-           ("/chat/completions", chat_completions, "POST"), ("/completions", completions, "POST")]
+           ("/chat/completions", chat_completions, "POST"), ("/completions", completions, "POST"),
+           ("/responses", responses, "POST")]
     routes = [
         Route("/health", route(health, open_route=True), methods=["GET"]),
         Route("/metrics", route(metrics), methods=["GET"]),
@@ -176,8 +198,8 @@ class EventStream(StreamingResponse):
     """A run's server-sent events; however the response ends (done, client gone before or while
     streaming, shutdown), its job is stopped and its slot freed."""
 
-    def __init__(self, run: Run) -> None:
-        super().__init__(run.events(), media_type="text/event-stream",
+    def __init__(self, run: Run, events: AsyncIterator[bytes] | None = None) -> None:
+        super().__init__(events or run.events(), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.run = run
 

@@ -54,7 +54,8 @@ class Run:
             self.scheduler.cancel(self.job, client_gone=True)
 
     # -- whole responses ----------------------------------------------------------------------------
-    async def response(self, request: Request) -> dict[str, Any]:
+    async def collect(self, request: Request) -> tuple[str, Outcome]:
+        """The whole reply's content and outcome (the job stopped if the client leaves meanwhile)."""
         watcher = asyncio.create_task(self._watch(request))
         try:
             content = "".join([text async for text in self.deltas()])
@@ -62,7 +63,10 @@ class Run:
             watcher.cancel()
             self.abandon()
         outcome = self.outcome()
-        content += outcome.tail
+        return content + outcome.tail, outcome
+
+    async def response(self, request: Request) -> dict[str, Any]:
+        content, outcome = await self.collect(request)
         if self.plan.raw:
             return self.envelope.text(content, outcome.finish_reason, self.job)
         message: dict[str, Any] = {"role": "assistant", "content": content}

@@ -153,3 +153,32 @@ def validation_error(e: ValidationError) -> ApiError:
     where = _field_path(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid value")
     return bad_request(f"{where}: {message}" if where else message, where or None)
+
+
+class TextFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextOptions(_Strict):
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(_Strict):
+    """The Responses API's request (stateless: the whole conversation comes in `input`)."""
+
+    model: str | None = None
+    input: str | list[Any]
+    instructions: str | None = None
+    tools: list[Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    text: TextOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_output_tokens: Whole | None = Field(default=None, ge=1)
+    stream: bool = False
+    previous_response_id: str | None = None
+    parallel_tool_calls: bool | None = None
+    seed: Whole | None = None
