@@ -296,6 +296,9 @@ def serve(
                                                           "origin (repeatable; '*' for any).")] = None,
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.", min=0.001)
                            ] = 8.0,
+    client_timeout: Annotated[float, typer.Option("--client-timeout", help="Seconds a client has to send a "
+                                                  "request's headers, and again its body; slower ones are cut "
+                                                  "off.")] = 30.0,
     *, runtime: RuntimeOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling."""
@@ -305,7 +308,7 @@ def serve(
 
     with user_errors(on_interrupt="stopped"):
         options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
-                               int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()))
+                               int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()), client_timeout)
         serve_model(resolve_model(model), runtime, options,
                     say=lambda line: err.print(line, markup=False),
                     warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ CRASHERS = [
 @pytest.fixture(scope="module")
 def server(make_gguf: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     served = Server(make_gguf("f32"), tmp_path_factory.mktemp("serve"), "--ctx", "2048", "--parallel", "2",
-                    "--allowed-host", "glm.lan")
+                    "--allowed-host", "glm.lan", "--client-timeout", "2")
     yield served
     served.stop()
 
@@ -128,6 +129,40 @@ def test_a_non_ascii_api_key_is_refused_at_start(tmp_path: Path, make_gguf: Call
     done = subprocess.run([sys.executable, "-m", "glm4_local", "serve", str(make_gguf("f32")), "--port", "0",
                            "--api-key", "ключ"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 1 and "printable ASCII" in done.stderr and "Traceback" not in done.stderr
+
+
+def peak_memory(server: Server) -> int:
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc (Linux)")
+def test_huge_prompts_are_refused_without_tokenizing_them_whole(server: Server) -> None:
+    """Each 7.5 MB body used to cost ~0.5 GB (tokenized whole before the context check); now what exceeds the
+    context is refused after reading that far, and large bodies are planned a few at a time."""
+    body = json.dumps({"messages": [{"role": "user", "content": "word " * 1_500_000}], "max_tokens": 5})
+    before = peak_memory(server)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: server.json("POST", "/v1/chat/completions", body), range(6)))
+    for status, error in answers:
+        assert status == 400 and error["error"]["code"] == "context_length_exceeded"
+        assert "at least" in error["error"]["message"]
+    assert peak_memory(server) - before < 300 * 2**20
+    raw = json.dumps({"prompt": "x " * 3_000_000, "max_tokens": 1})
+    status, error = server.json("POST", "/v1/completions", raw)
+    assert status == 400 and error["error"]["param"] == "prompt"
+
+
+def test_slow_headers_and_bodies_are_cut_off(server: Server) -> None:
+    """--client-timeout 2: a connection that never finishes its headers is closed, a body that stalls is a 408."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert sock.recv(100) == b""  # closed by the server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{\"messages\"")
+        assert sock.recv(100).startswith(b"HTTP/1.1 408")
+    assert alive(server)
 
 
 def test_zz_the_log_holds_no_traceback(server: Server) -> None:

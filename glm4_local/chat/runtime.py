@@ -42,6 +42,33 @@ class Generation:
     stopped_by: str | None = None
 
 
+# Text longer than this is first counted in chunks of it when the prompt has a limit, so that a request
+# of megabytes is refused after reading what exceeds the context, not after tokenizing all of it.
+COUNT_CHUNK_CHARS = 64 * 1024
+
+
+class PromptTooLong(Glm4LocalError):
+    """More prompt tokens than the context holds (`at_least`: counted when it stopped)."""
+
+    def __init__(self, at_least: int, limit: int) -> None:
+        super().__init__(f"this prompt is {'at least ' if at_least > limit else ''}{at_least:,} tokens; the context "
+                         f"holds {limit:,}")
+        self.at_least, self.limit = at_least, limit
+
+
+def _chunks(text: str, size: int) -> Iterator[str]:
+    """`text` in pieces of about `size` characters, cut before a space or newline where there is one
+    (where GLM-4's pre-tokenizer splits too, so the pieces tokenize as the whole does)."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind(" ", start + 1, end), text.rfind("\n", start + 1, end))
+            end = cut if cut > start else end
+        yield text[start:end]
+        start = end
+
+
 class Vocabulary:
     """A model's tokens as a family's prompts use them: markup to special tokens, stops, token text."""
 
@@ -73,12 +100,12 @@ class Vocabulary:
         return ids[0]
 
     def prompt(self, template: ChatTemplate, messages: Sequence[Mapping[str, Any]],
-               tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
+               tools: Sequence[Mapping[str, Any]] | None, limit: int | None = None) -> list[int]:
         """The tokens of OpenAI-style messages (and tools) as the model's template renders them, ready
-        for the assistant's reply: the one prompt path of chat, render and serve."""
-        return self.tokens(template.pieces(self.family.replies.template_messages(messages, tools)))
+        for the assistant's reply: the one prompt path of chat, render and serve. PromptTooLong past `limit`."""
+        return self.tokens(template.pieces(self.family.replies.template_messages(messages, tools)), limit)
 
-    def tokens(self, pieces: Sequence[Piece]) -> list[int]:
+    def tokens(self, pieces: Sequence[Piece], limit: int | None = None) -> list[int]:
         """Markup pieces become their special token; text between them is tokenized as plain text."""
         ids: list[int] = []
         for piece in merged_text(pieces):
@@ -87,8 +114,20 @@ class Vocabulary:
                     self.special_ids[piece.text] = self._special_id(piece.text)
                 ids.append(self.special_ids[piece.text])
             else:
-                ids.extend(tokenize(self.model, piece.text))
+                ids.extend(self.text_tokens(piece.text, None if limit is None else limit - len(ids)))
+            if limit is not None and len(ids) > limit:
+                raise PromptTooLong(len(ids), limit)
         return ids
+
+    def text_tokens(self, text: str, room: int | None = None, special: bool = False) -> list[int]:
+        """`text`'s tokens; PromptTooLong, after counting only as far as needed, when they exceed `room`."""
+        if room is not None and len(text) > COUNT_CHUNK_CHARS:
+            counted = 0
+            for chunk in _chunks(text, COUNT_CHUNK_CHARS):
+                counted += max(0, len(tokenize(self.model, chunk, special)) - 1)  # a cut may cost a token
+                if counted > room:
+                    raise PromptTooLong(counted, room)
+        return tokenize(self.model, text, special)
 
 
 class ChatRuntime:

@@ -18,6 +18,7 @@ from glm4_local.core.errors import Glm4LocalError
 from glm4_local.frontends.model_plan import plan_model, size_text
 from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
 from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
+from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT, MAX_CONNECTIONS, timed_protocol
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 GRACEFUL_SHUTDOWN_SECONDS = 3
@@ -33,10 +34,13 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
     allowed_hosts: tuple[str, ...] = ()
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
             raise Glm4LocalError(f"parallel slots must be at least 1, not {self.parallel}")
+        if not self.client_timeout > 0:
+            raise Glm4LocalError(f"the client timeout must be positive, not {self.client_timeout}")
         if self.max_queue < 1:
             raise Glm4LocalError(f"the waiting queue must hold at least 1 request, not {self.max_queue}")
         if self.api_key is not None and not self.api_key.strip():
@@ -101,10 +105,12 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
         warn(warning)
     sock = listen(options.host, options.port)
     config = ServerConfig(facts.path.stem, options.api_key, options.cors_origins, options.max_body,
-                          options.allowed_hosts)
+                          options.allowed_hosts, options.client_timeout)
     state = ServerState(config)
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
-                                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
+                                                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                                                    http=timed_protocol(options.client_timeout),
+                                                    limit_concurrency=MAX_CONNECTIONS))
     say(f"serving {facts.path.name} as \"{config.model_id}\" on {url_of(sock, options.host)} "
         f"({options.parallel} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
         f"{size_text(plan.kv_cache_bytes)}); loading…")

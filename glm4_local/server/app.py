@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -36,8 +38,11 @@ from glm4_local.server.protocol import (
 )
 from glm4_local.server.responses import ResponseShape, chat_request, renamed
 from glm4_local.server.scheduler import Scheduler
+from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+LARGE_BODY = 1024 * 1024  # bodies over this are planned LARGE_AT_ONCE at a time
+LARGE_AT_ONCE = 2
 Model = TypeVar("Model", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -49,6 +54,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
     allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost and IP addresses
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT  # seconds for a request's headers, and again for its body
 
 
 @dataclass(frozen=True)
@@ -77,15 +83,27 @@ def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body larger than {limit:,} bytes")
+async def _read_body(request: Request, limit: int) -> bytearray:
     body = bytearray()
     async for chunk in request.stream():  # ClientDisconnect when the client leaves mid-body
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"request body larger than {limit:,} bytes")
+    return body
+
+
+async def read_body(request: Request, limit: int, timeout: float = DEFAULT_CLIENT_TIMEOUT) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body larger than {limit:,} bytes")
+    try:
+        return bytes(await asyncio.wait_for(_read_body(request, limit), timeout))
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s",
+                       headers={"Connection": "close"}) from None
+
+
+def decode_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except RecursionError:
@@ -142,27 +160,37 @@ def create_app(state: ServerState) -> Starlette:
             return EventStream(job)
         return JSONResponse(await job.response(request))
 
+    large_requests = asyncio.Semaphore(LARGE_AT_ONCE)
+
+    async def planned(request: Request, shape: type[Model], make_plan: Callable[[Model], Plan]) -> tuple[Model, Plan]:
+        """The request read, checked and planned (rendering and tokenizing in a worker thread: a custom
+        template runs in a child process); large bodies a few at a time, so their memory stays bounded."""
+        body = await read_body(request, config.max_body, config.client_timeout)
+        async with large_requests if len(body) > LARGE_BODY else contextlib.nullcontext():
+            asked = parse(shape, decode_json(body))
+            return asked, await run_in_threadpool(make_plan, asked)
+
     async def chat_completions(request: Request) -> Response:
         loaded = state.model()
-        chat = parse(ChatRequest, await read_json(request, config.max_body))
-        # rendering a template may take a while (a custom one runs in a worker process)
-        plan = await run_in_threadpool(chat_plan, chat, loaded.runtime, loaded.facts, loaded.defaults)
+        _, plan = await planned(request, ChatRequest,
+                                lambda chat: chat_plan(chat, loaded.runtime, loaded.facts, loaded.defaults))
         return await run(request, plan, loaded)
 
     async def completions(request: Request) -> Response:
         loaded = state.model()
-        text = parse(CompletionRequest, await read_json(request, config.max_body))
-        plan = await run_in_threadpool(completion_plan, text, loaded.runtime, loaded.defaults)
+        _, plan = await planned(request, CompletionRequest,
+                                lambda text: completion_plan(text, loaded.runtime, loaded.defaults))
         return await run(request, plan, loaded)
+
+    def responses_plan(asked: ResponsesRequest, loaded: Loaded) -> Plan:
+        try:
+            return chat_plan(chat_request(asked), loaded.runtime, loaded.facts, loaded.defaults)
+        except ApiError as e:
+            raise renamed(e) from None
 
     async def responses(request: Request) -> Response:
         loaded = state.model()
-        asked = parse(ResponsesRequest, await read_json(request, config.max_body))
-        try:
-            chat = chat_request(asked)
-            plan = await run_in_threadpool(chat_plan, chat, loaded.runtime, loaded.facts, loaded.defaults)
-        except ApiError as e:
-            raise renamed(e) from None
+        asked, plan = await planned(request, ResponsesRequest, lambda asked: responses_plan(asked, loaded))
         shape = ResponseShape(Run(plan, loaded.runtime, loaded.scheduler, config.model_id), asked, config.model_id)
         if asked.stream:
             return EventStream(shape.run, shape.events())

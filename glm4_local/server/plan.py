@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glm4_local.chat.constraints import ConstraintError, answer_grammar, call_grammar, function_tools
-from glm4_local.chat.runtime import ChatRuntime
+from glm4_local.chat.runtime import ChatRuntime, PromptTooLong
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.chat.template import TemplateRenderError
@@ -19,6 +19,7 @@ from glm4_local.core.families.replies import ReplyFormat
 from glm4_local.core.llama.door import tokenize
 from glm4_local.core.llama.sampling import SamplerSettings, grammar_problem
 from glm4_local.server.protocol import (
+    ApiError,
     ChatRequest,
     CompletionRequest,
     FunctionName,
@@ -51,10 +52,15 @@ def _sampler(defaults: SamplerSettings, fields: SamplingFields, grammar: str | N
                             seed=fields.seed, grammar=grammar)
 
 
+def _too_long(tokens: int, n_ctx: int, param: str = "messages", counted_all: bool = True) -> ApiError:
+    size = f"{tokens}" if counted_all else f"at least {tokens}"
+    return bad_request(f"this request's prompt is {size} tokens; the context holds {n_ctx} (the server's --ctx "
+                       "per slot)", param, "context_length_exceeded")
+
+
 def _limit(prompt: list[int], asked: int | None, n_ctx: int) -> int:
     if len(prompt) >= n_ctx:
-        raise bad_request(f"this request's prompt is {len(prompt)} tokens; the context holds {n_ctx} "
-                          "(the server's --ctx per slot)", "messages", "context_length_exceeded")
+        raise _too_long(len(prompt), n_ctx)
     return min(asked, n_ctx - len(prompt)) if asked else 0
 
 
@@ -132,7 +138,9 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
         if grammar is not None and (problem := grammar_problem(runtime.vocab.model.vocab, grammar)):
             where = "tools" if forced else "response_format"
             raise ConstraintError(f"{where}: {problem}", where)
-        prompt = runtime.vocab.prompt(facts.template, messages, tools)
+        prompt = runtime.vocab.prompt(facts.template, messages, tools, limit=runtime.n_ctx - 1)
+    except PromptTooLong as e:
+        raise _too_long(e.at_least, runtime.n_ctx, counted_all=False) from None
     except (SchemaError, ConstraintError) as e:
         raise bad_request(str(e), e.param) from None
     except TemplateRenderError as e:
@@ -154,7 +162,10 @@ def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: 
     text = request.prompt_text()
     if not text:
         raise bad_request("prompt: empty", "prompt")
-    prompt = tokenize(runtime.vocab.model, text, special=True)
+    try:
+        prompt = runtime.vocab.text_tokens(text, runtime.n_ctx - 1, special=True)
+    except PromptTooLong as e:
+        raise _too_long(e.at_least, runtime.n_ctx, "prompt", counted_all=False) from None
     options = request.stream_options
     return Plan(prompt, _sampler(defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx),
                 request.stop_strings(), raw=True, include_usage=bool(options and options.include_usage),
