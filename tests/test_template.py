@@ -158,3 +158,23 @@ def test_parse_reply(generated: str, name: str | None, problem: str | None) -> N
     assert (problem in reply.problem) if problem else reply.problem is None
     if reply.tool_call:
         assert reply.tool_call.arguments == generated.partition("\n")[2]
+
+
+def test_a_slow_custom_template_does_not_hold_up_other_requests() -> None:
+    """Custom templates render in a pool of workers: a quick render finishes while a slow one still runs
+    (with one worker, every request waited behind the slowest)."""
+    import threading
+
+    from glm4_local.chat.template_worker import TemplatePool
+
+    pool = TemplatePool(size=2, timeout=60)
+    slow = "{% for i in range(100000) %}{% for j in range(400) %}{% endfor %}{% endfor %}slow"  # ~5 s
+    finished: list[str] = []
+    worker = threading.Thread(target=lambda: finished.append(pool.render(slow, [], False)))
+    worker.start()
+    try:
+        assert pool.render("quick {{ 1 + 1 }}", [], False) == "quick 2"
+        assert worker.is_alive() and not finished  # the slow one is still rendering
+    finally:
+        worker.join()
+    assert finished == ["slow"]

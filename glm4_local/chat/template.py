@@ -18,7 +18,7 @@ from functools import cache
 from typing import Any
 
 from glm4_local.chat.jinja_render import RenderFailure, render_source
-from glm4_local.chat.template_worker import TemplateWorker
+from glm4_local.chat.template_worker import TemplatePool
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
@@ -37,7 +37,7 @@ class Piece:
     special: bool  # True: template markup to become one special token
 
 
-_WORKER = TemplateWorker()
+_WORKERS = TemplatePool()
 
 
 @cache
@@ -70,7 +70,7 @@ class ChatTemplate:
         try:
             if self.source in _published():
                 return render_source(self.source, messages, add_generation_prompt)
-            return _WORKER.render(self.source, messages, add_generation_prompt)
+            return _WORKERS.render(self.source, messages, add_generation_prompt)
         except RenderFailure as e:
             raise TemplateRenderError(f"{self.origin} {e}") from None
 

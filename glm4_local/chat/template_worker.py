@@ -11,6 +11,7 @@ killed and replaced, and its address space is capped.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -69,6 +70,23 @@ class TemplateWorker:
             self._child.kill()
             self._child.wait()
             self._child = None
+
+
+class TemplatePool:
+    """Several workers, so that one request's slow template does not hold up everybody else's (each
+    worker renders one request at a time); the most recently used idle worker is taken first."""
+
+    def __init__(self, size: int = max(2, min(4, os.cpu_count() or 2)), timeout: float = TIMEOUT_SECONDS) -> None:
+        self._idle: queue.LifoQueue[TemplateWorker] = queue.LifoQueue()
+        for _ in range(size):
+            self._idle.put(TemplateWorker(timeout))  # each starts its child when first used
+
+    def render(self, source: str, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        worker = self._idle.get()
+        try:
+            return worker.render(source, messages, add_generation_prompt)
+        finally:
+            self._idle.put(worker)
 
 
 def _pump(child: subprocess.Popen[bytes], replies: queue.Queue[bytes]) -> None:
