@@ -27,7 +27,7 @@ from glm4_local.core.atomic import (
     remove_stale_temps,
     temp_path_beside,
 )
-from glm4_local.core.errors import CheckpointError, Glm4LocalError, OutputError
+from glm4_local.core.errors import CheckpointError, Glm4LocalError, Interrupted, OutputError
 from glm4_local.core.families.family import ModelFamily, ModelSpec
 from glm4_local.core.families.registry import family_for_config
 from glm4_local.core.llama.door import quantize
@@ -198,8 +198,9 @@ def _write_quantized(checkpoint: Checkpoint, dest: Path, final: Path, weight_typ
         file_type = (gguf.LlamaFileType.MOSTLY_BF16 if weight_type == gguf.GGMLQuantizationType.BF16
                      else gguf.LlamaFileType.MOSTLY_F16)
         _write(checkpoint, staging, weight_type, file_type, sink)
-        if isinstance(imatrix, Path):
-            imatrix = _measure_importance(staging, imatrix, force, sink)
+        kept = imatrix if isinstance(imatrix, Path) else None
+        if kept is not None:
+            imatrix = _measure_importance(staging, kept, force, sink)
         staged_bytes = staging.stat().st_size
         sink.start(f"Quantizing to {kind.label}", staged_bytes, len(checkpoint.plan))
         done_bytes = 0
@@ -214,6 +215,12 @@ def _write_quantized(checkpoint: Checkpoint, dest: Path, final: Path, weight_typ
 
         try:
             quantize(staging, dest, kind.file_type, imatrix=imatrix, on_tensor=on_tensor)
+        except KeyboardInterrupt as e:
+            if kept is None:
+                raise
+            number = e.signal_number if isinstance(e, Interrupted) else 2
+            raise Interrupted(f"stopped; no GGUF was left behind, but the importance matrix measured first was "
+                              f"kept as {kept} (reuse it with --imatrix {kept})", number) from None
         except Glm4LocalError as e:
             if disk_nearly_full(dest.parent):  # llama.cpp reports only "iostream error"
                 raise OutputError(f"{final}: disk full while quantizing; nothing was left behind") from e

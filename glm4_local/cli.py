@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import signal
 import sys
 import typing
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from rich.console import Console
 from glm4_local import cli_options as o
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
-from glm4_local.core.errors import Glm4LocalError, OutputExistsError, SourceNotCachedError
+from glm4_local.core.errors import Glm4LocalError, Interrupted, OutputExistsError, SourceNotCachedError
 from glm4_local.frontends.repl_commands import COMMANDS
 from glm4_local.tools.program import DEFAULT_TOOL_TIMEOUT
 
@@ -73,8 +74,11 @@ def user_errors(on_interrupt: str = "interrupted") -> Iterator[None]:
         yield
     except Glm4LocalError as e:
         raise fail(with_hint(e), e.exit_code) from None
-    except KeyboardInterrupt:
-        raise fail(on_interrupt, 130) from None
+    except KeyboardInterrupt as e:
+        number = e.signal_number if isinstance(e, Interrupted) else signal.SIGINT
+        message = str(e) or (on_interrupt if number == signal.SIGINT
+                             else f"{signal.Signals(number).name}: {on_interrupt.replace('interrupted', 'stopped')}")
+        raise fail(message, 128 + number) from None
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
@@ -84,6 +88,22 @@ def user_errors(on_interrupt: str = "interrupted") -> Iterator[None]:
 def run(func: Callable[..., R], *args: object, on_interrupt: str = "interrupted", **kwargs: object) -> R:
     with user_errors(on_interrupt):
         return func(*args, **kwargs)
+
+
+@contextmanager
+def stopped_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal, `kill`, a service stop) clean up as Ctrl-C does: no half
+    file or 16-bit intermediate is left behind. Only where the main thread runs the work."""
+
+    def stop(number: int, frame: object) -> None:
+        raise Interrupted(signal_number=number)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def parsed(flag: str, parse: Callable[[str], R], text: str) -> R:
@@ -118,8 +138,9 @@ def convert(
     from glm4_local.frontends import files
 
     kind = run(out_type, outtype)
-    run(files.convert, source, kind, output, force, download, imatrix_choice(imatrix), quiet, out, err,
-        on_interrupt="interrupted; no output file was left behind")
+    with stopped_like_ctrl_c():
+        run(files.convert, source, kind, output, force, download, imatrix_choice(imatrix), quiet, out, err,
+            on_interrupt="interrupted; no output file was left behind")
 
 
 @app.command(epilog=examples("glm4-local info models/glm-4-9b-chat-Q4_K_M.gguf", "glm4-local info FILE --json"))
@@ -158,8 +179,9 @@ def repair(
     """Fix a downloaded GLM-4 GGUF's tokenizer, stop tokens and chat template; tensors are copied as they are."""
     from glm4_local.frontends import files
 
-    run(files.repair, file, output, force, template, quiet, out, err,
-        on_interrupt="interrupted; no output file was left behind")
+    with stopped_like_ctrl_c():
+        run(files.repair, file, output, force, template, quiet, out, err,
+            on_interrupt="interrupted; no output file was left behind")
 
 
 @app.command(name="eval", epilog=examples(

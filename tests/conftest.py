@@ -11,6 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import children
+
 import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
@@ -18,6 +20,13 @@ from glm4_local.convert.pipeline import convert
 
 def pytest_configure() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def end_children() -> Iterator[None]:
+    """Whatever happens in a test, no child it started (children.started) outlives it."""
+    yield
+    children.end_all()
 
 
 needs_real_tokenizer = pytest.mark.skipif(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import children
 import pytest
 from typer.testing import CliRunner
 
@@ -213,20 +214,29 @@ app()
 """
 
 
-def test_ctrl_c_while_writing_leaves_nothing(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("number", "message"), [
+    (signal.SIGINT, "interrupted; no output file was left behind"),
+    (signal.SIGTERM, "SIGTERM: stopped; no output file was left behind"),
+    (signal.SIGHUP, "SIGHUP: stopped; no output file was left behind"),
+])
+def test_ctrl_c_while_writing_leaves_nothing(make_checkpoint: Callable[..., Path], tmp_path: Path,
+                                            number: int, message: str) -> None:
+    """Ctrl-C, `kill` and a closed terminal all clean up: no half file (the 9B model's is ~19 GB)."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, "convert", str(make_checkpoint()), "-t", "f32",
-                             "-o", str(out_dir / "o.gguf"), "-q"], stderr=subprocess.PIPE, text=True)
+    proc = children.started(subprocess.Popen(
+        [sys.executable, "-c", SLOW_CONVERT, "convert", str(make_checkpoint()), "-t", "f32",
+         "-o", str(out_dir / "o.gguf"), "-q"], stderr=subprocess.PIPE, text=True,
+        preexec_fn=children.default_signals))
     deadline = time.monotonic() + 60
     while not list(out_dir.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(out_dir.iterdir()), "conversion never started writing"
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(number)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert stderr.strip() == "glm4-local: error: interrupted; no output file was left behind"
+    assert proc.returncode == 128 + number
+    assert stderr.strip() == f"glm4-local: error: {message}"
     assert list(out_dir.iterdir()) == []
 
 
@@ -247,8 +257,10 @@ app()
 def test_ctrl_c_while_quantizing_leaves_nothing(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_QUANTIZE, "convert", str(make_checkpoint()), "-t", "q4_0",
-                             "-o", str(out_dir / "o.gguf"), "-q"], stderr=subprocess.PIPE, text=True)
+    proc = children.started(subprocess.Popen(
+        [sys.executable, "-c", SLOW_QUANTIZE, "convert", str(make_checkpoint()), "-t", "q4_0",
+         "-o", str(out_dir / "o.gguf"), "-q"], stderr=subprocess.PIPE, text=True,
+        preexec_fn=children.default_signals))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         files = [p for p in out_dir.iterdir() if p.stat().st_size == len(b"partial")]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import children
 import pexpect
 import pytest
 
@@ -18,8 +19,9 @@ def spawn(args: list[str], home: Path, cwd: Path) -> pexpect.spawn:
     env = {"GLM4_LOCAL_HOME": str(home), "PATH": "/usr/bin:/bin", "TERM": "xterm", "COLUMNS": "100",
            "LINES": "40", "HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "PROMPT_TOOLKIT_NO_CPR": "1"}
-    child = pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat", *args], env=env, cwd=str(cwd),
-                          encoding="utf-8", timeout=30, dimensions=(40, 100))
+    child = children.started(pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat", *args], env=env,
+                                           cwd=str(cwd), encoding="utf-8", timeout=30, dimensions=(40, 100),
+                                           preexec_fn=children.default_signals))
     child.expect_exact(PROMPT)
     return child
 
@@ -105,8 +107,9 @@ def test_resume_continues_the_last_conversation(scripted_gguf: Callable[[str], P
 def test_no_model_message_in_terminal(tmp_path: Path, stdin_is_tty: bool) -> None:
     env = {"GLM4_LOCAL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "TERM": "xterm", "HOME": str(tmp_path),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat"], env=env, cwd=str(tmp_path),
-                          encoding="utf-8", timeout=60)
+    child = children.started(pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat"], env=env,
+                                           cwd=str(tmp_path), encoding="utf-8", timeout=60,
+                                           preexec_fn=children.default_signals))
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 1

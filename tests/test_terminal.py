@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import children
 import pexpect
 import pyte
 import pytest
@@ -25,15 +27,16 @@ class Terminal:
     """A program in a pseudo-terminal of `columns` × `rows`, with what a person would see on screen."""
 
     def __init__(self, args: list[str], cwd: Path, home: Path, columns: int = 60, rows: int = 24,
-                 program: str = sys.executable) -> None:
+                 program: str = sys.executable, preexec: Callable[[], None] = children.default_signals) -> None:
         env = {"GLM4_LOCAL_HOME": str(home), "PATH": os.environ["PATH"], "TERM": "xterm", "HOME": str(home),
                "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": str(columns),
                "LINES": str(rows)}
         self.screen = pyte.Screen(columns, rows)
         self.stream = pyte.Stream(self.screen)
         self.raw = ""
-        self.child = pexpect.spawn(program, args, env=env, cwd=str(cwd), encoding="utf-8", timeout=30,
-                                   dimensions=(rows, columns))
+        self.child = children.started(pexpect.spawn(program, args, env=env, cwd=str(cwd), encoding="utf-8",
+                                                    timeout=30, dimensions=(rows, columns),
+                                                    preexec_fn=preexec))
 
     def pump(self, seconds: float = 0.2) -> None:
         deadline = time.monotonic() + seconds
@@ -61,8 +64,10 @@ class Terminal:
         self.child.send(keys)
 
 
-def chat(model: Path, tmp_path: Path, *args: str, columns: int = 60) -> Terminal:
-    term = Terminal(["-m", "glm4_local", "chat", str(model), *args], tmp_path, tmp_path, columns=columns)
+def chat(model: Path, tmp_path: Path, *args: str, columns: int = 60,
+         preexec: Callable[[], None] = children.default_signals) -> Terminal:
+    term = Terminal(["-m", "glm4_local", "chat", str(model), *args], tmp_path, tmp_path, columns=columns,
+                    preexec=preexec)
     term.wait_for(PROMPT)
     return term
 
@@ -91,6 +96,19 @@ def test_2_unknown_commands_are_not_sent(scripted_gguf: Callable[[str], Path], t
     term.wait_for("Sunny day")
     term.pump(0.3)
     assert saved(tmp_path)[0] == {"role": "user", "content": "/foo"}
+
+
+def test_3_ctrl_c_works_in_a_chat_started_with_ctrl_c_ignored(scripted_gguf: Callable[[str], Path],
+                                                               tmp_path: Path) -> None:
+    """Started from `nohup` or a background job, a program inherits SIGINT ignored; the chat owns its
+    terminal, so it restores Ctrl-C: the reply still stops and the chat goes on."""
+    term = chat(scripted_gguf("endless"), tmp_path, "--ctx", "max",
+                preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    term.send("go on\r")
+    term.wait_for("day day day")
+    term.send("\x03")
+    term.wait_for("[interrupted")
+    assert term.child.isalive()
 
 
 def test_3_ctrl_c_at_the_prompt_says_how_to_leave(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:

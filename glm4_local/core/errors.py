@@ -45,3 +45,12 @@ class VerifyError(Glm4LocalError):
     vocabulary that still tokenizes differently. Exit status 2, as other checking tools use."""
 
     exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, or a termination signal turned into one so that the same cleanup runs (`signal_number`:
+    the signal, for the exit status); its message, when it has one, says what was kept."""
+
+    def __init__(self, message: str = "", signal_number: int = 2) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -77,6 +78,10 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
                          f"{t.generated_tokens} ({t.decode_tps:.1f} tok/s)", markup=False, highlight=False)
         return
     from glm4_local.frontends.repl import Repl
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started from nohup or a background job: the chat still owns its terminal, and Ctrl-C must stop a reply
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     # its own console: replies wrap to the window (the CLI's consoles print long lines unwrapped)
     repl = Repl(engine, Console(highlight=False), tool_exec=tool_exec, verbose=verbose, model_name=facts.path.name)

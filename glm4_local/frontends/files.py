@@ -85,7 +85,7 @@ def repair(file: Path, output: Path | None, force: bool, template: Path | None, 
     """VerifyError (exit 2) when the result still tokenizes differently from the model's tokenizer."""
     bar = _bar(err, not quiet)
     with bar or nullcontext():
-        report = repair_gguf(file, output, force, template, bar)
+        report = repair_gguf(file, output, force, template, bar, lambda message: err.print(message, markup=False))
     for change in report.changes:
         err.print(f"changed: {change}", markup=False)
     if report.output is None:

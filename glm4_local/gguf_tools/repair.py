@@ -8,12 +8,13 @@ copied byte for byte (any quantization).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 
-from glm4_local.core.atomic import atomic_output, check_writable_target
+from glm4_local.core.atomic import atomic_output, check_writable_target, remove_stale_temps
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.gguf.bpe import bpe_merges
@@ -108,8 +109,9 @@ def default_output(source: Path) -> Path:
 
 
 def repair(source: Path, output: Path | None = None, force: bool = False, template_path: Path | None = None,
-           progress: Progress | None = None) -> RepairReport:
-    """Write a repaired copy of `source` (atomically), or nothing when it is already right."""
+           progress: Progress | None = None, notify: Callable[[str], None] = lambda message: None) -> RepairReport:
+    """Write a repaired copy of `source` (atomically), or nothing when it is already right. `notify`
+    hears about temporary files of killed runs that were removed."""
     sink = progress or Progress()
     header, family = check_model(source)
     template = read_text(template_path) if template_path else None
@@ -122,6 +124,8 @@ def repair(source: Path, output: Path | None = None, force: bool = False, templa
     if path.resolve() == source.resolve():
         raise Glm4LocalError(f"{path}: the output must be another file than the input")
     check_writable_target(path, force)
+    for stale in remove_stale_temps(path.parent):
+        notify(f"removed {stale}: a temporary file left by a run that was killed")
     with atomic_output(path, force) as tmp:
         sink.start("Copying tensors", sum(t.n_bytes for t in header.tensors), 0)
         rewrite_gguf(source, header, tmp, fields, sink)
