@@ -28,9 +28,11 @@ def load_imatrix(path: Path) -> dict[str, np.ndarray]:
     """
     try:
         reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
-        raise Glm4LocalError(f"{path}: not a GGUF imatrix file ({e})") from e
-    tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+        tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+    except OSError as e:
+        raise Glm4LocalError(f"{path}: cannot read ({e.strerror or e})") from e
+    except Exception as e:  # gguf's reader raises IndexError, KeyError, ValueError ... on a corrupt file
+        raise Glm4LocalError(f"{path}: not a GGUF imatrix file ({type(e).__name__}: {e})") from None
     values: dict[str, np.ndarray] = {}
     for name, sums in tensors.items():
         if not name.endswith(".in_sum2"):
@@ -39,6 +41,8 @@ def load_imatrix(path: Path) -> dict[str, np.ndarray]:
         counts = tensors.get(base + ".counts")
         if counts is None:
             raise Glm4LocalError(f"{path}: {base} has sums but no counts")
+        if not len(counts) or sums.size % len(counts):
+            raise Glm4LocalError(f"{path}: {base} has {sums.size} sums for {len(counts)} counts")
         per_expert = sums.reshape(len(counts), -1)
         safe = np.where(counts > 0, counts, 1.0)[:, None]
         values[base] = np.where(counts[:, None] > 0, per_expert / safe, 1.0).astype(np.float32).reshape(-1)

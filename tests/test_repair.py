@@ -131,3 +131,20 @@ def test_repair_of_a_real_vocabulary_community_gguf_is_exact(real_vocab_gguf: Pa
     assert report.check is not None and report.check.exact and report.check.checked > 150_000
     assert wrong(tmp_path / "fixed.gguf") == []
     assert tensor_bytes(tmp_path / "fixed.gguf") == tensor_bytes(real_vocab_gguf)
+
+
+def test_repair_of_a_byte_flipped_vocabulary_is_one_line_and_writes_nothing(make_gguf: Callable[..., Path],
+                                                                             tmp_path: Path) -> None:
+    """A flipped byte in a token string used to make tiktoken panic inside the check: a traceback, and
+    the repaired file already published."""
+    import craft
+
+    theirs = factory.write_community_gguf(make_gguf("q8_0"), tmp_path / "community.gguf")
+    tokens = list(open_gguf(theirs).get(K.Tokenizer.LIST))
+    tokens[tokens.index("a")] = "\u0101"  # the single-byte token for "a" no longer reads as that byte
+    flipped = craft.craft(theirs, tmp_path / "flipped.gguf",
+                          {K.Tokenizer.LIST: (gguf.GGUFValueType.ARRAY, tokens, gguf.GGUFValueType.STRING)})
+    result = runner.invoke(app, ["repair", str(flipped)])
+    assert result.exit_code == 1 and "single-byte tokens" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["community.gguf", "flipped.gguf"]

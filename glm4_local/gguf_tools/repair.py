@@ -23,7 +23,7 @@ from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.jsonfile import read_text
 from glm4_local.core.progress import Progress
 from glm4_local.gguf_tools.rewrite import Field, fields_of, rewrite_gguf
-from glm4_local.gguf_tools.tokenizer_check import TokenizerCheck, check_tokenization, ranks_of
+from glm4_local.gguf_tools.tokenizer_check import TokenizerCheck, check_tokenization, ranks_of, usable_ranks
 
 K = gguf.Keys
 V = gguf.GGUFValueType
@@ -117,6 +117,7 @@ def repair(source: Path, output: Path | None = None, force: bool = False, templa
     template = read_text(template_path) if template_path else None
     if template is not None and not template.strip():
         raise Glm4LocalError(f"{template_path}: the template is empty")
+    usable_ranks(header, str(source))  # before anything is written: a vocabulary the check could not read
     fields, changes = plan_repair(source, header, family, template)
     if not changes:
         return RepairReport(source, None, [], _check(source, header, family, sink))
@@ -129,8 +130,9 @@ def repair(source: Path, output: Path | None = None, force: bool = False, templa
     with atomic_output(path, force) as tmp:
         sink.start("Copying tensors", sum(t.n_bytes for t in header.tensors), 0)
         rewrite_gguf(source, header, tmp, fields, sink)
-    repaired, _ = check_model(path)
-    return RepairReport(source, path, changes, _check(path, repaired, family, sink))
+        repaired, _ = check_model(tmp)  # checked before it is published: a failure leaves nothing behind
+        check = _check(tmp, repaired, family, sink)
+    return RepairReport(source, path, changes, check)
 
 
 def _check(path: Path, header: GGUFHeader, family: ModelFamily, sink: Progress) -> TokenizerCheck:

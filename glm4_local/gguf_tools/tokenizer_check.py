@@ -13,6 +13,7 @@ from pathlib import Path
 import gguf
 
 from glm4_local.convert.texts import calibration_text, eval_text
+from glm4_local.core.errors import GGUFFileError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.gguf.bpe import vocabulary_ranks
 from glm4_local.core.gguf.header import GGUFHeader
@@ -43,6 +44,17 @@ class TokenizerCheck:
                 f"from the model's own tokenizer (e.g. {shown})")
 
 
+def usable_ranks(header: GGUFHeader, where: str) -> dict[bytes, int]:
+    """The vocabulary's ranks, if the family's tokenizer can use them: byte-level BPE needs every single
+    byte as a token (tiktoken panics on text with a byte it lacks, as after a flipped byte in the file)."""
+    ranks = ranks_of(header)
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise GGUFFileError(f"{where}: the vocabulary lacks {len(missing)} of the 256 single-byte tokens "
+                            f"(e.g. {bytes(missing[:3])!r}); it is corrupt or not byte-level BPE")
+    return ranks
+
+
 def check_texts(ranks: dict[bytes, int]) -> list[str]:
     """Every vocabulary entry that is valid UTF-8 text, then the lines of the built-in texts."""
     texts = []
@@ -60,16 +72,22 @@ def check_tokenization(path: Path, header: GGUFHeader, family: ModelFamily,
     """Tokenize every check text with llama.cpp (the file) and tiktoken (the reference)."""
     import tiktoken
 
-    ranks = ranks_of(header)
-    reference = tiktoken.Encoding(f"{family.name}-check", pat_str=family.pre_tokenizer_pattern,
-                                  mergeable_ranks=ranks, special_tokens={})
+    ranks = usable_ranks(header, str(path))
     llm = door.load(path, header=header, vocab_only=True)
     texts = check_texts(ranks)
     result = TokenizerCheck()
-    for text in _progress(texts, on_progress):
-        result.checked += 1
-        if door.tokenize(llm, text) != reference.encode_ordinary(text):
-            result.mismatched.append(text)
+    try:
+        reference = tiktoken.Encoding(f"{family.name}-check", pat_str=family.pre_tokenizer_pattern,
+                                      mergeable_ranks=ranks, special_tokens={})
+        for text in _progress(texts, on_progress):
+            result.checked += 1
+            if door.tokenize(llm, text) != reference.encode_ordinary(text):
+                result.mismatched.append(text)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # tiktoken's Rust code panics (a BaseException) on ranks it cannot use
+        raise GGUFFileError(f"{path}: the model's own tokenizer cannot read this vocabulary "
+                            f"({type(e).__name__}: {str(e)[:200]})") from None
     return result
 
 
