@@ -1,3 +1,3 @@
-from glm4_local.cli import app
+from glm4_local.cli import main
 
-app(prog_name="glm4-local")
+main()

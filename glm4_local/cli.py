@@ -46,9 +46,34 @@ def _show_version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+def options(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
     """GLM-4-9B-Chat on your own machine: convert checkpoints to GGUF, check them, and chat."""
+
+
+def main() -> None:
+    """The `glm4-local` program: the Typer app, and one line (not a traceback) when stdout cannot be
+    written: a full disk, a closed pipe (which ends the program quietly, as `| head` expects)."""
+    code: Any = 0
+    try:
+        app(prog_name="glm4-local")
+    except SystemExit as e:
+        code = e.code
+    except OSError as e:
+        code = _stdout_failed(e)
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        code = _stdout_failed(e)
+    sys.exit(code)
+
+
+def _stdout_failed(error: OSError) -> int:
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's own flush at exit must not fail again
+    if isinstance(error, BrokenPipeError):
+        return 0
+    err.print(f"glm4-local: error: cannot write the output ({error.strerror or error})", markup=False)
+    return 1
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -83,6 +108,19 @@ def user_errors(on_interrupt: str = "interrupted") -> Iterator[None]:
         # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         raise typer.Exit(0) from None
+    except OSError as e:
+        if e.filename is not None or not _is_stdout_error():
+            raise
+        raise typer.Exit(_stdout_failed(e)) from None
+
+
+def _is_stdout_error() -> bool:
+    """Whether stdout is what failed (a full disk or a device that refuses writes)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False
 
 
 def run(func: Callable[..., R], *args: object, on_interrupt: str = "interrupted", **kwargs: object) -> R:

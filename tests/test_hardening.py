@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -418,3 +419,25 @@ def test_12_a_corrupt_latest_autosave_resumes_the_one_before(scripted_gguf: Call
     result = cli("chat", str(scripted_gguf("answer")), "--resume", "-p", "hi")
     assert result.returncode == 0 and result.stdout == "Sunny day\n", result.stderr
     assert "skipped" in result.stderr and "newer.json" in result.stderr
+
+
+def _stdout_limited_to_16_bytes() -> None:
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["info", "MODEL"], ["render", "CONVERSATION"]])
+def test_a_failing_stdout_is_one_line_not_a_traceback(scripted_gguf: Callable[[str], Path], tmp_path: Path,
+                                                      command: list[str]) -> None:
+    """stdout on a full disk (here a file past its size limit): one line on stderr and exit 1."""
+    conversation = tmp_path / "c.json"
+    conversation.write_text(json.dumps({"messages": [{"role": "user", "content": "hello " * 50}]}))
+    args = [str(scripted_gguf("answer")) if a == "MODEL" else str(conversation) if a == "CONVERSATION" else a
+            for a in command]
+    with (tmp_path / "out.txt").open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "glm4_local", *args], stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=120, preexec_fn=_stdout_limited_to_16_bytes)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "glm4-local: error: cannot write the output (File too large)"

@@ -35,7 +35,7 @@ ALLOWED = {
     "glm4_local.chat": CORE,
     "glm4_local.tools": CORE,
     "glm4_local.documents": CORE,  # readers of files into the conversation (long documents)
-    "glm4_local.gguf_tools": CORE | {"glm4_local.convert"},
+    "glm4_local.gguf_tools": CORE | {"glm4_local.convert", "glm4_local.chat"},
     "glm4_local.server": CORE | {"glm4_local.chat", "glm4_local.tools", "glm4_local.documents"},
     "glm4_local.frontends": CORE | {"glm4_local.convert", "glm4_local.chat", "glm4_local.gguf_tools",
                                     "glm4_local.tools", "glm4_local.documents", "glm4_local.server"},

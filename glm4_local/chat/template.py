@@ -171,3 +171,28 @@ def merged_text(pieces: Sequence[Piece]) -> list[Piece]:
         else:
             out.append(piece)
     return out
+
+
+MAX_TEMPLATE_CHARS = 256 * 1024  # GLM-4's own templates are ~4 KB
+SAMPLE_CONVERSATION: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "metadata": "get_weather", "content": '{"city": "Paris"}'},
+    {"role": "observation", "content": '{"sky": "clear"}'},
+    {"role": "assistant", "content": "It is clear."},
+    {"role": "user", "content": "谢谢"},
+]
+
+
+def check_template(family: ModelFamily, source: str, origin: str) -> None:
+    """TemplateRenderError unless `source` renders a sample conversation (tools, a call and its result
+    included) as chat would run it: bounded in time and memory, in the worker process."""
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateRenderError(f"{origin} is {len(source):,} characters; a chat template of more than "
+                                  f"{MAX_TEMPLATE_CHARS:,} is refused")
+    if not source.strip():
+        raise TemplateRenderError(f"{origin} is empty")
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    template = ChatTemplate(source, family.markup_tokens, origin, family.replies.tool_types)
+    template.pieces([{"role": "system", "content": "", "tools": tools}, *SAMPLE_CONVERSATION])

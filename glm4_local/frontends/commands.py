@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import sys
@@ -115,5 +116,17 @@ def render(conversation_path: Path, tools_path: Path | None, model: str | None, 
     if isinstance(result, list):
         out.print(json.dumps(result), markup=False)
     else:
-        sys.stdout.buffer.write(result.encode("utf-8"))
-        sys.stdout.flush()
+        write_all(result.encode("utf-8"))
+
+
+def write_all(data: bytes) -> None:
+    """`data` to stdout, every byte or an OSError: a large write to a file at its size limit or on a full
+    disk is cut short, which Python's buffered writer reports only as a smaller count."""
+    sys.stdout.flush()
+    stream, view = sys.stdout.buffer, memoryview(data)
+    while view:
+        written = stream.write(view)
+        if not written:
+            raise OSError(errno.EIO, "the output takes no more data")
+        view = view[written:]
+    stream.flush()

@@ -16,6 +16,7 @@ import numpy as np
 
 from glm4_local.convert.texts import eval_text
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.registry import require_family
 from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.llama import door
@@ -93,6 +94,10 @@ def evaluate(model: Path, reference: Path, text: str | None = None, ctx: int = 5
     if ctx < 2:
         raise Glm4LocalError(f"a window of {ctx} tokens has nothing to score (at least 2)")
     model_header, reference_header = _checked_pair(model, reference)
+    family = require_family(model_header.get(K.General.ARCHITECTURE), str(model))
+    trained = family.hyperparams(model_header, str(model)).context_length
+    if ctx > trained:  # llama.cpp would allocate it all (logits for every position): gigabytes for nothing
+        raise Glm4LocalError(f"a window of {ctx:,} tokens is more than the {trained:,} {model.name} was trained for")
     sink = progress or Progress()
     ref_llm = door.load(reference, header=reference_header, n_ctx=ctx, logits_all=True, n_threads=threads)
     model_llm = door.load(model, header=model_header, n_ctx=ctx, logits_all=True, n_threads=threads)

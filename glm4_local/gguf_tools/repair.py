@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gguf
 
+from glm4_local.chat.template import TemplateRenderError, check_template
 from glm4_local.core.atomic import atomic_output, check_writable_target, remove_stale_temps
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
@@ -115,8 +116,11 @@ def repair(source: Path, output: Path | None = None, force: bool = False, templa
     sink = progress or Progress()
     header, family = check_model(source)
     template = read_text(template_path) if template_path else None
-    if template is not None and not template.strip():
-        raise Glm4LocalError(f"{template_path}: the template is empty")
+    if template is not None:
+        try:
+            check_template(family, template, str(template_path))
+        except TemplateRenderError as e:
+            raise Glm4LocalError(str(e)) from None
     usable_ranks(header, str(source))  # before anything is written: a vocabulary the check could not read
     fields, changes = plan_repair(source, header, family, template)
     if not changes:
