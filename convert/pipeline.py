@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -27,9 +28,10 @@ from glm4_local.core.atomic import (
     remove_stale_temps,
     temp_path_beside,
 )
-from glm4_local.core.errors import CheckpointError, Glm4LocalError, Interrupted, OutputError
+from glm4_local.core.errors import CheckpointError, GGUFFileError, Glm4LocalError, Interrupted, OutputError
 from glm4_local.core.families.family import ModelFamily, ModelSpec
 from glm4_local.core.families.registry import family_for_config
+from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.llama.door import quantize
 from glm4_local.core.paths import MODELS_DIR
 from glm4_local.core.progress import Progress
@@ -84,15 +86,22 @@ def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
     info = ModelInfo(
         name=model_name(source, folder),
         chat_template=template if isinstance(template, str) else None,
-        temperature=_float_or_none(generation.get("temperature")),
-        top_p=_float_or_none(generation.get("top_p")),
+        temperature=_sampling_default(generation, "temperature", folder / "generation_config.json"),
+        top_p=_sampling_default(generation, "top_p", folder / "generation_config.json"),
         pad_token_id=pad if isinstance(pad, int) else None,
     )
     return Checkpoint(folder, family, spec, info, vocab, tensors, plan)
 
 
-def _float_or_none(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _sampling_default(generation: dict[str, object], key: str, where: Path) -> float | None:
+    """generation_config.json's `key`, when set: a finite number from 0 up, else CheckpointError (a NaN
+    written into the GGUF would make every runtime refuse or misread it)."""
+    value = generation.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise CheckpointError(f"{where}: {key} is {value!r}, not a number from 0 up")
+    return float(value)
 
 
 def default_output(name: str, kind: OutType, models_dir: Path = MODELS_DIR) -> Path:
@@ -143,10 +152,21 @@ def convert(
                 _write(checkpoint, tmp, weight_type, kind.file_type, sink)
             else:
                 _write_quantized(checkpoint, tmp, path, weight_type, kind, importance, sink, force)
+            _check_output(tmp, path)
     finally:
         checkpoint.tensors.close()
     return ConvertResult(path, kind, checkpoint.tensors.total_bytes, path.stat().st_size,
                          time.perf_counter() - started)
+
+
+def _check_output(written: Path, final: Path) -> None:
+    """The checks `info` and `chat` run, on the written file before it is published: never a file that
+    glm4-local itself would then refuse."""
+    try:
+        check_model(written)
+    except GGUFFileError as e:
+        raise CheckpointError(f"{final}: the converted file would not load, so it was not kept "
+                              f"({str(e).removeprefix(f'{written}: ')})") from None
 
 
 def imatrix_choice(text: str | None) -> ImatrixChoice:

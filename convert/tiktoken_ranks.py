@@ -25,6 +25,12 @@ def load_ranks(path: Path) -> dict[bytes, int]:
         raise CheckpointError(
             f"{path}: not a GLM-4 tiktoken vocabulary (a sentencepiece model means ChatGLM2/3, not supported)"
         ) from e
+    if not ranks:
+        raise CheckpointError(f"{path}: the vocabulary is empty")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise CheckpointError(f"{path}: the vocabulary lacks {len(missing)} of the 256 single-byte tokens "
+                              "byte-level BPE needs (a damaged file?)")
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise CheckpointError(f"{path}: vocabulary ranks are not 0..{len(ranks) - 1} without gaps")
     return ranks

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -441,3 +442,39 @@ def test_a_failing_stdout_is_one_line_not_a_traceback(scripted_gguf: Callable[[s
                               text=True, timeout=120, preexec_fn=_stdout_limited_to_16_bytes)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "glm4-local: error: cannot write the output (File too large)"
+
+
+def test_eval_ctx_is_bounded_by_the_trained_context(make_gguf: Callable[..., Path]) -> None:
+    model = make_gguf("f32")
+    one_line_error(cli("eval", str(model), "--reference", str(model), "--ctx", "2000000"),
+                   "2,000,000 tokens is more than the")
+
+
+@pytest.mark.parametrize(("template", "problem"), [
+    ("{{ 9 ** 999999999 }}", "ran for more than"),
+    ("{% for m in messages %}" + "x" * 300_000 + "{% endfor %}", "is refused"),
+    ("{{ undefined_function() }}", "template.jinja"),
+], ids=["hangs", "huge", "fails"])
+def test_repair_checks_a_given_template_as_chat_does(make_gguf: Callable[..., Path], tmp_path: Path,
+                                                     template: str, problem: str) -> None:
+    theirs = factory.write_community_gguf(make_gguf("q8_0"), tmp_path / "community.gguf")
+    (tmp_path / "template.jinja").write_text(template)
+    one_line_error(cli("repair", str(theirs), "--template", str(tmp_path / "template.jinja")), problem)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["community.gguf", "template.jinja"]
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda folder: (folder / "tokenizer.model").write_bytes(b""), "the vocabulary is empty"),
+    (lambda folder: (folder / "generation_config.json").write_text('{"temperature": NaN}'), "temperature is nan"),
+    (lambda folder: (folder / "generation_config.json").write_text('{"top_p": -1}'), "top_p is -1"),
+], ids=["empty tokenizer", "NaN temperature", "negative top_p"])
+def test_convert_never_publishes_a_file_glm4_local_would_refuse(make_checkpoint: Callable[..., Path],
+                                                                 tmp_path: Path, damage: Callable[[Path], object],
+                                                                 problem: str) -> None:
+    folder = tmp_path / "ckpt"
+    shutil.copytree(make_checkpoint(), folder)
+    damage(folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    one_line_error(cli("convert", str(folder), "-t", "f32", "-o", str(out / "o.gguf")), problem)
+    assert list(out.iterdir()) == []
