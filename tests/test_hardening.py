@@ -245,6 +245,18 @@ def test_6_a_failing_tool_does_not_end_the_chat(scripted_gguf: Callable[[str], P
     assert json.loads(result.stdout)["content"] == "Sunny day"
 
 
+def test_6_a_tool_printing_more_than_the_context_holds_is_cut_and_the_chat_goes_on(
+        scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    """40 KB of output used to end the chat ("needs 40438 tokens of context"): now what fits is sent."""
+    write_tool(tmp_path / "loud.py", "print('weather report ' * 2000)")
+    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
+    result = cli("chat", str(scripted_gguf("tool")), "-p", "weather?", "--tools", "tools.json", "--tool-exec",
+                 "loud.py", "--ctx", "1024", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["content"] == "Sunny day"
+    assert "was cut to the" in result.stderr and "fit the context" in result.stderr
+
+
 # -- 7. metadata of the wrong type or shape ------------------------------------------------------------
 
 BAD_METADATA = {
@@ -478,3 +490,34 @@ def test_convert_never_publishes_a_file_glm4_local_would_refuse(make_checkpoint:
     out.mkdir()
     one_line_error(cli("convert", str(folder), "-t", "f32", "-o", str(out / "o.gguf")), problem)
     assert list(out.iterdir()) == []
+
+
+def _alive_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the tool's leftovers through /proc (Linux)")
+def test_a_tool_whose_children_keep_its_output_open_is_read_and_nothing_outlives_it(tmp_path: Path) -> None:
+    """Its answer is read once it exits (not after the timeout), and its background child and a `setsid`
+    daemon, both holding its stdout open, are ended with it."""
+    marker = f"glm4-local-test-{os.getpid()}-{tmp_path.name}"
+    tool = tmp_path / "tool.sh"
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(300)' {marker}"
+    tool.write_text(f"#!/bin/sh\n{sleeper} &\nsetsid {sleeper} &\necho sunny\n")
+    tool.chmod(0o755)
+    started = time.monotonic()
+    try:
+        assert run_tool(tool, ToolCall("lookup", "{}"), timeout=30).strip() == "sunny"
+        assert time.monotonic() - started < 15
+        assert _alive_with(marker) == []
+    finally:
+        for pid in _alive_with(marker):
+            os.kill(pid, signal.SIGKILL)

@@ -125,13 +125,29 @@ class ChatEngine:
         return self.answer()
 
     def add_observation(self, result: str) -> None:
-        """Answer the last tool call without asking for a reply (a cancelled or refused call)."""
-        message: dict[str, Any] = {"role": "tool", "content": result}
+        """Answer the last tool call without asking for a reply (a cancelled or refused call). A result
+        longer than the context has room for is cut to what fits, with a note the model reads."""
+        message: dict[str, Any] = {"role": "tool", "content": self._fitted_observation(result)}
         call_id = self._unanswered_call_id()
         if call_id:
             message["tool_call_id"] = call_id
         self.conversation.messages.append(message)
         self.save()
+
+    def _fitted_observation(self, result: str) -> str:
+        budget = self.runtime.n_ctx - self.settings.reply_reserve(self.runtime.n_ctx)
+        head, groups = turns(self.conversation.messages)
+        kept = head + [m for g in groups[self.dropped_turns :] for m in g]
+        empty = len(self.prompt_tokens([*kept, {"role": "tool", "content": ""}]))
+        vocab = self.runtime.vocab
+        tokens = vocab.text_tokens(result)
+        room = budget - empty
+        if len(tokens) <= room:
+            return result
+        note = f"\n[output cut: the first {{kept}} of {len(tokens):,} tokens fit the context]"
+        shown = max(0, room - len(vocab.text_tokens(note.format(kept=room))) - 2)
+        self.notify(f"the tool's output ({len(tokens):,} tokens) was cut to the {shown:,} that fit the context")
+        return vocab.text_of(tokens[:shown]) + note.format(kept=f"{shown:,}")
 
     def pending_call(self) -> bool:
         """Whether the conversation ends with a tool call nobody has answered."""

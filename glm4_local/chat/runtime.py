@@ -87,6 +87,10 @@ class Vocabulary:
             piece = self._pieces[token] = self.model.detokenize([token], special=False)
         return piece
 
+    def text_of(self, tokens: Sequence[int]) -> str:
+        """The text of whole tokens (a character cut off at the end is dropped)."""
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="ignore")
+
     def detokenizer(self) -> Callable[[int], str]:
         """Token → text for one reply: a character split across tokens comes out whole once complete
         (bytes of one cut off at the end are dropped, never shown as U+FFFD)."""

@@ -15,6 +15,7 @@ from typing import IO
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ToolCall
+from glm4_local.tools.reaping import become_subreaper, children, end_group, end_strays
 
 DEFAULT_TOOL_TIMEOUT = 60.0
 MAX_TOOL_OUTPUT = 1024 * 1024  # bytes of a tool's output given to the model; the rest is cut, with a note
@@ -35,8 +36,9 @@ def _error(message: str, **detail: str) -> str:
 
 
 def _drain(stream: IO[bytes], sink: bytearray, limit: int, over: threading.Event) -> None:
-    """Keep the first `limit` bytes; flag when there were more (the caller then stops the tool)."""
-    while chunk := stream.read(65536):
+    """Keep the first `limit` bytes; flag when there were more (the caller then stops the tool). read1:
+    what has arrived, without waiting for more (a background child may hold the pipe open)."""
+    while chunk := stream.read1(65536):  # type: ignore[attr-defined]
         room = limit - len(sink)
         sink += chunk[: max(room, 0)]
         if len(chunk) > room:
@@ -46,7 +48,7 @@ def _drain(stream: IO[bytes], sink: bytearray, limit: int, over: threading.Event
 
 def _drain_tail(stream: IO[bytes], sink: bytearray, limit: int) -> None:
     """Read to the end (so the tool never blocks on a full pipe), keeping the last `limit` bytes."""
-    while chunk := stream.read(65536):
+    while chunk := stream.read1(65536):  # type: ignore[attr-defined]
         sink += chunk
         del sink[:-limit]
 
@@ -65,11 +67,20 @@ def run_tool(executable: Path, call: ToolCall, timeout: float = DEFAULT_TOOL_TIM
     the model reads, as JSON {"error": ...}; the chat goes on. Ctrl-C stops the tool and is passed on.
     """
     payload = json.dumps({"name": call.name, "arguments": call.arguments}, ensure_ascii=False).encode()
+    become_subreaper()
+    before = children()
     try:  # its own session: Ctrl-C reaches us, and we stop the tool with everything it started
         process = subprocess.Popen([str(executable)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, start_new_session=True)
     except OSError as e:
         return _error(f"cannot run {executable.name}: {e.strerror}")
+    try:
+        return _collect(process, payload, timeout, max_output)
+    finally:
+        end_strays(before, process.pid)  # nothing it started outlives the call
+
+
+def _collect(process: subprocess.Popen[bytes], payload: bytes, timeout: float, max_output: int) -> str:
     out, err, over = bytearray(), bytearray(), threading.Event()
     readers = [threading.Thread(target=_drain, args=(process.stdout, out, max_output, over), daemon=True),
                threading.Thread(target=_drain_tail, args=(process.stderr, err, 4096), daemon=True)]
@@ -90,6 +101,7 @@ def run_tool(executable: Path, call: ToolCall, timeout: float = DEFAULT_TOOL_TIM
         _kill(process)
         if not over.is_set():
             return _error(f"the tool did not finish within {timeout:g} s and was stopped")
+    end_group(process.pid)  # background children holding the pipes open go too, so the readers reach the end
     for reader in readers:
         reader.join(timeout=1.0)
     text = out.decode("utf-8", errors="replace")
