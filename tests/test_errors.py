@@ -271,3 +271,32 @@ def test_ctrl_c_while_quantizing_leaves_nothing(make_checkpoint: Callable[..., P
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert list(out_dir.iterdir()) == []
+
+
+def test_ctrl_c_late_in_imatrix_auto_says_the_matrix_was_kept(make_checkpoint: Callable[..., Path],
+                                                              tmp_path: Path) -> None:
+    """Interrupted while quantizing with `--imatrix auto`: the measured matrix is kept (it took minutes),
+    and the message says so instead of claiming nothing was left behind."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = children.started(subprocess.Popen(
+        [sys.executable, "-c", SLOW_QUANTIZE, "convert", str(make_checkpoint()), "-t", "q4_0", "--imatrix", "auto",
+         "-o", str(out_dir / "o.gguf"), "-q"], stderr=subprocess.PIPE, text=True,
+        preexec_fn=children.default_signals))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.stat().st_size == len(b"partial") for p in out_dir.iterdir()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "kept as" in stderr and "o.imatrix" in stderr and "no GGUF was left behind" in stderr
+    assert [p.name for p in out_dir.iterdir()] == ["o.imatrix"]
+
+
+def test_a_corrupt_imatrix_file_is_one_line(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "bad.imatrix").write_bytes(b"GGUF")
+    result = runner.invoke(app, ["convert", str(make_checkpoint()), "-t", "q4_0", "--imatrix",
+                                 str(tmp_path / "bad.imatrix"), "-o", str(tmp_path / "o.gguf")])
+    assert result.exit_code == 1 and "not a GGUF imatrix file" in result.stderr, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.imatrix"]

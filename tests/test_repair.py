@@ -148,3 +148,17 @@ def test_repair_of_a_byte_flipped_vocabulary_is_one_line_and_writes_nothing(make
     assert result.exit_code == 1 and "single-byte tokens" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["community.gguf", "flipped.gguf"]
+
+
+def test_repair_removes_temporaries_of_killed_runs(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    theirs = factory.write_community_gguf(make_gguf("q8_0"), tmp_path / "community.gguf")
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = tmp_path / f".community-repaired.gguf.glm4-local-{dead}-abc123.tmp"
+    stale.write_bytes(b"half a file")
+    result = runner.invoke(app, ["repair", str(theirs)])
+    assert result.exit_code == 0, result.stderr
+    assert not stale.exists() and f"removed {stale}" in result.stderr
