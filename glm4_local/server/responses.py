@@ -134,8 +134,12 @@ class ResponseShape:
                 "model": self.model_id, "output": output, "parallel_tool_calls": False,
                 "previous_response_id": None, "temperature": self.request.temperature,
                 "top_p": self.request.top_p, "tool_choice": self.request.tool_choice or "auto",
-                "tools": self.request.tools or [], "text": {"format": {"type": "text"}}, "usage": usage,
+                "tools": self.request.tools or [], "text": {"format": self._format()}, "usage": usage,
                 "metadata": {}}
+
+    def _format(self) -> dict[str, Any]:
+        form = self.request.text.format if self.request.text else None
+        return form.model_dump(by_alias=True, exclude_none=True) if form else {"type": "text"}
 
     def message(self, text: str, status: str = "completed") -> dict[str, Any]:
         return {"type": "message", "id": self.message_id, "status": status, "role": "assistant",
