@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-import os
-import signal
-import sys
-import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from glm4_local import cli_options as o
 from glm4_local.chat.options import RuntimeOptions
+from glm4_local.cli_errors import err, fail, out, run, run_program, stopped_like_ctrl_c, user_errors
+from glm4_local.cli_options import with_runtime_options
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
-from glm4_local.core.errors import Glm4LocalError, Interrupted, OutputExistsError, SourceNotCachedError
 from glm4_local.frontends.repl_commands import COMMANDS
 from glm4_local.tools.program import DEFAULT_TOOL_TIMEOUT
 
@@ -27,9 +19,6 @@ app = typer.Typer(
     name="glm4-local", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
-R = TypeVar("R")
 
 
 def examples(*lines: str) -> str:
@@ -54,102 +43,7 @@ def options(version: Annotated[bool, typer.Option("--version", callback=_show_ve
 def main() -> None:
     """The `glm4-local` program: the Typer app, and one line (not a traceback) when stdout cannot be
     written: a full disk, a closed pipe (which ends the program quietly, as `| head` expects)."""
-    code: Any = 0
-    try:
-        app(prog_name="glm4-local")
-    except SystemExit as e:
-        code = e.code
-    except OSError as e:
-        code = _stdout_failed(e)
-    try:
-        sys.stdout.flush()
-    except OSError as e:
-        code = _stdout_failed(e)
-    sys.exit(code)
-
-
-def _stdout_failed(error: OSError) -> int:
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's own flush at exit must not fail again
-    if isinstance(error, BrokenPipeError):
-        return 0
-    err.print(f"glm4-local: error: cannot write the output ({error.strerror or error})", markup=False)
-    return 1
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"glm4-local: error: {message}", markup=False)
-    return typer.Exit(code)
-
-
-def with_hint(error: Glm4LocalError) -> str:
-    """The library's message, plus what to type about it (only the CLI knows its flags)."""
-    if isinstance(error, OutputExistsError):
-        return f"{error} (use --force to overwrite)"
-    if isinstance(error, SourceNotCachedError):
-        repo = error.repo_id
-        return (f"{error}; download it with `glm4-local convert {repo} --download` "
-                f"(needs `pip install \"glm4-local[download]\"`) or `huggingface-cli download {repo}`")
-    return str(error)
-
-
-@contextmanager
-def user_errors(on_interrupt: str = "interrupted") -> Iterator[None]:
-    """Library exceptions become one line on stderr and an exit code; never a traceback."""
-    try:
-        yield
-    except Glm4LocalError as e:
-        raise fail(with_hint(e), e.exit_code) from None
-    except KeyboardInterrupt as e:
-        number = e.signal_number if isinstance(e, Interrupted) else signal.SIGINT
-        message = str(e) or (on_interrupt if number == signal.SIGINT
-                             else f"{signal.Signals(number).name}: {on_interrupt.replace('interrupted', 'stopped')}")
-        raise fail(message, 128 + number) from None
-    except BrokenPipeError:
-        # the reader went away (e.g. `| head`): stop quietly, and keep Python from complaining at exit
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        raise typer.Exit(0) from None
-    except OSError as e:
-        if e.filename is not None or not _is_stdout_error():
-            raise
-        raise typer.Exit(_stdout_failed(e)) from None
-
-
-def _is_stdout_error() -> bool:
-    """Whether stdout is what failed (a full disk or a device that refuses writes)."""
-    try:
-        sys.stdout.flush()
-    except OSError:
-        return True
-    return False
-
-
-def run(func: Callable[..., R], *args: object, on_interrupt: str = "interrupted", **kwargs: object) -> R:
-    with user_errors(on_interrupt):
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def stopped_like_ctrl_c() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a closed terminal, `kill`, a service stop) clean up as Ctrl-C does: no half
-    file or 16-bit intermediate is left behind. Only where the main thread runs the work."""
-
-    def stop(number: int, frame: object) -> None:
-        raise Interrupted(signal_number=number)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def parsed(flag: str, parse: Callable[[str], R], text: str) -> R:
-    """An option's typed value; a value it cannot take is one line naming the flag."""
-    try:
-        return parse(text)
-    except ValueError as e:
-        raise fail(f"{flag} {e}") from None
+    run_program(lambda: app(prog_name="glm4-local"))
 
 
 @app.command(epilog=examples(
@@ -252,38 +146,6 @@ CHAT_EPILOG = examples(
 In the chat: """ + " ".join(usage for usage, _ in COMMANDS) + """.
 Enter sends, Alt-Enter adds a line, Ctrl-C stops a reply, Ctrl-D leaves.
 Sampling defaults come from the GGUF (general.sampling.*), else GLM-4's own (temperature 0.8, top_p 0.8)."""
-
-
-def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: int, flash_attn: bool,
-                       cache_type_k: str, cache_type_v: str, mlock: bool, no_mmap: bool) -> RuntimeOptions:
-    """How chat and serve run a model, from their shared options (o.RUNTIME_OPTIONS)."""
-    from glm4_local.chat import options as opts
-
-    return opts.RuntimeOptions(
-        ctx=parsed("--ctx", opts.parse_context_size, ctx),
-        gpu_layers=parsed("--gpu-layers", opts.parse_gpu_layers, gpu_layers),
-        threads=threads, batch=batch, flash_attn=flash_attn,
-        cache_type_k=parsed("--cache-type-k", opts.parse_cache_type, cache_type_k),
-        cache_type_v=parsed("--cache-type-v", opts.parse_cache_type, cache_type_v), mlock=mlock, mmap=not no_mmap,
-    )
-
-
-def with_runtime_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give `command` the shared model-running options: Typer sees them as flags, the command receives
-    them as one `runtime: RuntimeOptions` argument."""
-    signature = inspect.signature(command)
-    hints = typing.get_type_hints(command, include_extras=True)
-    own = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "runtime"]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        shared = {p.name: kwargs.pop(p.name) for p in o.RUNTIME_OPTIONS}
-        command(**kwargs, runtime=runtime_options_of(**shared))
-
-    del wrapper.__wrapped__  # Typer reads the signature below, not the command's own
-    wrapper.__signature__ = signature.replace(parameters=[*own, *o.RUNTIME_OPTIONS])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *o.RUNTIME_OPTIONS)}
-    return wrapper
 
 
 @app.command(epilog=CHAT_EPILOG)

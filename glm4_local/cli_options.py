@@ -6,12 +6,16 @@ RuntimeOptions instead of nine flags.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Annotated
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
-from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX
+from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX, RuntimeOptions
+from glm4_local.cli_errors import parsed
 from glm4_local.core.llama.door import CACHE_TYPES
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
@@ -43,3 +47,35 @@ RUNTIME_OPTIONS: tuple[inspect.Parameter, ...] = (
     _option("flash_attn", FlashAttn, False), _option("cache_type_k", CacheTypeK, "f16"),
     _option("cache_type_v", CacheTypeV, "f16"), _option("mlock", Mlock, False), _option("no_mmap", NoMmap, False),
 )
+
+
+def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: int, flash_attn: bool,
+                       cache_type_k: str, cache_type_v: str, mlock: bool, no_mmap: bool) -> RuntimeOptions:
+    """How chat and serve run a model, from their shared options (RUNTIME_OPTIONS)."""
+    from glm4_local.chat import options as opts
+
+    return opts.RuntimeOptions(
+        ctx=parsed("--ctx", opts.parse_context_size, ctx),
+        gpu_layers=parsed("--gpu-layers", opts.parse_gpu_layers, gpu_layers),
+        threads=threads, batch=batch, flash_attn=flash_attn,
+        cache_type_k=parsed("--cache-type-k", opts.parse_cache_type, cache_type_k),
+        cache_type_v=parsed("--cache-type-v", opts.parse_cache_type, cache_type_v), mlock=mlock, mmap=not no_mmap,
+    )
+
+
+def with_runtime_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the shared model-running options: Typer sees them as flags, the command receives
+    them as one `runtime: RuntimeOptions` argument."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "runtime"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        shared = {p.name: kwargs.pop(p.name) for p in RUNTIME_OPTIONS}
+        command(**kwargs, runtime=runtime_options_of(**shared))
+
+    del wrapper.__wrapped__  # Typer reads the signature below, not the command's own
+    wrapper.__signature__ = signature.replace(parameters=[*own, *RUNTIME_OPTIONS])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *RUNTIME_OPTIONS)}
+    return wrapper

@@ -262,3 +262,35 @@ def test_10_json_usage_counts_every_model_call(scripted_gguf: Callable[[str], Pa
                      "--tool-exec", "tool.py", "--json", cwd=tmp_path)
     data = json.loads(result.stdout)
     assert data["usage"]["prompt_tokens"] >= data["timings"]["prompt_tokens_evaluated"]
+
+
+STREAM_WORDS = """
+import sys, time
+from rich.console import Console
+from glm4_local.frontends.reply_view import ReplyView
+written = 0
+print("start", flush=True)
+try:
+    with ReplyView(Console(highlight=False)) as view:
+        while True:
+            view.write(" day")
+            written += 1
+            time.sleep(0.003)
+except KeyboardInterrupt:
+    pass
+print(f"written {written} END", flush=True)
+"""
+
+
+@pytest.mark.parametrize("words_before_ctrl_c", [37, 52, 68, 81, 99, 113])
+def test_ctrl_c_while_a_reply_is_drawn_leaves_no_stale_line(tmp_path: Path, words_before_ctrl_c: int) -> None:
+    """The terminal echoed ^C into the region being redrawn; the extra wrap left a stale copy of a line on
+    screen about half the time. The screen holds exactly the words written, once."""
+    term = Terminal(["-c", STREAM_WORDS], tmp_path, tmp_path)
+    term.wait_for("start")
+    while term.raw.count("day") < words_before_ctrl_c:
+        term.pump(0.05)
+    term.send("\x03")
+    term.wait_for("END")
+    written = int(term.raw.split("written ")[1].split()[0])
+    assert term.text().count("day") == written

@@ -8,6 +8,9 @@ than a short one and is never cropped to one line. Piped output gets the plain t
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TextIO
 
@@ -41,6 +44,28 @@ def split_finished(text: str) -> tuple[list[str], str]:
     return [b for b in blocks if b.strip()], rest
 
 
+@contextlib.contextmanager
+def keys_not_echoed(stream: TextIO | None) -> Iterator[None]:
+    """While a reply is drawn, the terminal does not echo keys: an echoed ^C (or typed text) lands inside
+    the region being redrawn, the terminal wraps a line the renderer does not know of, and clearing the
+    region then leaves a stale copy of a line on screen. Typed keys still wait in the input."""
+    try:
+        import termios
+
+        fd = stream.fileno() if stream is not None else -1
+        saved = termios.tcgetattr(fd)
+    except (ImportError, AttributeError, ValueError, OSError):  # no terminal (or not a POSIX one)
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~(termios.ECHO | getattr(termios, "ECHOCTL", 0))
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 class _Unfinished:
     """The block being written, parsed as Markdown only when the display refreshes, not per token."""
 
@@ -60,9 +85,11 @@ class ReplyView:
         self.unfinished = _Unfinished()
         self.live: Live | None = None
         self.open_line = False  # plain output: the last chunk did not end its line
+        self.quiet_keys = contextlib.ExitStack()
 
     def __enter__(self) -> ReplyView:
         if self.plain is None:
+            self.quiet_keys.enter_context(keys_not_echoed(sys.stdin))
             self.live = Live(self.unfinished, console=self.console, refresh_per_second=10, transient=True,
                              vertical_overflow="visible")
             self.live.start()
@@ -94,7 +121,10 @@ class ReplyView:
             return
         assert self.live is not None
         pending, self.unfinished.text = self.unfinished.text, ""
-        self.live.refresh()
-        self.live.stop()
+        try:
+            self.live.refresh()
+            self.live.stop()
+        finally:
+            self.quiet_keys.close()
         if pending.strip():
             self.console.print(Markdown(pending))
