@@ -7,6 +7,7 @@ import binascii
 from pathlib import Path
 
 from glm4_local.core.errors import CheckpointError
+from glm4_local.core.gguf.bpe import missing_single_bytes
 
 
 def load_ranks(path: Path) -> dict[bytes, int]:
@@ -27,7 +28,7 @@ def load_ranks(path: Path) -> dict[bytes, int]:
         ) from e
     if not ranks:
         raise CheckpointError(f"{path}: the vocabulary is empty")
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    missing = missing_single_bytes(ranks)
     if missing:
         raise CheckpointError(f"{path}: the vocabulary lacks {len(missing)} of the 256 single-byte tokens "
                               "byte-level BPE needs (a damaged file?)")

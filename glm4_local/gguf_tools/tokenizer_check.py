@@ -15,7 +15,7 @@ import gguf
 from glm4_local.convert.texts import calibration_text, eval_text
 from glm4_local.core.errors import GGUFFileError
 from glm4_local.core.families.family import ModelFamily
-from glm4_local.core.gguf.bpe import vocabulary_ranks
+from glm4_local.core.gguf.bpe import missing_single_bytes, vocabulary_ranks
 from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.llama import door
 
@@ -48,7 +48,7 @@ def usable_ranks(header: GGUFHeader, where: str) -> dict[bytes, int]:
     """The vocabulary's ranks, if the family's tokenizer can use them: byte-level BPE needs every single
     byte as a token (tiktoken panics on text with a byte it lacks, as after a flipped byte in the file)."""
     ranks = ranks_of(header)
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    missing = missing_single_bytes(ranks)
     if missing:
         raise GGUFFileError(f"{where}: the vocabulary lacks {len(missing)} of the 256 single-byte tokens "
                             f"(e.g. {bytes(missing[:3])!r}); it is corrupt or not byte-level BPE")

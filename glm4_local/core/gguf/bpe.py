@@ -71,3 +71,9 @@ def vocabulary_ranks(tokens: list[str], types: list[int]) -> dict[bytes, int]:
 def missing_splits(tokens: list[str], types: list[int], merges: list[str]) -> int:
     """How many two-token splits of vocabulary tokens the merges leave out (0 for an exact vocab)."""
     return len(set(bpe_merges(vocabulary_ranks(tokens, types))) - set(merges))
+
+
+def missing_single_bytes(ranks: dict[bytes, int]) -> list[int]:
+    """The bytes that are not tokens of their own: byte-level BPE needs all 256 (tiktoken panics on text
+    with a byte it lacks), so any missing means a damaged vocabulary."""
+    return [b for b in range(256) if bytes([b]) not in ranks]
