@@ -105,7 +105,8 @@ def stopped_like_ctrl_c() -> Iterator[None]:
     def stop(number: int, frame: object) -> None:
         raise Interrupted(signal_number=number)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    numbers = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]  # no SIGHUP on Windows
+    previous = {s: signal.signal(s, stop) for s in numbers}
     try:
         yield
     finally:
