@@ -15,7 +15,7 @@ from typing import IO
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ToolCall
-from glm4_local.tools.reaping import become_subreaper, children, end_group, end_strays
+from glm4_local.tools.reaping import become_subreaper, children, end_strays
 
 DEFAULT_TOOL_TIMEOUT = 60.0
 MAX_TOOL_OUTPUT = 1024 * 1024  # bytes of a tool's output given to the model; the rest is cut, with a note
@@ -75,12 +75,13 @@ def run_tool(executable: Path, call: ToolCall, timeout: float = DEFAULT_TOOL_TIM
     except OSError as e:
         return _error(f"cannot run {executable.name}: {e.strerror}")
     try:
-        return _collect(process, payload, timeout, max_output)
+        return _collect(process, payload, timeout, max_output, before)
     finally:
         end_strays(before, process.pid)  # nothing it started outlives the call
 
 
-def _collect(process: subprocess.Popen[bytes], payload: bytes, timeout: float, max_output: int) -> str:
+def _collect(process: subprocess.Popen[bytes], payload: bytes, timeout: float, max_output: int,
+             before: set[int]) -> str:
     out, err, over = bytearray(), bytearray(), threading.Event()
     readers = [threading.Thread(target=_drain, args=(process.stdout, out, max_output, over), daemon=True),
                threading.Thread(target=_drain_tail, args=(process.stderr, err, 4096), daemon=True)]
@@ -101,7 +102,7 @@ def _collect(process: subprocess.Popen[bytes], payload: bytes, timeout: float, m
         _kill(process)
         if not over.is_set():
             return _error(f"the tool did not finish within {timeout:g} s and was stopped")
-    end_group(process.pid)  # background children holding the pipes open go too, so the readers reach the end
+    end_strays(before, process.pid)  # children holding the pipes open go too, so the readers reach the end
     for reader in readers:
         reader.join(timeout=1.0)
     text = out.decode("utf-8", errors="replace")
