@@ -135,10 +135,8 @@ class ChatEngine:
         self.save()
 
     def _fitted_observation(self, result: str) -> str:
-        budget = self.runtime.n_ctx - self.settings.reply_reserve(self.runtime.n_ctx)
-        head, groups = turns(self.conversation.messages)
-        kept = head + [m for g in groups[self.dropped_turns :] for m in g]
-        empty = len(self.prompt_tokens([*kept, {"role": "tool", "content": ""}]))
+        budget = self._prompt_budget()
+        empty = len(self.prompt_tokens([*self._kept_messages(), {"role": "tool", "content": ""}]))
         vocab = self.runtime.vocab
         tokens = vocab.text_tokens(result)
         room = budget - empty
@@ -183,14 +181,22 @@ class ChatEngine:
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
         return self.runtime.vocab.prompt(self.template, messages, self.conversation.tools)
 
+    def _prompt_budget(self) -> int:
+        """Prompt tokens the context has room for, with room kept for the reply."""
+        return self.runtime.n_ctx - self.settings.reply_reserve(self.runtime.n_ctx)
+
+    def _kept_messages(self) -> list[Message]:
+        """The conversation less the oldest turns already left out of the prompt (system and tools stay)."""
+        head, groups = turns(self.conversation.messages)
+        return head + [m for g in groups[self.dropped_turns :] for m in g]
+
     def _fitted_prompt(self) -> tuple[list[int], int]:
         """Prompt tokens for the conversation, leaving out the oldest turns when it would not fit."""
-        budget = self.runtime.n_ctx - self.settings.reply_reserve(self.runtime.n_ctx)
-        head, groups = turns(self.conversation.messages)
+        budget = self._prompt_budget()
+        _, groups = turns(self.conversation.messages)
         newly_dropped = 0
         while True:
-            kept = head + [m for g in groups[self.dropped_turns :] for m in g]
-            tokens = self.prompt_tokens(kept)
+            tokens = self.prompt_tokens(self._kept_messages())
             # drop well below the limit when dropping at all, so the next turns reuse the cache
             target = budget if newly_dropped == 0 else budget * 3 // 4
             if len(tokens) <= target or len(groups) - self.dropped_turns <= 1:

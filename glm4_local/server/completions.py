@@ -70,11 +70,10 @@ class Run:
         if self.plan.raw:
             return self.envelope.text(content, outcome.finish_reason, self.job)
         message: dict[str, Any] = {"role": "assistant", "content": content}
-        reason = outcome.finish_reason
+        reason = self._finish_reason(outcome)
         if outcome.tool_call and self.plan.legacy_functions:
             call = tool_call_object(outcome.tool_call)["function"]
             message = {"role": "assistant", "content": None, "function_call": call}
-            reason = "function_call" if reason == "tool_calls" else reason
         elif outcome.tool_call:
             message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
         return self.envelope.chat(message, reason, self.job)
@@ -103,16 +102,18 @@ class Run:
                 return
             for delta in self._closing_deltas(outcome):
                 yield sse(self.envelope.chunk(delta, with_usage=usage))
-            reason = outcome.finish_reason
-            if self.plan.legacy_functions and reason == "tool_calls":
-                reason = "function_call"
-            yield sse(self.envelope.chunk(piece(None), reason, with_usage=usage))
+            yield sse(self.envelope.chunk(piece(None), self._finish_reason(outcome), with_usage=usage))
             if usage:
                 yield sse(self.envelope.usage_chunk(self.job))
             yield sse("[DONE]")
         finally:
             with contextlib.suppress(Exception):
                 self.abandon()
+
+    def _finish_reason(self, outcome: Outcome) -> str:
+        """A request made with the legacy `functions` is told "function_call" where others hear "tool_calls"."""
+        legacy = self.plan.legacy_functions and outcome.finish_reason == "tool_calls"
+        return "function_call" if legacy else outcome.finish_reason
 
     def _piece(self, text: str | None) -> dict[str, Any] | str:
         if self.plan.raw:
