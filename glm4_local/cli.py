@@ -139,6 +139,8 @@ CHAT_EPILOG = examples(
     "glm4-local chat glm-4-9b-chat-Q4_K_M --system \"You are concise.\"",
     "glm4-local chat MODEL -p \"Summarise this:\" < notes.txt",
     "glm4-local chat MODEL --tools tools.json --tool-exec ./tool.py",
+    "glm4-local chat MODEL --python --browser zim:wikipedia_en_all_nopic.zim",
+    "glm4-local chat MODEL --browser searxng:http://127.0.0.1:8888 --mcp mcp.json",
     "glm4-local chat --resume",
 ) + """
 
@@ -160,6 +162,21 @@ def chat(
                                                    "(the call arrives as JSON on stdin).")] = None,
     tool_timeout: Annotated[float, typer.Option("--tool-timeout", help="Seconds a --tool-exec call may take "
                                                 "before it is stopped (the model is told).")] = DEFAULT_TOOL_TIMEOUT,
+    python: Annotated[bool, typer.Option("--python", help="GLM-4's code interpreter: the model's Python runs in a "
+                                         "sandboxed Jupyter kernel (bubblewrap on Linux, sandbox-exec on macOS), "
+                                         "files in /mnt/data kept beside the session.")] = False,
+    python_timeout: Annotated[float, typer.Option("--python-timeout", help="Seconds a cell may run before it is "
+                                                  "interrupted (the model reads 'Timed out').")] = 60.0,
+    python_unconfined: Annotated[bool, typer.Option("--python-unconfined", help="Run the model's code WITHOUT a "
+                                                    "sandbox (network, your files); you are asked before each "
+                                                    "run.")] = False,
+    browser: Annotated[str | None, typer.Option("--browser", metavar="BACKEND", help="GLM-4's web browser, "
+                                                "searching with searxng:URL, ddg, zim:FILE.zim or folder:DIR.")
+                       ] = None,
+    browser_allow_private: Annotated[bool, typer.Option("--browser-allow-private", help="Let the browser open "
+                                                        "pages on this machine and private networks.")] = False,
+    mcp: Annotated[Path | None, typer.Option("--mcp", help="MCP servers whose tools GLM-4 may call (the "
+                                             "mcpServers JSON of Cursor and Claude Desktop).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
     temp: Annotated[float | None, typer.Option("--temp", help="Temperature (0: greedy).")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens "
@@ -180,13 +197,16 @@ def chat(
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
     from glm4_local.frontends.commands import start_chat
+    from glm4_local.frontends.tool_setup import ToolOptions
     from glm4_local.tools.program import ToolRunner
 
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed}
     runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
+    tool_options = ToolOptions(python or python_unconfined, python_timeout, python_unconfined, browser,
+                               browser_allow_private, mcp, runner)
     run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt, tools_path=tools,
-        tool_exec=runner, resume=resume, verbose=verbose, as_json=as_json, errors=err)
+        tool_options=tool_options, resume=resume, verbose=verbose, as_json=as_json, errors=err)
 
 
 @app.command(epilog=examples(

@@ -51,8 +51,8 @@ def test_piped_stdin_is_the_message(scripted_gguf: Callable[[str], Path]) -> Non
 def test_json_output(scripted_gguf: Callable[[str], Path]) -> None:
     result = invoke(["chat", str(scripted_gguf("answer")), "-p", "hi", "--json", "--temp", "0"])
     data = json.loads(result.stdout)
-    assert set(data) == {"content", "tool_calls", "usage", "timings"}
-    assert data["content"] == "Sunny day" and data["tool_calls"] == []
+    assert set(data) == {"content", "tool_calls", "steps", "usage", "timings"}
+    assert data["content"] == "Sunny day" and data["tool_calls"] == data["steps"] == []
     assert data["usage"]["completion_tokens"] == 4  # "\n", "Sunny", " day", <|user|>
     assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + 4
     assert data["timings"]["decode_tokens_per_second"] > 0
@@ -186,3 +186,14 @@ def test_doctor(capfd: pytest.CaptureFixture[str]) -> None:
         gpu = "METAL" if platform.system() == "Darwin" else "CUDA"
         assert f'CMAKE_ARGS="-DGGML_{gpu}=on"' in result.stdout
         assert ("METAL" in result.stdout) == (platform.system() == "Darwin")
+
+
+def test_doctor_names_the_sandbox_and_the_tools_extras(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from glm4_local.tools.sandbox import find_sandbox
+
+    shown = invoke(["doctor"]).stdout
+    sandbox = find_sandbox()
+    assert (f"Sandbox           {sandbox.kind}" if sandbox else "Sandbox           none") in shown
+    assert "Tools [code]      jupyter_client " in shown and "Tools [mcp]" in shown
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
+    assert "Sandbox           none: --python is refused" in invoke(["doctor"]).stdout

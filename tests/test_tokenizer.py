@@ -137,3 +137,19 @@ def test_the_shipped_vocabulary_is_glm4s_tokenizer(tmp_path: Path) -> None:
     factory.write_tokenizer_model(tmp_path / "tokenizer.model", sorted(ranks, key=ranks.__getitem__))
     assert hashlib.sha256((tmp_path / "tokenizer.model").read_bytes()).hexdigest() == factory.TOKENIZER_SHA256
     assert hashlib.sha256(factory.REAL_TOKENIZER.read_bytes()).hexdigest() == factory.TOKENIZER_SHA256
+
+
+def test_long_tokens_keep_all_their_bytes(real_vocab_gguf: Path) -> None:
+    """GLM-4 has 227 tokens longer than 32 bytes (the longest: 512); llama-cpp-python's detokenize returns
+    nothing for them, which dropped text from replies. Every one comes back whole."""
+    import base64
+
+    from glm4_local.chat.runtime import Vocabulary
+    from glm4_local.core.families.glm4 import GLM4_9B
+
+    ranks = {int(rank): base64.b64decode(token) for token, rank in
+             (line.split() for line in factory.real_tokenizer().read_bytes().splitlines() if line)}
+    vocab = Vocabulary(runtime.load(real_vocab_gguf, vocab_only=True), GLM4_9B)
+    long_tokens = {i: t for i, t in ranks.items() if len(t) > 32}
+    assert len(long_tokens) == 227
+    assert all(vocab.piece(i) == token for i, token in long_tokens.items())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -125,21 +125,29 @@ class ChatEngine:
         return self.answer()
 
     def add_observation(self, result: str) -> None:
-        """Answer the last tool call without asking for a reply (a cancelled or refused call). A result
-        longer than the context has room for is cut to what fits, with a note the model reads."""
-        message: dict[str, Any] = {"role": "tool", "content": self._fitted_observation(result)}
+        """Answer the last tool call without asking for a reply (a cancelled or refused call)."""
+        self.add_results([{"content": result}])
+
+    def add_results(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """Answer the last tool call with its results: tool messages' fields ("content", and "metadata" for
+        GLM-4's built-in tools). A result longer than the context has room for is cut to what fits, with
+        a note the model reads."""
         call_id = self._unanswered_call_id()
-        if call_id:
-            message["tool_call_id"] = call_id
-        self.conversation.messages.append(message)
+        for result in results:
+            message: dict[str, Any] = {**result, "role": "tool"}
+            message["content"] = self._fitted_observation(str(result.get("content") or ""), result.get("metadata"))
+            if call_id:
+                message["tool_call_id"] = call_id
+            self.conversation.messages.append(message)
         self.save()
 
-    def _fitted_observation(self, result: str) -> str:
+    def _fitted_observation(self, result: str, metadata: str | None = None) -> str:
         budget = self._prompt_budget()
-        empty = len(self.prompt_tokens([*self._kept_messages(), {"role": "tool", "content": ""}]))
+        empty = {"role": "tool", "content": "", **({"metadata": metadata} if metadata else {})}
+        empty_tokens = len(self.prompt_tokens([*self._kept_messages(), empty]))
         vocab = self.runtime.vocab
         tokens = vocab.text_tokens(result)
-        room = budget - empty
+        room = budget - empty_tokens
         if len(tokens) <= room:
             return result
         note = f"\n[output cut: the first {{kept}} of {len(tokens):,} tokens fit the context]"
@@ -153,9 +161,10 @@ class ChatEngine:
         return last.get("role") == "assistant" and bool(last.get("tool_calls"))
 
     def _unanswered_call_id(self) -> str | None:
-        if not self.pending_call():
+        last_call = next((m for m in reversed(self.conversation.messages) if m.get("role") != "tool"), {})
+        if last_call.get("role") != "assistant" or not last_call.get("tool_calls"):
             return None
-        call = self.conversation.messages[-1]["tool_calls"][-1]
+        call = last_call["tool_calls"][-1]
         return call.get("id") if isinstance(call, dict) else None
 
     def set_sampling(self, **changes: object) -> None:
@@ -166,6 +175,10 @@ class ChatEngine:
 
     def send_observation(self, result: str) -> Turn:
         self.add_observation(result)
+        return self.answer()
+
+    def send_results(self, results: Sequence[Mapping[str, Any]]) -> Turn:
+        self.add_results(results)
         return self.answer()
 
     def retry(self) -> Turn | None:

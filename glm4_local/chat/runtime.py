@@ -11,7 +11,7 @@ from glm4_local.chat.template import ChatTemplate, Piece, merged_text
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.llama.decoder import Decoder, Job
-from glm4_local.core.llama.door import tokenize
+from glm4_local.core.llama.door import token_piece, tokenize
 from glm4_local.core.llama.sampling import SamplerSettings
 
 
@@ -84,7 +84,7 @@ class Vocabulary:
         piece = self._pieces.get(token)
         if piece is None:
             # control tokens other than the stops (e.g. [sMASK]) are not text: they render as nothing
-            piece = self._pieces[token] = self.model.detokenize([token], special=False)
+            piece = self._pieces[token] = token_piece(self.model, token)
         return piece
 
     def text_of(self, tokens: Sequence[int]) -> str:

@@ -8,11 +8,13 @@ import signal
 import sys
 from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from glm4_local.chat.engine import ChatEngine
 from glm4_local.chat.models import resolve_model
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import Vocabulary
@@ -25,7 +27,8 @@ from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
 from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
-from glm4_local.tools.program import ToolRunner
+from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox
+from glm4_local.tools.toolbox import Toolbox
 
 
 def _conversation(resume: bool, system: str | None, tools_path: Path | None, errors: Console
@@ -53,7 +56,7 @@ def _oneshot_text(prompt: str | None) -> str:
 
 def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Mapping[str, Any], *,
                max_tokens: int | None, system: str | None, prompt: str | None, tools_path: Path | None,
-               tool_exec: ToolRunner | None, resume: bool, verbose: bool, as_json: bool, errors: Console) -> None:
+               tool_options: ToolOptions, resume: bool, verbose: bool, as_json: bool, errors: Console) -> None:
     """The terminal chat, or one answer (`prompt`, or stdin not a terminal); `sampling` as in chat_settings."""
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
     model_path = resolve_model(model)  # before reading stdin: a missing model is the first thing to hear
@@ -68,11 +71,38 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
     def notify(message: str) -> None:
         errors.print(message, style="yellow", markup=False, highlight=False)
 
-    with errors.status(f"loading {facts.path.name}…") if errors.is_terminal else nullcontext():
-        engine = open_engine(facts, runtime_options, sampling, max_tokens, conversation,
-                             autosave if interactive else None, notify)
-    if not interactive:
-        run_oneshot(engine, text or "", tool_exec, as_json)
+    user_functions = {t["function"]["name"] for t in conversation.tools or [] if t.get("type") == "function"}
+    holder: list[Any] = []  # the interactive chat, once it exists, asks before unconfined code runs
+    confirm = (lambda code: holder[0].confirm(code)) if interactive else None
+    toolbox = open_toolbox(tool_options, autosave.path, confirm, notify, user_functions) \
+        if tool_options.any else Toolbox()
+    try:
+        conversation.tools = offered_tools(conversation.tools, toolbox) if tool_options.any else conversation.tools
+        with errors.status(f"loading {facts.path.name}…") if errors.is_terminal else nullcontext():
+            engine = open_engine(facts, runtime_options, sampling, max_tokens, conversation,
+                                 autosave if interactive else None, notify)
+        how = _ChatRun(text, interactive, resume, autosave, verbose, as_json, errors, facts.path.name)
+        _converse(engine, toolbox, holder, how)
+    finally:
+        toolbox.close()
+
+
+@dataclass(frozen=True)
+class _ChatRun:
+    text: str | None  # the one message to answer, when not interactive
+    interactive: bool
+    resume: bool
+    autosave: Autosave
+    verbose: bool
+    as_json: bool
+    errors: Console
+    model_name: str
+
+
+def _converse(engine: ChatEngine, toolbox: Toolbox, holder: list[Any], how: _ChatRun) -> None:
+    verbose, errors, autosave = how.verbose, how.errors, how.autosave
+    if not how.interactive:
+        run_oneshot(engine, how.text or "", toolbox, how.as_json)
         if verbose and engine.last:
             t = engine.last.timings
             errors.print(f"prompt {t.prompt_tokens} tokens ({t.prefill_tps:.1f} tok/s), generated "
@@ -85,9 +115,10 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     # its own console: replies wrap to the window (the CLI's consoles print long lines unwrapped)
-    repl = Repl(engine, Console(highlight=False), tool_exec=tool_exec, verbose=verbose, model_name=facts.path.name)
-    if resume:
-        errors.print(f"resumed {autosave.path} ({len(conversation.messages)} messages)", markup=False)
+    repl = Repl(engine, Console(highlight=False), toolbox=toolbox, verbose=verbose, model_name=how.model_name)
+    holder.append(repl)
+    if how.resume:
+        errors.print(f"resumed {autosave.path} ({len(engine.conversation.messages)} messages)", markup=False)
         repl.show_last_exchange()
     repl.run()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import re
@@ -19,8 +20,12 @@ from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
 from glm4_local.core.paths import MODELS_DIR
+from glm4_local.tools.sandbox import find_sandbox, sandbox_help
 
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
+# the optional features' extras (pyproject.toml) and the packages each brings
+EXTRAS = {"code": ("jupyter_client", "ipykernel"), "browser": ("trafilatura", "ddgs", "libzim", "pypdf"),
+          "mcp": ("mcp",)}
 RUNTIME_OVERHEAD_BYTES = 0.6e9  # compute buffers and the runtime itself
 
 
@@ -38,6 +43,8 @@ class Report:
     disk_free: int | None  # in the models folder (or the nearest existing folder above it)
     models_searched: str
     sessions: Path
+    sandbox: str  # where the python tool's code would run
+    extras: dict[str, list[str]]  # optional feature -> its packages, with versions or "missing"
 
 
 def memory() -> tuple[int | None, int | None]:
@@ -63,7 +70,24 @@ def collect() -> Report:
     total, available = memory()
     return Report(door.version(), info, door.gpu_offload_available(), backends, features, total, available,
                   os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(MODELS_DIR), searched(),
-                  sessions_dir())
+                  sessions_dir(), _sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()})
+
+
+def _sandbox() -> str:
+    sandbox = find_sandbox()
+    if sandbox is None:
+        return f"none: --python is refused ({sandbox_help()})"
+    return f"{sandbox.kind} ({sandbox.program}): --python runs the model's code with no network, no home folder"
+
+
+def _versions(names: tuple[str, ...]) -> list[str]:
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} missing")
+    return found
 
 
 def _free_disk(folder: Path) -> int | None:
@@ -131,6 +155,11 @@ def render(report: Report) -> list[str]:
                      f"{temporary / gb:.0f} GB of it temporary ({verdict})")
     lines.append(f"Models            looked for in {report.models_searched}")
     lines.append(f"Sessions          autosaved in {report.sessions}")
+    lines.append(f"Sandbox           {report.sandbox}")
+    for extra, packages in report.extras.items():
+        missing = any(p.endswith(" missing") for p in packages)
+        hint = f'  (pip install "glm4-local[{extra}]")' if missing else ""
+        lines.append(f"Tools [{extra}]{' ' * (10 - len(extra))}{', '.join(packages)}{hint}")
     if not report.gpu_offload:
         lines.append("To offload to a GPU, reinstall llama-cpp-python with it compiled in:")
         for name, line in reinstall_lines().items():

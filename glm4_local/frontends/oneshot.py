@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
-from glm4_local.core.errors import Glm4LocalError
-from glm4_local.tools.program import ToolRunner
-
-MAX_TOOL_ROUNDS = 8
+from glm4_local.tools.observation import Step
+from glm4_local.tools.toolbox import MAX_CHAINED_CALLS, TOO_MANY_CALLS, Toolbox
 
 
 @dataclass
@@ -19,6 +17,8 @@ class Answer:
     content: str
     tool_calls: list[dict[str, Any]]
     results: list[TurnResult]
+    steps: list[Step] = field(default_factory=list)
+    stopped: str | None = None  # why the answer ended without a final reply
 
     def as_json(self) -> dict[str, Any]:
         # every model call of the answer counts, as OpenAI counts each request; what the KV cache
@@ -26,9 +26,10 @@ class Answer:
         prompt = sum(r.timings.prompt_tokens for r in self.results)
         completion = sum(r.timings.generated_tokens for r in self.results)
         last = self.results[-1].timings if self.results else None
-        return {
+        shown: dict[str, Any] = {
             "content": self.content,
             "tool_calls": self.tool_calls,
+            "steps": [step.as_json() for step in self.steps],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
             "timings": {
                 "prompt_tokens_evaluated": sum(r.timings.evaluated_tokens for r in self.results),
@@ -38,14 +39,17 @@ class Answer:
                 "decode_tokens_per_second": round(last.decode_tps, 2) if last else 0.0,
             },
         }
+        if self.stopped:
+            shown["stopped"] = self.stopped
+        return shown
 
 
-def answer(engine: ChatEngine, text: str, tool_exec: ToolRunner | None, out: TextIO | None) -> Answer:
-    """One user message; with tool_exec, tool calls are run and answered until a plain reply."""
+def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: TextIO | None) -> Answer:
+    """One user message; calls the toolbox answers are run and answered until a plain reply."""
+    toolbox = toolbox or Toolbox()
     turn: Turn = engine.send(text)
-    results: list[TurnResult] = []
-    calls: list[dict[str, Any]] = []
-    for _ in range(MAX_TOOL_ROUNDS):
+    found = Answer("", [], [])
+    for _ in range(MAX_CHAINED_CALLS + 1):
         streamed = False
         for chunk in turn.display():
             streamed = True
@@ -53,28 +57,37 @@ def answer(engine: ChatEngine, text: str, tool_exec: ToolRunner | None, out: Tex
                 out.write(chunk)
                 out.flush()
         result = turn.finish()
-        results.append(result)
+        found.results.append(result)
         call = result.reply.tool_call
         if call is None:
             # a malformed tool call is shown as the text the model wrote
             content = result.reply.text if result.reply.problem else engine.conversation.messages[-1]["content"]
             if out and not streamed:
                 out.write(content or "")
-            return Answer(content or "", calls, results)
-        calls.append(engine.conversation.messages[-1]["tool_calls"][0])
-        if tool_exec is None:
-            return Answer("", calls, results)
-        turn = engine.send_observation(tool_exec.run(call))
-    raise Glm4LocalError(f"stopped after {MAX_TOOL_ROUNDS} tool calls in a row")
+            found.content = content or ""
+            return found
+        found.tool_calls.append(engine.conversation.messages[-1]["tool_calls"][0])
+        if not toolbox.answers(call.name):
+            return found
+        if len(found.steps) == MAX_CHAINED_CALLS:
+            engine.add_observation(TOO_MANY_CALLS)
+            break
+        step = Step(call.name, call.arguments, toolbox.run(call))
+        found.steps.append(step)
+        turn = engine.send_results([o.as_message(None) for o in step.observations])
+    found.stopped = f"more than {MAX_CHAINED_CALLS} tool calls in a row"
+    return found
 
 
-def run_oneshot(engine: ChatEngine, text: str, tool_exec: ToolRunner | None, as_json: bool) -> None:
+def run_oneshot(engine: ChatEngine, text: str, toolbox: Toolbox | None, as_json: bool) -> None:
     out = None if as_json else sys.stdout
-    result = answer(engine, text, tool_exec, out)
+    result = answer(engine, text, toolbox, out)
     if as_json:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
-    for call in result.tool_calls if tool_exec is None else []:
+    for call in result.tool_calls[len(result.steps):]:
         function = call["function"]
         sys.stdout.write(f"{function['name']}\n{function['arguments']}")
     sys.stdout.write("\n")
+    if result.stopped:
+        sys.stderr.write(f"stopped: {result.stopped}\n")

@@ -6,9 +6,11 @@ not a terminal (`chat | tee log`) the prompt and notes go to stderr and replies 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -24,9 +26,11 @@ from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
 from glm4_local.chat.session import data_home
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ToolCall
+from glm4_local.frontends.citations import Citations
 from glm4_local.frontends.repl_commands import Commands
 from glm4_local.frontends.reply_view import ReplyView
-from glm4_local.tools.program import ToolRunner
+from glm4_local.frontends.step_view import show_call, show_results
+from glm4_local.tools.toolbox import MAX_CHAINED_CALLS, TOO_MANY_CALLS, Toolbox
 
 CANCELLED = json.dumps({"error": "cancelled by the user"})
 
@@ -57,10 +61,10 @@ class Repl:
     EXIT = object()
     INTERRUPT = object()
 
-    def __init__(self, engine: ChatEngine, console: Console, tool_exec: ToolRunner | None = None,
+    def __init__(self, engine: ChatEngine, console: Console, toolbox: Toolbox | None = None,
                  verbose: bool = False, history_file: Path | None = None, model_name: str = "") -> None:
         self.engine = engine
-        self.tool_exec = tool_exec
+        self.toolbox = toolbox or Toolbox()
         self.verbose = verbose
         self.model_name = model_name
         self.plain: TextIO | None = None if console.is_terminal else sys.stdout  # replies as plain text
@@ -88,9 +92,27 @@ class Repl:
         self.say(f"GLM-4 chat{' with ' + self.model_name if self.model_name else ''}. /help for commands; "
                  "Ctrl-D or /exit to leave.")
         if tools:
-            names = ", ".join(t.get("function", {}).get("name", t.get("type", "?")) for t in tools)
-            answered = f"answered by {self.tool_exec.executable.name}" if self.tool_exec else "you type results"
-            self.say(f"tools: {names} ({answered})")
+            for line in self.tool_lines():
+                self.say(line)
+
+    def tool_lines(self) -> list[str]:
+        """The built-in tools and MCP servers on, then the user's functions and who answers them."""
+        toolbox = self.toolbox
+        lines = [tool.describe() for tool in (toolbox.python, toolbox.browser) if tool]
+        lines += toolbox.mcp.describe() if toolbox.mcp else []
+        served = set(toolbox.mcp.routes) if toolbox.mcp else set()
+        functions = [t["function"]["name"] for t in self.engine.conversation.tools or []
+                     if t.get("type") == "function" and t["function"]["name"] not in served]
+        if functions:
+            answered = f"answered by {toolbox.program.executable.name}" if toolbox.program else "you type results"
+            lines.append(f"tools: {', '.join(functions)} ({answered})")
+        return lines
+
+    def confirm(self, code: str) -> bool:
+        """Asked before code runs unconfined (no sandbox): only "y" runs it."""
+        self.say("run this code on your machine, unconfined? [y/N]", "bold yellow")
+        answer = self.prompt.prompt("run? ")
+        return isinstance(answer, str) and answer.strip().lower() in ("y", "yes")
 
     def run(self) -> None:
         self.banner()
@@ -152,6 +174,7 @@ class Repl:
         except Glm4LocalError as e:
             self.say(f"error: {e}", "red")
             return
+        calls = 0
         while turn is not None:
             result = self.stream(turn)
             call = result.reply.tool_call
@@ -160,45 +183,59 @@ class Repl:
                 self.say(f"(not a valid tool call: {result.reply.problem})", "yellow")
             if call is None or result.interrupted:
                 return
-            self.say(f"→ {call.name}({call.arguments})", "cyan")
-            observation = self.tool_result(call)
-            if observation is None:
+            calls += 1
+            if calls > MAX_CHAINED_CALLS:
+                self.engine.add_observation(TOO_MANY_CALLS)
+                self.say(f"[stopped: the model made more than {MAX_CHAINED_CALLS} tool calls in a row]", "yellow")
+                return
+            results = self.tool_results(call)
+            if results is None:
                 self.engine.add_observation(CANCELLED)  # the call is answered: the conversation stays well-formed
                 self.say("[tool call cancelled]", "yellow")
                 return
-            turn = self.engine.send_observation(observation)
+            turn = self.engine.send_results(results)
 
-    def tool_result(self, call: ToolCall) -> str | None:
-        """The tool's result: from --tool-exec, or typed by the user; None when cancelled."""
-        if self.tool_exec:
+    def tool_results(self, call: ToolCall) -> list[dict[str, object]] | None:
+        """The call's results (tool messages): run by a tool, or typed by the user; None when cancelled."""
+        if self.toolbox.answers(call.name):
+            show_call(self.console, call)
             try:
-                observation = self.tool_exec.run(call)
+                with self.console.status(f"running {call.name}… (Ctrl-C stops it)", spinner="dots") \
+                        if self.console.is_terminal and not self.toolbox.asks_first(call.name) \
+                        else contextlib.nullcontext():
+                    observations = self.toolbox.run(call)
             except KeyboardInterrupt:
+                self.toolbox.interrupt()
                 return None
-            self.say(f"← {observation.strip()[:500]}")
-            return observation
+            show_results(self.console, call, observations)
+            return [o.as_message(None) for o in observations]
+        self.say(f"→ {call.name}({call.arguments})", "cyan")
         self.say(f"type what {call.name} returned and press Enter (Ctrl-C cancels the call)")
         while True:
             typed = self.prompt.prompt("result› ")
             if typed is self.EXIT or typed is self.INTERRUPT:
                 return None
             if isinstance(typed, str) and typed.strip():
-                return typed
+                return [{"content": typed}]
             self.say("an empty result is not sent; type it, or Ctrl-C to cancel the call")
 
     def stream(self, turn: Turn) -> TurnResult:
         interrupted = False
         chunks = turn.display()
+        citations = Citations(self.toolbox.source) if self.toolbox.browser else None
         try:
             first = self._first_chunk(chunks, turn)
             with ReplyView(self.console, self.plain) as view:
-                if first:
-                    view.write(first)
-                for chunk in chunks:
-                    view.write(chunk)
+                for chunk in _chain(first, chunks):
+                    view.write(citations.feed(chunk) if citations else chunk)
+                if citations and (rest := citations.end()):
+                    view.write(rest)
         except KeyboardInterrupt:
             interrupted = True
         result = turn.finish(interrupted=interrupted)
+        if citations and citations.references and result.reply.tool_call is None:
+            for line in citations.listing():
+                self.say(line, "cyan")
         if interrupted:
             self.say("[interrupted: the partial reply is kept]", "yellow")
         elif result.stopped_by == "max_tokens":
@@ -225,3 +262,7 @@ class Repl:
         t = last.timings
         self.say(f"prompt {t.prompt_tokens} tokens ({t.evaluated_tokens} evaluated, {t.prefill_tps:.1f} tok/s) · "
                  f"generated {t.generated_tokens} tokens ({t.decode_tps:.1f} tok/s) · stop: {last.stopped_by}")
+
+
+def _chain(first: str | None, rest: Iterable[str]) -> Iterator[str]:
+    return itertools.chain([first] if first else [], rest)

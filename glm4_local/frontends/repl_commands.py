@@ -26,6 +26,9 @@ class Repl(Protocol):
 
     def show_last_exchange(self) -> None: ...
 
+    def tool_lines(self) -> list[str]:
+        """What is enabled: built-in tools, MCP servers, functions and who answers them."""
+
 # (usage, what it does): /help prints them, and `chat --help` lists the usages
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("/help", "this list"),
@@ -38,6 +41,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("/save FILE", "write the conversation (OpenAI-style JSON)"),
     ("/load FILE", "continue a saved conversation"),
     ("/stats", "tokens and speed of the last reply"),
+    ("/tools", "the tools enabled (python, browser, MCP servers, functions)"),
     ("/exit", "leave (or Ctrl-D)"),
 )
 KEYS = ("Enter sends; Alt-Enter (or Esc then Enter) starts a new line; pasted text keeps its lines.\n"
@@ -69,7 +73,9 @@ class Commands:
         self.table: dict[str, Callable[[str], object]] = {
             "/help": lambda _: repl.say(HELP), "/show": self.show, "/set": self.set, "/system": self.system,
             "/reset": self.reset, "/retry": self.retry, "/undo": self.undo, "/save": self.save,
-            "/load": self.load, "/stats": lambda _: repl.show_stats(), "/exit": lambda _: repl.EXIT,
+            "/load": self.load, "/stats": lambda _: repl.show_stats(),
+            "/tools": lambda _: repl.say("\n".join(repl.tool_lines()) or "no tools (see chat --help: --python, "
+                                         "--browser, --mcp, --tools)"), "/exit": lambda _: repl.EXIT,
             "/quit": lambda _: repl.EXIT,
         }
 

@@ -15,7 +15,8 @@ from typing import Any
 from glm4_local.core.families.replies import Message, Reply, ToolCall, Tools
 
 CALL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")
-TOOL_TYPES = ("function", "python", "simple_browser", "cogview")  # GLM-4's template knows these
+PYTHON, BROWSER, COGVIEW = "python", "simple_browser", "cogview"  # GLM-4's built-in tools ("All Tools")
+TOOL_TYPES = ("function", PYTHON, BROWSER, COGVIEW)  # GLM-4's template knows these
 
 
 def tool_names(tools: Tools) -> set[str]:
@@ -109,8 +110,9 @@ def to_glm_messages(messages: Sequence[Mapping[str, Any]], tools: Tools | None =
     out: list[Message] = [{"role": "system", "content": "", "tools": list(tools)}] if tools else []
     for message in messages:
         role = message.get("role")
-        if role == "tool":
-            out.append({"role": "observation", "content": message.get("content")})
+        if role == "tool":  # a built-in tool's result carries its metadata (browser_result, quote_result ...)
+            metadata = {"metadata": message["metadata"]} if message.get("metadata") else {}
+            out.append({"role": "observation", **metadata, "content": message.get("content")})
         elif role == "assistant" and message.get("tool_calls"):
             if message.get("content"):
                 out.append({"role": "assistant", "content": message["content"]})

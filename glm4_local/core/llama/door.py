@@ -157,6 +157,22 @@ def tokenize(llm: Any, text: str, special: bool = False) -> list[int]:
     return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
 
+def token_piece(model: Any, token: int, special: bool = False) -> bytes:
+    """A token's bytes, however long it is: llama-cpp-python's detokenize gives every piece a 32-byte
+    buffer and returns nothing for a longer one (GLM-4 has 227 such tokens: runs of spaces, rules of
+    "=" or "-", long identifiers), so a reply containing one would silently lose text."""
+    import llama_cpp
+
+    vocab = model._model.vocab if hasattr(model, "_model") else model.vocab  # a Llama, or a LlamaModel
+    size = 64
+    while True:
+        buffer = (ctypes.c_char * size)()
+        n = llama_cpp.llama_token_to_piece(vocab, llama_cpp.llama_token(token), buffer, size, 0, special)
+        if n >= 0:
+            return bytes(buffer[:n])
+        size = -n  # what it needs
+
+
 def end_of_generation(llm: Any, candidates: list[int]) -> list[int]:
     """Which of `candidates` llama.cpp itself ends generation on (its EOG set, as every runtime on it sees)."""
     import llama_cpp

@@ -1,0 +1,47 @@
+"""The browser's citations `【{id}†{text}】` in a streamed answer, shown as numbered references [1], [2]
+... with their addresses listed after the answer. The saved conversation keeps the model's own text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from glm4_local.tools.observation import Source
+
+CITATION = re.compile(r"【([^†】\n]{1,20})†([^】\n]{0,200})】")
+LONGEST = 230  # an unclosed 【 held back longer than this is text, not a citation
+
+
+class Citations:
+    """Feed the answer's chunks; each finished citation is replaced by its reference number."""
+
+    def __init__(self, source: Callable[[str], Source | None]) -> None:
+        self.source = source
+        self.held = ""
+        self.numbers: dict[str, int] = {}
+        self.references: list[Source] = []
+
+    def _replace(self, match: re.Match[str]) -> str:
+        found = self.source(match.group(1))
+        if found is None:
+            return match.group(0)
+        if found.url not in self.numbers:
+            self.references.append(found)
+            self.numbers[found.url] = len(self.references)
+        return f"[{self.numbers[found.url]}]"
+
+    def feed(self, chunk: str) -> str:
+        text = self.held + chunk
+        start = text.rfind("【")
+        if start != -1 and "】" not in text[start:] and len(text) - start <= LONGEST:
+            text, self.held = text[:start], text[start:]
+        else:
+            self.held = ""
+        return CITATION.sub(self._replace, text)
+
+    def end(self) -> str:
+        rest, self.held = self.held, ""
+        return CITATION.sub(self._replace, rest)
+
+    def listing(self) -> list[str]:
+        return [f"[{n}] {source.title} — {source.url}" for n, source in enumerate(self.references, 1)]

@@ -1,0 +1,86 @@
+"""The chat's tools from its options: which built-in tools are on, where their state lives (the
+conversation's data folder beside its saved session), and what the model is offered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glm4_local.chat.session import data_home
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.tools import browser as browser_tool
+from glm4_local.tools import python_tool
+from glm4_local.tools.browser import Browser
+from glm4_local.tools.mcp_servers import McpServers, load_config
+from glm4_local.tools.observation import Confirm
+from glm4_local.tools.program import ToolRunner
+from glm4_local.tools.python_tool import PythonTool
+from glm4_local.tools.sandbox import find_sandbox, sandbox_help
+from glm4_local.tools.search_backends import open_backend
+from glm4_local.tools.toolbox import Toolbox
+
+BUILT_IN = (python_tool.NAME, browser_tool.NAME)
+
+
+@dataclass(frozen=True)
+class ToolOptions:
+    python: bool = False
+    python_timeout: float = python_tool.DEFAULT_TIMEOUT
+    unconfined: bool = False  # run the model's code without a sandbox (each cell asked first)
+    browser: str | None = None  # a search backend: searxng:URL, ddg, zim:FILE, folder:DIR
+    allow_private: bool = False  # the browser may fetch local and private addresses
+    mcp: Path | None = None
+    program: ToolRunner | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.python or self.browser is not None or self.mcp is not None or self.program is not None
+
+
+def data_folder(session_file: Path) -> Path:
+    """The conversation's /mnt/data: beside its saved session, so --resume finds its files again."""
+    return session_file.with_suffix(".data")
+
+
+def _python(options: ToolOptions, data_dir: Path, confirm: Confirm | None) -> PythonTool:
+    if not options.python_timeout > 0:
+        raise Glm4LocalError(f"--python-timeout must be positive, not {options.python_timeout}")
+    sandbox = None if options.unconfined else find_sandbox()
+    if sandbox is None and not options.unconfined:
+        raise Glm4LocalError(f"--python runs the model's code in a sandbox, and this machine has none: "
+                             f"{sandbox_help()} (or --python-unconfined, which asks before each run)")
+    if sandbox is None and confirm is None:
+        raise Glm4LocalError("--python-unconfined asks before each run, which needs the interactive chat")
+    return PythonTool(data_dir, sandbox, options.python_timeout, confirm)
+
+
+def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | None,
+                 notify: Callable[[str], None], reserved: set[str]) -> Toolbox:
+    """Every tool the options enable; `reserved`: function names the user's own tools already use."""
+    toolbox = Toolbox(program=options.program)
+    try:
+        if options.python:
+            toolbox.built_in[python_tool.NAME] = _python(options, data_folder(session_file), confirm)
+        if options.browser is not None:
+            backend = open_backend(options.browser, data_home() / "cache" / "search")
+            toolbox.built_in[browser_tool.NAME] = Browser(backend, options.allow_private)
+        if options.mcp is not None:
+            toolbox.mcp = McpServers(load_config(options.mcp), notify, reserved)
+    except BaseException:
+        toolbox.close()
+        raise
+    return toolbox
+
+
+def offered_tools(user_tools: list[dict[str, Any]] | None, toolbox: Toolbox) -> list[dict[str, Any]] | None:
+    """What the model is offered: the user's functions (a resumed conversation's too), then the toolbox's;
+    built-in tool entries only for the tools on now."""
+    offered = toolbox.prompt_tools()
+    built_in = [t for t in offered if t.get("type") != "function"]
+    functions = [t for t in offered if t.get("type") == "function"]
+    names = {t["function"]["name"] for t in functions}
+    kept = [t for t in user_tools or [] if t.get("type") not in BUILT_IN
+            and not (t.get("type") == "function" and t["function"]["name"] in names)]
+    return [*built_in, *kept, *functions] or None

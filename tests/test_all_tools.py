@@ -1,0 +1,158 @@
+"""All Tools in the chat, end to end: scripted GGUFs that call `python`, `simple_browser` or an MCP
+function, run through the real CLI (one-shot and in a terminal), the tools running for real."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_browser import write_folder
+from test_chat_cli import invoke, one_line_error
+from test_mcp import SERVER
+from test_terminal import chat, saved
+
+from glm4_local.chat.template import ChatTemplate
+from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.families.glm4_replies import to_glm_messages
+from glm4_local.tools.sandbox import find_sandbox
+
+pytest.importorskip("ipykernel", reason="needs the [code] extra")
+needs_sandbox = pytest.mark.skipif(find_sandbox() is None, reason="no sandbox on this machine (Linux: apt "
+                                   "install bubblewrap; .ci/run installs it)")
+CODE = "open('/mnt/data/hi.txt', 'w').write('hi')\nprint(6 * 7)"
+SLEEP = "import time\ntime.sleep(60)"
+ACTIONS = 'search("pasta recipe")\nmclick([0])'
+ADD = '{"a": 40, "b": 2}'
+CITED = "【7†recipe】"
+SCRIPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # the call's tokens, the answer's after it
+    "python": (("python", "\n", CODE), ("Sunny", " day")),
+    "sleep": (("python", "\n", SLEEP), ("Sunny", " day")),
+    "loop": (("python", "\n", "print(1)"), ()),  # calls again after every result
+    "browser": (("simple_browser", "\n", ACTIONS), ("Sunny", CITED, " day")),
+    "mcp": (("add", "\n", ADD), ("Sunny", " day")),
+}
+
+
+@pytest.fixture(scope="session")
+def tool_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
+    def make(name: str) -> Path:
+        call, answer = SCRIPTS[name]
+        chain = ["<|assistant|>", *call, "<|observation|>"]
+        script = [*itertools.pairwise(chain), *itertools.pairwise([*answer, "<|user|>"])]
+        words = tuple(w for w in (*call, *answer) if w != "\n")
+        return make_gguf("f32", dtype="f32", extra_tokens=words, script=tuple(script),
+                         after_observation=answer[0] if answer else call[0])
+
+    return make
+
+
+def one_shot(model: Path, *flags: str) -> dict:
+    result = invoke(["chat", str(model), "-p", "go", "--json", *flags])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@needs_sandbox
+def test_python_runs_in_the_kernel_and_the_model_answers(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    data = one_shot(tool_gguf("python"), "--python")
+    assert data["content"] == "Sunny day"
+    assert data["steps"] == [{"tool": "python", "input": CODE, "observations": [{"metadata": "", "content": "42\n"}]}]
+    assert data["tool_calls"][0]["function"] == {"name": "python", "arguments": CODE}
+    [written] = (tmp_path / "glm4-local-home" / "sessions").glob("*.data/hi.txt")
+    assert written.read_text() == "hi"
+
+
+@needs_sandbox
+def test_a_chain_of_calls_is_bounded(tool_gguf: Callable[[str], Path]) -> None:
+    data = one_shot(tool_gguf("loop"), "--python")
+    assert len(data["steps"]) == 10 and data["stopped"] == "more than 10 tool calls in a row"
+
+
+def test_the_browser_searches_a_folder_and_opens_its_pages(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    pytest.importorskip("trafilatura")
+    folder = write_folder(tmp_path / "recipes")
+    data = one_shot(tool_gguf("browser"), "--browser", f"folder:{folder}")
+    [step] = data["steps"]
+    assert [o["metadata"] for o in step["observations"]] == ["browser_result", "quote_result [7†source]"]
+    assert step["observations"][0]["content"].startswith(" # 【0†Cooking†recipes】\n")
+    assert step["observations"][1]["source"]["url"] == "folder://recipes/cooking.html"
+    assert data["content"] == f"Sunny{CITED} day"  # the model's own text; the terminal numbers the citation
+
+
+def test_mcp_functions_are_called(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    pytest.importorskip("mcp")
+    (tmp_path / "server.py").write_text(SERVER)
+    (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {
+        "calc": {"command": sys.executable, "args": [str(tmp_path / "server.py"), "calc"]}}}))
+    data = one_shot(tool_gguf("mcp"), "--mcp", "mcp.json")
+    assert data["steps"] == [{"tool": "add", "input": ADD, "observations": [{"metadata": "", "content": "42"}]}]
+    assert data["content"] == "Sunny day"
+
+
+def test_without_a_sandbox_python_is_refused_in_one_line(tool_gguf: Callable[[str], Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
+    one_line_error(invoke(["chat", str(tool_gguf("python")), "-p", "go", "--python"]),
+                   "--python runs the model's code in a sandbox", "bubblewrap", "--python-unconfined")
+    one_line_error(invoke(["chat", str(tool_gguf("python")), "-p", "go", "--python-unconfined"]),
+                   "asks before each run")
+    one_line_error(invoke(["chat", str(tool_gguf("python")), "-p", "go", "--browser", "bing"]), "search backend")
+
+
+def test_observations_render_with_their_metadata() -> None:
+    messages = [{"role": "user", "content": "q"},
+                {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                                      "function": {"name": "simple_browser", "arguments": ACTIONS}}]},
+                {"role": "tool", "tool_call_id": "c1", "metadata": "browser_result", "content": "R"},
+                {"role": "tool", "tool_call_id": "c1", "metadata": "quote_result [7†source]", "content": "Q"}]
+    text = "".join(p.text for p in ChatTemplate.of(GLM4_9B).pieces(
+        to_glm_messages(messages, [{"type": "simple_browser"}])))
+    assert text.endswith(f"<|user|>\nq<|assistant|>simple_browser\n{ACTIONS}<|observation|>browser_result\nR"
+                         "<|observation|>quote_result [7†source]\nQ<|assistant|>")
+    assert "## simple_browser" in text and "## python" not in text and "cogview" not in text
+
+
+@needs_sandbox
+def test_python_in_the_terminal(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(tool_gguf("python"), tmp_path, "--python", columns=100)
+    assert "python (Jupyter kernel, sandboxed by bubblewrap" in term.raw
+    term.send("compute\r")
+    term.wait_for("Sunny day")
+    screen = term.text()
+    assert "print(6 * 7)" in screen and screen.index("print(6 * 7)") < screen.index("\n42\nSunny day")
+    term.send("/tools\r")
+    term.wait_for("/mnt/data =")
+    messages = saved(tmp_path)
+    assert messages[-2] == {"role": "tool", "content": "42\n", "tool_call_id": messages[-3]["tool_calls"][0]["id"]}
+    [session] = (tmp_path / "sessions").glob("*.json")
+    assert (session.with_suffix(".data") / "hi.txt").read_text() == "hi"  # kept beside the saved session
+
+
+@needs_sandbox
+def test_ctrl_c_stops_the_running_code_not_the_chat(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    term = chat(tool_gguf("sleep"), tmp_path, "--python", columns=100)
+    term.send("wait\r")
+    term.wait_for("running python")
+    assert "time.sleep(60)" in term.text()
+    term.send("\x03")
+    term.wait_for("[tool call cancelled]")
+    assert term.child.isalive()
+    term.send("/tools\r")
+    term.wait_for("/mnt/data =")
+    assert "cancelled" in saved(tmp_path)[-1]["content"]
+
+
+def test_citations_become_numbered_references(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    pytest.importorskip("trafilatura")
+    folder = write_folder(tmp_path / "recipes")
+    term = chat(tool_gguf("browser"), tmp_path, "--browser", f"folder:{folder}", columns=100)
+    term.send("pasta?\r")
+    term.wait_for("[1] Cooking — folder://recipes/cooking.html")
+    screen = term.text()
+    assert "browser › search(\"pasta recipe\")" in screen and "[7] Cooking" in screen
+    assert "Sunny[1] day" in screen and CITED not in screen
+    assert saved(tmp_path)[-1]["content"] == f"Sunny{CITED} day"  # the conversation keeps the model's text

@@ -1,0 +1,128 @@
+"""MCP servers as GLM-4 functions, through the official SDK: a server written here with the SDK itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.tools.mcp_servers import McpServers, ServerSpec, load_config
+
+pytest.importorskip("mcp", reason="MCP servers need the [mcp] extra")
+
+SERVER = '''
+import os, sys
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer(sys.argv[1])
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Add two whole numbers."""
+    return a + b
+
+
+@server.tool()
+def echo_env() -> str:
+    """The server's GREETING variable."""
+    return os.environ.get("GREETING", "")
+
+
+@server.tool()
+def fail() -> str:
+    """Always raises."""
+    raise ValueError("no luck")
+
+
+@server.tool()
+def crash() -> str:
+    """Ends the server."""
+    os._exit(3)
+
+
+server.run()
+'''
+
+
+@pytest.fixture
+def server_script(tmp_path: Path) -> Path:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    return script
+
+
+@pytest.fixture
+def notes() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def servers(server_script: Path, notes: list[str]) -> Iterator[McpServers]:
+    specs = [ServerSpec("calc", sys.executable, (str(server_script), "calc"), (("GREETING", "ni hao"),)),
+             ServerSpec("other", sys.executable, (str(server_script), "other")),
+             ServerSpec("broken", "/nonexistent/mcp-server")]
+    started = McpServers(specs, notes.append, reserved={"echo_env"})
+    yield started
+    started.close()
+
+
+def call(servers: McpServers, name: str, arguments: dict) -> tuple[str, str]:
+    [observation] = servers.run(name, json.dumps(arguments))
+    return observation.metadata, observation.content
+
+
+def test_tools_are_offered_as_functions_with_unique_names(servers: McpServers, notes: list[str]) -> None:
+    names = [f["function"]["name"] for f in servers.functions]
+    assert names[:4] == ["add", "calc.echo_env", "fail", "crash"]  # echo_env: the user's own function
+    assert names[4:] == ["other.add", "other.echo_env", "other.fail", "other.crash"]
+    add = servers.functions[0]["function"]
+    assert add["description"] == "Add two whole numbers." and set(add["parameters"]["properties"]) == {"a", "b"}
+    assert len(notes) == 1 and "'broken' did not start" in notes[0]  # one line, and the others work
+
+
+def test_calls_are_forwarded(servers: McpServers) -> None:
+    assert call(servers, "add", {"a": 2, "b": 40}) == ("", "42")
+    assert call(servers, "other.add", {"a": 1, "b": 1}) == ("", "2")
+    assert call(servers, "calc.echo_env", {}) == ("", "ni hao")
+    [failed] = servers.run("fail", "{}")
+    assert failed.metadata == "" and "fail" in failed.content  # the tool's own error text, for the model to read
+    assert failed.shown.startswith("error: ")
+    [bad] = servers.run("add", "{not json")
+    assert bad.metadata == "system_error" and "not valid JSON" in bad.content
+
+
+def test_a_server_that_dies_is_reported_and_the_others_go_on(servers: McpServers, notes: list[str]) -> None:
+    metadata, content = call(servers, "crash", {})
+    assert metadata == "system_error"
+    metadata, content = call(servers, "add", {"a": 1, "b": 2})
+    assert metadata == "system_error" and ("gone" in content or "failed" in content)
+    assert call(servers, "other.add", {"a": 3, "b": 4}) == ("", "7")
+    assert [n for n in notes if "'calc' is gone" in n] and len(notes) == 2  # the broken one's line, and this
+    assert any(line.startswith("MCP calc: gone") for line in servers.describe())
+
+
+def test_the_config_file_format(tmp_path: Path, server_script: Path) -> None:
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {
+        "calc": {"command": sys.executable, "args": [str(server_script), "calc"], "env": {"A": "1"}},
+        "remote": {"url": "http://127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer x"}}}}))
+    calc, remote = load_config(config)
+    assert calc.command == sys.executable and calc.env == (("A", "1"),) and remote.url == "http://127.0.0.1:9/mcp"
+    for bad in ({}, {"mcpServers": []}, {"mcpServers": {"x": {}}}, {"mcpServers": {"x": {"command": "a", "args": "b"}}},
+                {"mcpServers": {"x": {"command": "a", "env": {"A": 1}}}}):
+        config.write_text(json.dumps(bad))
+        with pytest.raises(Glm4LocalError, match=str(config).replace("\\", "\\\\")):
+            load_config(config)
+
+
+def test_servers_stop_with_the_chat(server_script: Path) -> None:
+    servers = McpServers([ServerSpec("calc", sys.executable, (str(server_script), "calc"))], print, set())
+    assert call(servers, "add", {"a": 1, "b": 1}) == ("", "2")
+    servers.close()
+    assert not servers.thread.is_alive()
+    assert all(task.done() for task in servers.tasks)
