@@ -156,3 +156,24 @@ def test_citations_become_numbered_references(tool_gguf: Callable[[str], Path], 
     assert "browser › search(\"pasta recipe\")" in screen and "[7] Cooking" in screen
     assert "Sunny[1] day" in screen and CITED not in screen
     assert saved(tmp_path)[-1]["content"] == f"Sunny{CITED} day"  # the conversation keeps the model's text
+
+
+@needs_sandbox
+def test_a_resumed_conversation_finds_its_files_and_offers_what_is_on_now(tmp_path: Path) -> None:
+    from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox
+
+    session = tmp_path / "sessions" / "20261203-120000.json"
+    lookup = {"type": "function", "function": {"name": "lookup"}}
+    toolbox = open_toolbox(ToolOptions(python=True), session, None, print, set())
+    try:
+        assert toolbox.python is not None and toolbox.python.data_dir == session.with_suffix(".data")
+        assert toolbox.python.run("python", "open('/mnt/data/kept.txt', 'w').write('x')")[0].content == "1"
+    finally:
+        toolbox.close()
+    again = open_toolbox(ToolOptions(python=True), session, None, print, set())  # --resume: the same session
+    try:
+        assert again.python.run("python", "print(open('kept.txt').read())")[0].content == "x\n"
+        saved_tools = [{"type": "simple_browser"}, lookup, {"type": "python"}]  # the browser is not on now
+        assert offered_tools(saved_tools, again) == [{"type": "python"}, lookup]
+    finally:
+        again.close()

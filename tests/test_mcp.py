@@ -45,7 +45,10 @@ def crash() -> str:
     os._exit(3)
 
 
-server.run()
+if len(sys.argv) > 2:  # over HTTP, on 127.0.0.1 only
+    server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+else:
+    server.run()
 '''
 
 
@@ -126,3 +129,31 @@ def test_servers_stop_with_the_chat(server_script: Path) -> None:
     servers.close()
     assert not servers.thread.is_alive()
     assert all(task.done() for task in servers.tasks)
+
+
+def test_a_server_over_streamable_http(server_script: Path) -> None:
+    import socket
+    import subprocess
+    import time
+
+    import children
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = children.started(subprocess.Popen([sys.executable, str(server_script), "web", str(port)],
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 30
+    while True:  # until it listens
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, "the HTTP server did not start"
+            time.sleep(0.1)
+    servers = McpServers([ServerSpec("web", url=f"http://127.0.0.1:{port}/mcp", headers=(("X-Test", "1"),))],
+                         print, set())
+    try:
+        assert call(servers, "add", {"a": 20, "b": 22}) == ("", "42")
+    finally:
+        servers.close()
