@@ -177,3 +177,17 @@ def test_a_resumed_conversation_finds_its_files_and_offers_what_is_on_now(tmp_pa
         assert offered_tools(saved_tools, again) == [{"type": "python"}, lookup]
     finally:
         again.close()
+
+
+@pytest.mark.parametrize(("flags", "extra"), [(["--python"], "code"), (["--browser", "ddg"], "browser"),
+                                              (["--mcp", "mcp.json"], "mcp")])
+def test_a_missing_extra_is_named_in_one_line(tool_gguf: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch,
+                                              flags: list[str], extra: str) -> None:
+    import importlib.util
+
+    from glm4_local.tools.extras import EXTRAS
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in EXTRAS[extra] else real(name, *a))
+    Path("mcp.json").write_text('{"mcpServers": {}}')
+    one_line_error(invoke(["chat", str(tool_gguf("python")), "-p", "go", *flags]), f'pip install "glm4-local[{extra}]"')

@@ -20,12 +20,10 @@ from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
 from glm4_local.core.paths import MODELS_DIR
+from glm4_local.tools.extras import EXTRAS
 from glm4_local.tools.sandbox import find_sandbox, sandbox_help
 
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
-# the optional features' extras (pyproject.toml) and the packages each brings
-EXTRAS = {"code": ("jupyter_client", "ipykernel"), "browser": ("trafilatura", "ddgs", "libzim", "pypdf"),
-          "mcp": ("mcp",)}
 RUNTIME_OVERHEAD_BYTES = 0.6e9  # compute buffers and the runtime itself
 
 

@@ -13,6 +13,7 @@ from glm4_local.core.errors import Glm4LocalError
 from glm4_local.tools import browser as browser_tool
 from glm4_local.tools import python_tool
 from glm4_local.tools.browser import Browser
+from glm4_local.tools.extras import require
 from glm4_local.tools.mcp_servers import McpServers, load_config
 from glm4_local.tools.observation import Confirm
 from glm4_local.tools.program import ToolRunner
@@ -45,6 +46,7 @@ def data_folder(session_file: Path) -> Path:
 
 
 def _python(options: ToolOptions, data_dir: Path, confirm: Confirm | None) -> PythonTool:
+    require("--python", "code", "jupyter_client", "ipykernel")
     if not options.python_timeout > 0:
         raise Glm4LocalError(f"--python-timeout must be positive, not {options.python_timeout}")
     sandbox = None if options.unconfined else find_sandbox()
@@ -64,9 +66,11 @@ def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | No
         if options.python:
             toolbox.built_in[python_tool.NAME] = _python(options, data_folder(session_file), confirm)
         if options.browser is not None:
+            require("--browser", "browser", "trafilatura")  # every backend's pages are read with it
             backend = open_backend(options.browser, data_home() / "cache" / "search")
             toolbox.built_in[browser_tool.NAME] = Browser(backend, options.allow_private)
         if options.mcp is not None:
+            require("--mcp", "mcp", "mcp")
             toolbox.mcp = McpServers(load_config(options.mcp), notify, reserved)
     except BaseException:
         toolbox.close()

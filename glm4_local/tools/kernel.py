@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.tools.extras import needs
 
 START_TIMEOUT = 30.0
 INTERRUPT_GRACE = 5.0  # seconds an interrupted cell has to stop before the kernel is killed
 KERNEL_ARGS = ("-m", "ipykernel_launcher", "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
                "--Session.debug=False")
-EXTRA = "code"  # the optional dependencies that bring jupyter_client and ipykernel
 
 
 class KernelError(Glm4LocalError):
@@ -41,8 +41,7 @@ def _client_class() -> Any:
         from jupyter_client.blocking import BlockingKernelClient
         from jupyter_client.connect import write_connection_file
     except ImportError:
-        raise KernelError(f"the python tool needs jupyter_client and ipykernel: pip install "
-                          f"\"glm4-local[{EXTRA}]\"") from None
+        raise KernelError(needs("the python tool", "code", "jupyter_client", "ipykernel")) from None
     return BlockingKernelClient, write_connection_file
 
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.jsonfile import read_json
+from glm4_local.tools.extras import needs
 from glm4_local.tools.observation import Observation, system_error
 
-EXTRA = "mcp"
 START_TIMEOUT = 30.0
 CALL_TIMEOUT = 120.0
 NAME_CHARS = re.compile(r"[^\w.-]")
@@ -150,7 +150,7 @@ class McpServers:
         try:
             import mcp  # noqa: F401
         except ImportError:
-            raise Glm4LocalError(f"MCP servers need the mcp package: pip install \"glm4-local[{EXTRA}]\"") from None
+            raise Glm4LocalError(needs("MCP servers", "mcp", "mcp")) from None
         self.notify = notify
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="mcp", daemon=True)

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from html import unescape
 from urllib.parse import urljoin, urlsplit
 
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.tools.extras import needs
+
 MARKDOWN_LINK = re.compile(r"(!?)\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*<?([^()\s>]*(?:\([^()\s]*\)[^()\s>]*)*)>?"
                            r"(?:\s+\"[^\"]*\")?\s*\)")
 TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")  # the demo's pages carry no bold
 TAGS = re.compile(r"<(script|style|title)\b.*?</\1>|<[^>]+>", re.IGNORECASE | re.DOTALL)
-EXTRA = "browser"
 
 
 @dataclass
@@ -81,7 +83,7 @@ def html_to_markdown(html: str, url: str) -> str:
     try:
         import trafilatura
     except ImportError:
-        raise RuntimeError(f"reading web pages needs trafilatura: pip install \"glm4-local[{EXTRA}]\"") from None
+        raise Glm4LocalError(needs("reading web pages", "browser", "trafilatura")) from None
     text = trafilatura.extract(html, url=url, output_format="markdown", include_links=True, include_images=True,
                                include_tables=True, include_comments=False, favor_recall=True, deduplicate=False)
     if not text:  # a page too small or too odd for the extractor: all its text, without markup

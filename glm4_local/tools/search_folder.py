@@ -16,7 +16,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.tools.page_text import EXTRA, Page, html_title, page_from_html, page_from_markdown, plain_text
+from glm4_local.tools.extras import needs
+from glm4_local.tools.page_text import Page, html_title, page_from_html, page_from_markdown, plain_text
 from glm4_local.tools.search import RESULTS, Result, SearchError
 
 TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".rst", ".text"}
@@ -58,7 +59,7 @@ def read_pdf(path: Path) -> str:
     try:
         from pypdf import PdfReader
     except ImportError:
-        raise SearchError(f"PDF files need pypdf: pip install \"glm4-local[{EXTRA}]\"") from None
+        raise SearchError(needs("reading PDF files", "browser", "pypdf")) from None
     try:
         reader = PdfReader(str(path))
         return "\n\n".join(f"[Page {i}]\n{page.extract_text() or ''}" for i, page in enumerate(reader.pages, 1))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from urllib.parse import urlencode
 
+from glm4_local.tools.extras import needs, require
 from glm4_local.tools.fetch import FetchError, fetch
-from glm4_local.tools.page_text import EXTRA, Page
+from glm4_local.tools.page_text import Page
 from glm4_local.tools.search import RESULTS, Result, SearchError
 
 SEARXNG_RANGES = ((1, "day"), (7, "week"), (31, "month"), (366, "year"))
@@ -45,11 +46,14 @@ class SearxngBackend:
 class DdgBackend:
     label = "DuckDuckGo (ddgs)"
 
+    def __init__(self) -> None:
+        require("--browser ddg", "browser", "ddgs")
+
     def search(self, query: str, recency_days: int | None) -> list[Result]:
         try:
             from ddgs import DDGS
         except ImportError:
-            raise SearchError(f"DuckDuckGo needs the ddgs package: pip install \"glm4-local[{EXTRA}]\"") from None
+            raise SearchError(needs("DuckDuckGo search", "browser", "ddgs")) from None
         try:
             found = DDGS(timeout=10).text(query, max_results=RESULTS, timelimit=_bucket(recency_days, DDG_LIMITS))
         except Exception as e:  # ddgs raises its own exception types for every network failure

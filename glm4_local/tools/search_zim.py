@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.tools.page_text import EXTRA, Page, page_from_html, page_from_markdown, plain_text
+from glm4_local.tools.extras import needs
+from glm4_local.tools.page_text import Page, page_from_html, page_from_markdown, plain_text
 from glm4_local.tools.search import RESULTS, Result, SearchError
 
 SNIPPET_CHARS = 200
@@ -23,7 +24,7 @@ class ZimBackend:
         try:
             from libzim.reader import Archive
         except ImportError:
-            raise Glm4LocalError(f"ZIM files need libzim: pip install \"glm4-local[{EXTRA}]\"") from None
+            raise Glm4LocalError(needs("ZIM files", "browser", "libzim")) from None
         try:
             self.archive: Any = Archive(str(path))
         except (RuntimeError, OSError) as e:
