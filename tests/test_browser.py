@@ -189,6 +189,24 @@ def test_folder_backend_english_chinese_and_updates(tmp_path: Path) -> None:
     assert "Risotto" in browse(Browser(again), 'search("risotto")')[0][1]
 
 
+def test_folder_backend_reads_pdf_pages(tmp_path: Path) -> None:
+    pytest.importorskip("pypdf")
+    from docfixtures import write_pdf
+
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    write_pdf(folder / "theory.pdf", ["Quantum pasta theory, part one", "Boiling points of noodles"])
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 not really")  # indexed by name, its text unreadable
+    browser = Browser(open_backend(f"folder:{folder}", tmp_path / "index"))
+    [(_, found)] = browse(browser, 'search("noodles")')
+    assert found.startswith(" # 【0†theory†papers】\n")
+    [(quote, text)] = browse(browser, "mclick([0])")
+    assert quote == "quote_result [7†source]"
+    assert text == "[Page 1]\nQuantum pasta theory, part one\n[Page 2]\nBoiling points of noodles"
+    [(metadata, _)] = browse(browser, 'open_url("folder://papers/broken.pdf")')
+    assert metadata == "system_error"
+
+
 def test_folder_pages_never_leave_the_folder(tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "docs")
     (tmp_path / "secret.md").write_text("private")
