@@ -138,6 +138,7 @@ CHAT_EPILOG = examples(
     "glm4-local chat                                  # the newest model in ./models",
     "glm4-local chat glm-4-9b-chat-Q4_K_M --system \"You are concise.\"",
     "glm4-local chat MODEL -p \"Summarise this:\" < notes.txt",
+    "glm4-local chat MODEL --file report.pdf -p \"What are the three main findings?\"",
     "glm4-local chat MODEL --tools tools.json --tool-exec ./tool.py",
     "glm4-local chat MODEL --python --browser zim:wikipedia_en_all_nopic.zim",
     "glm4-local chat MODEL --browser searxng:http://127.0.0.1:8888 --mcp mcp.json",
@@ -177,6 +178,8 @@ def chat(
                                                         "pages on this machine and private networks.")] = False,
     mcp: Annotated[Path | None, typer.Option("--mcp", help="MCP servers whose tools GLM-4 may call (the "
                                              "mcpServers JSON of Cursor and Claude Desktop).")] = None,
+    file: Annotated[list[Path] | None, typer.Option("--file", help="A document for the first message (text, "
+                                                   "Markdown, HTML, PDF, DOCX; repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
     temp: Annotated[float | None, typer.Option("--temp", help="Temperature (0: greedy).")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens "
@@ -206,7 +209,8 @@ def chat(
     tool_options = ToolOptions(python or python_unconfined, python_timeout, python_unconfined, browser,
                                browser_allow_private, mcp, runner)
     run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt, tools_path=tools,
-        tool_options=tool_options, resume=resume, verbose=verbose, as_json=as_json, errors=err)
+        tool_options=tool_options, files=tuple(file or ()), resume=resume, verbose=verbose, as_json=as_json,
+        errors=err)
 
 
 @app.command(epilog=examples(

@@ -21,6 +21,7 @@ FOLDERS = {
     "convert": "glm4_local.convert",
     "glm4_local/chat": "glm4_local.chat",
     "glm4_local/tools": "glm4_local.tools",
+    "glm4_local/documents": "glm4_local.documents",
     "glm4_local/gguf_tools": "glm4_local.gguf_tools",
     "glm4_local/server": "glm4_local.server",
     "glm4_local/frontends": "glm4_local.frontends",

@@ -191,6 +191,11 @@ class ChatEngine:
         self.save()
         return self.answer()
 
+    def room(self) -> int:
+        """Tokens the next user message may have (the reply's reserve kept free)."""
+        empty_message = {"role": "user", "content": ""}
+        return self._prompt_budget() - len(self.prompt_tokens([*self._kept_messages(), empty_message]))
+
     def prompt_tokens(self, messages: list[Message]) -> list[int]:
         return self.runtime.vocab.prompt(self.template, messages, self.conversation.tools)
 

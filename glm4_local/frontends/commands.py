@@ -25,6 +25,7 @@ from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
+from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
 from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox
@@ -56,7 +57,8 @@ def _oneshot_text(prompt: str | None) -> str:
 
 def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Mapping[str, Any], *,
                max_tokens: int | None, system: str | None, prompt: str | None, tools_path: Path | None,
-               tool_options: ToolOptions, resume: bool, verbose: bool, as_json: bool, errors: Console) -> None:
+               tool_options: ToolOptions, files: tuple[Path, ...] = (), resume: bool, verbose: bool, as_json: bool,
+               errors: Console) -> None:
     """The terminal chat, or one answer (`prompt`, or stdin not a terminal); `sampling` as in chat_settings."""
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
     model_path = resolve_model(model)  # before reading stdin: a missing model is the first thing to hear
@@ -81,7 +83,7 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
         with errors.status(f"loading {facts.path.name}…") if errors.is_terminal else nullcontext():
             engine = open_engine(facts, runtime_options, sampling, max_tokens, conversation,
                                  autosave if interactive else None, notify)
-        how = _ChatRun(text, interactive, resume, autosave, verbose, as_json, errors, facts.path.name)
+        how = _ChatRun(text, interactive, resume, autosave, verbose, as_json, errors, facts.path.name, files)
         _converse(engine, toolbox, holder, how)
     finally:
         toolbox.close()
@@ -97,12 +99,18 @@ class _ChatRun:
     as_json: bool
     errors: Console
     model_name: str
+    files: tuple[Path, ...] = ()  # documents for the first message
 
 
 def _converse(engine: ChatEngine, toolbox: Toolbox, holder: list[Any], how: _ChatRun) -> None:
     verbose, errors, autosave = how.verbose, how.errors, how.autosave
     if not how.interactive:
-        run_oneshot(engine, how.text or "", toolbox, how.as_json)
+        attachments = Attachments()
+        for path in how.files:
+            note = attachments.add(engine, path)  # one that does not fit, or cannot be read, ends here
+            if verbose:
+                errors.print(note, markup=False, highlight=False)
+        run_oneshot(engine, attachments.message(how.text or ""), toolbox, how.as_json)
         if verbose and engine.last:
             t = engine.last.timings
             errors.print(f"prompt {t.prompt_tokens} tokens ({t.prefill_tps:.1f} tok/s), generated "
@@ -117,6 +125,8 @@ def _converse(engine: ChatEngine, toolbox: Toolbox, holder: list[Any], how: _Cha
     # its own console: replies wrap to the window (the CLI's consoles print long lines unwrapped)
     repl = Repl(engine, Console(highlight=False), toolbox=toolbox, verbose=verbose, model_name=how.model_name)
     holder.append(repl)
+    for path in how.files:
+        repl.attach(path)
     if how.resume:
         errors.print(f"resumed {autosave.path} ({len(engine.conversation.messages)} messages)", markup=False)
         repl.show_last_exchange()

@@ -26,6 +26,7 @@ from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
 from glm4_local.chat.session import data_home
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ToolCall
+from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.citations import Citations
 from glm4_local.frontends.repl_commands import Commands
 from glm4_local.frontends.reply_view import ReplyView
@@ -82,6 +83,7 @@ class Repl:
             history=history, key_bindings=key_bindings(self.EXIT, self.INTERRUPT), multiline=False,
             output=create_output(stdout=sys.stderr) if piped else None)
         self.commands = Commands(self)
+        self.attachments = Attachments()  # files for the next message (--file, /file)
 
     def say(self, text: str, style: str = "dim") -> None:
         self.console.print(Text(text, style=style))
@@ -108,6 +110,13 @@ class Repl:
             lines.append(f"tools: {', '.join(functions)} ({answered})")
         return lines
 
+    def attach(self, path: Path) -> None:
+        """Read a file for the next message and say its size, or why it cannot go (the chat goes on)."""
+        try:
+            self.say(self.attachments.add(self.engine, path), "cyan")
+        except Glm4LocalError as e:
+            self.say(f"error: {e}", "red")
+
     def confirm(self, code: str) -> bool:
         """Asked before code runs unconfined (no sandbox): only "y" runs it."""
         self.say("run this code on your machine, unconfined? [y/N]", "bold yellow")
@@ -133,7 +142,7 @@ class Repl:
                     return
                 continue
             text = line[1:] if line.startswith("//") else line.lstrip() if line.lstrip().startswith("/") else line
-            self.converse(lambda text=text: self.engine.send(text))
+            self.converse(lambda text=text: self.engine.send(self.attachments.message(text)))
 
     def _command(self, line: str) -> object:
         try:

@@ -26,6 +26,9 @@ class Repl(Protocol):
 
     def show_last_exchange(self) -> None: ...
 
+    def attach(self, path: Path) -> None:
+        """Read a file into the next message (and say how large it is)."""
+
     def tool_lines(self) -> list[str]:
         """What is enabled: built-in tools, MCP servers, functions and who answers them."""
 
@@ -42,6 +45,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("/load FILE", "continue a saved conversation"),
     ("/stats", "tokens and speed of the last reply"),
     ("/tools", "the tools enabled (python, browser, MCP servers, functions)"),
+    ("/file PATH", "put a document (text, Markdown, HTML, PDF, DOCX) into your next message"),
     ("/exit", "leave (or Ctrl-D)"),
 )
 KEYS = ("Enter sends; Alt-Enter (or Esc then Enter) starts a new line; pasted text keeps its lines.\n"
@@ -73,7 +77,7 @@ class Commands:
         self.table: dict[str, Callable[[str], object]] = {
             "/help": lambda _: repl.say(HELP), "/show": self.show, "/set": self.set, "/system": self.system,
             "/reset": self.reset, "/retry": self.retry, "/undo": self.undo, "/save": self.save,
-            "/load": self.load, "/stats": lambda _: repl.show_stats(),
+            "/load": self.load, "/file": self.file, "/stats": lambda _: repl.show_stats(),
             "/tools": lambda _: repl.say("\n".join(repl.tool_lines()) or "no tools (see chat --help: --python, "
                                          "--browser, --mcp, --tools)"), "/exit": lambda _: repl.EXIT,
             "/quit": lambda _: repl.EXIT,
@@ -149,6 +153,11 @@ class Commands:
             raise Glm4LocalError("/save needs a file name")
         save_json(Path(path).expanduser(), self.engine.conversation.to_json())
         self.repl.say(f"saved to {path}")
+
+    def file(self, path: str) -> None:
+        if not path:
+            raise Glm4LocalError("/file needs a file name")
+        self.repl.attach(Path(path))
 
     def load(self, path: str) -> None:
         if not path:

@@ -11,6 +11,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "code": ("jupyter_client", "ipykernel"),  # --python
     "browser": ("trafilatura", "ddgs", "libzim", "pypdf"),  # --browser (each backend needs some of them)
     "mcp": ("mcp",),  # --mcp
+    "documents": ("pypdf", "python-docx", "trafilatura", "charset-normalizer"),  # chat --file: PDF, DOCX, HTML
 }
 
 

@@ -1,0 +1,52 @@
+"""Files for the next user message (`chat --file`, `/file`): read, counted against the context, and
+put in GLM-4's document form. One that does not fit is refused with what it would need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glm4_local.chat.engine import ChatEngine
+from glm4_local.documents.form import Document, with_documents
+from glm4_local.documents.readers import DocumentError, read_document
+from glm4_local.frontends.model_plan import size_text
+
+
+def _tokens(engine: ChatEngine, documents: list[Document]) -> int:
+    return len(engine.runtime.vocab.text_tokens(with_documents(documents, "")))
+
+
+@dataclass
+class Attachments:
+    """Documents waiting for the next user message."""
+
+    documents: list[Document] = field(default_factory=list)
+
+    def add(self, engine: ChatEngine, path: Path) -> str:
+        """Read and attach a file; the line that says its size and that it fits. DocumentError when it
+        cannot be read or does not fit (nothing is attached then)."""
+        document = read_document(path.expanduser())
+        total = _tokens(engine, [*self.documents, document])
+        tokens = total - (_tokens(engine, self.documents) if self.documents else 0)
+        room = engine.room()
+        n_ctx = engine.runtime.n_ctx
+        pages = f", {document.pages} pages" if document.pages else ""
+        if total > room:
+            need = n_ctx + total - room
+            kv = size_text(int(need * engine.runtime.kv_bytes_per_token))
+            raise DocumentError(f"{document.name} is {tokens:,} tokens{pages}, more than the {room:,} the "
+                                f"{n_ctx:,}-token context has free; it needs --ctx {_rounded(need)} or more "
+                                f"(a KV cache of {kv} for that context)")
+        self.documents.append(document)
+        return (f"{document.name}: {tokens:,} tokens ({document.kind}{pages}); fits, {room - total:,} of the "
+                f"{n_ctx:,}-token context left; it goes with your next message")
+
+    def message(self, text: str) -> str:
+        """The user message: the attached documents, then `text`; the attachments are used up."""
+        message = with_documents(self.documents, text)
+        self.documents = []
+        return message
+
+
+def _rounded(tokens: int) -> int:
+    return -(-tokens // 1024) * 1024
