@@ -20,8 +20,8 @@ from glm4_local.core.llama.door import CACHE_TYPES
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
                                                 "(default: the newest there).")]
-Ctx = Annotated[str, typer.Option("--ctx", help="Context tokens (per conversation), or 'max' for the model's "
-                                  "trained context.")]
+Ctx = Annotated[str, typer.Option("--ctx", help="Context tokens (per conversation), 'max' for the model's "
+                                  "trained context, or 'auto' for the most that fits this machine's memory.")]
 GpuLayers = Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
 Batch = Annotated[int, typer.Option("--batch", help="Prompt batch size.")]

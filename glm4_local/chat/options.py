@@ -18,17 +18,17 @@ DEFAULT_CTX = 8192
 MIN_CTX = 64
 DEFAULT_BATCH = 512
 
-ContextSize = int | Literal["max"]  # tokens, or all the model was trained for
+ContextSize = int | Literal["max", "auto"]  # tokens, all the model was trained for, or the most that fits
 GpuLayers = int | Literal["all", "auto"]  # auto: all layers when llama.cpp has GPU offload, else none
 
 
 def parse_context_size(text: str) -> ContextSize:
-    if text == "max":
-        return "max"
+    if text in ("max", "auto"):
+        return text  # type: ignore[return-value]
     try:
         n = int(text)
     except ValueError:
-        raise ValueError(f"{text!r}: give a number of tokens or 'max'") from None
+        raise ValueError(f"{text!r}: give a number of tokens, 'max' or 'auto'") from None
     if n < MIN_CTX:
         raise ValueError(f"{n}: too small (at least {MIN_CTX} tokens)")
     return n
@@ -67,8 +67,16 @@ class RuntimeOptions:
     mmap: bool = True
 
     def context_size(self, trained: int) -> int:
-        """Tokens of context to allocate: as asked, never more than the model was trained for."""
+        """Tokens of context to allocate: as asked, never more than the model was trained for ("auto" is
+        decided by the context plan, which then gives options with a number)."""
+        if self.ctx == "auto":
+            raise ValueError("an 'auto' context is sized by chat.context_plan first")
         return trained if self.ctx == "max" else min(self.ctx, trained)
+
+    @property
+    def flash_attention(self) -> bool:
+        """Asked for, or needed: llama.cpp keeps a quantized V cache only with flash attention."""
+        return self.flash_attn or self.cache_type_v not in (CACHE_TYPES["f16"], CACHE_TYPES["f32"])
 
     def offloaded_layers(self) -> int:
         """llama.cpp's n_gpu_layers (-1: all)."""

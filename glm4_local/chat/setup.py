@@ -70,7 +70,7 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1) -> 
     model = door.load_model(facts.path, header=facts.header, n_gpu_layers=options.offloaded_layers(),
                              use_mmap=options.mmap, use_mlock=options.mlock)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
-                      flash_attn=options.flash_attn, type_k=options.cache_type_k, type_v=options.cache_type_v)
+                      flash_attn=options.flash_attention, type_k=options.cache_type_k, type_v=options.cache_type_v)
     per_token = facts.kv_cache_bytes(1024, options) / 1024
     return ChatRuntime(Vocabulary(model, facts.family), decoder, per_token)
 

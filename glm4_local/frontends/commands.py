@@ -81,7 +81,7 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
     try:
         conversation.tools = offered_tools(conversation.tools, toolbox) if tool_options.any else conversation.tools
         with errors.status(f"loading {facts.path.name}…") if errors.is_terminal else nullcontext():
-            engine = open_engine(facts, runtime_options, sampling, max_tokens, conversation,
+            engine = open_engine(facts, plan.options, sampling, max_tokens, conversation,
                                  autosave if interactive else None, notify)
         how = _ChatRun(text, interactive, resume, autosave, verbose, as_json, errors, facts.path.name, files)
         _converse(engine, toolbox, holder, how)

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from glm4_local.chat.models import searched
+from glm4_local.chat.context_plan import largest_contexts, ram
+from glm4_local.chat.models import resolve_model, searched
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.session import sessions_dir
+from glm4_local.chat.setup import ModelFacts
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type_for_file_type
+from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
@@ -24,7 +27,6 @@ from glm4_local.tools.extras import EXTRAS
 from glm4_local.tools.sandbox import find_sandbox, sandbox_help
 
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
-RUNTIME_OVERHEAD_BYTES = 0.6e9  # compute buffers and the runtime itself
 
 
 @dataclass(frozen=True)
@@ -43,32 +45,48 @@ class Report:
     sessions: Path
     sandbox: str  # where the python tool's code would run
     extras: dict[str, list[str]]  # optional feature -> its packages, with versions or "missing"
-
-
-def memory() -> tuple[int | None, int | None]:
-    """(total, available) RAM in bytes, from /proc/meminfo or sysconf."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        values = {}
-        for line in meminfo.read_text().splitlines():
-            key, _, rest = line.partition(":")
-            values[key] = int(rest.split()[0]) * 1024
-        return values.get("MemTotal"), values.get("MemAvailable")
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return total, None
-    except (ValueError, OSError, AttributeError):
-        return None, None
+    model_contexts: str | None = None  # for the model found: the largest context per KV type
 
 
 def collect() -> Report:
     info = door.system_info()
     features = sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)})
     backends = [b for b in BACKENDS if re.search(rf"\b{b}\b", info.upper())]
-    total, available = memory()
+    total, available = ram()
     return Report(door.version(), info, door.gpu_offload_available(), backends, features, total, available,
                   os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(MODELS_DIR), searched(),
-                  sessions_dir(), _sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()})
+                  sessions_dir(), _sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
+                  _model_contexts(available or total))
+
+
+def _model_contexts(free: int | None) -> str | None:
+    """The largest context per KV type for the model chat would open (none found: None)."""
+    try:
+        facts = ModelFacts.read(resolve_model(None))
+    except Glm4LocalError:
+        return None
+    if free is None:
+        return f"{facts.path.name}: free memory unknown"
+    found = largest_contexts(facts.family, facts.hparams, facts.path.stat().st_size, free)
+    sizes = " / ".join(f"{kv} {n:,}" for kv, n in found.items())
+    return f"{facts.path.name}: largest context with KV {sizes} tokens (trained {facts.hparams.context_length:,})"
+
+
+def long_variant_lines(free: int | None, family: ModelFamily = FAMILIES[0]) -> list[str]:
+    """What the million-token variant needs, per KV type, and what this much memory takes of it."""
+    h = family.flagship_long
+    if h is None:
+        return []
+    need = {kv: family.kv_cache_bytes(h, h.context_length, q, q) for kv, q in
+            (("f16", door.CACHE_TYPES["f16"]), ("q8_0", door.CACHE_TYPES["q8_0"]), ("q4_0", door.CACHE_TYPES["q4_0"]))}
+    lines = [f"{h.context_length:,}-token variant (-1m): its KV cache takes " +
+             " / ".join(f"{n / 2**30:.1f} GiB {kv}" for kv, n in need.items())]
+    if free:
+        weights = int(family.flagship_parameters * family.flagship_bits_per_weight[DEFAULT_OUT_TYPE.file_type] / 8)
+        found = largest_contexts(family, h, weights, free)
+        lines.append(f"  here, with {DEFAULT_OUT_TYPE.label} weights: up to " +
+                     " / ".join(f"{n:,} ({kv})" for kv, n in found.items()) + " tokens")
+    return lines
 
 
 def _sandbox() -> str:
@@ -99,14 +117,12 @@ def _free_disk(folder: Path) -> int | None:
 
 
 def fits(budget: int, family: ModelFamily = FAMILIES[0]) -> list[tuple[str, float, int]]:
-    """(type, model GB, largest context in tokens that fits `budget` bytes), largest context 0 if none."""
-    f16 = door.CACHE_TYPES["f16"]
-    kv_per_token = family.kv_cache_bytes(family.flagship, 1, f16, f16)
+    """(type, model GB, largest context in tokens that fits `budget` bytes with an f16 KV cache, by the
+    same plan chat and serve use), largest context 0 if none."""
     rows = []
     for file_type, bits in family.flagship_bits_per_weight.items():
-        weights = family.flagship_parameters * bits / 8
-        spare = budget - weights - RUNTIME_OVERHEAD_BYTES
-        ctx = int(min(family.flagship.context_length, max(0, spare) // kv_per_token)) // 1024 * 1024
+        weights = int(family.flagship_parameters * bits / 8)
+        ctx = largest_contexts(family, family.flagship, weights, budget)["f16"]
         rows.append((out_type_for_file_type(file_type).label, weights / 1e9, ctx))
     return rows
 
@@ -144,6 +160,9 @@ def render(report: Report) -> list[str]:
         for name, size, ctx in fits(budget):
             verdict = f"up to {ctx:,} tokens" if ctx else "does not fit"
             lines.append(f"  {name:7} {size:5.1f} GB   {verdict}")
+    if report.model_contexts:
+        lines.append(f"Model             {report.model_contexts}")
+    lines += long_variant_lines(report.ram_available or report.ram_total)
     lines.append(f"CPU               {report.cores} cores; chat uses {report.threads} threads (--threads)")
     if report.disk_free is not None:
         need, temporary = conversion_disk_need()

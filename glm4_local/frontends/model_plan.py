@@ -1,11 +1,13 @@
-"""What chat and serve say before loading a model: its problems, the context it gets, the KV cache size."""
+"""What chat and serve say before loading a model: its problems, the context it gets, the memory it takes."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from glm4_local.chat.context_plan import ContextPlan, kv_type_name, machine_memory, plan_context
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.core.gguf.problems import REPAIR, quick_problems
@@ -20,19 +22,39 @@ class ModelPlan:
     """A checked model and what running it with these options takes."""
 
     facts: ModelFacts
-    slots: int
-    n_ctx: int  # tokens of context per slot
-    kv_cache_bytes: int  # all slots
+    context: ContextPlan
+
+    @property
+    def n_ctx(self) -> int:
+        """Tokens of context per slot."""
+        return self.context.n_ctx
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """All slots."""
+        return self.context.kv_bytes
+
+    @property
+    def options(self) -> RuntimeOptions:
+        """The options to load with: the context decided, flash attention on where it must be."""
+        return self.context.options
 
     def describe(self) -> str:
-        trained = self.facts.hparams.context_length
-        return (f"context {self.n_ctx:,} tokens (trained {trained:,}), KV cache {size_text(self.kv_cache_bytes)}")
+        plan, trained = self.context, self.facts.hparams.context_length
+        how = "auto: the most that fits, " if plan.auto else ""
+        kv = kv_type_name(plan.options.cache_type_v)
+        flash = ", flash attention" if plan.options.flash_attention else ""
+        free = "" if plan.free_after is None else f"; {size_text(plan.free_after)} of {plan.memory.kind} left"
+        return f"context {self.n_ctx:,} tokens ({how}trained {trained:,}), KV cache {size_text(self.kv_cache_bytes)} " \
+               f"{kv}{flash}{free}"
 
 
 def plan_model(path: Path, runtime: RuntimeOptions, warn: Callable[[str], None], slots: int = 1) -> ModelPlan:
-    """Read and check the GGUF, warn about what `repair` fixes, and size its context and KV cache."""
+    """Read and check the GGUF, warn about what `repair` fixes, and size its context against the memory
+    free (ContextTooLarge, with the numbers, when it does not fit)."""
     facts = ModelFacts.read(path)
     for problem in quick_problems(facts.header, facts.family):
         warn(f"{facts.path.name}: {problem}; {REPAIR}")
-    n_ctx = runtime.context_size(facts.hparams.context_length)
-    return ModelPlan(facts, slots, n_ctx, slots * facts.kv_cache_bytes(n_ctx, runtime))
+    memory = machine_memory(runtime.offloaded_layers() != 0, sys.platform == "darwin")
+    weights = path.stat().st_size  # the tensors, near enough (the header is a few MiB at most)
+    return ModelPlan(facts, plan_context(facts.family, facts.hparams, weights, runtime, memory, slots))

@@ -117,7 +117,7 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
 
     def load() -> None:
         try:
-            loaded = load_runtime(facts, runtime, slots=options.parallel)
+            loaded = load_runtime(facts, plan.options, slots=options.parallel)
             scheduler = Scheduler(loaded, options.max_queue)
             scheduler.start()
             state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts))

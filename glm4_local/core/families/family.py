@@ -118,6 +118,7 @@ class Hyperparams:
     n_layer: int
     n_head_kv: int
     head_dim: int
+    n_head: int = 0  # query heads (what attention's scores take without flash attention)
 
 
 class WeightSource(Protocol):
@@ -169,6 +170,7 @@ class ModelFamily:
     flagship: Hyperparams
     flagship_parameters: float
     flagship_bits_per_weight: Mapping[gguf.LlamaFileType, float]
+    flagship_long: Hyperparams | None = None  # its long-context variant (GLM-4-9B-Chat-1M), for doctor
 
     @property
     def arch_name(self) -> str:
@@ -189,7 +191,7 @@ class ModelFamily:
     def hyperparams(self, header: Any, where: str) -> Hyperparams:
         """What chatting needs, from a GGUF header of this architecture."""
         spec = self.spec_from_gguf(header, where)
-        return Hyperparams(spec.context_length, spec.n_layer, spec.n_head_kv, spec.head_dim)
+        return Hyperparams(spec.context_length, spec.n_layer, spec.n_head_kv, spec.head_dim, spec.n_head)
 
     @staticmethod
     def kv_cache_bytes(h: Hyperparams, n_ctx: int, type_k: gguf.GGMLQuantizationType,

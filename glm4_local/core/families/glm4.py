@@ -366,7 +366,9 @@ GLM4_9B = ModelFamily(
         "[gMASK]<sop><|user|>\n请用一句话介绍长城。<|assistant|>",
         "[gMASK]<sop><|system|>\nYou translate English to Chinese.<|user|>\nGood morning, 朋友!<|assistant|>",
     ),
-    flagship=Hyperparams(context_length=131072, n_layer=40, n_head_kv=2, head_dim=128),
+    flagship=Hyperparams(context_length=131072, n_layer=40, n_head_kv=2, head_dim=128, n_head=32),
+    # glm-4-9b-chat-1m: the same weights' shape with 4 KV groups and a million tokens of context
+    flagship_long=Hyperparams(context_length=1048576, n_layer=40, n_head_kv=4, head_dim=128, n_head=32),
     flagship_parameters=9.40e9,
     # bits per weight of GLM-4-9B in each type (k-quant mixes as llama.cpp's quantizer makes them)
     flagship_bits_per_weight={F.MOSTLY_Q4_K_M: 4.89, F.MOSTLY_Q5_K_M: 5.70, F.MOSTLY_Q6_K: 6.56,

@@ -59,6 +59,18 @@ def capture_logs() -> list[str]:
     return _errors
 
 
+@contextmanager
+def listening(listener: Callable[[str], None]) -> Iterator[None]:
+    """`listener` hears every llama.cpp log line while the block runs (e.g. the KV buffer sizes it
+    allocates, the quantizer's progress)."""
+    capture_logs()
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
 def version() -> str:
     import llama_cpp
 

@@ -1,0 +1,180 @@
+"""How much context this machine can give a model: weights + KV cache + compute buffers against the
+free memory (RAM, or the GPU's when the layers are offloaded to a discrete one). One function for chat,
+serve and doctor. `--ctx auto` takes the largest context up to the trained one that fits; any context
+that does not fit is refused with the numbers, never left to swap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import gguf
+
+from glm4_local.chat.options import MIN_CTX, RuntimeOptions
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.family import Hyperparams, ModelFamily
+
+OVERHEAD_BYTES = 600 * 2**20  # the runtime, output buffers and what llama.cpp allocates besides
+MARGIN = 0.9  # of the free memory: room for everything else the machine does
+STEP = 1024  # auto contexts are whole multiples of this
+
+
+class ContextTooLarge(Glm4LocalError):
+    """The context asked for does not fit this machine's memory."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Free memory where the model will live, in bytes, and what it is ("RAM", "GPU memory")."""
+
+    free: int | None
+    kind: str = "RAM"
+
+
+def _meminfo() -> tuple[int | None, int | None]:
+    values = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None, None
+    return values.get("MemTotal"), values.get("MemAvailable")
+
+
+def ram() -> tuple[int | None, int | None]:
+    """(total, available) RAM, from /proc/meminfo or sysconf (available unknown there)."""
+    total, available = _meminfo()
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None, None
+    return total, available
+
+
+def gpu_free() -> int | None:
+    """Free memory of the first NVIDIA GPU (nvidia-smi), if there is one to ask."""
+    program = shutil.which("nvidia-smi")
+    if program is None:
+        return None
+    try:
+        out = subprocess.run([program, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return int(out.split()[0]) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def machine_memory(offloaded: bool, metal: bool) -> Memory:
+    """Where the weights and KV cache go: GPU memory when offloading to a discrete GPU, else RAM (Apple
+    silicon's memory is one for both)."""
+    if offloaded and not metal:
+        return Memory(gpu_free(), "GPU memory")
+    total, available = ram()
+    return Memory(available if available is not None else (int(total * 0.7) if total else None), "RAM")
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    n_ctx: int
+    slots: int
+    kv_bytes: int  # all slots
+    compute_bytes: int
+    weights_bytes: int
+    memory: Memory
+    options: RuntimeOptions  # with the context decided (a number) and flash attention as needed
+    auto: bool = False
+
+    @property
+    def needed(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + OVERHEAD_BYTES
+
+    @property
+    def free_after(self) -> int | None:
+        return None if self.memory.free is None else self.memory.free - self.needed
+
+
+def kv_type_name(qtype: gguf.GGMLQuantizationType) -> str:
+    return qtype.name.lower()
+
+
+def compute_bytes(h: Hyperparams, n_ctx: int, batch: int, flash_attn: bool) -> int:
+    """llama.cpp's largest compute buffer: without flash attention the attention scores of a prompt
+    batch, n_ctx × batch × heads floats (GiBs at long contexts); with it, a few blocks."""
+    return 0 if flash_attn else n_ctx * batch * max(h.n_head, 1) * 4
+
+
+def plan_context(family: ModelFamily, h: Hyperparams, weights_bytes: int, options: RuntimeOptions,
+                 memory: Memory, slots: int = 1) -> ContextPlan:
+    """The context the options ask for (or, for "auto", the most that fits), checked against `memory`."""
+    auto = options.ctx == "auto"
+    flash = options.flash_attention or auto  # long contexts on a CPU: the scores buffer is what runs out
+    batch = options.batch
+
+    def plan(n_ctx: int) -> ContextPlan:
+        kv = slots * family.kv_cache_bytes(h, n_ctx, options.cache_type_k, options.cache_type_v)
+        compute = compute_bytes(h, n_ctx * slots, batch, flash)
+        chosen = replace(options, ctx=n_ctx, flash_attn=flash)
+        return ContextPlan(n_ctx, slots, kv, compute, weights_bytes, memory, chosen, auto)
+
+    if not auto:
+        chosen = plan(options.context_size(h.context_length))
+        if memory.free is not None and chosen.needed > memory.free * MARGIN:
+            raise ContextTooLarge(_too_large(chosen, family, h, weights_bytes, options, memory, slots))
+        return chosen
+    if memory.free is None:
+        return plan(min(h.context_length, 8192))  # nothing known to size by: the usual default
+    best = _largest(lambda n: plan(n).needed <= memory.free * MARGIN, h.context_length)
+    if best is None:
+        raise ContextTooLarge(f"the model's weights ({_gib(weights_bytes)}) leave no room for a context in "
+                              f"the {_gib(memory.free)} of {memory.kind} free")
+    return plan(best)
+
+
+def _largest(fits: Callable[[int], bool], trained: int) -> int | None:
+    """The largest context (a multiple of STEP, or the trained one) for which `fits` holds."""
+    if fits(trained):
+        return trained
+    low, high = 0, trained // STEP  # fits(low * STEP) holds (or low is 0), fits(high * STEP) does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle * STEP) else (low, middle)
+    if low:
+        return low * STEP
+    return MIN_CTX * 8 if fits(MIN_CTX * 8) else None
+
+
+def _too_large(chosen: ContextPlan, family: ModelFamily, h: Hyperparams, weights_bytes: int,
+               options: RuntimeOptions, memory: Memory, slots: int) -> str:
+    kv = kv_type_name(options.cache_type_v)
+    line = (f"a context of {chosen.n_ctx:,} tokens needs {_gib(chosen.needed)} ({_gib(weights_bytes)} weights, "
+            f"{_gib(chosen.kv_bytes)} {kv} KV cache, {_gib(chosen.compute_bytes + OVERHEAD_BYTES)} buffers) "
+            f"and {_gib(memory.free or 0)} of {memory.kind} is free")
+    try:
+        fitting = plan_context(family, h, weights_bytes, replace(options, ctx="auto"), memory, slots)
+        return line + f"; --ctx auto gives {fitting.n_ctx:,} tokens (or a smaller KV type, --cache-type-k/-v q8_0)"
+    except ContextTooLarge:
+        return line
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def largest_contexts(family: ModelFamily, h: Hyperparams, weights_bytes: int, free: int) -> dict[str, int]:
+    """For doctor: the largest context that fits `free` bytes with each KV type (flash attention on)."""
+    found = {}
+    for name in ("f16", "q8_0", "q4_0"):
+        qtype = gguf.GGMLQuantizationType[name.upper()]
+        options = RuntimeOptions(ctx="auto", cache_type_k=qtype, cache_type_v=qtype)
+        try:
+            found[name] = plan_context(family, h, weights_bytes, options, Memory(free)).n_ctx
+        except ContextTooLarge:
+            found[name] = 0
+    return found
