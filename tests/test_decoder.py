@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import factory
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts, load_runtime
@@ -96,3 +97,36 @@ def test_a_sampler_llama_cpp_refuses_ends_only_its_job(make_gguf: Callable[..., 
     after = Job([1, 2, 3], SamplerSettings(), 4, frozenset())
     run_all(rt.decoder, [after])
     assert after.generated == fine.generated
+
+
+def test_a_prompt_batch_stops_inside_llama_cpp_and_leaves_the_cache_as_it_was(make_gguf: Callable[..., Path]) -> None:
+    import threading
+    import time
+
+    import pytest
+
+    from glm4_local.core.llama.decoder import DecodeAborted
+
+    rng = random.Random(1)
+    prompt = [rng.randrange(1, 300) for _ in range(6000)]
+    options = RuntimeOptions(ctx=8192, threads=2, batch=4096)
+    rt = load_runtime(ModelFacts.read(make_gguf("f32", shape=factory.Shape(context=16384))), options)
+    decoder = rt.decoder
+    greedy = SamplerSettings(temperature=0.0)
+    whole = Job(prompt, greedy, 8, frozenset())
+    started = time.perf_counter()
+    run_all(decoder, [whole])
+    full = time.perf_counter() - started
+    decoder.forget()
+    job = Job(prompt, greedy, 8, frozenset())
+    decoder.submit(job)
+    assert decoder.prepare()  # a prompt batch comes next
+    threading.Timer(min(0.1, full / 10), decoder.request_abort).start()
+    started = time.perf_counter()
+    with pytest.raises(DecodeAborted):
+        decoder.step(abortable=True)
+    assert time.perf_counter() - started < full / 2  # stopped inside the batch, not after it
+    assert job.prompt_done == 0 and not job.done
+    while decoder.has_work():  # the same job goes on from where the cache really is
+        decoder.step()
+    assert job.generated == whole.generated and job.prompt_done == len(prompt)

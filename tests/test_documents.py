@@ -124,3 +124,26 @@ def test_file_in_the_terminal_and_the_session_keeps_the_text(scripted_gguf: Call
     user = [m for m in saved(tmp_path) if m["role"] == "user"]
     assert user == [{"role": "user", "content": "[File Name]\nnotes.txt\n[File Content]\nThe ferry leaves at nine."
                      "\n\n\n1 files uploaded.\nWhen does it leave?"}]
+
+
+def test_a_long_prompt_shows_its_progress_and_ctrl_c_stops_it_at_once(scripted_gguf: Callable[[str], Path],
+                                                                       tmp_path: Path) -> None:
+    import time
+
+    (tmp_path / "book.txt").write_text("The quick brown fox jumps over the lazy dog. " * 2500)  # ~25K tokens
+    term = chat(scripted_gguf("endless"), tmp_path, "--ctx", "max", "--max-tokens", "3", columns=120)
+    term.send("/file book.txt\r")
+    term.wait_for("book.txt: ")
+    term.send("summarise\r")
+    term.wait_for("reading the prompt", timeout=60)
+    term.wait_for("tok/s")
+    assert "/25,067 tokens" in term.text()
+    term.send("\x03")
+    asked = time.monotonic()
+    term.wait_for("[interrupted", timeout=10)
+    assert time.monotonic() - asked < 3  # inside the batch, not after the whole prompt
+    assert term.child.isalive()
+    term.send("/undo\r")  # the message with the book goes (else the next turn reads it again)
+    term.wait_for("removed the last exchange")
+    term.send("hello\r")
+    term.wait_for("day day")  # the chat goes on

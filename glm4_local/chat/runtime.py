@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from glm4_local.chat.template import ChatTemplate, Piece, merged_text
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
-from glm4_local.core.llama.decoder import Decoder, Job
+from glm4_local.core.llama.decoder import DecodeAborted, Decoder, Job
 from glm4_local.core.llama.door import token_piece, tokenize
 from glm4_local.core.llama.sampling import SamplerSettings
 
@@ -40,6 +41,7 @@ class Generation:
     timings: Timings = field(default_factory=Timings)
     # a stop token's text; "max_tokens" (the reply's limit) or "context" (no room left); None while running
     stopped_by: str | None = None
+    on_progress: Callable[[int, int], None] | None = None  # (prompt tokens read, to read) after each batch
 
 
 # Text longer than this is first counted in chunks of it when the prompt has a limit, so that a request
@@ -166,7 +168,12 @@ class ChatRuntime:
         shown = 0
         try:
             while not job.done:
-                decoder.step()
+                if decoder.prepare():  # a prompt batch: seconds; Ctrl-C must stop it inside llama.cpp
+                    _step_interruptibly(decoder)
+                    if gen.on_progress and not job.done:
+                        gen.on_progress(job.prompt_done, job.evaluated_tokens)
+                else:
+                    decoder.step()
                 while shown < len(generated):
                     text = text_of(generated[shown])
                     shown += 1
@@ -177,6 +184,30 @@ class ChatRuntime:
                 decoder.cancel(job)
                 decoder.release_cancelled()
             _record_timings(job, gen, cut, self.vocab.stop_ids)
+
+
+def _step_interruptibly(decoder: Decoder) -> None:
+    """decoder.step() in a helper thread while this one waits, so Ctrl-C (which Python delivers only to
+    the main thread, and only between its own instructions) arrives at once and aborts the batch."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            decoder.step(abortable=True)
+        except BaseException as e:  # handed to the waiting thread, which raises it
+            failure.append(e)
+
+    worker = threading.Thread(target=run, name="prompt-batch")
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except KeyboardInterrupt:
+        decoder.request_abort()
+        worker.join()
+        raise
+    if failure and not isinstance(failure[0], DecodeAborted):
+        raise failure[0]
 
 
 def _record_timings(job: Job, gen: Generation, cut: str, stop_ids: dict[int, str]) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from rich.console import Console
+
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
+from glm4_local.frontends.reading import PromptReading
 from glm4_local.tools.observation import Step
 from glm4_local.tools.toolbox import MAX_CHAINED_CALLS, TOO_MANY_CALLS, Toolbox
 
@@ -51,7 +56,13 @@ def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: TextIO |
     found = Answer("", [], [])
     for _ in range(MAX_CHAINED_CALLS + 1):
         streamed = False
-        for chunk in turn.display():
+        reading = PromptReading(Console(stderr=True), None) if sys.stderr.isatty() else None
+        turn.generation.on_progress = reading
+        with reading or contextlib.nullcontext():
+            chunks = turn.display()
+            first = next(chunks, None)
+        turn.generation.on_progress = None
+        for chunk in itertools.chain([first] if first is not None else [], chunks):
             streamed = True
             if out:
                 out.write(chunk)

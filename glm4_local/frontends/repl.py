@@ -28,6 +28,7 @@ from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.citations import Citations
+from glm4_local.frontends.reading import PromptReading
 from glm4_local.frontends.repl_commands import Commands
 from glm4_local.frontends.reply_view import ReplyView
 from glm4_local.frontends.step_view import show_call, show_results
@@ -257,11 +258,16 @@ class Repl:
         return result
 
     def _first_chunk(self, chunks: Iterator[str], turn: Turn) -> str | None:
-        """Wait for the model's first words (prefill; a whole tool call) with a sign of life."""
+        """Wait for the model's first words (prefill; a whole tool call) with a sign of life: a spinner,
+        and a progress bar while a long prompt is read."""
         if not self.console.is_terminal:
             return next(chunks, None)
-        with self.console.status(f"thinking… (prompt {turn.prompt_tokens:,} tokens)", spinner="dots"):
-            return next(chunks, None)
+        with PromptReading(self.console, f"thinking… (prompt {turn.prompt_tokens:,} tokens)") as reading:
+            turn.generation.on_progress = reading
+            try:
+                return next(chunks, None)
+            finally:
+                turn.generation.on_progress = None
 
     def show_stats(self) -> None:
         last = self.engine.last

@@ -142,8 +142,9 @@ def create_app(state: ServerState) -> Starlette:
             status = {"status": "loading"} if state.error is None else {"status": "error", "error": state.error}
             return JSONResponse(status, status_code=503)
         decoder = state.loaded.runtime.decoder
+        reading = [{"done": done, "total": total} for done, total in decoder.reading()]
         return JSONResponse({"status": "ok", "slots": decoder.slot_count, "slots_busy": decoder.active,
-                             "queued": decoder.queued})
+                             "queued": decoder.queued, "reading_prompts": reading})
 
     def model_object() -> dict[str, Any]:
         return {"id": config.model_id, "object": "model", "created": int(state.started), "owned_by": "glm4-local"}

@@ -31,4 +31,7 @@ def prometheus_text(scheduler: Scheduler | None) -> str:
     metric("slots", "gauge", "Sequences decoded together", decoder.slot_count)
     metric("slots_busy", "gauge", "Slots generating now", decoder.active)
     metric("queue_waiting", "gauge", "Requests waiting for a slot", decoder.queued)
+    reading = decoder.reading()
+    metric("prompt_tokens_reading", "gauge", "Prompt tokens still to read, over the requests reading theirs",
+           sum(total - done for done, total in reading))
     return "\n".join(lines) + "\n"

@@ -25,6 +25,10 @@ import gguf
 from glm4_local.core.llama.sampling import DecodeError, Sampler, SamplerSettings
 
 
+class DecodeAborted(KeyboardInterrupt):
+    """A prompt batch stopped inside llama.cpp at the user's request; the slots are as before it."""
+
+
 @dataclass(eq=False)
 class Job:
     """One generation: a prompt to continue, how to sample it and when to stop.
@@ -44,6 +48,7 @@ class Job:
     stop_token: int | None = None  # the stop token that ended it
     error: str | None = None
     evaluated_tokens: int = 0  # prompt tokens computed (the rest came from the cache)
+    prompt_done: int = 0  # of those, how many are computed so far (progress while a long prompt is read)
     submitted_at: float = field(default_factory=time.perf_counter)
     started_at: float = 0.0  # when it got a slot
     first_token_at: float = 0.0
@@ -115,6 +120,8 @@ class Decoder:
         self.decode_seconds = 0.0
         self._changed = False
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
+        self._abort = threading.Event()  # set from another thread: the llama_decode under way stops
+        self._abort_callback = ll.ggml_abort_callback(lambda _: self._abort.is_set())  # kept referenced
 
     # -- jobs ------------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -175,20 +182,38 @@ class Decoder:
                 slot.cached.clear()
 
     # -- the loop ----------------------------------------------------------------------------------
-    def step(self) -> bool:
-        """One llama_decode over every active sequence; False when there was nothing to do."""
+    def prepare(self) -> bool:
+        """Start waiting jobs and free cancelled ones (step() does it first); whether any job is reading
+        its prompt, i.e. whether the next step is a prompt batch (seconds on a CPU) rather than a token."""
         if self._changed:  # a job came, went or was cancelled: otherwise the slots are as they were
             self._changed = False
             self.release_cancelled()
             self._start_waiting()
+        return any(s.job is not None and len(s.pending) > 1 for s in self._slots)
+
+    def step(self, abortable: bool = False) -> bool:
+        """One llama_decode over every active sequence; False when there was nothing to do. `abortable`:
+        request_abort() from another thread stops the decode inside llama.cpp (DecodeAborted)."""
+        self.prepare()
         added = self._fill_batch()
         if not added:
             return False
         started = time.perf_counter()
-        status = self._ll.llama_decode(self.ctx, self.batch)
+        if abortable:
+            self._ll.llama_set_abort_callback(self.ctx, self._abort_callback, None)
+        try:
+            status = self._ll.llama_decode(self.ctx, self.batch)
+        finally:
+            if abortable:  # only while asked: the callback costs a Python call per graph node
+                self._ll.llama_set_abort_callback(self.ctx, self._ll.ggml_abort_callback(), None)
         self.decode_seconds += time.perf_counter() - started
         self.decode_calls += 1
         self.decoded_tokens += self.batch.n_tokens
+        if status == 2 and self._abort.is_set():
+            self._abort.clear()
+            for slot, _, _ in added:  # what the aborted batch left in the cache is not the slot's
+                self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
+            raise DecodeAborted("stopped while reading the prompt")
         if status != 0:
             self._fail(added, f"llama.cpp could not evaluate the batch (code {status})")
             return True
@@ -196,9 +221,20 @@ class Decoder:
         for slot, n_tokens, output in added:
             slot.cached += slot.pending[:n_tokens]
             del slot.pending[:n_tokens]
+            if slot.job is not None and not slot.job.first_token_at:
+                slot.job.prompt_done += n_tokens
             if output is not None:
                 self._sample(slot, output, now)
         return True
+
+    def request_abort(self) -> None:
+        """Stop the abortable llama_decode under way (from another thread)."""
+        self._abort.set()
+
+    def reading(self) -> list[tuple[int, int]]:
+        """(prompt tokens computed, to compute) of each job still reading its prompt (for /health)."""
+        return [(s.job.prompt_done, s.job.evaluated_tokens) for s in self._slots
+                if s.job is not None and not s.job.first_token_at]
 
     def _start_waiting(self) -> None:
         while True:
