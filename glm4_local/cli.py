@@ -178,6 +178,9 @@ def chat(
                                                         "pages on this machine and private networks.")] = False,
     mcp: Annotated[Path | None, typer.Option("--mcp", help="MCP servers whose tools GLM-4 may call (the "
                                              "mcpServers JSON of Cursor and Claude Desktop).")] = None,
+    cache_size: Annotated[float, typer.Option("--cache-size", help="GiB of long prompts' KV state kept on disk "
+                                              "($GLM4_LOCAL_HOME/cache/prompts), so a resumed chat or the same "
+                                              "document again is not read twice; 0: off.", min=0)] = 8.0,
     file: Annotated[list[Path] | None, typer.Option("--file", help="A document for the first message (text, "
                                                    "Markdown, HTML, PDF, DOCX; repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
@@ -199,13 +202,14 @@ def chat(
     *, runtime: RuntimeOptions,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
-    from glm4_local.frontends.commands import start_chat
+    from glm4_local.frontends.commands import prompt_cache_dir, start_chat, with_prompt_cache
     from glm4_local.frontends.tool_setup import ToolOptions
     from glm4_local.tools.program import ToolRunner
 
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed}
     runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
+    runtime = with_prompt_cache(runtime, prompt_cache_dir(), cache_size)
     tool_options = ToolOptions(python or python_unconfined, python_timeout, python_unconfined, browser,
                                browser_allow_private, mcp, runner)
     run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt, tools_path=tools,
@@ -245,13 +249,18 @@ def serve(
     client_timeout: Annotated[float, typer.Option("--client-timeout", help="Seconds a client has to send a "
                                                   "request's headers, and again its body; slower ones are cut "
                                                   "off.")] = 30.0,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Keep long prompts' KV state in this folder, "
+                                                   "so they are not read again after a restart.")] = None,
+    cache_size: Annotated[float, typer.Option("--cache-size", help="GiB --cache-dir may hold.", min=0)] = 8.0,
     *, runtime: RuntimeOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling."""
     from glm4_local.chat.models import resolve_model
+    from glm4_local.frontends.commands import with_prompt_cache
     from glm4_local.frontends.serve import ServeOptions
     from glm4_local.frontends.serve import serve as serve_model
 
+    runtime = with_prompt_cache(runtime, cache_dir, cache_size)
     with user_errors(on_interrupt="stopped"):
         options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
                                int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()), client_timeout)
@@ -276,6 +285,17 @@ def render(
     if tokens and model is None:
         raise fail("--tokens needs --model (token ids come from the model's vocabulary)")
     run(render, conversation, tools, model, tokens, out)
+
+
+@app.command(epilog=examples("glm4-local cache", "glm4-local cache --clear"))
+def cache(
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every saved prompt.")] = False,
+    folder: Annotated[Path | None, typer.Option("--dir", help="Another folder (serve's --cache-dir).")] = None,
+) -> None:
+    """The prompts kept on disk (their KV state): list them, or clear them."""
+    from glm4_local.frontends.commands import prompt_cache_dir, show_prompt_cache
+
+    run(show_prompt_cache, folder or prompt_cache_dir(), clear, out)
 
 
 @app.command(epilog=examples("glm4-local doctor"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import gguf
@@ -65,6 +66,8 @@ class RuntimeOptions:
     cache_type_v: gguf.GGMLQuantizationType = CACHE_TYPES["f16"]
     mlock: bool = False
     mmap: bool = True
+    prompt_cache: Path | None = None  # a folder keeping long prompts' KV state on disk (None: none)
+    prompt_cache_bytes: int = 8 * 2**30  # its size bound
 
     def context_size(self, trained: int) -> int:
         """Tokens of context to allocate: as asked, never more than the model was trained for ("auto" is

@@ -23,6 +23,7 @@ from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.llama import door
 from glm4_local.core.llama.decoder import Decoder
+from glm4_local.core.llama.prompt_cache import PromptDiskCache, model_identity
 from glm4_local.core.llama.sampling import SamplerSettings
 
 K = gguf.Keys
@@ -64,13 +65,25 @@ def chat_settings(facts: ModelFacts, sampling: Mapping[str, Any] | None = None, 
     return ChatSettings(model_sampling(facts).updated(**(sampling or {})), max_tokens)
 
 
-def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1) -> ChatRuntime:
+def prompt_cache(facts: ModelFacts, options: RuntimeOptions, notify: Callable[[str], None]) -> PromptDiskCache | None:
+    """The disk prompt cache the options ask for, keyed by the model file and everything that shapes
+    its KV state (llama.cpp build, cache types, flash attention: V is stored transposed without it)."""
+    if options.prompt_cache is None or options.prompt_cache_bytes <= 0:
+        return None
+    how = f"{door.version()}|{door.system_info()}|{options.cache_type_k.name}|{options.cache_type_v.name}|" \
+          f"{options.flash_attention}"
+    return PromptDiskCache(options.prompt_cache, model_identity(facts.path, how), options.prompt_cache_bytes, notify)
+
+
+def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
+                 notify: Callable[[str], None] = lambda message: None) -> ChatRuntime:
     """The model and a decoder of `slots` sequences, each with the context the options give."""
     n_ctx = options.context_size(facts.hparams.context_length)
     model = door.load_model(facts.path, header=facts.header, n_gpu_layers=options.offloaded_layers(),
                              use_mmap=options.mmap, use_mlock=options.mlock)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
-                      flash_attn=options.flash_attention, type_k=options.cache_type_k, type_v=options.cache_type_v)
+                      flash_attn=options.flash_attention, type_k=options.cache_type_k, type_v=options.cache_type_v,
+                      disk=prompt_cache(facts, options, notify))
     per_token = facts.kv_cache_bytes(1024, options) / 1024
     return ChatRuntime(Vocabulary(model, facts.family), decoder, per_token)
 
@@ -81,7 +94,7 @@ def open_engine(model: Path | ModelFacts, runtime: RuntimeOptions | None = None,
                 notify: Callable[[str], None] | None = None) -> ChatEngine:
     """A ready chat engine for a GGUF (or its already-read facts); `sampling` as in chat_settings."""
     facts = model if isinstance(model, ModelFacts) else ModelFacts.read(model)
-    loaded = load_runtime(facts, runtime or RuntimeOptions())
+    loaded = load_runtime(facts, runtime or RuntimeOptions(), notify=notify or (lambda message: None))
     settings = chat_settings(facts, sampling, max_tokens)
     return ChatEngine(loaded, facts.template, conversation or Conversation(), settings, autosave,
                       notify or (lambda message: None))

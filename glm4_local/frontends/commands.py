@@ -6,9 +6,10 @@ import errno
 import json
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ from glm4_local.chat.models import resolve_model
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import Vocabulary
 from glm4_local.chat.schema import load_tools
-from glm4_local.chat.session import Autosave, Conversation, load_conversation, resume_latest
+from glm4_local.chat.session import Autosave, Conversation, data_home, load_conversation, resume_latest
 from glm4_local.chat.setup import ModelFacts, open_engine
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
+from glm4_local.core.llama.prompt_cache import entries_on_disk
 from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
@@ -131,6 +133,30 @@ def _converse(engine: ChatEngine, toolbox: Toolbox, holder: list[Any], how: _Cha
         errors.print(f"resumed {autosave.path} ({len(engine.conversation.messages)} messages)", markup=False)
         repl.show_last_exchange()
     repl.run()
+
+
+def prompt_cache_dir() -> Path:
+    """Where the chat keeps long prompts' KV state."""
+    return data_home() / "cache" / "prompts"
+
+
+def with_prompt_cache(options: RuntimeOptions, folder: Path | None, gib: float) -> RuntimeOptions:
+    return replace(options, prompt_cache=folder if gib > 0 else None, prompt_cache_bytes=int(gib * 2**30))
+
+
+def show_prompt_cache(folder: Path, clear: bool, out: Console) -> None:
+    """`glm4-local cache`: each saved prompt (size, last used), or remove them all."""
+    entries = entries_on_disk(folder)
+    if clear:
+        for path, _, _ in entries:
+            path.unlink(missing_ok=True)
+        out.print(f"removed {len(entries)} saved prompt(s) from {folder}", markup=False)
+        return
+    total = sum(size for _, size, _ in entries)
+    out.print(f"{len(entries)} saved prompt(s) in {folder}, {total / 2**30:.2f} GiB", markup=False)
+    for path, size, used in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(used))
+        out.print(f"  {path.name}  {size / 2**20:9.1f} MiB  last used {when}", markup=False)
 
 
 def render_conversation(conversation_path: Path, tools_path: Path | None, model: str | None,

@@ -22,6 +22,13 @@ from typing import Any
 
 import gguf
 
+from glm4_local.core.llama.prompt_cache import (
+    MIN_GAIN_TOKENS,
+    MIN_SAVED_TOKENS,
+    PromptDiskCache,
+    read_state,
+    write_state,
+)
 from glm4_local.core.llama.sampling import DecodeError, Sampler, SamplerSettings
 
 
@@ -68,6 +75,7 @@ class _Slot:
     pending: list[int] = field(default_factory=list)  # tokens to evaluate next
     sampler: Sampler | None = None
     used_at: float = 0.0
+    on_disk: int = 0  # of `cached`, how many tokens the prompt cache on disk already holds
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -84,10 +92,11 @@ class Decoder:
 
     def __init__(self, model: Any, slots: int, slot_ctx: int, n_batch: int, threads: int,
                  flash_attn: bool = False, type_k: gguf.GGMLQuantizationType | None = None,
-                 type_v: gguf.GGMLQuantizationType | None = None) -> None:
+                 type_v: gguf.GGMLQuantizationType | None = None, disk: PromptDiskCache | None = None) -> None:
         import llama_cpp as ll
 
         self._ll = ll
+        self.disk = disk  # long prompts read once are kept there, and loaded instead of read again
         self.model = model  # keeps the llama_model alive as long as the context
         params = ll.llama_context_default_params()
         params.n_ctx = slot_ctx * slots
@@ -261,6 +270,9 @@ class Decoder:
         keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)  # the last one gives logits
         self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
         del slot.cached[keep:]
+        slot.on_disk = min(slot.on_disk, keep)
+        if self.disk is not None and len(job.prompt) - 1 - keep >= MIN_GAIN_TOKENS:
+            keep = self._load_from_disk(slot, job.prompt, keep)
         try:
             slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling)
         except Exception as e:  # a value llama.cpp refuses must end this job, never the loop
@@ -272,6 +284,36 @@ class Decoder:
         job.evaluated_tokens = len(slot.pending)
         limit = self.slot_ctx - len(job.prompt)
         job.max_new_tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else limit
+
+    def _load_from_disk(self, slot: _Slot, prompt: list[int], keep: int) -> int:
+        """Fill the slot from the disk entry sharing the longest prefix with the prompt, when that beats
+        what it holds; the tokens now kept."""
+        assert self.disk is not None
+        found = self.disk.best(prompt, keep)
+        state = self.disk.state_of(found[0]) if found else None
+        if found is None or state is None:
+            return keep
+        entry, shared = found
+        self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
+        slot.cached.clear()
+        if not write_state(self._ll, self.ctx, slot.seq, state):
+            self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
+            self.disk.notify(f"prompt cache: llama.cpp refused {entry.path.name}; the prompt is read again")
+            return 0
+        keep = min(shared, len(prompt) - 1)
+        self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
+        slot.cached = [int(t) for t in entry.tokens[:keep]]
+        slot.on_disk = keep
+        self.disk.loaded += 1
+        return keep
+
+    def _save_to_disk(self, slot: _Slot) -> None:
+        """Keep what the slot holds on disk, when it is long and mostly new there."""
+        if self.disk is None or len(slot.cached) < MIN_SAVED_TOKENS or \
+                len(slot.cached) - slot.on_disk < MIN_GAIN_TOKENS:
+            return
+        self.disk.save(list(slot.cached), read_state(self._ll, self.ctx, slot.seq))
+        slot.on_disk = len(slot.cached)
 
     def _fill_batch(self) -> list[tuple[_Slot, int, int | None]]:
         """(slot, tokens added, batch index of its output or None); generating slots first, one token each."""
@@ -339,6 +381,8 @@ class Decoder:
     def _finish(self, slot: _Slot, reason: str) -> None:
         self._changed = True  # a slot is free for whoever waits
         job = slot.job
+        if job is not None and reason in ("stop", "length"):
+            self._save_to_disk(slot)
         slot.job, slot.pending = None, []
         if slot.sampler:
             slot.sampler.free()

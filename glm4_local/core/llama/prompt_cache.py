@@ -1,0 +1,216 @@
+"""Prompts already read, kept on disk: a sequence's KV state (llama.cpp's sequence state API) saved
+after a long prompt, so that the next run that starts with the same tokens (a resumed chat, the same
+document in a new one, a server request after a restart) loads it and reads only the rest.
+
+One file an entry: a JSON header (what it was made by: the model file's identity, the llama.cpp build,
+the KV types; the token count; a CRC of the state), the tokens, the state. Files are written whole or
+not at all; the folder is held to a size by dropping the least recently used. An entry that is corrupt,
+truncated, from another model or another llama.cpp build is never loaded: it is skipped (with a note
+when it claimed to match) and the prompt is read again.
+
+One of the modules of core/llama/, the only ones importing llama_cpp.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"G4KV"
+VERSION = 1
+SUFFIX = ".kvcache"
+MIN_SAVED_TOKENS = 2048  # shorter prompts are read again faster than a state is written and read
+MIN_GAIN_TOKENS = 256  # load from disk only when it saves at least this much reading
+
+
+def model_identity(path: Path, extra: str) -> str:
+    """The model file (size, first and last MiBs) and how it runs (llama.cpp build, KV types): an entry
+    made under any other identity is not this model's."""
+    digest = hashlib.sha256(extra.encode())
+    size = path.stat().st_size
+    digest.update(str(size).encode())
+    with path.open("rb") as file:
+        digest.update(file.read(4 << 20))
+        file.seek(max(0, size - (1 << 20)))
+        digest.update(file.read())
+    return digest.hexdigest()[:32]
+
+
+@dataclass
+class Entry:
+    path: Path
+    tokens: np.ndarray  # int32
+    size: int  # of the file
+
+
+def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
+
+
+class PromptDiskCache:
+    """Entries of one model identity in `folder`, at most `max_bytes` of them (all identities together)."""
+
+    def __init__(self, folder: Path, identity: str, max_bytes: int, notify: Callable[[str], None]) -> None:
+        self.folder = folder
+        self.identity = identity
+        self.max_bytes = max_bytes
+        self.notify = notify
+        self.writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-cache")
+        self._lock = threading.Lock()
+        self.saved = 0  # entries written and loaded by this process (for tests and /stats)
+        self.loaded = 0
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _header(self, path: Path) -> tuple[dict[str, Any], int] | None:
+        """(header, where the tokens start) of an entry file, None when it is not one."""
+        try:
+            with path.open("rb") as file:
+                start = file.read(12)
+                if len(start) < 12 or start[:4] != MAGIC:
+                    return None
+                version, length = struct.unpack("<II", start[4:])
+                if version != VERSION or length > 1 << 20:
+                    return None
+                return json.loads(file.read(length)), 12 + length
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+
+    def _entries(self) -> list[Entry]:
+        found = []
+        for path in self.folder.glob(f"*{SUFFIX}") if self.folder.is_dir() else []:
+            parsed = self._header(path)
+            if parsed is None or parsed[0].get("identity") != self.identity:
+                continue
+            header, offset = parsed
+            try:
+                with path.open("rb") as file:
+                    file.seek(offset)
+                    tokens = np.frombuffer(file.read(4 * int(header["n_tokens"])), dtype="<i4")
+                size = path.stat().st_size
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if len(tokens) == int(header["n_tokens"]):
+                found.append(Entry(path, tokens, size))
+        return found
+
+    def best(self, prompt: Sequence[int], have: int) -> tuple[Entry, int] | None:
+        """The entry sharing the longest prefix with `prompt`, if it beats `have` tokens by enough."""
+        wanted = np.asarray(prompt, dtype=np.int32)
+        best: tuple[Entry, int] | None = None
+        for entry in self._entries():
+            shared = common_prefix_length(entry.tokens, wanted)
+            if shared >= have + MIN_GAIN_TOKENS and (best is None or shared > best[1]):
+                best = (entry, shared)
+        return best
+
+    def state_of(self, entry: Entry) -> bytearray | None:
+        """The entry's state bytes, checked whole; None (with a note) when the file is damaged."""
+        parsed = self._header(entry.path)
+        if parsed is None:
+            return None
+        header, offset = parsed
+        try:
+            with entry.path.open("rb") as file:
+                file.seek(offset + 4 * len(entry.tokens))
+                state = bytearray(file.read())
+        except OSError:
+            return None
+        if len(state) != header.get("state_bytes") or zlib.crc32(state) != header.get("crc32"):
+            self.notify(f"prompt cache: {entry.path.name} is damaged (truncated or changed); ignored, the "
+                        "prompt is read again")
+            with contextlib.suppress(OSError):
+                entry.path.unlink()
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(entry.path)  # recently used: evicted last
+        return state
+
+    # -- writing ---------------------------------------------------------------------------------
+    def save(self, tokens: Sequence[int], state: bytes | bytearray | memoryview) -> concurrent.futures.Future[None]:
+        """Write an entry in the background (the decoder goes on); older entries it extends are dropped."""
+        tokens_array = np.asarray(tokens, dtype="<i4")
+        return self.writer.submit(self._write, tokens_array, state)
+
+    def _write(self, tokens: np.ndarray, state: bytes | bytearray | memoryview) -> None:
+        header = json.dumps({"identity": self.identity, "n_tokens": len(tokens), "state_bytes": len(state),
+                             "crc32": zlib.crc32(state), "created": time.time()}).encode()
+        name = hashlib.sha256(self.identity.encode() + tokens.tobytes()).hexdigest()[:32] + SUFFIX
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / name
+            tmp = self.folder / f".{name}.{os.getpid()}.tmp"
+            with tmp.open("wb") as file:
+                file.write(MAGIC + struct.pack("<II", VERSION, len(header)) + header)
+                file.write(tokens.tobytes())
+                file.write(state)
+            os.replace(tmp, path)
+        except OSError as e:
+            self.notify(f"prompt cache: could not save to {self.folder} ({e.strerror}); going on without it")
+            with contextlib.suppress(OSError, UnboundLocalError):
+                tmp.unlink()
+            return
+        with self._lock:
+            self.saved += 1
+            for entry in self._entries():  # a shorter prefix of this one is of no more use
+                if entry.path != path and common_prefix_length(entry.tokens, tokens) == len(entry.tokens):
+                    with contextlib.suppress(OSError):
+                        entry.path.unlink()
+            evict(self.folder, self.max_bytes)
+
+    def close(self) -> None:
+        self.writer.shutdown(wait=True)
+
+
+def entries_on_disk(folder: Path) -> list[tuple[Path, int, float]]:
+    """(file, bytes, last used) of every entry, most recently used first (for `glm4-local cache`)."""
+    found = []
+    for path in folder.glob(f"*{SUFFIX}") if folder.is_dir() else []:
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            found.append((path, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda e: e[2], reverse=True)
+
+
+def evict(folder: Path, max_bytes: int) -> list[Path]:
+    """Drop the least recently used entries until the folder holds at most `max_bytes`."""
+    entries = entries_on_disk(folder)
+    total, removed = sum(size for _, size, _ in entries), []
+    for path, size, _ in reversed(entries):
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            path.unlink()
+            total -= size
+            removed.append(path)
+    return removed
+
+
+def read_state(ll: Any, ctx: Any, seq: int) -> bytearray:
+    """A sequence's KV state, as llama.cpp serializes it."""
+    size = int(ll.llama_state_seq_get_size(ctx, seq))
+    buffer = bytearray(size)
+    view = (ctypes.c_uint8 * size).from_buffer(buffer)
+    written = int(ll.llama_state_seq_get_data(ctx, view, size, seq))
+    return buffer[:written]
+
+
+def write_state(ll: Any, ctx: Any, seq: int, state: bytearray) -> bool:
+    """Load a state into a sequence; False when llama.cpp refuses it (another layout, no room)."""
+    view = (ctypes.c_uint8 * len(state)).from_buffer(state)
+    return int(ll.llama_state_seq_set_data(ctx, view, len(state), seq)) == len(state)
