@@ -173,7 +173,8 @@ def test_a_resumed_conversation_finds_its_files_and_offers_what_is_on_now(tmp_pa
     again = open_toolbox(ToolOptions(python=True), session, None, print, set())  # --resume: the same session
     try:
         assert again.python.run("python", "print(open('kept.txt').read())")[0].content == "x\n"
-        saved_tools = [{"type": "simple_browser"}, lookup, {"type": "python"}]  # the browser is not on now
+        stale_mcp = {"type": "function", "function": {"name": "add"}, "mcp_server": "calc"}  # offered anew, if on
+        saved_tools = [{"type": "simple_browser"}, lookup, {"type": "python"}, stale_mcp]  # no browser now
         assert offered_tools(saved_tools, again) == [{"type": "python"}, lookup]
     finally:
         again.close()

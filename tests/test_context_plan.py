@@ -95,7 +95,8 @@ def test_the_cli_prints_the_plan_and_refuses_what_does_not_fit(scripted_gguf: Ca
     model = str(scripted_gguf("answer"))
     result = invoke(["chat", model, "-p", "hi", "--ctx", "auto", "-v"])
     assert result.exit_code == 0 and "(auto: the most that fits, trained 4,096)" in result.stderr
-    assert "flash attention" in result.stderr and "of RAM left" in result.stderr
+    assert "of RAM left" in result.stderr
+    assert "flash attention" not in result.stderr  # the whole context fits without it (faster on a CPU)
     monkeypatch.setattr(context_plan, "ram", lambda: (64 * 2**20, 64 * 2**20))  # a 64 MiB machine
     one_line_error(invoke(["chat", model, "-p", "hi", "--ctx", "max"]), "4,096 tokens needs", "of RAM is free")
 

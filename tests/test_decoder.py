@@ -127,6 +127,9 @@ def test_a_prompt_batch_stops_inside_llama_cpp_and_leaves_the_cache_as_it_was(ma
         decoder.step(abortable=True)
     assert time.perf_counter() - started < full / 2  # stopped inside the batch, not after it
     assert job.prompt_done == 0 and not job.done
+    assert decoder.reading() == [(0, len(prompt))]  # what /health shows of a prompt being read
+    decoder.step()
+    assert decoder.reading() == [(4096, len(prompt))]
     while decoder.has_work():  # the same job goes on from where the cache really is
         decoder.step()
     assert job.generated == whole.generated and job.prompt_done == len(prompt)

@@ -118,3 +118,22 @@ def test_the_chat_and_the_cache_command(scripted_gguf: Callable[[str], Path], tm
     assert "1 saved prompt(s)" in listed and SUFFIX in listed
     assert "removed 1 saved prompt(s)" in invoke(["cache", "--clear"]).stdout
     assert "0 saved prompt(s)" in invoke(["cache"]).stdout
+
+
+def test_serve_keeps_its_slots_prompts_across_a_restart(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    from serving import Server
+
+    book = "The quick brown fox jumps over the lazy dog. " * 250
+    messages = [{"role": "user", "content": book + "Summarise."}]
+
+    def ask() -> int:
+        server = Server(scripted_gguf("answer"), tmp_path, "--cache-dir", str(tmp_path / "kv"), "--ctx", "4096")
+        try:
+            reply = server.client().chat.completions.create(model="glm-4", messages=messages, max_tokens=4)
+            assert reply.choices[0].message.content == "Sunny day"
+            return reply.usage.prompt_tokens_details.cached_tokens
+        finally:
+            server.stop()
+
+    assert ask() == 0
+    assert ask() > 2000  # the new server loaded the prompt from disk

@@ -30,7 +30,7 @@ from glm4_local.core.llama.prompt_cache import entries_on_disk
 from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
-from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox
+from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox, user_functions
 from glm4_local.tools.toolbox import Toolbox
 
 
@@ -75,10 +75,10 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
     def notify(message: str) -> None:
         errors.print(message, style="yellow", markup=False, highlight=False)
 
-    user_functions = {t["function"]["name"] for t in conversation.tools or [] if t.get("type") == "function"}
+    functions = {t["function"]["name"] for t in user_functions(conversation.tools)}
     holder: list[Any] = []  # the interactive chat, once it exists, asks before unconfined code runs
     confirm = (lambda code: holder[0].confirm(code)) if interactive else None
-    toolbox = open_toolbox(tool_options, autosave.path, confirm, notify, user_functions) \
+    toolbox = open_toolbox(tool_options, autosave.path, confirm, notify, functions) \
         if tool_options.any else Toolbox()
     try:
         conversation.tools = offered_tools(conversation.tools, toolbox) if tool_options.any else conversation.tools

@@ -14,15 +14,13 @@ from glm4_local.tools import browser as browser_tool
 from glm4_local.tools import python_tool
 from glm4_local.tools.browser import Browser
 from glm4_local.tools.extras import require
-from glm4_local.tools.mcp_servers import McpServers, load_config
+from glm4_local.tools.mcp_servers import MCP_KEY, McpServers, load_config
 from glm4_local.tools.observation import Confirm
 from glm4_local.tools.program import ToolRunner
 from glm4_local.tools.python_tool import PythonTool
 from glm4_local.tools.sandbox import find_sandbox, sandbox_help
 from glm4_local.tools.search_backends import open_backend
 from glm4_local.tools.toolbox import Toolbox
-
-BUILT_IN = (python_tool.NAME, browser_tool.NAME)
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,12 @@ def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | No
     return toolbox
 
 
+def user_functions(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The user's own functions among a conversation's tools (not built-in tools, not MCP servers', which
+    are offered anew from the servers running now)."""
+    return [t for t in tools or [] if t.get("type") == "function" and MCP_KEY not in t]
+
+
 def offered_tools(user_tools: list[dict[str, Any]] | None, toolbox: Toolbox) -> list[dict[str, Any]] | None:
     """What the model is offered: the user's functions (a resumed conversation's too), then the toolbox's;
     built-in tool entries only for the tools on now."""
@@ -85,6 +89,5 @@ def offered_tools(user_tools: list[dict[str, Any]] | None, toolbox: Toolbox) -> 
     built_in = [t for t in offered if t.get("type") != "function"]
     functions = [t for t in offered if t.get("type") == "function"]
     names = {t["function"]["name"] for t in functions}
-    kept = [t for t in user_tools or [] if t.get("type") not in BUILT_IN
-            and not (t.get("type") == "function" and t["function"]["name"] in names)]
+    kept = [t for t in user_functions(user_tools) if t["function"]["name"] not in names]
     return [*built_in, *kept, *functions] or None

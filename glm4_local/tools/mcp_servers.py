@@ -24,6 +24,7 @@ from glm4_local.core.jsonfile import read_json
 from glm4_local.tools.extras import needs
 from glm4_local.tools.observation import Observation, system_error
 
+MCP_KEY = "mcp_server"  # marks a tool entry as an MCP server's (a saved session's are offered anew)
 START_TIMEOUT = 30.0
 CALL_TIMEOUT = 120.0
 NAME_CHARS = re.compile(r"[^\w.-]")
@@ -182,7 +183,7 @@ class McpServers:
             self.routes[name] = (server, tool.name)
             function = {"name": name, "description": tool.description or "",
                         "parameters": tool.input_schema or {"type": "object", "properties": {}}}
-            self.functions.append({"type": "function", "function": function})
+            self.functions.append({"type": "function", "function": function, MCP_KEY: server.spec.name})
 
     def describe(self) -> list[str]:
         lines = []

@@ -308,9 +308,10 @@ class Decoder:
         return keep
 
     def _save_to_disk(self, slot: _Slot) -> None:
-        """Keep what the slot holds on disk, when it is long and mostly new there."""
-        if self.disk is None or len(slot.cached) < MIN_SAVED_TOKENS or \
-                len(slot.cached) - slot.on_disk < MIN_GAIN_TOKENS:
+        """Keep what the slot holds on disk once it has read MIN_SAVED_TOKENS more than the disk has: a
+        long prompt read once is saved, and a long conversation every few thousand tokens (not every
+        turn: an entry of a 9B model's 32K tokens is over a GiB)."""
+        if self.disk is None or len(slot.cached) - slot.on_disk < MIN_SAVED_TOKENS:
             return
         self.disk.save(list(slot.cached), read_state(self._ll, self.ctx, slot.seq))
         slot.on_disk = len(slot.cached)

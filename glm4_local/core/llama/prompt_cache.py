@@ -33,7 +33,7 @@ import numpy as np
 MAGIC = b"G4KV"
 VERSION = 1
 SUFFIX = ".kvcache"
-MIN_SAVED_TOKENS = 2048  # shorter prompts are read again faster than a state is written and read
+MIN_SAVED_TOKENS = 2048  # new tokens worth a save: fewer are read again faster than a state is written and read
 MIN_GAIN_TOKENS = 256  # load from disk only when it saves at least this much reading
 
 
