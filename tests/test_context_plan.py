@@ -52,6 +52,24 @@ def test_the_kv_size_is_what_llama_cpp_allocates(scripted_gguf: Callable[[str], 
     runtime.decoder.close()
 
 
+@pytest.mark.parametrize("flash", [False, True])
+def test_the_compute_buffer_grows_as_llama_cpp_reports(scripted_gguf: Callable[[str], Path], flash: bool) -> None:
+    """The plan's compute-buffer growth with the context, against what llama.cpp says it reserved."""
+    facts = ModelFacts.read(scripted_gguf("endless"))  # trained for 65,536 tokens
+
+    def reported(n_ctx: int) -> float:
+        seen: list[float] = []
+        pattern = r"compute buffer size =\s*([\d.]+) MiB"
+        with door.listening(lambda line: seen.extend(float(m) for m in re.findall(pattern, line))):
+            runtime = load_runtime(facts, RuntimeOptions(ctx=n_ctx, threads=2, flash_attn=flash))
+        runtime.decoder.close()
+        return sum(seen) * 2**20
+
+    grown = reported(16384) - reported(4096)
+    planned = compute_bytes(facts.hparams, 16384, 512, flash) - compute_bytes(facts.hparams, 4096, 512, flash)
+    assert abs(grown - planned) <= 0.02 * planned
+
+
 def test_auto_takes_the_largest_context_that_fits() -> None:
     memory = Memory(12 * GiB)
     plan = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"), memory)
@@ -76,9 +94,10 @@ def test_a_context_that_does_not_fit_is_refused_with_the_numbers() -> None:
 
 
 def test_without_flash_attention_long_prompts_need_the_scores_buffer() -> None:
-    """llama.cpp's attention scores for a 512-token batch at 128K context without flash attention: 8 GiB."""
-    assert compute_bytes(FLAGSHIP, 131072, 512, flash_attn=False) == 8 * GiB
-    assert compute_bytes(FLAGSHIP, 131072, 512, flash_attn=True) == 0
+    """GLM-4-9B's attention scores and mask for a 512-token batch at 128K context: 8.25 GiB; with flash
+    attention only the f16 mask, 128 MiB."""
+    assert compute_bytes(FLAGSHIP, 131072, 512, flash_attn=False) == 8.25 * GiB
+    assert compute_bytes(FLAGSHIP, 131072, 512, flash_attn=True) == 128 * 2**20
     plan = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("q8_0", ctx=8192), Memory(None))
     assert plan.options.flash_attention  # a quantized V cache needs it: turned on
 

@@ -134,7 +134,8 @@ def test_api_key(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
         assert refused.value.body["code"] == "invalid_api_key"
         for path in ("/v1/models", "/metrics"):
             assert server.request("GET", path)[0] == 401
-        assert server.json("GET", "/health") == (200, {"status": "ok", "slots": 1, "slots_busy": 0, "queued": 0})
+        assert server.json("GET", "/health") == (200, {"status": "ok", "slots": 1, "slots_busy": 0, "queued": 0,
+                                                   "reading_prompts": []})
         reply = server.client("s3cret").chat.completions.create(model="m", messages=ASK)
         assert reply.choices[0].message.content == "Sunny day"
         assert [m.id for m in server.client("s3cret").models.list()] == ["tiny-f32"]

@@ -105,9 +105,12 @@ def kv_type_name(qtype: gguf.GGMLQuantizationType) -> str:
 
 
 def compute_bytes(h: Hyperparams, n_ctx: int, batch: int, flash_attn: bool) -> int:
-    """llama.cpp's largest compute buffer: without flash attention the attention scores of a prompt
-    batch, n_ctx × batch × heads floats (GiBs at long contexts); with it, a few blocks."""
-    return 0 if flash_attn else n_ctx * batch * max(h.n_head, 1) * 4
+    """What llama.cpp's compute buffer grows by with the context: without flash attention a prompt batch's
+    attention scores (a float per head) and its mask (a float), n_ctx × batch × 4 × (heads + 1), GiBs at
+    long contexts; with it only the mask, in f16. (Its part that does not grow with the context is in
+    OVERHEAD_BYTES.) Checked against the buffer llama.cpp reports creating (tests/test_context_plan.py)."""
+    per_position = 2 if flash_attn else 4 * (max(h.n_head, 1) + 1)
+    return n_ctx * batch * per_position
 
 
 def plan_context(family: ModelFamily, h: Hyperparams, weights_bytes: int, options: RuntimeOptions,
