@@ -22,13 +22,7 @@ from typing import Any
 
 import gguf
 
-from glm4_local.core.llama.prompt_cache import (
-    MIN_GAIN_TOKENS,
-    MIN_SAVED_TOKENS,
-    PromptDiskCache,
-    read_state,
-    write_state,
-)
+from glm4_local.core.llama.prompt_cache import MIN_GAIN_TOKENS, MIN_SAVED_TOKENS, PromptDiskCache, read_state
 from glm4_local.core.llama.sampling import DecodeError, Sampler, SamplerSettings
 
 
@@ -289,22 +283,10 @@ class Decoder:
         """Fill the slot from the disk entry sharing the longest prefix with the prompt, when that beats
         what it holds; the tokens now kept."""
         assert self.disk is not None
-        found = self.disk.best(prompt, keep)
-        state = self.disk.state_of(found[0]) if found else None
-        if found is None or state is None:
-            return keep
-        entry, shared = found
-        self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
-        slot.cached.clear()
-        if not write_state(self._ll, self.ctx, slot.seq, state):
-            self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
-            self.disk.notify(f"prompt cache: llama.cpp refused {entry.path.name}; the prompt is read again")
-            return 0
-        keep = min(shared, len(prompt) - 1)
-        self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
-        slot.cached = [int(t) for t in entry.tokens[:keep]]
-        slot.on_disk = keep
-        self.disk.loaded += 1
+        restored = self.disk.restore(self._ll, self.ctx, self.memory, slot.seq, prompt, keep)
+        if restored is not None:
+            slot.cached = restored
+            slot.on_disk = keep = len(restored)
         return keep
 
     def _save_to_disk(self, slot: _Slot) -> None:

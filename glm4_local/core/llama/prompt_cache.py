@@ -141,6 +141,25 @@ class PromptDiskCache:
             os.utime(entry.path)  # recently used: evicted last
         return state
 
+    def restore(self, ll: Any, ctx: Any, memory: Any, seq: int, prompt: Sequence[int], have: int) -> list[int] | None:
+        """Load into sequence `seq` the entry sharing the longest prefix with `prompt` (if it beats the
+        `have` tokens the sequence holds), trimmed to that prefix; the tokens it now holds. None: nothing
+        better, or a damaged or refused entry (the sequence is then emptied, to be read again)."""
+        found = self.best(prompt, have)
+        state = self.state_of(found[0]) if found else None
+        if found is None or state is None:
+            return None
+        entry, shared = found
+        ll.llama_memory_seq_rm(memory, seq, 0, -1)
+        if not write_state(ll, ctx, seq, state):
+            ll.llama_memory_seq_rm(memory, seq, 0, -1)
+            self.notify(f"prompt cache: llama.cpp refused {entry.path.name}; the prompt is read again")
+            return []
+        keep = min(shared, len(prompt) - 1)
+        ll.llama_memory_seq_rm(memory, seq, keep, -1)
+        self.loaded += 1
+        return [int(t) for t in entry.tokens[:keep]]
+
     # -- writing ---------------------------------------------------------------------------------
     def save(self, tokens: Sequence[int], state: bytes | bytearray | memoryview) -> concurrent.futures.Future[None]:
         """Write an entry in the background (the decoder goes on); older entries it extends are dropped."""
