@@ -15,9 +15,13 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
+def install_line(extra: str) -> str:
+    return f"pip install \"glm4-local[{extra}]\""
+
+
 def needs(what: str, extra: str, *modules: str) -> str:
     """The line that says `what` needs `modules` and which extra brings them."""
-    return f"{what} needs {', '.join(modules)}: pip install \"glm4-local[{extra}]\""
+    return f"{what} needs {', '.join(modules)}: {install_line(extra)}"
 
 
 def require(feature: str, extra: str, *modules: str) -> None:

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from glm4_local.core import filetext
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.tools.extras import needs
+from glm4_local.tools.extras import install_line
 from glm4_local.tools.page_text import Page, html_title, page_from_html, page_from_markdown, plain_text
 from glm4_local.tools.search import RESULTS, Result, SearchError
 
@@ -48,23 +49,17 @@ def match_query(query: str) -> str:
 
 
 def read_text(path: Path) -> str:
-    data = path.read_bytes()
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("gb18030", errors="replace")  # the common non-UTF-8 encoding of Chinese text
+        return filetext.decode_text(path.read_bytes(), path.name)
+    except filetext.FileTextError as e:
+        raise SearchError(str(e)) from None
 
 
 def read_pdf(path: Path) -> str:
     try:
-        from pypdf import PdfReader
-    except ImportError:
-        raise SearchError(needs("reading PDF files", "browser", "pypdf")) from None
-    try:
-        reader = PdfReader(str(path))
-        return "\n\n".join(f"[Page {i}]\n{page.extract_text() or ''}" for i, page in enumerate(reader.pages, 1))
-    except Exception as e:  # pypdf raises many kinds of errors for damaged or encrypted files
-        raise SearchError(f"{path.name}: cannot read the PDF ({e})") from None
+        return filetext.with_page_markers(filetext.pdf_pages(path, install_line("browser")))
+    except filetext.FileTextError as e:
+        raise SearchError(str(e)) from None
 
 
 class FolderBackend:
