@@ -176,13 +176,13 @@ def chat(
                        ] = None,
     browser_allow_private: Annotated[bool, typer.Option("--browser-allow-private", help="Let the browser open "
                                                         "pages on this machine and private networks.")] = False,
-    mcp: Annotated[Path | None, typer.Option("--mcp", help="MCP servers whose tools GLM-4 may call (the "
-                                             "mcpServers JSON of Cursor and Claude Desktop).")] = None,
-    cache_size: Annotated[float, typer.Option("--cache-size", help="GiB of long prompts' KV state kept on disk "
-                                              "($GLM4_LOCAL_HOME/cache/prompts), so a resumed chat or the same "
-                                              "document again is not read twice; 0: off.", min=0)] = 8.0,
-    file: Annotated[list[Path] | None, typer.Option("--file", help="A document for the first message (text, "
-                                                   "Markdown, HTML, PDF, DOCX; repeatable).")] = None,
+    mcp: Annotated[Path | None, typer.Option("--mcp", metavar="FILE", help="MCP servers whose tools GLM-4 may "
+                                             "call (the mcpServers JSON of Cursor and Claude Desktop).")] = None,
+    cache_size: Annotated[float, typer.Option("--cache-size", metavar="GIB", help="GiB of long prompts' KV state "
+                                              "kept on disk ($GLM4_LOCAL_HOME/cache/prompts), so a resumed chat or "
+                                              "the same document again is not read twice; 0: off.", min=0)] = 8.0,
+    file: Annotated[list[Path] | None, typer.Option("--file", metavar="PATH", help="A document for the first "
+                                                   "message (text, Markdown, HTML, PDF, DOCX; repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
     temp: Annotated[float | None, typer.Option("--temp", help="Temperature (0: greedy).")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens "
@@ -249,9 +249,11 @@ def serve(
     client_timeout: Annotated[float, typer.Option("--client-timeout", help="Seconds a client has to send a "
                                                   "request's headers, and again its body; slower ones are cut "
                                                   "off.")] = 30.0,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Keep long prompts' KV state in this folder, "
-                                                   "so they are not read again after a restart.")] = None,
-    cache_size: Annotated[float, typer.Option("--cache-size", help="GiB --cache-dir may hold.", min=0)] = 8.0,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", metavar="DIR", help="Keep long prompts' KV "
+                                                   "state in this folder, so they are not read again after a "
+                                                   "restart.")] = None,
+    cache_size: Annotated[float, typer.Option("--cache-size", metavar="GIB", help="GiB --cache-dir may hold.",
+                                              min=0)] = 8.0,
     *, runtime: RuntimeOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling."""
