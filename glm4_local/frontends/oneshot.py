@@ -85,7 +85,7 @@ def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: TextIO |
             break
         step = Step(call.name, call.arguments, toolbox.run(call))
         found.steps.append(step)
-        turn = engine.send_results([o.as_message(None) for o in step.observations])
+        turn = engine.send_results([o.as_message() for o in step.observations])
     found.stopped = f"more than {MAX_CHAINED_CALLS} tool calls in a row"
     return found
 

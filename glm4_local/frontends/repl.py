@@ -218,7 +218,7 @@ class Repl:
                 self.toolbox.interrupt()
                 return None
             show_results(self.console, call, observations)
-            return [o.as_message(None) for o in observations]
+            return [o.as_message() for o in observations]
         self.say(f"→ {call.name}({call.arguments})", "cyan")
         self.say(f"type what {call.name} returned and press Enter (Ctrl-C cancels the call)")
         while True:

@@ -42,6 +42,12 @@ def _short(url: str, limit: int = 80) -> str:
     return url if len(url) <= limit else url[:limit] + f"... (URL truncated at {limit} chars)"
 
 
+def _load_failure(error: FetchError, shown_url: str) -> str:
+    """The demo's words for a page that could not be had."""
+    what = "Timeout while loading" if "timed out" in str(error) else "Failed to load"
+    return f"{what} page w/ URL: {shown_url}"
+
+
 def _click_failure(ref: object, permanent: str, feedback: str) -> str:
     return (f"recorded='click({ref})' temporary=None permanent={permanent} new_state=None final=None "
             f"success=False feedback='{feedback}' metadata={{}}")
@@ -108,8 +114,7 @@ class Browser:
         try:
             page = self._page(url)
         except FetchError as e:
-            prefix = "Timeout while loading" if "timed out" in str(e) else "Failed to load"
-            raise ActionError(f"{prefix} page w/ URL: {url}", f"{url}: {e}") from None
+            raise ActionError(_load_failure(e, url), f"{url}: {e}") from None
         self.pages.append(PageState(page.url, page.links))
         body = re.sub(r"\n[ \t]*(?=\n[ \t]*\n)", "", page.markdown)  # runs of empty lines become one
         title = f"TITLE: {page.title}\n\n" if page.title else ""
@@ -142,8 +147,7 @@ class Browser:
         try:
             page = self._page(url)
         except FetchError as e:
-            prefix = "Timeout while loading" if "timed out" in str(e) else "Failed to load"
-            content = _click_failure(ref, f"'{prefix} page w/ URL: {_short(url)}'", f"Error fetching url {_short(url)}")
+            content = _click_failure(ref, f"'{_load_failure(e, _short(url))}'", f"Error fetching url {_short(url)}")
             return _Failure(content, f"{url}: {e}")
         source = Source(page.title or url, page.url)
         self.quotes[quote] = source

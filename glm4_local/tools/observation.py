@@ -33,13 +33,12 @@ class Observation:
     image: Path | None = None  # a picture the tool made (a plot), saved for the user
     source: Source | None = None  # the page it quotes
 
-    def as_message(self, call_id: str | None) -> dict[str, Any]:
-        """The OpenAI-style tool message that records it (metadata kept for GLM-4's template)."""
+    def as_message(self) -> dict[str, Any]:
+        """The OpenAI-style tool message that records it (metadata kept for GLM-4's template); the engine
+        adds the id of the call it answers."""
         message: dict[str, Any] = {"role": "tool", "content": self.content}
         if self.metadata:
             message["metadata"] = self.metadata
-        if call_id:
-            message["tool_call_id"] = call_id
         if self.image is not None:
             message["image"] = str(self.image)
         return message
