@@ -1,7 +1,7 @@
 """Command-line options that several commands share, declared once (chat and serve run a model the same way).
 
 RUNTIME_OPTIONS are added to a command by cli.with_runtime_options, which hands the command one
-RuntimeOptions instead of nine flags.
+RuntimeOptions instead of eleven flags.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import typer
 from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX, RuntimeOptions
 from glm4_local.cli_errors import parsed
 from glm4_local.core.llama.door import CACHE_TYPES
+from glm4_local.core.llama.speculation import DEFAULT_DRAFT_MAX, speculation_of
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
                                                 "(default: the newest there).")]
@@ -32,6 +33,12 @@ CacheTypeK = Annotated[str, typer.Option("--cache-type-k", metavar="TYPE", help=
 CacheTypeV = Annotated[str, typer.Option("--cache-type-v", metavar="TYPE", help="KV cache type for values: "
                                          + ", ".join(CACHE_TYPES))]
 Mlock = Annotated[bool, typer.Option("--mlock", help="Lock the model in RAM (never swapped out).")]
+Speculate = Annotated[str, typer.Option("--speculate", metavar="auto|off", help="Speculative decoding by "
+                                        "prompt lookup: draft what repeats the context, verify it in one batch "
+                                        "(same output, faster on copy-heavy replies; 'auto' stops drafting where "
+                                        "it does not help).")]
+DraftMax = Annotated[int, typer.Option("--draft-max", metavar="K", help="Most tokens drafted per step when "
+                                       "speculating.")]
 NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the whole model into memory instead of "
                                       "mapping the file.")]
 
@@ -46,11 +53,13 @@ RUNTIME_OPTIONS: tuple[inspect.Parameter, ...] = (
     _option("threads", Threads, None), _option("batch", Batch, DEFAULT_BATCH),
     _option("flash_attn", FlashAttn, False), _option("cache_type_k", CacheTypeK, "f16"),
     _option("cache_type_v", CacheTypeV, "f16"), _option("mlock", Mlock, False), _option("no_mmap", NoMmap, False),
+    _option("speculate", Speculate, "auto"), _option("draft_max", DraftMax, DEFAULT_DRAFT_MAX),
 )
 
 
 def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: int, flash_attn: bool,
-                       cache_type_k: str, cache_type_v: str, mlock: bool, no_mmap: bool) -> RuntimeOptions:
+                       cache_type_k: str, cache_type_v: str, mlock: bool, no_mmap: bool, speculate: str,
+                       draft_max: int) -> RuntimeOptions:
     """How chat and serve run a model, from their shared options (RUNTIME_OPTIONS)."""
     from glm4_local.chat import options as opts
 
@@ -60,6 +69,7 @@ def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: in
         threads=threads, batch=batch, flash_attn=flash_attn,
         cache_type_k=parsed("--cache-type-k", opts.parse_cache_type, cache_type_k),
         cache_type_v=parsed("--cache-type-v", opts.parse_cache_type, cache_type_v), mlock=mlock, mmap=not no_mmap,
+        speculation=parsed("--speculate/--draft-max", lambda mode: speculation_of(mode, draft_max), speculate),
     )
 
 

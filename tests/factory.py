@@ -278,6 +278,12 @@ def vocabulary(spec: Spec) -> tuple[list[bytes] | None, int, int]:
     return tokens, n, (n + len(DEFAULT_SPECIAL_TOKENS) + 63) // 64 * 64
 
 
+def real_tokens() -> list[bytes]:
+    """GLM-4's own tokens in rank order (a scripted model on the real vocabulary names its tokens by them)."""
+    lines = [line.split() for line in REAL_TOKENIZER.read_bytes().splitlines() if line]
+    return [base64.b64decode(token) for token, _ in sorted(lines, key=lambda pair: int(pair[1]))]
+
+
 def build_checkpoint(folder: Path, spec: Spec) -> Path:
     """Write a complete checkpoint folder for `spec` and return it."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,7 +297,7 @@ def build_checkpoint(folder: Path, spec: Spec) -> Path:
     if spec.script is None:
         weights = random_weights(spec.shape, vocab, spec.seed)
     else:
-        ids = {t.decode("utf-8", "replace"): i for i, t in enumerate(tokens or [])}
+        ids = {t.decode("utf-8", "replace"): i for i, t in enumerate(tokens or real_tokens())}
         ids |= {text: n_ranks + i for i, text in enumerate(DEFAULT_SPECIAL_TOKENS)}
         weights = scripted_weights(spec, vocab, ids)
     if spec.layout == "glm":

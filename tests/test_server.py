@@ -79,6 +79,25 @@ def test_text_completion_of_a_raw_prompt(answer_server: Server) -> None:
     assert "".join(c.choices[0].text for c in streamed) == "\nSunny day"
 
 
+def test_a_raw_prompt_of_token_ids(answer_server: Server, scripted_gguf: Callable[[str], Path]) -> None:
+    """OpenAI's completions take token ids too: the same reply as the text they spell."""
+    from glm4_local.chat.runtime import Vocabulary
+    from glm4_local.chat.setup import ModelFacts
+    from glm4_local.core.llama import door
+
+    text = "[gMASK]<sop><|user|>\nhi<|assistant|>"
+    path = scripted_gguf("answer")
+    tokens = Vocabulary(door.load(path, vocab_only=True), ModelFacts.read(path).family).text_tokens(text, special=True)
+    client = answer_server.client()
+    by_text = client.completions.create(model="m", prompt=text, max_tokens=4)
+    for prompt in (tokens, [tokens]):
+        reply = client.completions.create(model="m", prompt=prompt, max_tokens=4)
+        assert reply.choices[0].text == by_text.choices[0].text and reply.usage == by_text.usage
+    for bad in ([-1, 5], [10**9]):
+        status, body = answer_server.json("POST", "/v1/completions", {"model": "m", "prompt": bad})
+        assert status == 400 and body["error"]["param"] == "prompt"
+
+
 def test_tool_call(tool_server: Server) -> None:
     reply = tool_server.client().chat.completions.create(model="m", messages=ASK, tools=TOOLS)
     choice = reply.choices[0]

@@ -7,13 +7,14 @@ ValueError with a message that names no command-line flag), then hand them to `o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import gguf
 
 from glm4_local.core.llama.door import CACHE_TYPES, gpu_offload_available
+from glm4_local.core.llama.speculation import SpeculationSettings
 
 DEFAULT_CTX = 8192
 MIN_CTX = 64
@@ -68,6 +69,7 @@ class RuntimeOptions:
     mmap: bool = True
     prompt_cache: Path | None = None  # a folder keeping long prompts' KV state on disk (None: none)
     prompt_cache_bytes: int = 8 * 2**30  # its size bound
+    speculation: SpeculationSettings = field(default_factory=SpeculationSettings)
 
     def context_size(self, trained: int) -> int:
         """Tokens of context to allocate: as asked, never more than the model was trained for ("auto" is

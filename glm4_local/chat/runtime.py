@@ -23,6 +23,8 @@ class Timings:
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    drafted_tokens: int = 0  # speculation: tokens proposed by prompt lookup, and of those, accepted
+    accepted_tokens: int = 0
 
     @property
     def prefill_tps(self) -> float:
@@ -216,6 +218,7 @@ def _record_timings(job: Job, gen: Generation, cut: str, stop_ids: dict[int, str
     t = gen.timings
     t.prompt_tokens, t.evaluated_tokens = len(job.prompt), job.evaluated_tokens
     t.generated_tokens = len(job.generated) + (job.stop_token is not None)
+    t.drafted_tokens, t.accepted_tokens = job.drafted, job.accepted
     if job.first_token_at:
         t.prefill_seconds = job.first_token_at - job.started_at
         t.decode_seconds = job.last_token_at - job.first_token_at

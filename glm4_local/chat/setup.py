@@ -83,7 +83,7 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
                              use_mmap=options.mmap, use_mlock=options.mlock)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
                       flash_attn=options.flash_attention, type_k=options.cache_type_k, type_v=options.cache_type_v,
-                      disk=prompt_cache(facts, options, notify))
+                      disk=prompt_cache(facts, options, notify), speculation=options.speculation)
     per_token = facts.kv_cache_bytes(1024, options) / 1024
     return ChatRuntime(Vocabulary(model, facts.family), decoder, per_token)
 

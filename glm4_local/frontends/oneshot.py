@@ -42,6 +42,8 @@ class Answer:
                 "decode_seconds": round(sum(r.timings.decode_seconds for r in self.results), 4),
                 "prefill_tokens_per_second": round(last.prefill_tps, 2) if last else 0.0,
                 "decode_tokens_per_second": round(last.decode_tps, 2) if last else 0.0,
+                "drafted_tokens": sum(r.timings.drafted_tokens for r in self.results),
+                "accepted_tokens": sum(r.timings.accepted_tokens for r in self.results),
             },
         }
         if self.stopped:

@@ -276,7 +276,8 @@ class Repl:
             return
         t = last.timings
         self.say(f"prompt {t.prompt_tokens} tokens ({t.evaluated_tokens} evaluated, {t.prefill_tps:.1f} tok/s) · "
-                 f"generated {t.generated_tokens} tokens ({t.decode_tps:.1f} tok/s) · stop: {last.stopped_by}")
+                 f"generated {t.generated_tokens} tokens ({t.decode_tps:.1f} tok/s) · stop: {last.stopped_by}"
+                 + (f" · drafted {t.drafted_tokens}, accepted {t.accepted_tokens}" if t.drafted_tokens else ""))
 
 
 def _chain(first: str | None, rest: Iterable[str]) -> Iterator[str]:

@@ -28,6 +28,8 @@ def prometheus_text(scheduler: Scheduler | None) -> str:
            decoder.decode_calls)
     metric("decoded_tokens_total", "counter", "Tokens those calls evaluated", decoder.decoded_tokens)
     metric("decode_seconds_total", "counter", "Time spent in those calls", decoder.decode_seconds)
+    metric("drafted_tokens_total", "counter", "Tokens drafted by prompt lookup (speculation)", decoder.drafted_tokens)
+    metric("accepted_tokens_total", "counter", "Drafted tokens the model confirmed", decoder.accepted_tokens)
     metric("slots", "gauge", "Sequences decoded together", decoder.slot_count)
     metric("slots_busy", "gauge", "Slots generating now", decoder.active)
     metric("queue_waiting", "gauge", "Requests waiting for a slot", decoder.queued)

@@ -154,6 +154,16 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
                 legacy_functions=request.functions is not None)
 
 
+def _token_prompt(tokens: list[int], runtime: ChatRuntime) -> list[int]:
+    """A prompt given as token ids: each one must be in the vocabulary, and all must fit the context."""
+    n_vocab = runtime.decoder.n_vocab
+    if any(not 0 <= t < n_vocab for t in tokens):
+        raise bad_request(f"prompt: token ids must be from 0 to {n_vocab - 1}", "prompt")
+    if len(tokens) >= runtime.n_ctx:
+        raise _too_long(len(tokens), runtime.n_ctx, "prompt", counted_all=True)
+    return tokens
+
+
 def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: SamplerSettings) -> Plan:
     """A raw prompt, tokenized with its markup (the caller writes the whole prompt)."""
     request.refuse_unsupported()
@@ -162,10 +172,13 @@ def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: 
     text = request.prompt_text()
     if not text:
         raise bad_request("prompt: empty", "prompt")
-    try:
-        prompt = runtime.vocab.text_tokens(text, runtime.n_ctx - 1, special=True)
-    except PromptTooLong as e:
-        raise _too_long(e.at_least, runtime.n_ctx, "prompt", counted_all=False) from None
+    if isinstance(text, list):
+        prompt = _token_prompt(text, runtime)
+    else:
+        try:
+            prompt = runtime.vocab.text_tokens(text, runtime.n_ctx - 1, special=True)
+        except PromptTooLong as e:
+            raise _too_long(e.at_least, runtime.n_ctx, "prompt", counted_all=False) from None
     options = request.stream_options
     return Plan(prompt, _sampler(defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx),
                 request.stop_strings(), raw=True, include_usage=bool(options and options.include_usage),

@@ -121,16 +121,20 @@ class ChatRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[Whole] | list[list[Whole]]  # text, or token ids (as OpenAI's API allows)
     echo: bool = False
     suffix: str | None = None
 
-    def prompt_text(self) -> str:
+    def prompt_text(self) -> str | list[int]:
+        """The one prompt: its text, or its token ids."""
         if isinstance(self.prompt, str):
             return self.prompt
+        if self.prompt and all(isinstance(t, int) for t in self.prompt):
+            return list(self.prompt)  # type: ignore[arg-type]
         if len(self.prompt) != 1:
-            raise bad_request("prompt: one prompt per request (a string or a list of one string)", "prompt")
-        return self.prompt[0]
+            raise bad_request("prompt: one prompt per request (a string, a list of token ids, or a list of one "
+                              "of those)", "prompt")
+        return self.prompt[0]  # type: ignore[return-value]
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "json-or-python"})

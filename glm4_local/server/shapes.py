@@ -15,7 +15,11 @@ from glm4_local.core.llama.decoder import Job
 def usage(job: Job) -> dict[str, Any]:
     prompt, completion = len(job.prompt), len(job.generated)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": prompt - job.evaluated_tokens}}
+            "prompt_tokens_details": {"cached_tokens": prompt - job.evaluated_tokens},
+            # OpenAI's fields for tokens proposed ahead of the model (its predicted outputs); here, the
+            # drafts of prompt-lookup speculation that the model confirmed, and those it did not
+            "completion_tokens_details": {"accepted_prediction_tokens": job.accepted,
+                                          "rejected_prediction_tokens": job.drafted - job.accepted}}
 
 
 def tool_call_object(call: ToolCall) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 One context holds `slots` sequences, each with up to `slot_ctx` tokens in the shared KV cache. Every `step()` is one
 `llama_decode` whose batch carries the next token of every sequence that is generating, then chunks
-of prompts waiting to be evaluated; each sequence is then sampled by its own C sampler chain. A job
+of prompts waiting to be evaluated; each sequence is then sampled by its own C sampler chain. Behind
+a generating sequence's token the batch may carry a prompt-lookup draft (core/llama/speculation.py):
+the tokens the model confirms are kept, the rest leave the KV cache before the step ends. A job
 goes to the free slot whose cache shares the longest prefix with its prompt (when that reuses most of
 the slot's cache), so a conversation's next turn evaluates only its new tokens. The chat (one slot,
 stepped by its own thread) and the server (many slots, stepped by a worker thread) both run this loop.
@@ -16,69 +18,28 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import gguf
 
+from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
 from glm4_local.core.llama.prompt_cache import MIN_GAIN_TOKENS, MIN_SAVED_TOKENS, PromptDiskCache, read_state
-from glm4_local.core.llama.sampling import DecodeError, Sampler, SamplerSettings
+from glm4_local.core.llama.sampling import DecodeError, Sampler
+from glm4_local.core.llama.speculation import Drafter, SpeculationSettings, StepCosts
 
-
-class DecodeAborted(KeyboardInterrupt):
-    """A prompt batch stopped inside llama.cpp at the user's request; the slots are as before it."""
-
-
-@dataclass(eq=False)
-class Job:
-    """One generation: a prompt to continue, how to sample it and when to stop.
-
-    `on_token(token)` hears each generated token that is not a stop token (in the stepping thread);
-    returning False ends the job (finish "stop"). `on_done(job)` hears the end, whatever it was.
-    """
-
-    prompt: list[int]
-    sampling: SamplerSettings
-    max_new_tokens: int
-    stop_ids: frozenset[int]
-    on_token: Callable[[int], bool] | None = None
-    on_done: Callable[[Job], None] | None = None
-    generated: list[int] = field(default_factory=list)
-    finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
-    stop_token: int | None = None  # the stop token that ended it
-    error: str | None = None
-    evaluated_tokens: int = 0  # prompt tokens computed (the rest came from the cache)
-    prompt_done: int = 0  # of those, how many are computed so far (progress while a long prompt is read)
-    submitted_at: float = field(default_factory=time.perf_counter)
-    started_at: float = 0.0  # when it got a slot
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-    cancelled: bool = False
-
-    @property
-    def done(self) -> bool:
-        return self.finish is not None
+__all__ = ["DecodeAborted", "Decoder", "Job"]
 
 
 @dataclass(eq=False)
-class _Slot:
-    seq: int
-    cached: list[int] = field(default_factory=list)  # tokens whose keys/values this sequence holds
-    job: Job | None = None
-    pending: list[int] = field(default_factory=list)  # tokens to evaluate next
-    sampler: Sampler | None = None
-    used_at: float = 0.0
-    on_disk: int = 0  # of `cached`, how many tokens the prompt cache on disk already holds
+class _Added:
+    """What one slot put into a batch: `tokens` from its pending ones, then its `draft`; `output`: the
+    batch index of the first logits it asked for (None while a prompt is still being read)."""
 
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    slot: Slot
+    tokens: int
+    output: int | None
+    draft: list[int] = field(default_factory=list)
 
 
 class Decoder:
@@ -86,12 +47,14 @@ class Decoder:
 
     def __init__(self, model: Any, slots: int, slot_ctx: int, n_batch: int, threads: int,
                  flash_attn: bool = False, type_k: gguf.GGMLQuantizationType | None = None,
-                 type_v: gguf.GGMLQuantizationType | None = None, disk: PromptDiskCache | None = None) -> None:
+                 type_v: gguf.GGMLQuantizationType | None = None, disk: PromptDiskCache | None = None,
+                 speculation: SpeculationSettings | None = None) -> None:
         import llama_cpp as ll
 
         self._ll = ll
         self.disk = disk  # long prompts read once are kept there, and loaded instead of read again
         self.model = model  # keeps the llama_model alive as long as the context
+        self.speculation = speculation or SpeculationSettings()
         params = ll.llama_context_default_params()
         params.n_ctx = slot_ctx * slots
         params.n_seq_max = slots
@@ -116,11 +79,15 @@ class Decoder:
         self.batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.vocab = model.vocab
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
-        self._slots = [_Slot(i) for i in range(slots)]
+        self._slots = [Slot(i) for i in range(slots)]
         self._waiting: collections.deque[Job] = collections.deque()
         self.decode_calls = 0  # llama_decode calls, and the tokens they carried (for /metrics)
         self.decoded_tokens = 0
         self.decode_seconds = 0.0
+        self.drafted_tokens = 0  # speculation: tokens proposed by prompt lookup, and of those, accepted
+        self.accepted_tokens = 0
+        self.step_costs = StepCosts()  # what a drafted token costs here, against what an accepted one saves
+        self._break_even = 0.0
         self._changed = False
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
         self._abort = threading.Event()  # set from another thread: the llama_decode under way stops
@@ -209,25 +176,31 @@ class Decoder:
         finally:
             if abortable:  # only while asked: the callback costs a Python call per graph node
                 self._ll.llama_set_abort_callback(self.ctx, self._ll.ggml_abort_callback(), None)
-        self.decode_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.decode_seconds += seconds
         self.decode_calls += 1
+        if all(entry.output is not None for entry in added):  # a generating step: no prompt in it
+            self.step_costs.observe(self.batch.n_tokens, seconds)
         self.decoded_tokens += self.batch.n_tokens
         if status == 2 and self._abort.is_set():
             self._abort.clear()
-            for slot, _, _ in added:  # what the aborted batch left in the cache is not the slot's
-                self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
+            for entry in added:  # what the aborted batch left in the cache is not the slot's
+                self._ll.llama_memory_seq_rm(self.memory, entry.slot.seq, len(entry.slot.cached), -1)
             raise DecodeAborted("stopped while reading the prompt")
         if status != 0:
             self._fail(added, f"llama.cpp could not evaluate the batch (code {status})")
             return True
         now = time.perf_counter()
-        for slot, n_tokens, output in added:
-            slot.cached += slot.pending[:n_tokens]
-            del slot.pending[:n_tokens]
+        if any(entry.draft for entry in added):
+            self._break_even = self.step_costs.break_even(sum(entry.output is not None for entry in added))
+        for entry in added:
+            slot = entry.slot
+            slot.cached += slot.pending[: entry.tokens]
+            del slot.pending[: entry.tokens]
             if slot.job is not None and not slot.job.first_token_at:
-                slot.job.prompt_done += n_tokens
-            if output is not None:
-                self._sample(slot, output, now)
+                slot.job.prompt_done += entry.tokens
+            if entry.output is not None:
+                self._sample(entry, now)
         return True
 
     def request_abort(self) -> None:
@@ -249,7 +222,7 @@ class Decoder:
             self._assign(job, free)
 
     @staticmethod
-    def _choose(free: list[_Slot], prompt: list[int]) -> _Slot:
+    def _choose(free: list[Slot], prompt: list[int]) -> Slot:
         """The free slot whose cache shares the longest prefix with the prompt, if that reuses at least
         half of what the slot holds (a conversation's next turn); else the least recently used one, so
         that a new conversation which merely shares a system prompt does not evict a live one."""
@@ -259,7 +232,7 @@ class Decoder:
             return best
         return min(free, key=lambda s: s.used_at)
 
-    def _assign(self, job: Job, free: list[_Slot]) -> None:
+    def _assign(self, job: Job, free: list[Slot]) -> None:
         slot = self._choose(free, job.prompt)
         keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)  # the last one gives logits
         self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
@@ -274,12 +247,13 @@ class Decoder:
             self._end(job, "error")
             return
         slot.job, slot.pending = job, job.prompt[keep:]
+        slot.drafter = Drafter(job.prompt, self.speculation) if self.speculation.enabled else None
         slot.used_at = job.started_at = time.perf_counter()
         job.evaluated_tokens = len(slot.pending)
         limit = self.slot_ctx - len(job.prompt)
         job.max_new_tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else limit
 
-    def _load_from_disk(self, slot: _Slot, prompt: list[int], keep: int) -> int:
+    def _load_from_disk(self, slot: Slot, prompt: list[int], keep: int) -> int:
         """Fill the slot from the disk entry sharing the longest prefix with the prompt, when that beats
         what it holds; the tokens now kept."""
         assert self.disk is not None
@@ -289,7 +263,7 @@ class Decoder:
             slot.on_disk = keep = len(restored)
         return keep
 
-    def _save_to_disk(self, slot: _Slot) -> None:
+    def _save_to_disk(self, slot: Slot) -> None:
         """Keep what the slot holds on disk once it has read MIN_SAVED_TOKENS more than the disk has: a
         long prompt read once is saved, and a long conversation every few thousand tokens (not every
         turn: an entry of a 9B model's 32K tokens is over a GiB)."""
@@ -298,8 +272,9 @@ class Decoder:
         self.disk.save(list(slot.cached), read_state(self._ll, self.ctx, slot.seq))
         slot.on_disk = len(slot.cached)
 
-    def _fill_batch(self) -> list[tuple[_Slot, int, int | None]]:
-        """(slot, tokens added, batch index of its output or None); generating slots first, one token each."""
+    def _fill_batch(self) -> list[_Added]:
+        """What each busy slot puts into the batch: generating slots first, each its next token and a
+        draft behind it, then chunks of prompts being read."""
         batch, budget, n = self.batch, self.n_batch, 0
         added = []
         busy = sorted((s for s in self._slots if s.job is not None and s.pending),
@@ -308,41 +283,75 @@ class Decoder:
             if n >= budget:
                 break
             take = min(len(slot.pending), budget - n)
+            tokens = slot.pending[:take]
+            output = n + take - 1 if take == len(slot.pending) else None
+            draft = self._draft(slot, budget - n - take) if output is not None else []
             position = len(slot.cached)
-            for i in range(take):
-                batch.token[n + i] = slot.pending[i]
+            for i, token in enumerate(tokens + draft):
+                batch.token[n + i] = token
                 batch.pos[n + i] = position + i
                 batch.n_seq_id[n + i] = 1
                 batch.seq_id[n + i][0] = slot.seq
-                batch.logits[n + i] = 0
-            output = None
-            if take == len(slot.pending):
-                batch.logits[n + take - 1] = 1
-                output = n + take - 1
-            added.append((slot, take, output))
-            n += take
+                batch.logits[n + i] = output is not None and n + i >= output
+            added.append(_Added(slot, take, output, draft))
+            n += take + len(draft)
         batch.n_tokens = n
         return added
 
-    def _sample(self, slot: _Slot, output: int, now: float) -> None:
+    def _draft(self, slot: Slot, budget: int) -> list[int]:
+        """Prompt-lookup draft for a generating slot: never past max_new_tokens, the slot's context or
+        the batch, and cut at the first token its grammar refuses."""
         job = slot.job
-        assert job is not None
-        token = slot.sampler.sample(self.ctx, output)
+        if slot.drafter is None or job is None or not job.generated:
+            return []
+        room = min(job.max_new_tokens - len(job.generated) - 1, self.slot_ctx - len(slot.cached) - 2, budget)
+        draft = slot.drafter.draft(room)
+        if draft and slot.sampler is not None and slot.sampler.grammar is not None:
+            draft = draft[: slot.sampler.grammar_allows(draft)]
+        return draft
+
+    def _sample(self, entry: _Added, now: float) -> None:
+        """Sample the slot's next token and verify its draft: every drafted position is sampled in order
+        while the token sampled equals the draft (see core/llama/speculation.py); the cache keeps what
+        was accepted, and the tokens go to the job one by one as without speculation."""
+        slot, job, draft = entry.slot, entry.slot.job, entry.draft
+        assert job is not None and slot.sampler is not None and entry.output is not None
+        tokens = [slot.sampler.sample(self.ctx, entry.output)]
+        while len(tokens) <= len(draft) and tokens[-1] == draft[len(tokens) - 1] and tokens[-1] not in job.stop_ids:
+            tokens.append(slot.sampler.sample(self.ctx, entry.output + len(tokens)))
+        accepted = len(tokens) - 1
+        if draft:
+            slot.cached += draft[:accepted]
+            self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
+            job.drafted, job.accepted = job.drafted + len(draft), job.accepted + accepted
+            self.drafted_tokens += len(draft)
+            self.accepted_tokens += accepted
+            if slot.drafter is not None:
+                slot.drafter.record(len(draft), accepted, self._break_even)
         if not job.generated:
             job.first_token_at = now
         job.last_token_at = now
+        for token in tokens:
+            if not self._take(slot, job, token):
+                return
+        slot.pending = [tokens[-1]]
+
+    def _take(self, slot: Slot, job: Job, token: int) -> bool:
+        """Give the job one token; False when that ended it."""
         if token in job.stop_ids:
             job.stop_token = token
             self._finish(slot, "stop")
-            return
+            return False
         job.generated.append(token)
-        go_on = job.on_token(token) if job.on_token else True
-        if not go_on:
+        if slot.drafter is not None:
+            slot.drafter.extend([token])
+        if job.on_token is not None and not job.on_token(token):
             self._finish(slot, "stop")
-        elif len(job.generated) >= job.max_new_tokens:
+            return False
+        if len(job.generated) >= job.max_new_tokens:
             self._finish(slot, "length")
-        else:
-            slot.pending = [token]
+            return False
+        return True
 
     def abort(self, message: str) -> None:
         """End every running job with an error (after an unexpected failure in a step)."""
@@ -353,20 +362,20 @@ class Decoder:
                 slot.job.error = message
                 self._finish(slot, "error")
 
-    def _fail(self, added: list[tuple[_Slot, int, int | None]], message: str) -> None:
-        for slot, _, _ in added:
+    def _fail(self, added: list[_Added], message: str) -> None:
+        for slot in (entry.slot for entry in added):
             self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)  # whatever half-happened is gone
             slot.cached.clear()
             if slot.job is not None:
                 slot.job.error = message
                 self._finish(slot, "error")
 
-    def _finish(self, slot: _Slot, reason: str) -> None:
+    def _finish(self, slot: Slot, reason: str) -> None:
         self._changed = True  # a slot is free for whoever waits
         job = slot.job
         if job is not None and reason in ("stop", "length"):
             self._save_to_disk(slot)
-        slot.job, slot.pending = None, []
+        slot.job, slot.pending, slot.drafter = None, [], None
         if slot.sampler:
             slot.sampler.free()
             slot.sampler = None

@@ -1,0 +1,235 @@
+"""`glm4-local serve` against llama.cpp's own `llama-server` on the same GGUF, threads and slots, rounds
+interleaved; every figure a ratio measured in this run.
+
+1. plain decoding: aggregate tokens/s of 1 and 4 concurrent greedy requests of 128 tokens on a q8_0 model
+   with GLM-4's real 151,552-token vocabulary (4 layers × 512; `--big`: also 12 × 1024), both servers
+   at their defaults, and llama-server with flash attention off;
+2. speculation (prompt lookup): a scripted model that repeats a 120-token passage of its prompt, and a
+   random model asked to continue text already in its prompt; glm4-local with `--speculate auto` and
+   `off`, llama-server with `--spec-type ngram-simple` and without.
+
+    bash benchmarks/build_llama_server.sh             # once; optional step, ~8 minutes on 2 cores
+    python benchmarks/against_llama_server.py [--llama-server PATH] [--rounds 3] [--big] [--only plain|spec]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from llama_server import DEFAULT_BINARY, LlamaServer
+from serving import Server
+
+import factory
+from glm4_local.convert.outtypes import OUT_TYPES
+from glm4_local.convert.pipeline import convert
+
+THREADS = 2
+SLOTS = 4
+SLOT_CTX = 1024
+TOKENS = 128
+SMALL = factory.Shape(n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=1536, context=8192)
+BIG = factory.Shape(n_layer=12, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128, n_ff=2816, context=8192)
+
+Ask = Callable[[list[dict[str, str]], int], dict[str, Any]]
+
+
+def ours(model: Path, workdir: Path, *args: str) -> tuple[Callable[[], None], Ask]:
+    server = Server(model, workdir, "--ctx", str(SLOT_CTX), "--parallel", str(SLOTS), "--threads", str(THREADS),
+                    *args)
+
+    def ask(messages: list[dict[str, str]], n: int) -> dict[str, Any]:
+        body = {"messages": messages, "max_tokens": n, "temperature": 0}
+        return server.json("POST", "/v1/chat/completions", body)[1]
+
+    return (lambda: server.stop() and None), ask
+
+
+def theirs(binary: Path, model: Path, *args: str) -> tuple[Callable[[], None], Ask]:
+    server = LlamaServer(binary, model, "-c", str(SLOT_CTX * SLOTS), "-np", str(SLOTS), "-t", str(THREADS),
+                         "-tb", str(THREADS), *args)
+
+    def ask(messages: list[dict[str, str]], n: int) -> dict[str, Any]:
+        body = {"messages": messages, "max_tokens": n, "temperature": 0, "cache_prompt": True}
+        return server.json("POST", "/v1/chat/completions", body)[1]
+
+    return server.stop, ask
+
+
+def rate(ask: Ask, prompts: list[list[dict[str, str]]], n: int) -> tuple[float, list[str]]:
+    """Completion tokens per second over all of `prompts` sent at once, and the replies."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda m: ask(m, n), prompts))
+    elapsed = time.perf_counter() - started
+    tokens = sum(a["usage"]["completion_tokens"] for a in answers)
+    return tokens / elapsed, [a["choices"][0]["message"]["content"] for a in answers]
+
+
+def compare(servers: dict[str, tuple[Callable[[], None], Ask]], prompts: Callable[[int], list[list[dict[str, str]]]],
+            widths: list[int], rounds: int, n: int) -> dict[tuple[str, int], float]:
+    """Median tokens/s per (server, width), rounds interleaved across servers so noise hits all alike."""
+    rates: dict[tuple[str, int], list[float]] = {}
+    try:
+        for _, ask in servers.values():
+            ask(prompts(1)[0], 4)  # warm up
+        for _ in range(rounds):
+            for width in widths:
+                for name, (_, ask) in servers.items():
+                    rates.setdefault((name, width), []).append(rate(ask, prompts(width), n)[0])
+    finally:
+        for stop, _ in servers.values():
+            stop()
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
+def stories(width: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": f"Tell me story number {i}."}] for i in range(width)]
+
+
+def plain(binary: Path, folder: Path, shapes: list[factory.Shape], rounds: int) -> None:
+    for shape in shapes:
+        spec = factory.Spec(dtype="bf16", shape=shape, real_tokenizer=True)
+        name = f"{shape.n_layer}x{shape.n_embd}"
+        factory.build_checkpoint(folder / name, spec)
+        model = convert(str(folder / name), OUT_TYPES["q8_0"], output=folder / f"{name}-q8_0.gguf").path
+        servers = {"glm4-local": ours(model, folder), "llama-server": theirs(binary, model),
+                   "llama-server -fa off": theirs(binary, model, "-fa", "off"),
+                   "glm4-local --flash-attn": ours(model, folder, "--flash-attn"),
+                   "glm4-local --speculate off": ours(model, folder, "--speculate", "off")}
+        result = compare(servers, stories, [1, SLOTS], rounds, TOKENS)
+        for width in (1, SLOTS):
+            base = result[("glm4-local", width)]
+            line = ", ".join(f"{n} {result[(n, width)]:.1f} tok/s" for n in servers)
+            ratios = ", ".join(f"glm4-local/{n} {base / result[(n, width)]:.2f}" for n in list(servers)[1:3])
+            print(f"{name}, {width} stream(s): {line}; {ratios}")
+
+
+def passage_words(real: bool) -> tuple[str, ...]:
+    """120 distinct single tokens the scripted model recites: words of GLM-4's own vocabulary (`real`),
+    else extra tokens of the tiny test vocabulary."""
+    if not real:
+        return tuple(f" w{i:03d}" for i in range(120))
+    words = [t.decode() for t in factory.real_tokens()[2000:] if re.fullmatch(rb" [a-z]{5,}", t)]
+    return tuple(words[:120])
+
+
+def passage_script(words: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return (("<|assistant|>", "\n"), ("\n", words[0]), *itertools.pairwise(words), (words[-1], "<|user|>"))
+
+
+def complete(url_json: Callable[..., tuple[int, Any]], prompt: list[int], n: int) -> tuple[int, int, int, float]:
+    """(completion tokens, drafted, accepted, seconds) of one greedy raw completion of token ids."""
+    started = time.perf_counter()
+    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "cache_prompt": True}
+    answer = url_json("POST", "/v1/completions", body)[1]
+    elapsed = time.perf_counter() - started
+    usage, timings = answer["usage"], answer.get("timings", {})
+    details = usage.get("completion_tokens_details") or {}
+    accepted = details.get("accepted_prediction_tokens", timings.get("draft_n_accepted", 0))
+    drafted = accepted + details.get("rejected_prediction_tokens", 0) if details else timings.get("draft_n", 0)
+    return usage["completion_tokens"], drafted, accepted, elapsed
+
+
+def spec_cases(folder: Path) -> list[tuple[str, Path, list[int], int]]:
+    """(name, model, prompt token ids, tokens to generate) of each speculation case."""
+    from glm4_local.chat.runtime import Vocabulary
+    from glm4_local.chat.setup import ModelFacts
+    from glm4_local.core.llama import door
+
+    real = factory.REAL_TOKENIZER.is_file()  # GLM-4's vocabulary: its output layer dominates, as in the 9B
+    words = passage_words(real)
+    spec = factory.Spec(dtype="f32", shape=SMALL, real_tokenizer=real, extra_tokens=() if real else words,
+                        script=passage_script(words))
+    factory.build_checkpoint(folder / "passage", spec)
+    scripted = convert(str(folder / "passage"), OUT_TYPES["q8_0"], output=folder / "passage-q8_0.gguf").path
+    factory.build_checkpoint(folder / "random", factory.Spec(dtype="bf16", shape=SMALL, real_tokenizer=real))
+    random_model = convert(str(folder / "random"), OUT_TYPES["q8_0"], output=folder / "random-q8_0.gguf").path
+
+    def vocabulary(model: Path) -> tuple[Any, Vocabulary]:
+        loaded = door.load(model, vocab_only=True)
+        return loaded, Vocabulary(loaded, ModelFacts.read(model).family)
+
+    loaded, vocab = vocabulary(scripted)
+    ids = {vocab.piece(i): i for i in range(loaded.n_vocab())}
+    head = vocab.text_tokens("[gMASK]<sop><|user|>\nRepeat this:", special=True)
+    passage = [ids[w.encode()] for w in words]
+    assistant = vocab.special_ids["<|assistant|>"]
+    _, vocab = vocabulary(random_model)
+    plain_head = vocab.text_tokens("[gMASK]<sop><|user|>\nContinue:", special=True)
+    text = vocab.text_tokens("The quick brown fox jumps over the lazy dog. " * 4 + "Hello world, bonjour le monde.")
+    return [("scripted model repeating a 120-token passage of its prompt", scripted,
+             [*head, *passage, assistant], len(passage) + 1),
+            ("random model continuing text already in its prompt", random_model, [*plain_head, *text, *text[:5]], 128),
+            ("random model, text not in its prompt (no drafts to find)", random_model, plain_head, 128)]
+
+
+def speculation(binary: Path | None, folder: Path, rounds: int) -> None:
+    for name, model, prompt, n in spec_cases(folder):
+        servers: dict[str, Any] = {}
+        try:
+            for label, args in (("glm4-local --speculate off", ("--speculate", "off")), ("glm4-local", ())):
+                server = Server(model, folder, "--ctx", str(SLOT_CTX), "--parallel", str(SLOTS),
+                                "--threads", str(THREADS), *args)
+                servers[label] = (server.stop, server.json)
+            if binary is not None:
+                for label, args in (("llama-server", ()), ("llama-server ngram-simple",
+                                                           ("--spec-type", "ngram-simple"))):
+                    server = LlamaServer(binary, model, "-c", str(SLOT_CTX * SLOTS), "-np", str(SLOTS),
+                                         "-t", str(THREADS), "-tb", str(THREADS), *args)
+                    servers[label] = (server.stop, server.json)
+            runs: dict[str, list[tuple[int, int, int, float]]] = {label: [] for label in servers}
+            for _, json_of in servers.values():
+                complete(json_of, prompt, 4)  # warm up
+            for _ in range(rounds):
+                for label, (_, json_of) in servers.items():
+                    runs[label].append(complete(json_of, prompt, n))
+        finally:
+            for stop, _ in servers.values():
+                stop()
+        rates = {label: statistics.median(t / s for t, _, _, s in r) for label, r in runs.items()}
+        print(f"{name}:")
+        for label, r in runs.items():
+            tokens, drafted, accepted, _ = r[-1]
+            base = rates["llama-server" if label.startswith("llama") else "glm4-local --speculate off"]
+            print(f"  {label:28} {rates[label]:7.1f} tok/s ({rates[label] / base:.2f}× without speculation), "
+                  f"{tokens} tokens, {accepted} of {drafted} drafted accepted")
+        if binary is not None:
+            print(f"  glm4-local / llama-server ngram-simple: "
+                  f"{rates['glm4-local'] / rates['llama-server ngram-simple']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--llama-server", type=Path, default=DEFAULT_BINARY)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--big", action="store_true")
+    parser.add_argument("--only", choices=("plain", "spec"))
+    args = parser.parse_args()
+    if not args.llama_server.is_file() and args.only != "spec":
+        sys.exit(f"{args.llama_server}: no llama-server; build it with benchmarks/build_llama_server.sh "
+                 "(or run --only spec, which then measures glm4-local alone)")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if args.only in (None, "plain"):
+            if not factory.REAL_TOKENIZER.is_file():
+                print("plain: skipped (GLM-4's tokenizer.model not found in ../shared)")
+            else:
+                plain(args.llama_server, folder, [SMALL, BIG] if args.big else [SMALL], args.rounds)
+        if args.only in (None, "spec"):
+            speculation(args.llama_server if args.llama_server.is_file() else None, folder, args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""What the decoder works on: jobs (one generation each) and the slots (sequences) that run them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from glm4_local.core.llama.sampling import Sampler, SamplerSettings
+from glm4_local.core.llama.speculation import Drafter
+
+
+class DecodeAborted(KeyboardInterrupt):
+    """A prompt batch stopped inside llama.cpp at the user's request; the slots are as before it."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation: a prompt to continue, how to sample it and when to stop.
+
+    `on_token(token)` hears each generated token that is not a stop token (in the stepping thread);
+    returning False ends the job (finish "stop"). `on_done(job)` hears the end, whatever it was.
+    """
+
+    prompt: list[int]
+    sampling: SamplerSettings
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    on_token: Callable[[int], bool] | None = None
+    on_done: Callable[[Job], None] | None = None
+    generated: list[int] = field(default_factory=list)
+    finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
+    stop_token: int | None = None  # the stop token that ended it
+    error: str | None = None
+    evaluated_tokens: int = 0  # prompt tokens computed (the rest came from the cache)
+    prompt_done: int = 0  # of those, how many are computed so far (progress while a long prompt is read)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0  # when it got a slot
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+    cancelled: bool = False
+    drafted: int = 0  # tokens proposed by prompt lookup, and of those, accepted (speculation)
+    accepted: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish is not None
+
+
+@dataclass(eq=False)
+class Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose keys/values this sequence holds
+    job: Job | None = None
+    pending: list[int] = field(default_factory=list)  # tokens to evaluate next
+    sampler: Sampler | None = None
+    drafter: Drafter | None = None  # None: this job does not speculate
+    used_at: float = 0.0
+    on_disk: int = 0  # of `cached`, how many tokens the prompt cache on disk already holds
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,231 @@
+"""Prompt-lookup speculation in the shared decoder: the same tokens as without it, fewer llama_decode calls
+where the reply repeats its context, and every way a job ends still exact."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from glm4_local.chat.options import RuntimeOptions
+from glm4_local.chat.runtime import ChatRuntime
+from glm4_local.chat.setup import ModelFacts, load_runtime
+from glm4_local.core.llama.decoder import Decoder, Job
+from glm4_local.core.llama.sampling import SamplerSettings
+from glm4_local.core.llama.speculation import Drafter, SpeculationSettings, StepCosts, speculation_of
+
+OFF = SpeculationSettings("off")
+WORDS = tuple(f" w{i:02d}" for i in range(40))  # a passage the scripted model recites, word by word
+PASSAGE_SCRIPT = (("<|assistant|>", "\n"), ("\n", WORDS[0]), *itertools.pairwise(WORDS),
+                  (WORDS[-1], "<|user|>"))
+GREEDY = SamplerSettings()
+
+
+def runtime(path: Path, speculation: SpeculationSettings, slots: int = 1, ctx: int = 512) -> ChatRuntime:
+    options = RuntimeOptions(ctx=ctx, threads=2, speculation=speculation)
+    return load_runtime(ModelFacts.read(path), options, slots=slots)
+
+
+def run_all(decoder: Decoder, jobs: list[Job]) -> None:
+    for job in jobs:
+        decoder.submit(job)
+    while decoder.has_work():
+        decoder.step()
+
+
+def copies(jobs: list[Job]) -> list[Job]:
+    return [Job(list(j.prompt), j.sampling, j.max_new_tokens, j.stop_ids) for j in jobs]
+
+
+def outcome(job: Job) -> tuple:
+    return job.generated, job.finish, job.stop_token, job.error
+
+
+@pytest.fixture(scope="module")
+def passage_gguf(make_gguf: Callable[..., Path]) -> Path:
+    return make_gguf("f32", dtype="f32", extra_tokens=WORDS, script=PASSAGE_SCRIPT)
+
+
+def passage_ids(rt: ChatRuntime) -> tuple[list[int], int, int, int]:
+    """(the passage's tokens, <|assistant|>, <|user|>, \\n) in this model's vocabulary."""
+    ids = {rt.vocab.piece(i): i for i in range(rt.decoder.n_vocab)}  # the words are tokens BPE never forms
+    special = rt.vocab.special_ids
+    return ([ids[w.encode()] for w in WORDS], special["<|assistant|>"], special["<|user|>"],
+            rt.vocab.text_tokens("\n")[0])
+
+
+# -- drafting on its own -------------------------------------------------------------------------------
+def test_a_draft_is_what_followed_the_latest_longest_match() -> None:
+    assert Drafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3], SpeculationSettings()).draft(5) == [4, 5, 6, 7, 8]
+    assert Drafter([1, 2, 3, 9, 2, 3, 4, 5, 1, 2, 3], SpeculationSettings()).draft(3) == [9, 2, 3]  # 3-gram wins
+    assert Drafter([5, 2, 3, 8, 6, 2, 3], SpeculationSettings()).draft(3) == [8, 6, 2]
+    assert Drafter([7, 7, 7, 7], SpeculationSettings()).draft(6) == [7] * 6  # a copy runs on into itself
+    assert Drafter([1, 2, 3, 4, 3], SpeculationSettings()).draft(4) == []  # one token is no match
+    assert Drafter([1, 2, 1, 2], SpeculationSettings("auto", 2)).draft(10) == [1, 2]  # length ≤ draft_max
+
+
+def test_drafts_that_keep_failing_pause_drafting_and_accepted_ones_grow_it() -> None:
+    drafter = Drafter([1, 2, 1, 2] * 8, SpeculationSettings("auto", 16))
+    first = len(drafter.draft(100))
+    drafter.record(first, first)
+    assert len(drafter.draft(100)) == min(16, 2 * first)
+    for _ in range(3):  # three drafts in a row of which nothing was accepted
+        drafter.record(4, 0)
+    assert drafter.draft(100) == []  # paused
+    drafter.extend([1, 2] * 8)
+    assert drafter.draft(100)  # drafting again after the pause
+
+
+def test_the_cli_words_for_speculation() -> None:
+    assert speculation_of("off").enabled is False and speculation_of("auto", 4).draft_max == 4
+    assert speculation_of("auto", 0).enabled is False
+    with pytest.raises(ValueError, match="auto, off"):
+        speculation_of("always")
+
+
+# -- greedy equivalence ------------------------------------------------------------------------------------
+def test_random_model_greedy_tokens_are_identical_with_and_without_speculation(make_gguf: Callable[..., Path]) -> None:
+    """Prompts that repeat themselves (so drafts are proposed, and mostly rejected by a random model),
+    four slots decoded together: the same tokens and endings as without speculation."""
+    path = make_gguf("f32")
+    rng = random.Random(3)
+    jobs = []
+    for i in range(12):
+        phrase = [rng.randrange(1, 300) for _ in range(rng.randrange(3, 12))]
+        jobs.append(Job(phrase * rng.randrange(2, 6) + phrase[: i % 4], GREEDY, rng.randrange(8, 60), frozenset()))
+    plain, fast = runtime(path, OFF, slots=4), runtime(path, SpeculationSettings(), slots=4)
+    expected, got = copies(jobs), copies(jobs)
+    run_all(plain.decoder, expected)
+    run_all(fast.decoder, got)
+    assert [outcome(j) for j in got] == [outcome(j) for j in expected]
+    assert fast.decoder.drafted_tokens > 0 and plain.decoder.drafted_tokens == 0
+
+
+def test_a_recited_passage_is_accepted_in_few_steps_and_identical(passage_gguf: Path) -> None:
+    plain, fast = runtime(passage_gguf, OFF), runtime(passage_gguf, SpeculationSettings())
+    passage, assistant, user, newline = passage_ids(fast)
+    prompt = [7, 8, *passage, user, 9, assistant]
+    stops = frozenset({user})
+    expected, got = Job(prompt, GREEDY, 100, stops), Job(prompt, GREEDY, 100, stops)
+    run_all(plain.decoder, [expected])
+    calls = fast.decoder.decode_calls
+    run_all(fast.decoder, [got])
+    assert outcome(got) == outcome(expected) == ([newline, *passage], "stop", user, None)
+    assert got.accepted >= len(passage) - 4  # (what the draft held after the stop token counts as rejected)
+    assert fast.decoder.decode_calls - calls <= 8  # the prompt, then drafts of 8 and 16 (not 41 steps)
+
+
+def test_seeded_sampling_draws_the_same_tokens_with_and_without_speculation(passage_gguf: Path) -> None:
+    """Each emitted token is one draw of the job's own sampler chain from the same logits, so a seeded
+    sampled reply (here of a recited passage, where most drafts are accepted) does not change at all."""
+    plain, fast = runtime(passage_gguf, OFF), runtime(passage_gguf, SpeculationSettings())
+    passage, assistant, user, _ = passage_ids(fast)
+    prompt = [*passage, user, assistant]
+    for seed in range(3):
+        sampling = SamplerSettings(temperature=0.9, top_p=0.95, seed=seed)
+        expected, got = Job(prompt, sampling, 60, frozenset()), Job(prompt, sampling, 60, frozenset())
+        run_all(plain.decoder, [expected])
+        run_all(fast.decoder, [got])
+        assert outcome(got) == outcome(expected)
+        assert got.accepted > 20
+
+
+# -- how jobs end ----------------------------------------------------------------------------------------
+def test_a_stop_token_inside_an_accepted_draft_ends_the_reply_there(passage_gguf: Path) -> None:
+    """The prompt holds the passage followed by <|user|>, so the draft carries the stop token: the
+    reply ends at it, and the stop token is neither emitted nor kept in the slot's cache."""
+    fast = runtime(passage_gguf, SpeculationSettings())
+    passage, assistant, user, newline = passage_ids(fast)
+    prompt = [assistant, newline, *passage, user, 5, assistant]
+    job = Job(prompt, GREEDY, 200, frozenset({user}))
+    run_all(fast.decoder, [job])
+    assert outcome(job) == ([newline, *passage], "stop", user, None) and job.accepted > 0
+    slot = fast.decoder._slots[0]
+    assert slot.cached == prompt + job.generated  # exactly what the KV cache holds: no rejected draft left
+    follow = Job(prompt + job.generated + [user, 6, assistant], GREEDY, 5, frozenset())
+    run_all(fast.decoder, [follow])
+    assert follow.evaluated_tokens == 3  # the next turn reuses that cache
+
+
+def test_on_token_refusing_mid_draft_ends_the_reply_at_that_token(passage_gguf: Path) -> None:
+    fast = runtime(passage_gguf, SpeculationSettings())
+    passage, assistant, user, newline = passage_ids(fast)
+    heard: list[int] = []
+    job = Job([*passage, user, assistant], GREEDY, 200, frozenset({user}),
+              on_token=lambda t: heard.append(t) or len(heard) < 20)
+    run_all(fast.decoder, [job])
+    assert heard == job.generated == [newline, *passage[:19]] and job.finish == "stop"
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 9, 17, 30])
+def test_max_tokens_and_a_full_context_end_a_draft_exactly(passage_gguf: Path, max_tokens: int) -> None:
+    fast, plain = runtime(passage_gguf, SpeculationSettings(), ctx=64), runtime(passage_gguf, OFF, ctx=64)
+    passage, assistant, user, _ = passage_ids(fast)
+    limited = [Job([*passage, user, assistant], GREEDY, max_tokens, frozenset({user}))]
+    full = [Job([*passage[:10], *passage, user, assistant], GREEDY, 0, frozenset({user}))]  # 10 tokens of room
+    for jobs in (limited, full):
+        expected, got = copies(jobs), copies(jobs)
+        run_all(plain.decoder, expected)
+        run_all(fast.decoder, got)
+        assert [outcome(j) for j in got] == [outcome(j) for j in expected]
+        assert all(j.finish == "length" for j in got)
+    assert len(full[0].prompt) + len(got[0].generated) == fast.decoder.slot_ctx
+
+
+def test_grammar_constrained_drafts_are_cut_where_the_grammar_refuses(passage_gguf: Path) -> None:
+    fast, plain = runtime(passage_gguf, SpeculationSettings()), runtime(passage_gguf, OFF)
+    passage, assistant, user, _ = passage_ids(fast)
+    # the grammar allows the first ten words and then only w00: the model's w10 is refused
+    grammar = 'root ::= "\\n"' + "".join(f' "{w}"' for w in WORDS[:10]) + ' " w00"*'
+    sampling = SamplerSettings(grammar=grammar)
+    jobs = [Job([*passage, user, assistant], sampling, 20, frozenset({user}))]
+    expected, got = copies(jobs), copies(jobs)
+    run_all(plain.decoder, expected)
+    run_all(fast.decoder, got)
+    assert outcome(got[0]) == outcome(expected[0])
+    assert got[0].generated[1:11] == passage[:10] and got[0].generated[11] != passage[10]
+    assert got[0].drafted > 0
+
+
+def test_cancelling_a_job_while_it_drafts_frees_the_slot_and_its_cache_stays_exact(passage_gguf: Path) -> None:
+    fast = runtime(passage_gguf, SpeculationSettings())
+    passage, assistant, user, _ = passage_ids(fast)
+    prompt = [*passage, user, assistant]
+    job = Job(prompt, GREEDY, 200, frozenset({user}))
+    fast.decoder.submit(job)
+    while job.accepted == 0:
+        fast.decoder.step()
+    fast.decoder.cancel(job)
+    fast.decoder.release_cancelled()
+    assert job.finish == "cancelled" and fast.decoder.active == 0
+    slot = fast.decoder._slots[0]
+    assert slot.cached == (prompt + job.generated)[: len(slot.cached)]
+    again = Job(prompt, GREEDY, 200, frozenset({user}))
+    run_all(fast.decoder, [again])
+    plain = runtime(passage_gguf, OFF)
+    reference = Job(prompt, GREEDY, 200, frozenset({user}))
+    run_all(plain.decoder, [reference])
+    assert outcome(again) == outcome(reference)
+
+
+def test_off_never_drafts(passage_gguf: Path) -> None:
+    plain = runtime(passage_gguf, OFF)
+    passage, assistant, user, _ = passage_ids(plain)
+    job = Job([*passage, user, assistant], GREEDY, 100, frozenset({user}))
+    run_all(plain.decoder, [job])
+    assert job.drafted == 0 and plain.decoder.decode_calls == len(job.generated) + 1
+
+
+def test_step_costs_say_when_a_drafted_token_pays_for_itself() -> None:
+    """Bound by reading the weights (a laptop's 9B), a drafted token costs little against a token of a
+    plain step; bound by compute (a tiny model on two cores, four sequences), it costs nearly as much."""
+    memory_bound, compute_bound = StepCosts(), StepCosts()
+    assert memory_bound.break_even(1) == 0.0  # nothing learnt yet: drafts are tried
+    for n in (1, 2, 5, 9, 1, 3, 17, 4):
+        memory_bound.observe(n, 0.100 + 0.002 * n)
+        compute_bound.observe(4 * n, 0.001 + 0.004 * 4 * n)
+    assert memory_bound.break_even(1) == pytest.approx(0.002 / 0.102)
+    assert compute_bound.break_even(4) == pytest.approx(0.004 / (0.001 / 4 + 0.004))
