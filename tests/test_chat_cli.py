@@ -63,6 +63,17 @@ def test_max_tokens(scripted_gguf: Callable[[str], Path]) -> None:
     assert result.stdout == " day" * 4 + "\n"
 
 
+def test_speculation_is_on_by_default_and_reported_in_json(scripted_gguf: Callable[[str], Path]) -> None:
+    """The endless model repeats " day": prompt lookup drafts it, the reply is the same as with
+    --speculate off, and --json says how many drafted tokens were accepted."""
+    model = str(scripted_gguf("endless"))
+    fast = json.loads(invoke(["chat", model, "-p", "go", "--max-tokens", "60", "--json"]).stdout)
+    plain = json.loads(invoke(["chat", model, "-p", "go", "--max-tokens", "60", "--json", "--speculate", "off"]).stdout)
+    assert fast["content"] == plain["content"] and fast["content"].count(" day") == 59
+    assert fast["timings"]["accepted_tokens"] > 40 and fast["timings"]["drafted_tokens"] >= 40
+    assert plain["timings"]["drafted_tokens"] == plain["timings"]["accepted_tokens"] == 0
+
+
 def write_tools(tmp_path: Path) -> Path:
     path = tmp_path / "tools.json"
     path.write_text(json.dumps(TOOLS))
@@ -128,6 +139,8 @@ def test_bad_tools_and_options(scripted_gguf: Callable[[str], Path], tmp_path: P
     one_line_error(invoke(["chat", model, "-p", "x", "--tools", str(tmp_path / "u.json")]), "u.json", "not valid JSON")
     one_line_error(invoke(["chat", model, "-p", "x", "--ctx", "lots"]), "--ctx")
     one_line_error(invoke(["chat", model, "-p", "x", "--cache-type-k", "q2"]), "--cache-type-k")
+    one_line_error(invoke(["chat", model, "-p", "x", "--speculate", "always"]), "--speculate", "auto, off")
+    one_line_error(invoke(["chat", model, "-p", "x", "--draft-max", "-1"]), "--draft-max", "0 or more")
     one_line_error(invoke(["chat", model, "-p", "x", "--tool-exec", str(tmp_path / "none")]), "not found")
 
 

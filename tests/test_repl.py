@@ -82,7 +82,10 @@ def test_ctrl_c_stops_the_reply_and_keeps_it(scripted_gguf: Callable[[str], Path
     child.sendcontrol("c")
     child.expect_exact("[interrupted")
     child.expect_exact(PROMPT)
-    ask(child, "/stats", "stop: None")  # the session goes on
+    child.send("/stats\r")  # the session goes on; " day" was drafted by prompt lookup
+    child.expect_exact("stop: None")
+    child.expect(r"drafted \d+, accepted \d+")
+    child.expect_exact(PROMPT)
     child.sendcontrol("d")
     child.expect(pexpect.EOF)
     child.close()
