@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,29 @@ START_TIMEOUT = 30.0
 INTERRUPT_GRACE = 5.0  # seconds an interrupted cell has to stop before the kernel is killed
 KERNEL_ARGS = ("-m", "ipykernel_launcher", "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True",
                "--Session.debug=False")
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[Callable[[Callable[[], None] | None], Callable[[], None] | None]]:
+    """Hold Ctrl-C back from this thread while a child is forked, and hand it over once it is: Python runs
+    its at-fork hooks (logging's lock) in the parent, and a KeyboardInterrupt raised inside one is printed
+    and dropped, losing the user's Ctrl-C. Yields what makes the child's setup restore the signal mask."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield lambda setup: setup
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def child_setup(setup: Callable[[], None] | None) -> Callable[[], None]:
+        def run() -> None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # the kernel is interrupted by SIGINT
+            if setup is not None:
+                setup()
+        return run
+
+    try:
+        yield child_setup
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a Ctrl-C held meanwhile arrives now
 
 
 class KernelError(Glm4LocalError):
@@ -85,8 +108,10 @@ class Kernel:
             argv = self.wrap(argv, self.data_dir, self.ipc_dir)
         log = open(self.ipc_dir / "kernel.log", "wb")  # noqa: SIM115 (kept by the child)
         try:
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            cwd=self.data_dir, start_new_session=True, preexec_fn=self.preexec)
+            with _sigint_held() as child_setup:
+                self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                                cwd=self.data_dir, start_new_session=True,
+                                                preexec_fn=child_setup(self.preexec))
         except OSError as e:
             raise KernelError(f"cannot start the python kernel: {e.strerror}") from e
         finally:
