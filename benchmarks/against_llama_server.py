@@ -45,7 +45,7 @@ BIG = factory.Shape(n_layer=12, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128
 Ask = Callable[[list[dict[str, str]], int], dict[str, Any]]
 
 
-def ours(model: Path, workdir: Path, *args: str) -> tuple[Callable[[], None], Ask]:
+def ours(model: Path, workdir: Path, *args: str) -> tuple[Callable[[], object], Ask]:
     server = Server(model, workdir, "--ctx", str(SLOT_CTX), "--parallel", str(SLOTS), "--threads", str(THREADS),
                     *args)
 
@@ -53,10 +53,10 @@ def ours(model: Path, workdir: Path, *args: str) -> tuple[Callable[[], None], As
         body = {"messages": messages, "max_tokens": n, "temperature": 0}
         return server.json("POST", "/v1/chat/completions", body)[1]
 
-    return (lambda: server.stop() and None), ask
+    return server.stop, ask
 
 
-def theirs(binary: Path, model: Path, *args: str) -> tuple[Callable[[], None], Ask]:
+def theirs(binary: Path, model: Path, *args: str) -> tuple[Callable[[], object], Ask]:
     server = LlamaServer(binary, model, "-c", str(SLOT_CTX * SLOTS), "-np", str(SLOTS), "-t", str(THREADS),
                          "-tb", str(THREADS), *args)
 
@@ -67,17 +67,16 @@ def theirs(binary: Path, model: Path, *args: str) -> tuple[Callable[[], None], A
     return server.stop, ask
 
 
-def rate(ask: Ask, prompts: list[list[dict[str, str]]], n: int) -> tuple[float, list[str]]:
-    """Completion tokens per second over all of `prompts` sent at once, and the replies."""
+def rate(ask: Ask, prompts: list[list[dict[str, str]]], n: int) -> float:
+    """Completion tokens per second over all of `prompts` sent at once."""
     started = time.perf_counter()
     with ThreadPoolExecutor(len(prompts)) as pool:
         answers = list(pool.map(lambda m: ask(m, n), prompts))
     elapsed = time.perf_counter() - started
-    tokens = sum(a["usage"]["completion_tokens"] for a in answers)
-    return tokens / elapsed, [a["choices"][0]["message"]["content"] for a in answers]
+    return sum(a["usage"]["completion_tokens"] for a in answers) / elapsed
 
 
-def compare(servers: dict[str, tuple[Callable[[], None], Ask]], prompts: Callable[[int], list[list[dict[str, str]]]],
+def compare(servers: dict[str, tuple[Callable[[], object], Ask]], prompts: Callable[[int], list[list[dict[str, str]]]],
             widths: list[int], rounds: int, n: int) -> dict[tuple[str, int], float]:
     """Median tokens/s per (server, width), rounds interleaved across servers so noise hits all alike."""
     rates: dict[tuple[str, int], list[float]] = {}
@@ -87,7 +86,7 @@ def compare(servers: dict[str, tuple[Callable[[], None], Ask]], prompts: Callabl
         for _ in range(rounds):
             for width in widths:
                 for name, (_, ask) in servers.items():
-                    rates.setdefault((name, width), []).append(rate(ask, prompts(width), n)[0])
+                    rates.setdefault((name, width), []).append(rate(ask, prompts(width), n))
     finally:
         for stop, _ in servers.values():
             stop()

@@ -58,9 +58,9 @@ def _too_long(tokens: int, n_ctx: int, param: str = "messages", counted_all: boo
                        "per slot)", param, "context_length_exceeded")
 
 
-def _limit(prompt: list[int], asked: int | None, n_ctx: int) -> int:
+def _limit(prompt: list[int], asked: int | None, n_ctx: int, param: str = "messages") -> int:
     if len(prompt) >= n_ctx:
-        raise _too_long(len(prompt), n_ctx)
+        raise _too_long(len(prompt), n_ctx, param)
     return min(asked, n_ctx - len(prompt)) if asked else 0
 
 
@@ -155,12 +155,10 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
 
 
 def _token_prompt(tokens: list[int], runtime: ChatRuntime) -> list[int]:
-    """A prompt given as token ids: each one must be in the vocabulary, and all must fit the context."""
+    """A prompt given as token ids: each one must be in the vocabulary (the context is _limit's)."""
     n_vocab = runtime.decoder.n_vocab
     if any(not 0 <= t < n_vocab for t in tokens):
         raise bad_request(f"prompt: token ids must be from 0 to {n_vocab - 1}", "prompt")
-    if len(tokens) >= runtime.n_ctx:
-        raise _too_long(len(tokens), runtime.n_ctx, "prompt", counted_all=True)
     return tokens
 
 
@@ -169,17 +167,17 @@ def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: 
     request.refuse_unsupported()
     if request.echo or request.suffix:
         raise bad_request("echo and suffix are not supported", "echo" if request.echo else "suffix")
-    text = request.prompt_text()
-    if not text:
+    given = request.the_prompt()
+    if not given:
         raise bad_request("prompt: empty", "prompt")
-    if isinstance(text, list):
-        prompt = _token_prompt(text, runtime)
+    if isinstance(given, list):
+        prompt = _token_prompt(given, runtime)
     else:
         try:
-            prompt = runtime.vocab.text_tokens(text, runtime.n_ctx - 1, special=True)
+            prompt = runtime.vocab.text_tokens(given, runtime.n_ctx - 1, special=True)
         except PromptTooLong as e:
             raise _too_long(e.at_least, runtime.n_ctx, "prompt", counted_all=False) from None
     options = request.stream_options
-    return Plan(prompt, _sampler(defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx),
+    return Plan(prompt, _sampler(defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx, "prompt"),
                 request.stop_strings(), raw=True, include_usage=bool(options and options.include_usage),
                 stream=request.stream)

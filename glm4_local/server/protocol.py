@@ -125,7 +125,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
 
-    def prompt_text(self) -> str | list[int]:
+    def the_prompt(self) -> str | list[int]:
         """The one prompt: its text, or its token ids."""
         if isinstance(self.prompt, str):
             return self.prompt
