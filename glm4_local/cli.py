@@ -224,8 +224,9 @@ def chat(
 
 \b
 Then point any OpenAI client at it: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).
-Routes: /v1/chat/completions (tools, tool_choice, response_format, streaming), /v1/completions,
-/v1/models, /health, /metrics. Each of the --parallel slots has --ctx tokens of context.""")
+Open http://127.0.0.1:8000/ in a browser to chat. Routes: /v1/chat/completions (tools, tool_choice,
+response_format, streaming), /v1/completions, /v1/responses, /v1/models, /health, /metrics.
+Each of the --parallel slots has --ctx tokens of context.""")
 @with_runtime_options
 def serve(
     model: o.ModelArg = None,
@@ -254,18 +255,35 @@ def serve(
                                                    "restart.")] = None,
     cache_size: Annotated[float, typer.Option("--cache-size", metavar="GIB", help="GiB --cache-dir may hold.",
                                               min=0)] = 8.0,
+    python: Annotated[bool, typer.Option("--python", help="Run GLM-4's code interpreter here for requests that "
+                                         "list {\"type\": \"python\"} (the page's): a sandboxed kernel per "
+                                         "conversation.")] = False,
+    python_timeout: Annotated[float, typer.Option("--python-timeout", help="Seconds a cell may run before it is "
+                                                  "interrupted.")] = 60.0,
+    browser: Annotated[str | None, typer.Option("--browser", metavar="BACKEND", help="Run GLM-4's web browser here "
+                                                "for requests that list {\"type\": \"simple_browser\"}: searxng:URL, "
+                                                "ddg, zim:FILE.zim or folder:DIR.")] = None,
+    browser_allow_private: Annotated[bool, typer.Option("--browser-allow-private", help="Let the browser open "
+                                                        "pages on this machine and private networks.")] = False,
+    mcp: Annotated[Path | None, typer.Option("--mcp", metavar="FILE", help="MCP servers whose tools run here for "
+                                             "requests that list them (GET /v1/glm4/tools lists them).")] = None,
+    tool_idle: Annotated[float, typer.Option("--tool-idle", metavar="SECONDS", help="A conversation's kernel, "
+                                             "files and pages end this long after its last request.")] = 900.0,
     *, runtime: RuntimeOptions,
 ) -> None:
-    """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling."""
+    """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling, and a chat page at /."""
     from glm4_local.chat.models import resolve_model
     from glm4_local.frontends.commands import with_prompt_cache
     from glm4_local.frontends.serve import ServeOptions
     from glm4_local.frontends.serve import serve as serve_model
+    from glm4_local.frontends.tool_setup import ToolOptions
 
     runtime = with_prompt_cache(runtime, cache_dir, cache_size)
+    tools = ToolOptions(python, python_timeout, False, browser, browser_allow_private, mcp)
     with user_errors(on_interrupt="stopped"):
         options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
-                               int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()), client_timeout)
+                               int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()), client_timeout, tools,
+                               tool_idle)
         serve_model(resolve_model(model), runtime, options,
                     say=lambda line: err.print(line, markup=False),
                     warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))

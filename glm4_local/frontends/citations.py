@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from glm4_local.tools.observation import Source
+from glm4_local.tools.observation import CITATION, Source
 
-CITATION = re.compile(r"【([^†】\n]{1,20})†([^】\n]{0,200})】")
 LONGEST = 230  # an unclosed 【 held back longer than this is text, not a citation
 
 

@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,11 @@ from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import load_runtime, model_sampling
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.frontends.model_plan import plan_model, size_text
+from glm4_local.frontends.tool_setup import ToolOptions, server_tools
 from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
 from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
 from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT, MAX_CONNECTIONS, timed_protocol
+from glm4_local.server.tool_sessions import DEFAULT_IDLE_SECONDS, ToolSessions
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 GRACEFUL_SHUTDOWN_SECONDS = 3
@@ -35,6 +37,8 @@ class ServeOptions:
     max_body: int = DEFAULT_MAX_BODY
     allowed_hosts: tuple[str, ...] = ()
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+    tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)
+    tool_idle: float = DEFAULT_IDLE_SECONDS  # seconds a conversation's kernel and pages outlive its last request
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
@@ -48,6 +52,11 @@ class ServeOptions:
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
             raise Glm4LocalError("the API key must be printable ASCII (HTTP headers carry nothing else, so no "
                                  "client could ever send it)")
+        if self.tools.any and self.host not in LOCAL_HOSTS and self.api_key is None:
+            raise Glm4LocalError(f"--python, --browser and --mcp run code and fetch pages for whoever can reach "
+                                 f"the server: on --host {self.host} they need --api-key")
+        if not self.tool_idle > 0:
+            raise Glm4LocalError(f"--tool-idle must be positive, not {self.tool_idle}")
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:
@@ -70,10 +79,16 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket, host: str) -> str:
+def url_of(sock: socket.socket, host: str, path: str = "/v1") -> str:
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/v1"
+    return f"http://{shown}:{port}{path}"
+
+
+def _tools_line(tools: ToolSessions) -> str:
+    names = [t.get("type") if t.get("type") != "function" else t["function"]["name"] for t in tools.offered()]
+    return (f"tools run here for requests that list them: {', '.join(map(str, names))} (a conversation's kernel "
+            f"and pages end {tools.idle_seconds:g} s after its last request)")
 
 
 def _quiet_exit_server(config: object) -> object:
@@ -103,10 +118,16 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     facts = plan.facts
     if warning := exposure_warning(options.host, options.api_key):
         warn(warning)
-    sock = listen(options.host, options.port)
+    tools = server_tools(options.tools, options.tool_idle, warn)
+    try:
+        sock = listen(options.host, options.port)
+    except BaseException:
+        if tools is not None:
+            tools.close()
+        raise
     config = ServerConfig(facts.path.stem, options.api_key, options.cors_origins, options.max_body,
                           options.allowed_hosts, options.client_timeout)
-    state = ServerState(config)
+    state = ServerState(config, tools=tools)
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
                                                     http=timed_protocol(options.client_timeout),
@@ -114,6 +135,9 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     say(f"serving {facts.path.name} as \"{config.model_id}\" on {url_of(sock, options.host)} "
         f"({options.parallel} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
         f"{size_text(plan.kv_cache_bytes)}); loading…")
+    if tools is not None:
+        say(_tools_line(tools))
+    say(f"chat page: {url_of(sock, options.host, '/')}")
 
     def load() -> None:
         try:
@@ -136,6 +160,8 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
         if state.loaded is not None:
             state.loaded.scheduler.stop()
             state.loaded.runtime.decoder.close()
+        if tools is not None:
+            tools.close()
         sock.close()
     if state.error is not None:
         raise Glm4LocalError(state.error)

@@ -10,15 +10,16 @@ from typing import Any
 
 from glm4_local.chat.session import data_home
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.server.tool_sessions import ToolSessions
 from glm4_local.tools import browser as browser_tool
 from glm4_local.tools import python_tool
 from glm4_local.tools.browser import Browser
 from glm4_local.tools.extras import require
 from glm4_local.tools.mcp_servers import MCP_KEY, McpServers, load_config
-from glm4_local.tools.observation import Confirm
+from glm4_local.tools.observation import Confirm, Tool
 from glm4_local.tools.program import ToolRunner
 from glm4_local.tools.python_tool import PythonTool
-from glm4_local.tools.sandbox import find_sandbox, sandbox_help
+from glm4_local.tools.sandbox import Sandbox, find_sandbox, sandbox_help
 from glm4_local.tools.search_backends import open_backend
 from glm4_local.tools.toolbox import Toolbox
 
@@ -43,7 +44,8 @@ def data_folder(session_file: Path) -> Path:
     return session_file.with_suffix(".data")
 
 
-def _python(options: ToolOptions, data_dir: Path, confirm: Confirm | None) -> PythonTool:
+def _sandbox(options: ToolOptions, confirm: Confirm | None) -> Sandbox | None:
+    """The sandbox the model's code runs in (None: unconfined, each cell confirmed), or one clear error."""
     require("--python", "code", "jupyter_client", "ipykernel")
     if not options.python_timeout > 0:
         raise Glm4LocalError(f"--python-timeout must be positive, not {options.python_timeout}")
@@ -53,7 +55,11 @@ def _python(options: ToolOptions, data_dir: Path, confirm: Confirm | None) -> Py
                              f"{sandbox_help()} (or --python-unconfined, which asks before each run)")
     if sandbox is None and confirm is None:
         raise Glm4LocalError("--python-unconfined asks before each run, which needs the interactive chat")
-    return PythonTool(data_dir, sandbox, options.python_timeout, confirm)
+    return sandbox
+
+
+def _python(options: ToolOptions, data_dir: Path, confirm: Confirm | None) -> PythonTool:
+    return PythonTool(data_dir, _sandbox(options, confirm), options.python_timeout, confirm)
 
 
 def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | None,
@@ -74,6 +80,32 @@ def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | No
         toolbox.close()
         raise
     return toolbox
+
+
+def server_tools(options: ToolOptions, idle_seconds: float, notify: Callable[[str], None]) -> ToolSessions | None:
+    """The tools `serve` runs for its clients, one toolbox per conversation (None when none is on)."""
+    if not options.any:
+        return None
+    sandbox = _sandbox(options, None) if options.python else None
+    backend = None
+    if options.browser is not None:
+        require("--browser", "browser", "trafilatura")
+        backend = open_backend(options.browser, data_home() / "cache" / "search")
+    if options.mcp is not None:
+        require("--mcp", "mcp", "mcp")
+    mcp = McpServers(load_config(options.mcp), notify, set()) if options.mcp is not None else None
+
+    def open_tools(data_dir: Path) -> dict[str, Tool]:
+        tools: dict[str, Tool] = {}
+        if options.python:
+            tools[python_tool.NAME] = PythonTool(data_dir, sandbox, options.python_timeout)
+        if backend is not None:
+            tools[browser_tool.NAME] = Browser(backend, options.allow_private)
+        return tools
+
+    enabled = tuple(name for name, on in ((python_tool.NAME, options.python), (browser_tool.NAME, backend is not None))
+                    if on)
+    return ToolSessions(open_tools, enabled, mcp, idle_seconds)
 
 
 def user_functions(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

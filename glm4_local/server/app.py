@@ -25,8 +25,9 @@ from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.completions import Run
-from glm4_local.server.guard import BrowserGuard
+from glm4_local.server.guard import BrowserGuard, same_origin
 from glm4_local.server.metrics import prometheus_text
+from glm4_local.server.page_routes import file_url, page_routes
 from glm4_local.server.plan import Plan, chat_plan, completion_plan
 from glm4_local.server.protocol import (
     ApiError,
@@ -39,6 +40,8 @@ from glm4_local.server.protocol import (
 from glm4_local.server.responses import ResponseShape, chat_request, renamed
 from glm4_local.server.scheduler import Scheduler
 from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT
+from glm4_local.server.tool_runs import ToolRun
+from glm4_local.server.tool_sessions import ToolSessions
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 LARGE_BODY = 1024 * 1024  # bodies over this are planned LARGE_AT_ONCE at a time
@@ -70,6 +73,7 @@ class ServerState:
     config: ServerConfig
     loaded: Loaded | None = None
     error: str | None = None  # why loading failed
+    tools: ToolSessions | None = None  # the tools the server runs itself (serve --python/--browser/--mcp)
     started: float = field(default_factory=time.time)
 
     def model(self) -> Loaded:
@@ -173,9 +177,19 @@ def create_app(state: ServerState) -> Starlette:
 
     async def chat_completions(request: Request) -> Response:
         loaded = state.model()
-        _, plan = await planned(request, ChatRequest,
-                                lambda chat: chat_plan(chat, loaded.runtime, loaded.facts, loaded.defaults))
-        return await run(request, plan, loaded)
+
+        def make_plan(chat: ChatRequest) -> Plan:
+            return chat_plan(chat, loaded.runtime, loaded.facts, loaded.defaults)
+
+        asked, plan = await planned(request, ChatRequest, make_plan)
+        if state.tools is None or not state.tools.runs_any(plan.tools):
+            return await run(request, plan, loaded)
+        _refuse_other_pages(request)
+        tool_run = ToolRun(asked, plan, make_plan, lambda p: Run(p, loaded.runtime, loaded.scheduler, config.model_id),
+                           state.tools, config.model_id, file_url)
+        if plan.stream:
+            return EventStream(tool_run, tool_run.events())
+        return JSONResponse(await tool_run.response(request))
 
     async def completions(request: Request) -> Response:
         loaded = state.model()
@@ -206,6 +220,12 @@ def create_app(state: ServerState) -> Starlette:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return error_response(ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
 
+    async def read_json(request: Request) -> Any:
+        return decode_json(await read_body(request, config.max_body, config.client_timeout))
+
+    def count_tokens(text: str) -> int:
+        return len(state.model().runtime.vocab.text_tokens(text))
+
     api = [("/models", models, "GET"), ("/models/{model_id:path}", one_model, "GET"),
            ("/chat/completions", chat_completions, "POST"), ("/completions", completions, "POST"),
            ("/responses", responses, "POST")]
@@ -215,6 +235,7 @@ def create_app(state: ServerState) -> Starlette:
         # under /v1, and without it as llama.cpp's server also answers (clients given a bare base URL)
         *(Route(prefix + path, route(handler), methods=[method]) for prefix in ("/v1", "") for path, handler, method
           in api),
+        *page_routes(route, state.tools, count_tokens, read_json),
     ]
     middleware = [Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)]
     if config.cors_origins:
@@ -223,11 +244,20 @@ def create_app(state: ServerState) -> Starlette:
     return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})
 
 
+def _refuse_other_pages(request: Request) -> None:
+    """Tools the server runs (code, page loads) run only for the user: a page of another origin is not,
+    even where --cors-origin lets it use the model."""
+    origin = request.headers.get("origin")
+    if origin is not None and not same_origin(origin, request.headers.get("host", "")):
+        raise ApiError(403, f"the server's tools run only for its own page and for clients that are not web "
+                            f"pages; not for {origin}", code="origin_not_allowed")
+
+
 class EventStream(StreamingResponse):
     """A run's server-sent events; however the response ends (done, client gone before or while
     streaming, shutdown), its job is stopped and its slot freed."""
 
-    def __init__(self, run: Run, events: AsyncIterator[bytes] | None = None) -> None:
+    def __init__(self, run: Run | ToolRun, events: AsyncIterator[bytes] | None = None) -> None:
         super().__init__(events or run.events(), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.run = run

@@ -70,7 +70,7 @@ class Run:
         if self.plan.raw:
             return self.envelope.text(content, outcome.finish_reason, self.job)
         message: dict[str, Any] = {"role": "assistant", "content": content}
-        reason = self._finish_reason(outcome)
+        reason = self.finish_reason(outcome)
         if outcome.tool_call and self.plan.legacy_functions:
             call = tool_call_object(outcome.tool_call)["function"]
             message = {"role": "assistant", "content": None, "function_call": call}
@@ -100,9 +100,9 @@ class Run:
             except ApiError as e:
                 yield sse(e.body())
                 return
-            for delta in self._closing_deltas(outcome):
+            for delta in self.closing_deltas(outcome):
                 yield sse(self.envelope.chunk(delta, with_usage=usage))
-            yield sse(self.envelope.chunk(piece(None), self._finish_reason(outcome), with_usage=usage))
+            yield sse(self.envelope.chunk(piece(None), self.finish_reason(outcome), with_usage=usage))
             if usage:
                 yield sse(self.envelope.usage_chunk(self.job))
             yield sse("[DONE]")
@@ -110,7 +110,7 @@ class Run:
             with contextlib.suppress(Exception):
                 self.abandon()
 
-    def _finish_reason(self, outcome: Outcome) -> str:
+    def finish_reason(self, outcome: Outcome) -> str:
         """A request made with the legacy `functions` is told "function_call" where others hear "tool_calls"."""
         legacy = self.plan.legacy_functions and outcome.finish_reason == "tool_calls"
         return "function_call" if legacy else outcome.finish_reason
@@ -120,7 +120,7 @@ class Run:
             return text or ""
         return {"content": text} if text is not None else {}
 
-    def _closing_deltas(self, outcome: Outcome) -> list[dict[str, Any] | str]:
+    def closing_deltas(self, outcome: Outcome) -> list[dict[str, Any] | str]:
         if outcome.tool_call is None:
             return [self._piece(outcome.tail)] if outcome.tail else []
         call = tool_call_object(outcome.tool_call)

@@ -36,6 +36,12 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+def same_origin(origin: str, host_header: str) -> bool:
+    """Whether a page at `origin` is this server's own (same host and port); "null" and the rest are not."""
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.lower()
+
+
 class BrowserGuard:
     """ASGI middleware; see the module docstring. `allowed_hosts`: names besides localhost and IP
     addresses (an address in Host cannot come from DNS rebinding)."""
@@ -52,9 +58,7 @@ class BrowserGuard:
     def origin_allowed(self, origin: str, host_header: str) -> bool:
         if self.any_origin or origin.rstrip("/").lower() in self.origins:
             return True
-        parts = urlsplit(origin)
-        # the server's own pages (same scheme-less host and port) may call it; "null" and the rest may not
-        return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.lower()
+        return same_origin(origin, host_header)
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:

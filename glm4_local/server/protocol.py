@@ -115,6 +115,7 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: Whole | None = Field(default=None, ge=1)
     parallel_tool_calls: bool | None = None  # GLM-4 makes one call per turn either way
     top_logprobs: Whole | None = None
+    conversation_id: str | None = None  # glm4-local's own: whose tool state (kernel, pages) a request uses
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -8,11 +8,14 @@ model reads only metadata and content.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+# a citation in an answer: 【{id}†{text}】, id a search result or quote the browser gave
+CITATION = re.compile(r"【([^†】\n]{1,20})†([^】\n]{0,200})】")
 SYSTEM_ERROR = "system_error"
 BROWSER_RESULT = "browser_result"
 

@@ -1,0 +1,132 @@
+"""The chat page (`/`, its files under `/page/`) and the routes only it needs: which tools the server
+runs, a document's text and size in tokens, and the files a conversation's code wrote to /mnt/data."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.documents.form import FILE_TEMPLATE
+from glm4_local.documents.readers import read_document
+from glm4_local.server.protocol import ApiError, bad_request
+from glm4_local.server.tool_sessions import CONVERSATION_ID, ToolSessions, UnknownConversation
+
+PAGE_DIR = Path(__file__).resolve().parent.parent / "web"
+FILES_PATH = "/v1/glm4/files"
+# the page runs only its own files: no inline script, nothing from another origin, never framed
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; "
+               "font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# a file the model's code wrote is never a page of this origin (it could script the API key away)
+FILE_POLICY = "default-src 'none'; sandbox"
+Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Handler, bool], Handler]
+
+
+def file_url(conversation: str, name: str) -> str:
+    return f"{FILES_PATH}/{conversation}/{name}"
+
+
+def _page_headers() -> dict[str, str]:
+    return {"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+class PageFiles(StaticFiles):
+    """The page's own files, with the page's policy on each."""
+
+    async def get_response(self, path: str, scope: Any) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(_page_headers())
+        return response
+
+
+def _open_data_file(folder: Path, name: str) -> int:
+    """A regular file directly in the folder, opened without following a link the code may have left."""
+    if not name or "/" in name or name in (".", "..") or "\x00" in name:
+        raise ApiError(404, f"no file {name!r}", "not_found_error")
+    try:
+        fd = os.open(folder / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        raise ApiError(404, f"no file {name!r} in this conversation's /mnt/data", "not_found_error") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ApiError(404, f"{name!r} is not a file", "not_found_error")
+    return fd
+
+
+def _document(name: str, data: bytes, count_tokens: Callable[[str], int]) -> dict[str, Any]:
+    suffix = Path(name).suffix[:16]
+    with tempfile.TemporaryDirectory(prefix="glm4-local-document-") as folder:
+        path = Path(folder) / f"document{suffix}"
+        path.write_bytes(data)
+        try:
+            document = read_document(path)
+        except Glm4LocalError as e:
+            raise bad_request(str(e).replace(str(path), name).replace(path.name, name), "data") from None
+    block = FILE_TEMPLATE.format(file_name=name, file_content=document.text)
+    return {"name": name, "kind": document.kind, "pages": document.pages, "text": document.text,
+            "characters": len(document.text), "tokens": count_tokens(block)}
+
+
+def page_routes(guard: Guard, tools: ToolSessions | None, count_tokens: Callable[[str], int],
+                read_json: Callable[[Request], Awaitable[Any]]) -> list[BaseRoute]:
+    async def page(request: Request) -> Response:
+        return FileResponse(PAGE_DIR / "index.html", headers=_page_headers())
+
+    async def tool_list(request: Request) -> Response:
+        offered = tools.offered() if tools else []
+        idle = tools.idle_seconds if tools else None
+        return JSONResponse({"tools": offered, "conversation_idle_seconds": idle})
+
+    async def document(request: Request) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("data"), str):
+            raise bad_request("send {\"name\": FILE NAME, \"data\": BASE64 OF ITS BYTES}")
+        try:
+            data = base64.b64decode(body["data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request("data: not base64", "data") from None
+        name = Path(body["name"]).name or "document"
+        return JSONResponse(await run_in_threadpool(_document, name, data, count_tokens))
+
+    async def data_file(request: Request) -> Response:
+        conversation, name = request.path_params["conversation"], request.path_params["name"]
+        if tools is None or not CONVERSATION_ID.fullmatch(conversation):
+            raise ApiError(404, "no such conversation", "not_found_error")
+        try:
+            folder = tools.data_dir(conversation)
+        except UnknownConversation:
+            raise ApiError(404, "this conversation has ended (its files went with it)", "not_found_error") from None
+        fd = _open_data_file(folder, name)
+        with os.fdopen(fd, "rb") as file:
+            content = file.read()
+        png = name.endswith(".png") and content.startswith(b"\x89PNG")
+        headers = {"Content-Security-Policy": FILE_POLICY, "X-Content-Type-Options": "nosniff",
+                   "Content-Disposition": "inline" if png else f"attachment; filename=\"{_ascii(name)}\""}
+        return Response(content, media_type="image/png" if png else "application/octet-stream", headers=headers)
+
+    return [
+        Route("/", guard(page, True), methods=["GET"]),
+        Mount("/page", app=PageFiles(directory=PAGE_DIR), name="page"),
+        Route("/v1/glm4/tools", guard(tool_list, False), methods=["GET"]),
+        Route("/v1/glm4/documents", guard(document, False), methods=["POST"]),
+        Route(FILES_PATH + "/{conversation}/{name}", guard(data_file, False), methods=["GET"]),
+    ]
+
+
+def _ascii(name: str) -> str:
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)

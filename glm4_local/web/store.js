@@ -1,0 +1,91 @@
+// Conversations kept in the browser (localStorage), and moved in and out as the JSON that
+// `glm4-local chat` saves: {"messages": OpenAI-style messages, the system prompt first, "tools": [...]}.
+
+const INDEX = "glm4-local:conversations";
+const PREFIX = "glm4-local:conversation:";
+const ROLES = new Set(["system", "user", "assistant", "tool", "observation"]);
+
+export function newId() {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export function titleOf(messages) {
+  const first = messages.find((m) => m.role === "user" && typeof m.content === "string" && m.content.trim());
+  if (!first) return "New conversation";
+  const question = first.content.split("files uploaded.\n").at(-1).trim().split("\n")[0];
+  return question.length > 60 ? `${question.slice(0, 57)}…` : question;
+}
+
+export class ConversationStore {
+  constructor(storage) {
+    this.storage = storage;
+  }
+
+  list() {
+    const ids = JSON.parse(this.storage.getItem(INDEX) || "[]");
+    return ids.map((id) => this.get(id)).filter(Boolean).sort((a, b) => b.updated - a.updated);
+  }
+
+  get(id) {
+    const text = this.storage.getItem(PREFIX + id);
+    return text ? JSON.parse(text) : null;
+  }
+
+  create(messages = [], tools = []) {
+    const now = Date.now();
+    return { id: newId(), title: titleOf(messages), created: now, updated: now, messages, tools };
+  }
+
+  save(conversation) {
+    conversation.updated = Date.now();
+    conversation.title = titleOf(conversation.messages);
+    this.storage.setItem(PREFIX + conversation.id, JSON.stringify(conversation));
+    const ids = JSON.parse(this.storage.getItem(INDEX) || "[]");
+    if (!ids.includes(conversation.id)) {
+      ids.push(conversation.id);
+      this.storage.setItem(INDEX, JSON.stringify(ids));
+    }
+  }
+
+  remove(id) {
+    this.storage.removeItem(PREFIX + id);
+    const ids = JSON.parse(this.storage.getItem(INDEX) || "[]").filter((i) => i !== id);
+    this.storage.setItem(INDEX, JSON.stringify(ids));
+  }
+}
+
+// what `glm4-local chat` saves and loads (its --resume files): nothing of the page's own bookkeeping
+export function exportConversation(conversation) {
+  return { messages: conversation.messages, tools: conversation.tools || [] };
+}
+
+// a saved conversation (the object above, or a bare list of messages); throws with a reason
+export function parseConversation(data) {
+  const messages = Array.isArray(data) ? data : data && data.messages;
+  if (!Array.isArray(messages)) throw new Error('expected {"messages": [...], "tools": [...]} or a list of messages');
+  messages.forEach((m, i) => {
+    if (!m || typeof m !== "object" || !ROLES.has(m.role)) throw new Error(`messages[${i}]: needs a role`);
+    const content = m.content;
+    if (content !== undefined && content !== null && typeof content !== "string" && !Array.isArray(content)) {
+      throw new Error(`messages[${i}].content: must be text`);
+    }
+  });
+  const tools = Array.isArray(data) ? [] : data.tools || [];
+  if (!Array.isArray(tools)) throw new Error("tools: must be a list");
+  return { messages: messages.map(textContent), tools };
+}
+
+function textContent(message) {
+  if (!Array.isArray(message.content)) return message;
+  const text = message.content.filter((p) => p && p.type === "text").map((p) => p.text).join("");
+  return { ...message, content: text };
+}
+
+// Files in a message exactly as documents/form.py writes them (THUDM's composite demo's form).
+export function withDocuments(documents, question) {
+  if (!documents.length) return question;
+  const files = documents.map((d) => `[File Name]\n${d.name}\n[File Content]\n${d.text}`).join("\n\n");
+  return `${files}\n\n\n${documents.length} files uploaded.\n${question.trim()}`;
+}

@@ -1,0 +1,149 @@
+// The conversation on screen: messages, tool steps and answers. Every piece of text from the model,
+// a tool or a fetched page goes in as textContent or through markdown.js, never as HTML of its own.
+import { citationContext, escapeHtml, renderBlock, safeUrl, splitBlocks } from "./markdown.js";
+
+// how the page's updates went, for the browser tests and the benchmark
+export const perf = { updates: 0, blockRenders: 0, ms: 0, maxMs: 0 };
+globalThis.glm4Perf = perf;
+
+function highlight(code, lang) {
+  const hljs = globalThis.hljs;
+  if (!hljs || !lang || !hljs.getLanguage(lang)) return escapeHtml(code);
+  return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
+}
+
+function math(tex, display) {
+  const katex = globalThis.katex;
+  if (!katex) return `<code class="math">${escapeHtml(tex)}</code>`;
+  return katex.renderToString(tex, { displayMode: display, throwOnError: false, trust: false, strict: "ignore",
+    maxExpand: 500 });
+}
+
+export function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// An answer that re-renders only the blocks whose source changed: while it streams, the last one.
+export class MarkdownView {
+  constructor(sources = {}) {
+    this.node = element("div", "answer");
+    this.citations = citationContext(sources);
+    this.context = { highlight, math, cite: this.citations.cite };
+    this.blocks = [];
+  }
+
+  update(text) {
+    const started = performance.now();
+    const sources = splitBlocks(text);
+    sources.forEach((source, i) => {
+      const known = this.blocks[i];
+      if (known && known.source === source) return;
+      const node = known ? known.node : element("div", "block");
+      node.innerHTML = renderBlock(source, this.context);
+      if (!known) this.node.append(node);
+      this.blocks[i] = { source, node };
+      perf.blockRenders += 1;
+    });
+    for (const gone of this.blocks.splice(sources.length)) gone.node.remove();
+    const took = performance.now() - started;
+    perf.updates += 1;
+    perf.ms += took;
+    perf.maxMs = Math.max(perf.maxMs, took);
+  }
+
+  sourceList() {
+    const cited = this.citations.cited.filter((c) => c.source);
+    if (!cited.length) return null;
+    const list = element("ol", "sources");
+    for (const { source } of cited) {
+      const item = element("li");
+      const url = safeUrl(source.url);
+      const title = element(url ? "a" : "span", "", source.title || source.url);
+      if (url) Object.assign(title, { href: url, target: "_blank", rel: "noopener noreferrer" });
+      item.append(title, document.createTextNode(` — ${source.url}`));
+      list.append(item);
+    }
+    return list;
+  }
+}
+
+function argumentsText(call) {
+  return call.function.arguments || "";
+}
+
+// One tool call and its results, folded: code (or the browser's actions, or a function's arguments),
+// then each result; plots and /mnt/data files are fetched with the key (`fetchFile`).
+export function stepNode(call, results, files, fetchFile, running = false) {
+  const details = element("details", `step${running ? " running" : ""}`);
+  const name = call.function.name;
+  const first = argumentsText(call).split("\n")[0];
+  details.append(element("summary", "", `${name} › ${first.length > 80 ? `${first.slice(0, 77)}…` : first}`));
+  const body = element("div", "step-body");
+  const code = element("pre");
+  const lang = name === "python" ? "python" : name === "simple_browser" ? "" : "json";
+  code.innerHTML = highlight(argumentsText(call), lang);
+  body.append(code);
+  for (const result of results) {
+    if (result.metadata) body.append(element("div", "meta", result.metadata));
+    body.append(element("pre", "output", result.shown || result.content || ""));
+    if (result.image) {
+      const image = element("img");
+      image.alt = "plot";
+      body.append(image);
+      fetchFile(result.image).then((url) => { image.src = url; }, () => { image.replaceWith(element("div", "error",
+        "this plot is no longer on the server (the conversation's tools ended)")); });
+    }
+  }
+  if (files && files.length) {
+    const list = element("div", "files", "/mnt/data: ");
+    for (const file of files) {
+      const link = element("a", "", `${file.name} (${file.bytes} B)`);
+      link.href = "#";
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        fetchFile(file.url).then((url) => Object.assign(element("a"), { href: url, download: file.name }).click(),
+          () => link.replaceWith(element("span", "error", `${file.name}: gone with the conversation's tools`)));
+      });
+      list.append(link);
+    }
+    body.append(list);
+  }
+  details.append(body);
+  return details;
+}
+
+// a user message: its documents as chips, its question as text
+export function userNode(content) {
+  const node = element("div", "bubble");
+  const parts = content.split(/\n\n\n\d+ files uploaded\.\n/);
+  if (parts.length === 2) {
+    const names = [...parts[0].matchAll(/\[File Name\]\n([^\n]*)\n\[File Content\]/g)].map((m) => m[1]);
+    for (const name of names) node.append(element("span", "chip", `📄 ${name}`), document.createTextNode(" "));
+    node.append(document.createTextNode(`\n${parts[1]}`));
+  } else {
+    node.textContent = content;
+  }
+  return node;
+}
+
+// the turns to draw: a user message, a step (call + its tool messages), or an answer
+export function turnsOf(messages) {
+  const turns = [];
+  messages.forEach((message, index) => {
+    if (message.role === "system") return;
+    if (message.role === "tool" || message.role === "observation") {
+      const last = turns.at(-1);
+      if (last && last.kind === "step") last.results.push(message);
+      return;
+    }
+    if (message.role === "assistant" && message.tool_calls && message.tool_calls.length) {
+      turns.push({ kind: "step", index, call: message.tool_calls[0], results: [], files: message.glm4_files });
+    } else {
+      turns.push({ kind: message.role === "user" ? "user" : "answer", index, message });
+    }
+  });
+  return turns;
+}
