@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import children
+import toolscripts
 
 import factory
 from glm4_local.convert.outtypes import OUT_TYPES
@@ -111,5 +112,15 @@ def scripted_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
         return make_gguf("f32", dtype="f32", extra_tokens=SCRIPT_WORDS, script=scenario["script"],
                          after_observation=scenario.get("after_observation"),
                          shape=scenario.get("shape", factory.Shape()))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tool_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
+    """A tiny GGUF that calls a tool and then answers, or answers alone, as tests/toolscripts.py scripts."""
+
+    def make(name: str) -> Path:
+        return make_gguf("f32", dtype="f32", **toolscripts.gguf_fields(name))
 
     return make

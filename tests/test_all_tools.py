@@ -3,7 +3,6 @@ function, run through the real CLI (one-shot and in a terminal), the tools runni
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from test_browser import write_folder
 from test_chat_cli import invoke, one_line_error
 from test_mcp import SERVER
 from test_terminal import chat, saved
+from toolscripts import ACTIONS, ADD, CITED, CODE
 
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.families.glm4 import GLM4_9B
@@ -23,31 +23,6 @@ from glm4_local.tools.sandbox import find_sandbox
 pytest.importorskip("ipykernel", reason="needs the [code] extra")
 needs_sandbox = pytest.mark.skipif(find_sandbox() is None, reason="no sandbox on this machine (Linux: apt "
                                    "install bubblewrap; .ci/run installs it)")
-CODE = "open('/mnt/data/hi.txt', 'w').write('hi')\nprint(6 * 7)"
-SLEEP = "import time\ntime.sleep(60)"
-ACTIONS = 'search("pasta recipe")\nmclick([0])'
-ADD = '{"a": 40, "b": 2}'
-CITED = "【7†recipe】"
-SCRIPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # the call's tokens, the answer's after it
-    "python": (("python", "\n", CODE), ("Sunny", " day")),
-    "sleep": (("python", "\n", SLEEP), ("Sunny", " day")),
-    "loop": (("python", "\n", "print(1)"), ()),  # calls again after every result
-    "browser": (("simple_browser", "\n", ACTIONS), ("Sunny", CITED, " day")),
-    "mcp": (("add", "\n", ADD), ("Sunny", " day")),
-}
-
-
-@pytest.fixture(scope="session")
-def tool_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
-    def make(name: str) -> Path:
-        call, answer = SCRIPTS[name]
-        chain = ["<|assistant|>", *call, "<|observation|>"]
-        script = [*itertools.pairwise(chain), *itertools.pairwise([*answer, "<|user|>"])]
-        words = tuple(w for w in (*call, *answer) if w != "\n")
-        return make_gguf("f32", dtype="f32", extra_tokens=words, script=tuple(script),
-                         after_observation=answer[0] if answer else call[0])
-
-    return make
 
 
 def one_shot(model: Path, *flags: str) -> dict:

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from serving import Server
-from test_all_tools import CITED, CODE, needs_sandbox, tool_gguf  # noqa: F401  (tool_gguf: a fixture)
+from test_all_tools import needs_sandbox
 from test_browser import write_folder
+from toolscripts import CITED, CODE
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.frontends.serve import ServeOptions

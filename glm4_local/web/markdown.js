@@ -99,10 +99,9 @@ function link(text, url, context) {
 export function renderInline(text, context = {}) {
   let html = "";
   let last = 0;
-  INLINE.lastIndex = 0;
-  for (let m = INLINE.exec(text); m; m = INLINE.exec(text)) {
+  for (const m of text.matchAll(INLINE)) {  // matchAll: its own copy of the pattern, so recursion is safe
     html += escapeHtml(text.slice(last, m.index)).replace(/\n/g, "<br>");
-    last = INLINE.lastIndex;
+    last = m.index + m[0].length;
     const [whole] = m;
     if (m[1] !== undefined) html += `<code>${escapeHtml(m[2])}</code>`;
     else if (m[3] !== undefined) html += math(m[3], false, context, whole);

@@ -1,0 +1,48 @@
+"""The chat page's own script: its unit tests (tests/js, node's built-in runner), fed a conversation that
+`glm4-local chat` really saved and the document form Python writes, so both sides agree byte for byte."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from glm4_local.chat.session import Autosave, Conversation
+from glm4_local.core.families.replies import ToolCall
+from glm4_local.documents.form import Document, with_documents
+from glm4_local.tools.observation import Observation
+
+JS_TESTS = Path(__file__).parent / "js"
+
+
+def saved_chat(path: Path) -> Path:
+    """A conversation as the terminal chat autosaves it: a system prompt, a document, a python call and its
+    result, a browser quote with its metadata, an answer."""
+    call = ToolCall("python", "print(6 * 7)").as_message()
+    call_id = call["tool_calls"][0]["id"]
+    conversation = Conversation(tools=[{"type": "python"}, {"type": "simple_browser"}])
+    conversation.set_system("简洁地回答。")
+    note = Document("笔记.md", "# 笔记\nGLM-4 读这个。", "text")
+    conversation.messages += [
+        {"role": "user", "content": with_documents([note], "里面有什么？")},
+        call, Observation("", "42\n").as_message() | {"tool_call_id": call_id},
+        {"role": "assistant", "content": "42【0†source】", "interrupted": True},
+    ]
+    Autosave(path).save(conversation)
+    return path
+
+
+def test_the_page_scripts_pass_their_unit_tests(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (the page's script tests run with node --test; Node.js 18 or newer)")
+    saved = saved_chat(tmp_path / "saved.json")
+    documents = [Document("a.md", "alpha", "text"), Document("b.txt", "beta", "text")]
+    env = {**os.environ, "GLM4_CHAT_SAVED": str(saved), "GLM4_WITH_DOCUMENTS": with_documents(documents, " what? ")}
+    run = subprocess.run([node, "--test", *sorted(str(p) for p in JS_TESTS.glob("*.test.mjs"))], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "# fail 0" in run.stdout and "# skipped 0" in run.stdout
