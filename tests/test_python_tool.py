@@ -84,6 +84,13 @@ def test_a_picture_is_image_for_the_model_and_a_png_for_the_user(sandboxed: Pyth
 
 
 @needs_sandbox
+def test_a_picture_before_printed_text_is_still_shown(sandboxed: PythonTool) -> None:
+    [observation] = sandboxed.run("python", PLOT + "\nprint('done')")
+    assert observation.content == "done\n"  # the model reads the last output, as GLM-4 was trained
+    assert observation.image is not None and observation.image.read_bytes() == png()
+
+
+@needs_sandbox
 def test_long_output_is_cut_with_a_note(sandboxed: PythonTool) -> None:
     text = run(sandboxed, "print('y' * 100_000)")
     assert text.startswith("yyyy") and len(text) < 21_000 and text.endswith("of 100,001 characters]")

@@ -16,7 +16,10 @@ ADD = '{"a": 40, "b": 2}'
 CITED = "【7†recipe】"
 # a 16×16 PNG shown as the cell's result, as a matplotlib plot would be
 PNG = "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR42mPQiDpBEmIY1TCqYfhqAADQmEoQ5RcxtAAAAABJRU5ErkJggg=="
-PLOT = f"from IPython.display import Image, display\nimport base64\ndisplay(Image(base64.b64decode('{PNG}')))"
+# a plot, a file in /mnt/data, and output that is HTML which would run if a page inserted it as HTML
+PLOT = (f"from IPython.display import Image, display\nimport base64\ndisplay(Image(base64.b64decode('{PNG}')))\n"
+        "open('/mnt/data/points.csv', 'w').write('x,y\\n1,2\\n')\n"
+        "print('<script>document.title=1</script><img src=x onerror=document.title=2>')")
 HOSTILE = ("<script>document.title='pwned'</script>", " <img src=x onerror=\"document.title='pwned'\">",
            " [click me](javascript:document.title='pwned')", " **bold** and $x^2$")
 LONG_CYCLE = ("Some **bold** words and `code` in a paragraph", " that goes on.\n\n", "```python\n", "def f(x):\n",

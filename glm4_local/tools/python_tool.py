@@ -92,12 +92,13 @@ class PythonTool:
         outputs = _merged(cell.outputs)
         shown = _cut("\n".join(_text(o) for o in outputs))  # the user sees every output; the model the last
         last = outputs[-1] if outputs else {}
+        plot = images[-1] if images else None  # shown to the user even when text came after it
         if last.get("output_type") == "stream":
-            return Observation("", _cut(last["text"]), shown)
+            return Observation("", _cut(last["text"]), shown, image=plot)
         data = last.get("data", {})
         if "image/png" in data:
-            return Observation("", "[Image]", shown, image=images[-1])
-        return Observation("", _cut(str(data.get("text/plain", ""))), shown)
+            return Observation("", "[Image]", shown, image=plot)
+        return Observation("", _cut(str(data.get("text/plain", ""))), shown, image=plot)
 
     def _save_png(self, encoded: str) -> Path:
         """A new file, never through a name the sandboxed code made: it may have left a symbolic link

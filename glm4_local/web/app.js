@@ -1,7 +1,7 @@
 // The chat page: conversations in the sidebar, one open; a reply streamed from the server's own API.
 import { ConversationStore, exportConversation, parseConversation, withDocuments } from "./store.js";
 import { chunksOf, ReplyState } from "./stream.js";
-import { element, MarkdownView, stepNode, turnsOf, userNode } from "./view.js";
+import { DrawPacer, element, MarkdownView, stepNode, turnsOf, userNode } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "glm4-local:api-key";
@@ -182,8 +182,8 @@ function draw() {
       if (sources) node.append(sources);
       const buttons = [["Copy", () => copyText(turn.message.content || "")]];
       if (turn === lastAnswer) buttons.push(["Regenerate", regenerate]);
-      if (turn.message.interrupted) buttons.push(["", "stopped"]);
-      buttons.push(["", statsText(turn.message.glm4_stats)]);
+      const notes = [turn.message.interrupted ? "stopped" : "", statsText(turn.message.glm4_stats)];
+      buttons.push(["", notes.filter(Boolean).join(" · ")]);
       actions(node, buttons);
     }
     box.append(node);
@@ -249,6 +249,10 @@ async function generate() {
   if (tools.length) body.tools = tools;
   let first = null;
   let interrupted = false;
+  const pacer = new DrawPacer(() => {
+    view.update(reply.content);
+    box.scrollTop = box.scrollHeight;
+  });
   try {
     const response = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body),
       signal: controller.signal });
@@ -257,20 +261,21 @@ async function generate() {
       const step = chunk.choices && chunk.choices[0] && chunk.choices[0].delta.glm4_step;
       if (reply.add(chunk)) {
         first = first || performance.now();
-        view.update(reply.content);
+        pacer.request();
       }
       if (step) {
         const drawn = liveStep(box, step);
         if (stepNodes[step.index]) stepNodes[step.index].replaceWith(drawn);
         stepNodes[step.index] = drawn;
         box.append(live);
+        box.scrollTop = box.scrollHeight;
       }
-      box.scrollTop = box.scrollHeight;
     }
   } catch (error) {
     interrupted = controller.signal.aborted;
     if (!interrupted) $("status").textContent = `error: ${error.message}`;
   } finally {
+    pacer.cancel();
     busy(false);
     state.controller = null;
   }
@@ -341,7 +346,7 @@ function showDocuments() {
   const box = $("documents");
   box.replaceChildren();
   state.documents.forEach((doc, i) => {
-    const chip = element("span", "chip", `📄 ${doc.name} · ${doc.tokens.toLocaleString()} tokens`);
+    const chip = element("span", "chip", `${doc.name} · ${doc.tokens.toLocaleString()} tokens`);
     const remove = element("button", "", "✕");
     remove.type = "button";
     remove.addEventListener("click", () => {

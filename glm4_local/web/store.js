@@ -56,7 +56,8 @@ export class ConversationStore {
   }
 }
 
-// what `glm4-local chat` saves and loads (its --resume files): nothing of the page's own bookkeeping
+// what `glm4-local chat` saves and loads (its --resume files); the page's own notes on a message (glm4_stats,
+// glm4_citations, glm4_files) ride along: the terminal keeps them as they are and never sends them to the model
 export function exportConversation(conversation) {
   return { messages: conversation.messages, tools: conversation.tools || [] };
 }
