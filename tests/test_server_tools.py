@@ -208,3 +208,26 @@ def test_idle_conversations_end_and_the_oldest_beyond_the_limit(tmp_path: Path) 
     sessions.close()
     assert not (tmp_path / "root").exists()
     assert json.dumps(sessions.offered()) == '[{"type": "python"}]'
+
+
+def test_an_idle_conversation_ends_though_no_request_comes(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    ended = threading.Event()
+
+    class Tool(FakeTool):
+        def close(self) -> None:
+            super().close()
+            ended.set()
+
+    closed: list[str] = []
+    sessions = ToolSessions(lambda folder: {"python": Tool(folder, closed)}, ("python",), idle_seconds=0.2,
+                            root=tmp_path / "root")
+    try:
+        folder = asyncio.run(_use(sessions, "quiet"))
+        assert ended.wait(30), "the idle conversation was never ended"
+        assert closed == ["quiet"] and sessions.sessions == {} and not folder.exists()
+    finally:
+        sessions.close()
+    assert sessions.reaper is not None and not sessions.reaper.is_alive()

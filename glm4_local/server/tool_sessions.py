@@ -2,9 +2,10 @@
 
 A conversation's Python kernel, its /mnt/data folder and its browser's open pages belong to the id the
 client sends (`conversation_id`); another id never sees them. A conversation idle for `idle_seconds`
-is ended (kernel stopped, folder removed), and so is the least recently used one when more than
-`max_conversations` are open. A request without an id gets a toolbox of its own, ended with the
-request. MCP servers are shared by every conversation: they are the user's own programs, started once.
+is ended (kernel stopped, folder removed), by a reaper thread even when no other request comes, and so
+is the least recently used one when more than `max_conversations` are open. A request without an id gets
+a toolbox of its own, ended with the request. MCP servers are shared by every conversation: they are the
+user's own programs, started once.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class ToolSessions:
         self.sessions: dict[str, ToolSession] = {}
         self.guard = threading.Lock()
         self.closed = False
+        self.stopping = threading.Event()
+        self.reaper: threading.Thread | None = None
 
     # -- what the server runs -------------------------------------------------------------------------
     def offered(self) -> list[dict[str, Any]]:
@@ -114,9 +117,21 @@ class ToolSessions:
                 session = self.sessions[conversation]
             elif conversation:
                 self.sessions[conversation] = session
+                self._start_reaper()
             session.users += 1
         self.expire()
         return session
+
+    def _start_reaper(self) -> None:
+        """A thread that ends idle conversations though no request comes; called holding the guard."""
+        if self.reaper is None:
+            self.reaper = threading.Thread(target=self._reap, name="glm4-local-tool-reaper", daemon=True)
+            self.reaper.start()
+
+    def _reap(self) -> None:
+        # a conversation ends at most a tenth of its idle time late
+        while not self.stopping.wait(self.idle_seconds / 10):
+            self.expire()
 
     def _open(self, conversation: str) -> ToolSession:
         data_dir = self.root / conversation
@@ -149,6 +164,10 @@ class ToolSessions:
         with self.guard:
             self.closed = True
             sessions, self.sessions = list(self.sessions.values()), {}
+            reaper = self.reaper
+        self.stopping.set()
+        if reaper is not None:
+            reaper.join()
         for session in sessions:
             session.close()
         if self.mcp is not None:
