@@ -46,7 +46,6 @@ class Page:
         driver.set_window_size(1280, 900)
 
     def open(self, server: Server, ready: bool = True) -> None:
-        self.server = server
         self.driver.get(f"http://127.0.0.1:{server.port}/")
         if ready:
             self.until("document.body.dataset.ready === 'true'")

@@ -41,6 +41,14 @@ def _merged(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return merged
 
 
+def _model_text(last: dict[str, Any] | None) -> str:
+    """What the model reads of a cell, as the demo gave it: its last output as the user sees it, except that
+    printed text keeps its closing newlines."""
+    if last is None:
+        return ""
+    return _cut(str(last["text"]) if last["output_type"] == "stream" else _text(last))
+
+
 def _text(output: dict[str, Any]) -> str:
     if output["output_type"] == "stream":
         return str(output["text"]).rstrip("\n")
@@ -91,14 +99,8 @@ class PythonTool:
             return Observation("", _cut(ANSI.sub("", "\n".join(error.get("traceback", [])))))
         outputs = _merged(cell.outputs)
         shown = _cut("\n".join(_text(o) for o in outputs))  # the user sees every output; the model the last
-        last = outputs[-1] if outputs else {}
         plot = images[-1] if images else None  # shown to the user even when text came after it
-        if last.get("output_type") == "stream":
-            return Observation("", _cut(last["text"]), shown, image=plot)
-        data = last.get("data", {})
-        if "image/png" in data:
-            return Observation("", "[Image]", shown, image=plot)
-        return Observation("", _cut(str(data.get("text/plain", ""))), shown, image=plot)
+        return Observation("", _model_text(outputs[-1] if outputs else None), shown, image=plot)
 
     def _save_png(self, encoded: str) -> Path:
         """A new file, never through a name the sandboxed code made: it may have left a symbolic link
