@@ -24,7 +24,7 @@ from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
 from glm4_local.core.paths import MODELS_DIR
 from glm4_local.tools.extras import EXTRAS
-from glm4_local.tools.sandbox import find_sandbox, sandbox_help
+from glm4_local.tools.sandbox import Limits, check_sandbox, find_sandbox, sandbox_help
 
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
 
@@ -43,7 +43,8 @@ class Report:
     disk_free: int | None  # in the models folder (or the nearest existing folder above it)
     models_searched: str
     sessions: Path
-    sandbox: str  # where the python tool's code would run
+    sandbox: str  # where the python tool's code would run, and what a sandboxed print(1) gave
+    sandbox_bounds: list[str]  # which limits hold there, and how
     extras: dict[str, list[str]]  # optional feature -> its packages, with versions or "missing"
     model_contexts: str | None = None  # for the model found: the largest context per KV type
 
@@ -55,7 +56,7 @@ def collect() -> Report:
     total, available = ram()
     return Report(door.version(), info, door.gpu_offload_available(), backends, features, total, available,
                   os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(MODELS_DIR), searched(),
-                  sessions_dir(), _sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
+                  sessions_dir(), *_sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
                   _model_contexts(available or total))
 
 
@@ -89,11 +90,17 @@ def long_variant_lines(free: int | None, family: ModelFamily = FAMILIES[0]) -> l
     return lines
 
 
-def _sandbox() -> str:
+def _sandbox() -> tuple[str, list[str]]:
+    """The sandbox, tried for real (a sandboxed `print(1)` as the kernel is started), and its bounds."""
     sandbox = find_sandbox()
     if sandbox is None:
-        return f"none: --python is refused ({sandbox_help()})"
-    return f"{sandbox.kind} ({sandbox.program}): --python runs the model's code with no network, no home folder"
+        return f"none: --python is refused ({sandbox_help()})", []
+    tried = check_sandbox(sandbox)
+    if not tried.ok:
+        return (f"{sandbox.kind} ({sandbox.program}) FAILED: a sandboxed print(1) gave "
+                f"{tried.output or 'nothing'!r}; --python will not work"), []
+    return (f"{sandbox.kind} ({sandbox.program}): a sandboxed print(1) printed 1; --python runs the model's code "
+            "with no network, no home folder"), sandbox.bounds(Limits())
 
 
 def _versions(names: tuple[str, ...]) -> list[str]:
@@ -173,6 +180,7 @@ def render(report: Report) -> list[str]:
     lines.append(f"Models            looked for in {report.models_searched}")
     lines.append(f"Sessions          autosaved in {report.sessions}")
     lines.append(f"Sandbox           {report.sandbox}")
+    lines += [f"  limits          {bound}" for bound in report.sandbox_bounds]
     for extra, packages in report.extras.items():
         missing = any(p.endswith(" missing") for p in packages)
         hint = f'  (pip install "glm4-local[{extra}]")' if missing else ""

@@ -1,22 +1,31 @@
 """Where the model's code runs: a sandbox around a command, asked for by the python tool.
 
-Linux: bubblewrap (`bwrap`): new user, network, PID and IPC namespaces (no network at all), the system
-read-only, only the Python installation and the data folder visible (no home folder, no other files),
-`/mnt/data` writable, a private /tmp, dies with glm4-local; memory, process and file-size limits as
-rlimits. macOS: `sandbox-exec` with a profile that denies the network and writes outside the data
-folder. Elsewhere there is none, and code runs only where the user says it may run unconfined.
+Linux: bubblewrap (`bwrap`): new user, network, PID and IPC namespaces (no network at all, no nested user
+namespaces), the system read-only, only the Python installation and the data folder visible (no home
+folder, no other files), `/mnt/data` writable, a private /tmp and /dev/shm of a fixed size, dies with
+glm4-local. bwrap itself is started with an empty environment: it is PID 1 inside, and its
+/proc/1/environ is readable there. The memory and the processes of the whole sandbox are bounded by
+a cgroup where the machine has one for us (cgroups.py), else per process by rlimits.
+macOS: `sandbox-exec` with a profile that denies the network and writes outside the data folder.
+Elsewhere there is none, and code runs only where the user says it may run unconfined.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from glm4_local.tools.cgroups import SYSTEMD, Cgroups, Group, find_cgroups
 
 DATA_MOUNT = "/mnt/data"
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -24,22 +33,58 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/fonts",
              "/etc/localtime", "/etc/mime.types", "/etc/ssl/certs", "/etc/matplotlibrc")
 PASSED_ENV = ("LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "MPLBACKEND")
+# what systemd-run needs to reach the user's service manager (socket paths, no secrets)
+SYSTEMD_ENV = ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")
+CHECK_TIMEOUT = 30.0
+_ROOTS_SCRIPT = ("import json, os, sys, sysconfig\n"
+                 "paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),\n"
+                 "         os.path.dirname(os.path.realpath(sys.executable))]\n"
+                 "paths += [p for p in sysconfig.get_paths().values() if p]\n"
+                 "paths += [p for p in sys.path if p and 'packages' in p]\n"
+                 "print(json.dumps(paths))")
+
+
+def size_text(n: int) -> str:
+    """A size in the largest binary unit it reaches: "4 GiB", "512 MiB"."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 @dataclass(frozen=True)
 class Limits:
-    memory_bytes: int = 4 * 1024**3  # address space of the kernel (numpy and plots fit well inside)
-    processes: int = 256  # new processes the sandbox may start, beyond what this user already runs
+    memory_bytes: int = 4 * 1024**3  # the whole sandbox (its cgroup), else each process's address space
+    processes: int = 256  # processes the sandbox may have at once (its cgroup; else this user's new ones)
     file_bytes: int = 1024**3  # largest file it may write
+    tmp_bytes: int = 512 * 1024**2  # its private /tmp
+    shm_bytes: int = 64 * 1024**2  # its /dev/shm
+    data_bytes: int = 2 * 1024**3  # all of /mnt/data (checked while code runs)
+    data_files: int = 10_000  # files and folders in /mnt/data
 
 
-def python_roots() -> list[str]:
-    """The folders the Python running glm4-local lives in (interpreter, standard library, packages)."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths |= {p for p in sysconfig.get_paths().values() if p}
-    paths |= {p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p}
-    roots = sorted(os.path.realpath(p) for p in paths if os.path.isdir(p))
+def _normal_roots(paths: Sequence[str]) -> list[str]:
+    """Existing folders, as given and as resolved, without the ones inside another."""
+    found = set()
+    for path in paths:
+        if path and os.path.isabs(path) and os.path.isdir(path):
+            found |= {os.path.normpath(path), os.path.realpath(path)}
+    roots = sorted(found)
     return [p for i, p in enumerate(roots) if not any(p.startswith(r + os.sep) for r in roots[:i])]
+
+
+@functools.lru_cache(maxsize=8)
+def python_roots(executable: str | None = None) -> list[str]:
+    """The folders a Python lives in (interpreter, standard library, packages): glm4-local's own, or
+    another interpreter's, asked of it."""
+    if executable is None or executable == sys.executable:
+        paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),
+                 os.path.dirname(os.path.realpath(sys.executable)),
+                 *(p for p in sysconfig.get_paths().values() if p), *(p for p in sys.path if p and "packages" in p)]
+        return _normal_roots(paths)
+    answer = subprocess.run([executable, "-I", "-c", _ROOTS_SCRIPT], capture_output=True, text=True, timeout=30,
+                            check=True)
+    return _normal_roots(json.loads(answer.stdout))
 
 
 def _uid_processes() -> int:
@@ -78,34 +123,90 @@ def _system_binds() -> list[str]:
     return args
 
 
+@functools.lru_cache(maxsize=4)
+def _can_disable_userns(program: str) -> bool:
+    """Whether this bwrap can keep the sandbox from making user namespaces of its own (bwrap >= 0.8, and a
+    user namespace it may make: not a setuid bwrap on a kernel that refuses them to users)."""
+    true = shutil.which("true") or "/bin/true"
+    try:
+        done = subprocess.run([program, "--unshare-all", "--unshare-user", "--disable-userns", "--ro-bind", "/", "/",
+                               "--", true], env={}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one sandboxed program starts: its command, the environment of the command (never ours), what
+    the child runs between fork and exec, and the cgroup that bounds it (None: rlimits only)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    preexec: Callable[[], None] | None
+    group: Group | None = None
+
+    def close(self) -> None:
+        if self.group is not None:
+            self.group.close()
+
+
+def _kernel_env(python: str, home: str) -> dict[str, str]:
+    env = {"HOME": home, "TMPDIR": home, "PYTHONNOUSERSITE": "1", "MPLBACKEND": "Agg",
+           "PATH": f"{os.path.dirname(python)}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+           "IPYTHONDIR": f"{home}/.ipython", "MPLCONFIGDIR": f"{home}/.matplotlib"}
+    return env | {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+
+
 @dataclass(frozen=True)
 class Sandbox:
     kind: str  # "bubblewrap" or "sandbox-exec"
     program: str
 
-    def wrap(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path) -> list[str]:
-        """`argv` run inside: no network, the data folder at /mnt/data (its cwd), `ipc_dir` for the sockets."""
-        if self.kind == "bubblewrap":
-            return self._bwrap(argv, data_dir, ipc_dir)
-        return self._sandbox_exec(argv, data_dir, ipc_dir)
+    @property
+    def cgroups(self) -> Cgroups | None:
+        return find_cgroups() if self.kind == "bubblewrap" else None
 
-    def _bwrap(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path) -> list[str]:
-        env = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONNOUSERSITE": "1", "MPLBACKEND": "Agg",
-               "PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin",
-               "LANG": "C.UTF-8", "IPYTHONDIR": "/tmp/.ipython", "MPLCONFIGDIR": "/tmp/.matplotlib"}
-        env |= {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    def launch(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path, limits: Limits,
+               python: str | None = None) -> Launch:
+        """`argv` run inside: no network, the data folder at /mnt/data (its cwd), `ipc_dir` for the sockets;
+        `python` is the interpreter it runs (glm4-local's own unless given)."""
+        python = python or sys.executable
+        if self.kind != "bubblewrap":
+            return Launch(self._sandbox_exec(argv, data_dir, ipc_dir, python), _kernel_env(python, str(ipc_dir)),
+                          rlimits(limits))
+        cgroups = self.cgroups
+        group = cgroups.make(limits.memory_bytes, limits.processes) if cgroups else None
+        set_limits = rlimits(limits)
+
+        def preexec() -> None:
+            if group is not None:
+                group.join()
+            set_limits()
+
+        prefix = cgroups.scope(limits.memory_bytes, limits.processes) if cgroups else []
+        env = {k: os.environ[k] for k in SYSTEMD_ENV if k in os.environ} if prefix else {}
+        return Launch([*prefix, *self._bwrap(argv, data_dir, ipc_dir, limits, python)], env, preexec, group)
+
+    def _bwrap(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path, limits: Limits, python: str) -> list[str]:
         args = [self.program, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-                "--hostname", "sandbox", *_system_binds()]
-        for root in python_roots():
-            args += ["--ro-bind", root, root]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/mnt",
-                 "--bind", str(data_dir), DATA_MOUNT, "--bind", str(ipc_dir), str(ipc_dir),
+                "--hostname", "sandbox"]
+        if _can_disable_userns(self.program):
+            args += ["--unshare-user", "--disable-userns"]
+        args += _system_binds()
+        args += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.shm_bytes), "--tmpfs", "/dev/shm",
+                 "--remount-ro", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+        # after /tmp: a Python that lives under /tmp (a venv there) is mounted over the private /tmp
+        for root in python_roots(python):
+            args += ["--ro-bind", os.path.realpath(root), root]
+        args += ["--dir", "/mnt", "--bind", str(data_dir), DATA_MOUNT, "--bind", str(ipc_dir), str(ipc_dir),
                  "--remount-ro", "/", "--chdir", DATA_MOUNT]
-        for key, value in env.items():
+        for key, value in _kernel_env(python, "/tmp").items():
             args += ["--setenv", key, value]
         return [*args, "--", *argv]
 
-    def _sandbox_exec(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path) -> list[str]:
+    def _sandbox_exec(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path, python: str) -> list[str]:
         # macOS has no /mnt/data to mount: the data folder is the working folder, and writes go only there
         profile = "\n".join([
             "(version 1)", "(allow default)", "(deny network*)",
@@ -115,9 +216,53 @@ class Sandbox:
             ' (literal "/dev/null"))',
             '(deny file-read* (subpath "{home}"))',
             '(allow file-read* (subpath "{data}") (subpath "{ipc}")' + "".join(
-                f' (subpath "{root}")' for root in python_roots()) + ")",
+                f' (subpath "{root}")' for root in python_roots(python)) + ")",
         ]).format(ipc=os.path.realpath(ipc_dir), data=os.path.realpath(data_dir), home=os.path.expanduser("~"))
         return [self.program, "-p", profile, *argv]
+
+    def bounds(self, limits: Limits) -> list[str]:
+        """Which limits hold on this machine, and how (for `doctor` and the chat's banner)."""
+        cgroups = self.cgroups
+        memory = size_text(limits.memory_bytes)
+        if cgroups is not None:
+            how = f"{cgroups.kind}" + (" (systemd-run)" if cgroups.kind == SYSTEMD else "")
+            lines = [f"memory {memory} and {limits.processes} processes for the whole sandbox ({how})"]
+        else:
+            processes = ("no process limit (running as root without a cgroup: RLIMIT_NPROC does not bind root)"
+                         if os.getuid() == 0 else f"{limits.processes} new processes (RLIMIT_NPROC)")
+            lines = [f"memory {memory} per process (RLIMIT_AS; no cgroup for the whole sandbox here)", processes]
+        if self.kind == "bubblewrap":
+            lines.append(f"private /tmp {size_text(limits.tmp_bytes)}, /dev/shm {size_text(limits.shm_bytes)}")
+        lines.append(f"/mnt/data {size_text(limits.data_bytes)} and {limits.data_files:,} files in all, "
+                     f"{size_text(limits.file_bytes)} a file")
+        return lines
+
+
+@dataclass(frozen=True)
+class SandboxCheck:
+    """What a sandboxed `print(1)` gave: `ok` when it printed 1 and exited 0."""
+
+    ok: bool
+    output: str
+
+
+def check_sandbox(sandbox: Sandbox, python: str | None = None, limits: Limits | None = None) -> SandboxCheck:
+    """Run `print(1)` with `python` (glm4-local's own by default) in the sandbox, as the kernel is run."""
+    python = python or sys.executable
+    with tempfile.TemporaryDirectory(prefix="glm4k-check-") as folder:
+        data, ipc = Path(folder, "data"), Path(folder, "ipc")
+        data.mkdir()
+        ipc.mkdir()
+        launch = sandbox.launch([python, "-I", "-c", "print(1)"], data, ipc, limits or Limits(), python)
+        try:
+            done = subprocess.run(launch.argv, env=launch.env, preexec_fn=launch.preexec, cwd=data,
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=CHECK_TIMEOUT)
+        except (OSError, subprocess.SubprocessError) as e:
+            return SandboxCheck(False, str(e))
+        finally:
+            launch.close()
+    output = (done.stdout + done.stderr).decode(errors="replace").strip()
+    return SandboxCheck(done.returncode == 0 and done.stdout.strip() == b"1", output[-300:])
 
 
 def find_sandbox() -> Sandbox | None:
