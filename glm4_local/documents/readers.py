@@ -1,28 +1,29 @@
 """A file into text for the model, by its type: text and code (encoding detected), Markdown, HTML (its
 main text), PDF (page markers kept), DOCX (paragraphs and tables). An unreadable, encrypted or binary
-file is one DocumentError naming it and why; nothing is guessed into garbage."""
+file is one DocumentError naming it and why; nothing is guessed into garbage.
+
+Only regular files are read (a FIFO or a device is refused without waiting on it), each bounded by what
+it expands to, and the parsers run in a bounded child process (core/parse_worker.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
 from glm4_local.core import filetext
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.parse_worker import parse
 from glm4_local.documents.form import Document
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_TEXT_BYTES = 64 * 1024 * 1024  # a text file: more than any context holds
+MAX_HTML_BYTES = 16 * 1024 * 1024
 EXTRA = "documents"
+INSTALL = f'pip install "glm4-local[{EXTRA}]"'
 
 
 class DocumentError(Glm4LocalError):
     """A file that cannot be read into the conversation."""
-
-
-def _needs(path: Path, what: str, module: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise DocumentError(f"{path.name}: {what} needs {module}: pip install \"glm4-local[{EXTRA}]\"")
 
 
 def decode_text(data: bytes, path: Path) -> str:
@@ -32,45 +33,40 @@ def decode_text(data: bytes, path: Path) -> str:
         raise DocumentError(str(e)) from None
 
 
+def _read(path: Path, limit: int) -> bytes:
+    try:
+        return filetext.read_regular(path, limit)
+    except filetext.FileTextError as e:
+        raise DocumentError(str(e)) from None
+
+
 def read_text(path: Path) -> Document:
-    return Document(path.name, decode_text(path.read_bytes(), path), "text")
+    return Document(path.name, decode_text(_read(path, MAX_TEXT_BYTES), path), "text")
+
+
+def _parsed(job: str, file: Path, **args: object) -> object:
+    try:
+        return parse(job, file.name, **args)
+    except filetext.FileTextError as e:
+        raise DocumentError(str(e)) from None
 
 
 def read_html(path: Path) -> Document:
-    _needs(path, "HTML", "trafilatura")
-    import trafilatura
-
-    html = decode_text(path.read_bytes(), path)
-    text = trafilatura.extract(html, output_format="markdown", include_links=False, include_tables=True,
-                               favor_recall=True) or trafilatura.html2txt(html) or ""
-    return Document(path.name, text, "html")
+    html = decode_text(_read(path, MAX_HTML_BYTES), path)
+    text = _parsed("html_markdown", path, html=html, url="", reading="document", install_hint=INSTALL)
+    return Document(path.name, str(text), "html")
 
 
 def read_pdf(path: Path) -> Document:
-    try:
-        pages = filetext.pdf_pages(path, f'pip install "glm4-local[{EXTRA}]"')
-    except filetext.FileTextError as e:
-        raise DocumentError(str(e)) from None
+    pages = _parsed("pdf_pages", path, path=str(path), install_hint=INSTALL)
+    assert isinstance(pages, list)
     if not any(p.strip() for p in pages):
         raise DocumentError(f"{path.name}: the PDF has no text (scanned pages need OCR first)")
     return Document(path.name, filetext.with_page_markers(pages), "pdf", len(pages))
 
 
 def read_docx(path: Path) -> Document:
-    _needs(path, "DOCX", "docx")
-    import zipfile
-
-    import docx
-    from docx.opc.exceptions import OpcError
-
-    try:
-        document = docx.Document(str(path))
-    except (zipfile.BadZipFile, KeyError, ValueError, OpcError) as e:
-        raise DocumentError(f"{path.name}: not a readable DOCX file ({e})") from None
-    blocks = [p.text for p in document.paragraphs if p.text.strip()]
-    for table in document.tables:
-        blocks.append("\n".join(" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows))
-    return Document(path.name, "\n\n".join(blocks), "docx")
+    return Document(path.name, str(_parsed("docx_text", path, path=str(path), install_hint=INSTALL)), "docx")
 
 
 # file suffix -> reader; anything else is read as text (code, logs, CSV ...) unless it is binary

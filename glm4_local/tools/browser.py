@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from glm4_local.core.families.glm4_replies import BROWSER
 from glm4_local.tools.browser_actions import Action, ActionError, parse_action
-from glm4_local.tools.fetch import FetchError, fetch
+from glm4_local.tools.fetch import TIMEOUT, FetchError, fetch
 from glm4_local.tools.observation import BROWSER_RESULT, Observation, Source
-from glm4_local.tools.page_text import Page, hostname, join_url, page_from_html, page_from_markdown
+from glm4_local.tools.page_text import (
+    PAGE_SECONDS,
+    Page,
+    PageError,
+    hostname,
+    join_url,
+    page_from_html,
+    page_from_markdown,
+)
 from glm4_local.tools.search import SearchBackend, SearchError
 
 NAME = BROWSER
 FIRST_QUOTE = 7
 VISIBLE = "\nVisible: 0% - 100%"
 MAX_CLICKS = 10
+OPEN_SECONDS = PAGE_SECONDS  # a whole open: at most TIMEOUT (10 s) fetching, the rest turning it into text
 
 
 @dataclass
@@ -42,9 +52,9 @@ def _short(url: str, limit: int = 80) -> str:
     return url if len(url) <= limit else url[:limit] + f"... (URL truncated at {limit} chars)"
 
 
-def _load_failure(error: FetchError, shown_url: str) -> str:
+def _load_failure(error: Exception, shown_url: str) -> str:
     """The demo's words for a page that could not be had."""
-    what = "Timeout while loading" if "timed out" in str(error) else "Failed to load"
+    what = "Timeout while loading" if "timed out" in str(error) or "took too long" in str(error) else "Failed to load"
     return f"{what} page w/ URL: {shown_url}"
 
 
@@ -99,21 +109,23 @@ class Browser:
         return Observation(BROWSER_RESULT, "\n".join(lines) + VISIBLE, f'search "{query}": {len(results)} results')
 
     def _page(self, url: str) -> Page:
+        """The page at `url`: the backend's own, or fetched from the web; within OPEN_SECONDS in all."""
+        deadline = time.monotonic() + OPEN_SECONDS
         try:
             own = self.backend.open(url)
         except SearchError as e:
             raise FetchError(str(e)) from None
         if own is not None:
             return own
-        fetched = fetch(url, allow_private=self.allow_private)
+        fetched = fetch(url, allow_private=self.allow_private, timeout=TIMEOUT)
         if fetched.content_type.startswith(("text/plain", "text/markdown")):
             return page_from_markdown(fetched.text(), fetched.url, "")
-        return page_from_html(fetched.text(), fetched.url)
+        return page_from_html(fetched.text(), fetched.url, max(deadline - time.monotonic(), 1.0))
 
     def _open_url(self, url: str) -> Observation:
         try:
             page = self._page(url)
-        except FetchError as e:
+        except (FetchError, PageError) as e:
             raise ActionError(_load_failure(e, url), f"{url}: {e}") from None
         self.pages.append(PageState(page.url, page.links))
         body = re.sub(r"\n[ \t]*(?=\n[ \t]*\n)", "", page.markdown)  # runs of empty lines become one
@@ -146,7 +158,7 @@ class Browser:
     def _quote(self, ref: int, url: str, quote: int) -> Observation | _Failure:
         try:
             page = self._page(url)
-        except FetchError as e:
+        except (FetchError, PageError) as e:
             content = _click_failure(ref, f"'{_load_failure(e, _short(url))}'", f"Error fetching url {_short(url)}")
             return _Failure(content, f"{url}: {e}")
         source = Source(page.title or url, page.url)

@@ -3,21 +3,28 @@ SQLite FTS5 (only new or changed files are read again), pages at `folder://{name
 
 Chinese, Japanese and Korean text has no spaces between words, so each such character is indexed as
 a word of its own and a query's run of them is searched as a phrase.
+
+Only regular files are read (a FIFO named `*.md` is passed over, never waited on), pages are held to the
+web's 5 MiB, and an index that is damaged is built again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import sqlite3
+import stat
 import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from glm4_local.core import filetext
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.parse_worker import parse
 from glm4_local.tools.extras import install_line
+from glm4_local.tools.fetch import MAX_BYTES as MAX_PAGE_BYTES
 from glm4_local.tools.page_text import Page, html_title, page_from_html, page_from_markdown, plain_text
 from glm4_local.tools.search import RESULTS, Result, SearchError
 
@@ -48,18 +55,19 @@ def match_query(query: str) -> str:
     return " ".join(f'"{word}"' for word in WORD.findall(spaced(query)) if word)
 
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
     try:
-        return filetext.decode_text(path.read_bytes(), path.name)
+        return filetext.decode_text(filetext.read_regular(path, limit), path.name)
     except filetext.FileTextError as e:
         raise SearchError(str(e)) from None
 
 
 def read_pdf(path: Path) -> str:
     try:
-        return filetext.with_page_markers(filetext.pdf_pages(path, install_line("browser")))
+        pages = parse("pdf_pages", path.name, path=str(path), install_hint=install_line("browser"))
     except filetext.FileTextError as e:
         raise SearchError(str(e)) from None
+    return filetext.with_page_markers(pages)
 
 
 class FolderBackend:
@@ -71,10 +79,22 @@ class FolderBackend:
         self.prefix = f"folder://{self.name}/"
         index_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:16]
-        self.db = sqlite3.connect(index_dir / f"folder-{digest}.sqlite", check_same_thread=False)
-        self.db.executescript(SCHEMA)
-        self.indexed = self.update()
+        self.index = index_dir / f"folder-{digest}.sqlite"
+        try:
+            self.indexed = self._open_index()
+        except sqlite3.DatabaseError:  # damaged (or not an index at all): built again from the files
+            with contextlib.suppress(sqlite3.Error, AttributeError):
+                self.db.close()
+            for stale in (self.index, self.index.with_name(self.index.name + "-journal")):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+            self.indexed = self._open_index()
         self.label = f"folder {self.folder} ({self.indexed:,} files)"
+
+    def _open_index(self) -> int:
+        self.db = sqlite3.connect(self.index, check_same_thread=False)
+        self.db.executescript(SCHEMA)
+        return self.update()
 
     def _files(self) -> dict[str, os.stat_result]:
         found = {}
@@ -86,9 +106,11 @@ class FolderBackend:
                     try:
                         if path.is_symlink() and not path.resolve().is_relative_to(self.folder):
                             continue  # what the pages may show is the folder's own files, as open() holds
-                        found[str(path.relative_to(self.folder))] = path.stat()
-                    except OSError:
+                        info = path.stat()
+                    except (OSError, RuntimeError):  # a link loop
                         continue
+                    if stat.S_ISREG(info.st_mode):  # never a FIFO or a device: reading one would wait for ever
+                        found[str(path.relative_to(self.folder))] = info
         return found
 
     def _document(self, relative: str) -> tuple[str, str]:
@@ -126,7 +148,7 @@ class FolderBackend:
     def _safe_document(self, relative: str) -> tuple[str, str]:
         try:
             return self._document(relative)
-        except (OSError, SearchError):
+        except (OSError, SearchError, filetext.FileTextError):
             return Path(relative).stem, ""
 
     def search(self, query: str, recency_days: int | None) -> list[Result]:
@@ -149,13 +171,19 @@ class FolderBackend:
         if not url.startswith(self.prefix):
             return None
         relative = unquote(url[len(self.prefix):].split("#")[0])
-        path = (self.folder / relative).resolve()
-        if not path.is_relative_to(self.folder) or path.suffix.lower() not in SUFFIXES or not path.is_file():
-            raise SearchError(f"no file {relative!r} in {self.folder.name}")  # never a file outside the folder
+        missing = SearchError(f"no file {relative!r} in {self.folder.name}")
+        if "\0" in relative:
+            raise missing
+        try:
+            path = (self.folder / relative).resolve()
+            if not path.is_relative_to(self.folder) or path.suffix.lower() not in SUFFIXES or not path.is_file():
+                raise missing  # never a file outside the folder
+        except (OSError, RuntimeError, ValueError):
+            raise missing from None
         address = self.prefix + quote(str(path.relative_to(self.folder)))
         if path.suffix.lower() == ".pdf":
             return page_from_markdown(read_pdf(path), address, path.stem)
-        text = read_text(path)
+        text = read_text(path, MAX_PAGE_BYTES)
         if path.suffix.lower() in HTML_SUFFIXES:
             return page_from_html(text, address)
         return page_from_markdown(text, address, self._document(str(path.relative_to(self.folder)))[0])

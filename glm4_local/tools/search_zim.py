@@ -9,10 +9,12 @@ from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.tools.extras import needs
+from glm4_local.tools.fetch import MAX_BYTES as MAX_PAGE_BYTES
 from glm4_local.tools.page_text import Page, page_from_html, page_from_markdown, plain_text
 from glm4_local.tools.search import RESULTS, Result, SearchError
 
 SNIPPET_CHARS = 200
+SNIPPET_SOURCE_BYTES = 64 * 1024  # a result's snippet is read from the start of its page only
 
 
 def plain_snippet(html: str) -> str:
@@ -54,14 +56,14 @@ class ZimBackend:
             if entry is None:
                 continue
             item = entry.get_item()
-            html = bytes(item.content).decode("utf-8", errors="replace")
+            html = bytes(memoryview(item.content)[:SNIPPET_SOURCE_BYTES]).decode("utf-8", errors="replace")
             results.append(Result(entry.title, self.prefix + entry.path, plain_snippet(html)))
         return results
 
     def _entry(self, path: str) -> Any:
         try:
             entry = self.archive.get_entry_by_path(path)
-        except KeyError:
+        except (KeyError, RuntimeError, ValueError, UnicodeError):  # no such entry, or a path libzim refuses
             return None
         for _ in range(8):  # redirects, bounded
             if not entry.is_redirect:
@@ -77,6 +79,8 @@ class ZimBackend:
         if entry is None:
             raise SearchError(f"no entry {path!r} in the ZIM file")
         item = entry.get_item()
+        if item.size > MAX_PAGE_BYTES:
+            raise SearchError(f"{path!r} is larger than {MAX_PAGE_BYTES // 2**20} MiB")
         text = bytes(item.content).decode("utf-8", errors="replace")
         if item.mimetype.startswith("text/html"):
             page = page_from_html(text, self.prefix + entry.path)
