@@ -269,6 +269,9 @@ def serve(
                                              "requests that list them (GET /v1/glm4/tools lists them).")] = None,
     tool_idle: Annotated[float, typer.Option("--tool-idle", metavar="SECONDS", help="A conversation's kernel, "
                                              "files and pages end this long after its last request.")] = 900.0,
+    tool_conversations: Annotated[int, typer.Option("--tool-conversations", metavar="N", help="Conversations whose "
+                                                    "tools (a kernel each) may exist at once; past it a new one is "
+                                                    "refused (503) until one ends.", min=1)] = 32,
     *, runtime: RuntimeOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling, and a chat page at /."""
@@ -283,7 +286,7 @@ def serve(
     with user_errors(on_interrupt="stopped"):
         options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
                                int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()), client_timeout, tools,
-                               tool_idle)
+                               tool_idle, tool_conversations)
         serve_model(resolve_model(model), runtime, options,
                     say=lambda line: err.print(line, markup=False),
                     warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -189,22 +190,37 @@ async def _use(sessions: ToolSessions, conversation: str | None) -> Path:
         return session.data_dir
 
 
-def test_idle_conversations_end_and_the_oldest_beyond_the_limit(tmp_path: Path) -> None:
+def test_only_idle_conversations_end_and_beyond_the_limit_new_ones_wait(tmp_path: Path) -> None:
+    """No client can end another's conversation by opening many: past the limit (requests without an id
+    counted too) a new one is refused until one has been idle long enough to end; an ended one is told so."""
     import asyncio
+    import time
+
+    from glm4_local.server.tool_sessions import TooManyConversations, UnknownConversation
 
     closed: list[str] = []
     sessions = ToolSessions(lambda folder: {"python": FakeTool(folder, closed)}, ("python",), idle_seconds=100,
                             max_conversations=2, root=tmp_path / "root")
     first = asyncio.run(_use(sessions, "a"))
-    asyncio.run(_use(sessions, "b"))
     assert asyncio.run(_use(sessions, "a")) == first and closed == []  # the same conversation again
     one_off = asyncio.run(_use(sessions, None))
     assert closed == [one_off.name] and not one_off.exists()  # a request without an id: ended with it
-    asyncio.run(_use(sessions, "c"))  # a third: the least recently used (b) ends
-    assert closed[-1] == "b" and sorted(sessions.sessions) == ["a", "c"]
-    import time
+    asyncio.run(_use(sessions, "b"))
+    for newcomer in ("c", None):  # a third, with an id or without: refused, and nobody else ends
+        with pytest.raises(TooManyConversations) as refused:
+            asyncio.run(_use(sessions, newcomer))
+        assert 90 < refused.value.retry_after <= 100
+    assert sorted(sessions.sessions) == ["a", "b"] and len(closed) == 1
+    assert sorted(sessions.expire(now=time.monotonic() + 101)) == ["a", "b"] and not first.exists()
+    with pytest.raises(UnknownConversation, match="ended after 100 s without a request; its files went with it"):
+        sessions.data_dir("a")
 
-    assert sorted(sessions.expire(now=time.monotonic() + 101)) == ["a", "c"] and not first.exists()
+    async def notice(conversation: str) -> str | None:
+        async with sessions.session(conversation) as session:
+            return session.take_notice()
+
+    assert "ended after 100 s" in str(asyncio.run(notice("a")))  # its next request is told, once
+    assert asyncio.run(notice("a")) is None and asyncio.run(notice("c")) is None
     sessions.close()
     assert not (tmp_path / "root").exists()
     assert json.dumps(sessions.offered()) == '[{"type": "python"}]'
@@ -217,13 +233,20 @@ def test_an_idle_conversation_ends_though_no_request_comes(tmp_path: Path) -> No
     ended = threading.Event()
 
     class Tool(FakeTool):
-        def close(self) -> None:
-            super().close()
-            ended.set()
+        pass
 
     closed: list[str] = []
     sessions = ToolSessions(lambda folder: {"python": Tool(folder, closed)}, ("python",), idle_seconds=0.2,
                             root=tmp_path / "root")
+    expire = sessions.expire
+
+    def expired(now: float | None = None) -> list[str]:
+        gone = expire(now)
+        if gone:  # the folders are gone too once expire returns (the tools' close is only the first step)
+            ended.set()
+        return gone
+
+    sessions.expire = expired  # type: ignore[method-assign]
     try:
         folder = asyncio.run(_use(sessions, "quiet"))
         assert ended.wait(30), "the idle conversation was never ended"
@@ -231,3 +254,83 @@ def test_an_idle_conversation_ends_though_no_request_comes(tmp_path: Path) -> No
     finally:
         sessions.close()
     assert sessions.reaper is not None and not sessions.reaper.is_alive()
+
+
+def test_files_the_code_left_are_data_never_a_hang(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    """A FIFO in /mnt/data never freezes the server, a large file streams, a name with "?" is a whole link."""
+    if needs_sandbox.args[0]:
+        pytest.skip(needs_sandbox.kwargs["reason"])
+    server = Server(tool_gguf("files"), tmp_path, "--python")
+    try:
+        status, body = server.json("POST", "/v1/chat/completions",
+                                   {"messages": ASK, "tools": PYTHON, "conversation_id": "files"})
+        assert status == 200, body
+        listed = {f["name"]: f for f in body["choices"][0]["message"]["glm4_steps"][0]["files"]}
+        assert "trap.txt" not in listed  # not a regular file: never offered
+        assert listed["c?d.txt"]["url"] == "/v1/glm4/files/files/c%3Fd.txt"
+        assert server.request("GET", listed["c?d.txt"]["url"])[2] == b"cd"
+        assert server.request("GET", "/v1/glm4/files/files/trap.txt")[0] == 404  # at once, not a hang
+        assert server.json("GET", "/health")[1]["status"] == "ok"
+        status, headers, data = server.request("GET", listed["big.bin"]["url"])
+        assert status == 200 and headers["content-length"] == str(48 * 2**20) and data == b"z" * (48 * 2**20)
+    finally:
+        code, output = server.stop()
+    assert code == 0 and "Traceback" not in output, output
+
+
+def _stream_until_running(server: Server, conversation: str) -> tuple[Any, float]:
+    """A streamed request, read until its python step is running; (the open connection, when)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    body = {"messages": ASK, "tools": PYTHON, "stream": True, "conversation_id": conversation}
+    started = time.monotonic()
+    connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    while b'"status": "running"' not in (line := response.readline()):
+        assert line, "the stream ended before the step ran"
+    return connection, time.monotonic() - started
+
+
+def test_a_client_that_leaves_stops_its_running_cell(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    """The sleeping cell of a request whose client left is interrupted: the conversation's next request
+    runs at once, not after the first cell's --python-timeout."""
+    if needs_sandbox.args[0]:
+        pytest.skip(needs_sandbox.kwargs["reason"])
+    server = Server(tool_gguf("sleep"), tmp_path, "--python", "--python-timeout", "90")
+    try:
+        first, _ = _stream_until_running(server, "leaving")
+        first.close()  # the client goes away while its cell sleeps
+        second, waited = _stream_until_running(server, "leaving")
+        second.close()
+        assert waited < 30, f"the next request waited {waited:.1f} s for the abandoned cell"
+    finally:
+        _, output = server.stop()
+    assert "CancelledError" not in output and "Traceback" not in output, output
+
+
+def test_no_client_can_end_another_clients_conversation(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    server = Server(tool_gguf("chinese"), tmp_path, "--python", "--tool-conversations", "3", "--tool-idle", "3")
+    client = server.client()
+    try:
+        for conversation in ("mine", "other-1", "other-2"):
+            client.chat.completions.create(model="m", messages=ASK, tools=PYTHON,
+                                           extra_body={"conversation_id": conversation})
+        status, body = server.json("POST", "/v1/chat/completions", {"messages": ASK, "tools": PYTHON,
+                                                                    "conversation_id": "other-3"})
+        assert status == 503 and body["error"]["code"] == "too_many_conversations", body
+        assert server.request("GET", "/v1/glm4/files/mine/nothing.txt")[0] == 404  # "mine" is still open ...
+        assert "no file" in server.json("GET", "/v1/glm4/files/mine/nothing.txt")[1]["error"]["message"]
+        deadline = time.monotonic() + 60
+        while server.json("GET", "/v1/glm4/files/mine/x")[1]["error"]["code"] != "conversation_ended":
+            assert time.monotonic() < deadline, "the idle conversation never ended"
+            time.sleep(0.2)
+        reply = client.chat.completions.create(model="m", messages=ASK, tools=PYTHON,
+                                               extra_body={"conversation_id": "mine"})
+        assert "ended after 3 s without a request" in (reply.choices[0].message.model_extra or {})["glm4_notice"]
+        stream = client.chat.completions.create(model="m", messages=ASK, tools=PYTHON, stream=True,
+                                                extra_body={"conversation_id": "other-1"})
+        notices = [c.choices[0].delta.model_extra.get("glm4_notice") for c in stream if c.choices]
+        assert any(n and "other-1 ended" in n for n in notices)
+    finally:
+        server.stop()

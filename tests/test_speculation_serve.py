@@ -87,6 +87,23 @@ def test_a_stop_string_inside_a_draft_ends_the_reply_where_it_ends_without_one(s
     assert not any(s in text for s in ([stop] if isinstance(stop, str) else stop))
 
 
+@pytest.mark.parametrize("stop", [" world spaces", " Xin"])
+def test_usage_counts_the_tokens_up_to_the_stop_every_time(servers: tuple[Server, Server], stop: str) -> None:
+    """What the decoder made after the stop (a draft accepted whole, a step already under way) is not the
+    client's: the count is the same on every run, with speculation or without, streamed or whole."""
+    fast, plain = servers
+    upto = PASSAGE.index(stop) + len(stop)
+    expected = len([w for w in WORDS if PASSAGE.index(w) < upto]) + 1  # the reply's leading "\n" is a token too
+    counts = set()
+    for _ in range(4):
+        for server in (fast, plain):
+            counts.add(ask(server, f"Repeat:{PASSAGE}", stop=stop).usage.completion_tokens)
+            chunks = list(ask(server, f"Repeat:{PASSAGE}", stop=stop, stream=True,
+                              stream_options={"include_usage": True}))
+            counts.add(chunks[-1].usage.completion_tokens)
+    assert counts == {expected}
+
+
 def test_streamed_and_whole_replies_agree(servers: tuple[Server, Server]) -> None:
     fast, _ = servers
     chunks = list(ask(fast, f"Repeat:{PASSAGE}", stream=True))

@@ -12,6 +12,9 @@ from typing import Any
 CODE = "open('/mnt/data/hi.txt', 'w').write('hi')\nprint(6 * 7)"
 SLEEP = "import time\ntime.sleep(60)"
 ACTIONS = 'search("pasta recipe")\nmclick([0])'
+# what code may leave in /mnt/data for the server to hand out: a FIFO, a large file, a name with "?"
+FILES = ("import os\nos.mkfifo('/mnt/data/trap.txt')\nopen('/mnt/data/c?d.txt', 'w').write('cd')\n"
+         "open('/mnt/data/big.bin', 'wb').write(b'z' * (48 * 2**20))")
 ADD = '{"a": 40, "b": 2}'
 CITED = "【7†recipe】"
 # a 16×16 PNG shown as the cell's result, as a matplotlib plot would be
@@ -27,6 +30,7 @@ LONG_CYCLE = ("Some **bold** words and `code` in a paragraph", " that goes on.\n
 SCRIPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # the call's tokens, the answer's after it
     "python": (("python", "\n", CODE), ("Sunny", " day")),
     "sleep": (("python", "\n", SLEEP), ("Sunny", " day")),
+    "files": (("python", "\n", FILES), ("Sunny", " day")),
     "loop": (("python", "\n", "print(1)"), ()),  # calls again after every result
     "browser": (("simple_browser", "\n", ACTIONS), ("Sunny", CITED, " day")),
     "mcp": (("add", "\n", ADD), ("Sunny", " day")),

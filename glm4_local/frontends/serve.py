@@ -20,7 +20,7 @@ from glm4_local.frontends.tool_setup import ToolOptions, server_tools
 from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
 from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
 from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT, MAX_CONNECTIONS, timed_protocol
-from glm4_local.server.tool_sessions import DEFAULT_IDLE_SECONDS, ToolSessions
+from glm4_local.server.tool_sessions import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_CONVERSATIONS, ToolSessions
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 GRACEFUL_SHUTDOWN_SECONDS = 3
@@ -39,6 +39,7 @@ class ServeOptions:
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
     tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)
     tool_idle: float = DEFAULT_IDLE_SECONDS  # seconds a conversation's kernel and pages outlive its last request
+    tool_conversations: int = DEFAULT_MAX_CONVERSATIONS  # toolboxes (kernels) that may exist at once
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
@@ -57,6 +58,8 @@ class ServeOptions:
                                  f"the server: on --host {self.host} they need --api-key")
         if not self.tool_idle > 0:
             raise Glm4LocalError(f"--tool-idle must be positive, not {self.tool_idle}")
+        if self.tool_conversations < 1:
+            raise Glm4LocalError(f"--tool-conversations must be at least 1, not {self.tool_conversations}")
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:
@@ -88,7 +91,8 @@ def url_of(sock: socket.socket, host: str, path: str = "/v1") -> str:
 def _tools_line(tools: ToolSessions) -> str:
     names = [t.get("type") if t.get("type") != "function" else t["function"]["name"] for t in tools.offered()]
     return (f"tools run here for requests that list them: {', '.join(map(str, names))} (a conversation's kernel "
-            f"and pages end {tools.idle_seconds:g} s after its last request)")
+            f"and pages end {tools.idle_seconds:g} s after its last request; at most {tools.max_conversations} "
+            "conversations at once)")
 
 
 def _quiet_exit_server(config: object) -> object:
@@ -118,7 +122,7 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     facts = plan.facts
     if warning := exposure_warning(options.host, options.api_key):
         warn(warning)
-    tools = server_tools(options.tools, options.tool_idle, warn)
+    tools = server_tools(options.tools, options.tool_idle, options.tool_conversations, warn)
     try:
         sock = listen(options.host, options.port)
     except BaseException:

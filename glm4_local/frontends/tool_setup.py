@@ -82,7 +82,8 @@ def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | No
     return toolbox
 
 
-def server_tools(options: ToolOptions, idle_seconds: float, notify: Callable[[str], None]) -> ToolSessions | None:
+def server_tools(options: ToolOptions, idle_seconds: float, max_conversations: int,
+                 notify: Callable[[str], None]) -> ToolSessions | None:
     """The tools `serve` runs for its clients, one toolbox per conversation (None when none is on)."""
     if not options.any:
         return None
@@ -105,7 +106,7 @@ def server_tools(options: ToolOptions, idle_seconds: float, notify: Callable[[st
 
     enabled = tuple(name for name, on in ((python_tool.NAME, options.python), (browser_tool.NAME, backend is not None))
                     if on)
-    return ToolSessions(open_tools, enabled, mcp, idle_seconds)
+    return ToolSessions(open_tools, enabled, mcp, idle_seconds, max_conversations)
 
 
 def user_functions(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

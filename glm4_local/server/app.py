@@ -187,9 +187,13 @@ def create_app(state: ServerState) -> Starlette:
         _refuse_other_pages(request)
         tool_run = ToolRun(asked, plan, make_plan, lambda p: Run(p, loaded.runtime, loaded.scheduler, config.model_id),
                            state.tools, config.model_id, file_url)
+        await tool_run.open()  # 503 before any response starts when the server has no room for its tools
         if plan.stream:
-            return EventStream(tool_run, tool_run.events())
-        return JSONResponse(await tool_run.response(request))
+            return EventStream(tool_run, tool_run.events(), tool_run.release)
+        try:
+            return JSONResponse(await tool_run.response(request))
+        finally:
+            await tool_run.release()
 
     async def completions(request: Request) -> Response:
         loaded = state.model()
@@ -255,18 +259,31 @@ def _refuse_other_pages(request: Request) -> None:
 
 class EventStream(StreamingResponse):
     """A run's server-sent events; however the response ends (done, client gone before or while
-    streaming, shutdown), its job is stopped and its slot freed."""
+    streaming, shutdown), its job is stopped and its slot freed, and `closing` (if given) awaited. A client
+    that leaves is noticed at once, not at the next event sent: while a prompt is read or a tool runs,
+    nothing is sent for a long time (Starlette listens for it only under ASGI before 2.4)."""
 
-    def __init__(self, run: Run | ToolRun, events: AsyncIterator[bytes] | None = None) -> None:
+    def __init__(self, run: Run | ToolRun, events: AsyncIterator[bytes] | None = None,
+                 closing: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(events or run.events(), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.run = run
+        self.closing = closing
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        watcher = asyncio.ensure_future(self._abandon_when_gone(receive))
         try:
             await super().__call__(scope, receive, send)
         finally:
+            watcher.cancel()
             self.run.abandon()
+            if self.closing is not None:
+                await self.closing()
+
+    async def _abandon_when_gone(self, receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            continue
+        self.run.abandon()
 
 
 def _authorize(request: Request, api_key: str | None) -> None:

@@ -15,7 +15,7 @@ from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 from glm4_local.server.replies import Outcome, ReplyAssembler
 from glm4_local.server.scheduler import Scheduler, TokenStream
-from glm4_local.server.shapes import Envelope, sse, tool_call_object
+from glm4_local.server.shapes import Envelope, sse, tool_call_object, usage
 
 DISCONNECT_POLL_SECONDS = 0.25
 
@@ -48,6 +48,9 @@ class Run:
         self.scheduler.account(self.job)
         return self.assembler.finish(self.job)
 
+    def usage(self) -> dict[str, Any]:
+        return usage(self.job, self.assembler.counted)
+
     def abandon(self) -> None:
         """The client is gone (or the response ended early): free the slot now."""
         if not self.job.done:
@@ -68,7 +71,7 @@ class Run:
     async def response(self, request: Request) -> dict[str, Any]:
         content, outcome = await self.collect(request)
         if self.plan.raw:
-            return self.envelope.text(content, outcome.finish_reason, self.job)
+            return self.envelope.text(content, outcome.finish_reason, self.usage())
         message: dict[str, Any] = {"role": "assistant", "content": content}
         reason = self.finish_reason(outcome)
         if outcome.tool_call and self.plan.legacy_functions:
@@ -76,7 +79,7 @@ class Run:
             message = {"role": "assistant", "content": None, "function_call": call}
         elif outcome.tool_call:
             message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
-        return self.envelope.chat(message, reason, self.job)
+        return self.envelope.chat(message, reason, self.usage())
 
     async def _watch(self, request: Request) -> None:
         while not self.job.done:
@@ -104,7 +107,7 @@ class Run:
                 yield sse(self.envelope.chunk(delta, with_usage=usage))
             yield sse(self.envelope.chunk(piece(None), self.finish_reason(outcome), with_usage=usage))
             if usage:
-                yield sse(self.envelope.usage_chunk(self.job))
+                yield sse(self.envelope.usage_chunk(self.usage()))
             yield sse("[DONE]")
         finally:
             with contextlib.suppress(Exception):

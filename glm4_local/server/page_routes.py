@@ -6,19 +6,20 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.filetext import FileTextError, open_regular
 from glm4_local.documents.form import FILE_TEMPLATE
 from glm4_local.documents.readers import read_document
 from glm4_local.server.protocol import ApiError, bad_request
@@ -31,12 +32,14 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-
                "font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # a file the model's code wrote is never a page of this origin (it could script the API key away)
 FILE_POLICY = "default-src 'none'; sandbox"
+CHUNK = 1024 * 1024
+PNG = b"\x89PNG\r\n\x1a\n"
 Handler = Callable[[Request], Awaitable[Response]]
 Guard = Callable[[Handler, bool], Handler]
 
 
 def file_url(conversation: str, name: str) -> str:
-    return f"{FILES_PATH}/{conversation}/{name}"
+    return f"{FILES_PATH}/{conversation}/{quote(name, safe='')}"
 
 
 def _page_headers() -> dict[str, str]:
@@ -53,19 +56,29 @@ class PageFiles(StaticFiles):
         return response
 
 
-def _open_data_file(folder: Path, name: str) -> int:
-    """A regular file directly in the folder, opened without following a link the code may have left."""
+def _open_data_file(folder: Path, name: str) -> BinaryIO:
+    """A regular file directly in the folder, opened without following a link the code may have left and
+    without waiting on a FIFO it may have made (in a worker thread: never in the event loop)."""
     if not name or "/" in name or name in (".", "..") or "\x00" in name:
         raise ApiError(404, f"no file {name!r}", "not_found_error")
     try:
-        fd = os.open(folder / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        return open_regular(folder / name, follow_links=False)
+    except FileTextError:
+        raise ApiError(404, f"{name!r} is not a file", "not_found_error") from None
     except OSError:
         raise ApiError(404, f"no file {name!r} in this conversation's /mnt/data", "not_found_error") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ApiError(404, f"{name!r} is not a file", "not_found_error")
-    return fd
+
+
+async def _chunks(file: BinaryIO, first: bytes, size: int) -> AsyncIterator[bytes]:
+    """The file's bytes, read in worker threads a chunk at a time (as far as its size was when opened)."""
+    try:
+        yield first
+        left = size - len(first)
+        while left > 0 and (chunk := await run_in_threadpool(file.read, min(CHUNK, left))):
+            left -= len(chunk)
+            yield chunk
+    finally:
+        file.close()
 
 
 def _document(name: str, data: bytes, count_tokens: Callable[[str], int]) -> dict[str, Any]:
@@ -109,15 +122,22 @@ def page_routes(guard: Guard, tools: ToolSessions | None, count_tokens: Callable
             raise ApiError(404, "no such conversation", "not_found_error")
         try:
             folder = tools.data_dir(conversation)
-        except UnknownConversation:
-            raise ApiError(404, "this conversation has ended (its files went with it)", "not_found_error") from None
-        fd = _open_data_file(folder, name)
-        with os.fdopen(fd, "rb") as file:
-            content = file.read()
-        png = name.endswith(".png") and content.startswith(b"\x89PNG")
+        except UnknownConversation as e:
+            raise ApiError(404, str(e), "not_found_error", code="conversation_ended" if e.ended else None) from None
+        file = await run_in_threadpool(_open_data_file, folder, name)
+        try:
+            size = os.fstat(file.fileno()).st_size
+            first = await run_in_threadpool(file.read, min(CHUNK, size))
+        except BaseException:
+            file.close()
+            raise
+        png = name.endswith(".png") and first.startswith(PNG)
         headers = {"Content-Security-Policy": FILE_POLICY, "X-Content-Type-Options": "nosniff",
-                   "Content-Disposition": "inline" if png else f"attachment; filename=\"{_ascii(name)}\""}
-        return Response(content, media_type="image/png" if png else "application/octet-stream", headers=headers)
+                   "Content-Length": str(size),
+                   "Content-Disposition": "inline" if png else f"attachment; filename=\"{_ascii(name)}\"; "
+                                                               f"filename*=UTF-8''{quote(name, safe='')}"}
+        return StreamingResponse(_chunks(file, first, size), media_type="image/png" if png else
+                                 "application/octet-stream", headers=headers)
 
     return [
         Route("/", guard(page, True), methods=["GET"]),

@@ -63,6 +63,8 @@ class ReplyAssembler:
         self.text = plan.prefix  # the whole reply as generated, for parsing
         self.reply = None if plan.raw else self.format.stream(plan.tools, plan.prefix)
         self.stops = StopScanner(plan.stop_strings)
+        self.fed = 0  # tokens read so far
+        self.counted: int | None = None  # when a stop string ended the reply: the tokens up to its end
 
     @property
     def stopped(self) -> bool:
@@ -71,9 +73,13 @@ class ReplyAssembler:
 
     def feed(self, token: int) -> str:
         chunk = self.text_of(token)
+        self.fed += 1
         self.text += chunk
         shown = chunk if self.reply is None else self.reply.feed(chunk)
-        return self.stops.feed(shown) if shown else ""
+        sent = self.stops.feed(shown) if shown else ""
+        if self.stops.hit and self.counted is None:
+            self.counted = self.fed
+        return sent
 
     def finish(self, job: Job) -> Outcome:
         tail = ""

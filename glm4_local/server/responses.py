@@ -121,12 +121,11 @@ class ResponseShape:
 
     def body(self, status: str, output: list[dict[str, Any]], outcome: Outcome | None) -> dict[str, Any]:
         cut = outcome is not None and outcome.finish_reason == "length"
-        job = self.run.job
+        used = self.run.usage()
         usage = None if outcome is None else {
-            "input_tokens": len(job.prompt), "input_tokens_details": {"cached_tokens": len(job.prompt)
-                                                                      - job.evaluated_tokens},
-            "output_tokens": len(job.generated), "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": len(job.prompt) + len(job.generated)}
+            "input_tokens": used["prompt_tokens"], "input_tokens_details": used["prompt_tokens_details"],
+            "output_tokens": used["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": used["total_tokens"]}
         return {"id": self.id, "object": "response", "created_at": self.created,
                 "status": "incomplete" if cut else status, "error": None,
                 "incomplete_details": {"reason": "max_output_tokens"} if cut else None,

@@ -12,8 +12,12 @@ from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.llama.decoder import Job
 
 
-def usage(job: Job) -> dict[str, Any]:
-    prompt, completion = len(job.prompt), len(job.generated)
+def usage(job: Job, completion_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage of one job; `completion_tokens`, when a stop string ended it, counts the tokens up to
+    the one that completed the stop (what the client was sent and the stop itself), not those the decoder
+    had already made after it (how many depends on timing and speculation)."""
+    prompt = len(job.prompt)
+    completion = len(job.generated) if completion_tokens is None else min(completion_tokens, len(job.generated))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": prompt - job.evaluated_tokens},
             # OpenAI's fields for tokens proposed ahead of the model (its predicted outputs); here, the
@@ -43,13 +47,13 @@ class Envelope:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": None}
 
-    def chat(self, message: dict[str, Any], finish_reason: str, job: Job) -> dict[str, Any]:
+    def chat(self, message: dict[str, Any], finish_reason: str, used: dict[str, Any]) -> dict[str, Any]:
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._base("chat.completion"), "choices": [choice], "usage": usage(job)}
+        return {**self._base("chat.completion"), "choices": [choice], "usage": used}
 
-    def text(self, text: str, finish_reason: str, job: Job) -> dict[str, Any]:
+    def text(self, text: str, finish_reason: str, used: dict[str, Any]) -> dict[str, Any]:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._base("text_completion"), "choices": [choice], "usage": usage(job)}
+        return {**self._base("text_completion"), "choices": [choice], "usage": used}
 
     def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None,
               with_usage: bool = False) -> dict[str, Any]:
@@ -65,9 +69,9 @@ class Envelope:
             body["usage"] = None
         return body
 
-    def usage_chunk(self, job: Job) -> dict[str, Any]:
+    def usage_chunk(self, used: dict[str, Any]) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.kind == "chat.completion" else "text_completion"
-        return {**self._base(kind), "choices": [], "usage": usage(job)}
+        return {**self._base(kind), "choices": [], "usage": used}
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
