@@ -45,6 +45,12 @@ def crash() -> str:
     os._exit(3)
 
 
+@server.tool()
+def big(n: int) -> str:
+    """n characters of text."""
+    return "x" * n
+
+
 if len(sys.argv) > 2:  # over HTTP, on 127.0.0.1 only
     server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
 else:
@@ -81,8 +87,8 @@ def call(servers: McpServers, name: str, arguments: dict) -> tuple[str, str]:
 
 def test_tools_are_offered_as_functions_with_unique_names(servers: McpServers, notes: list[str]) -> None:
     names = [f["function"]["name"] for f in servers.functions]
-    assert names[:4] == ["add", "calc.echo_env", "fail", "crash"]  # echo_env: the user's own function
-    assert names[4:] == ["other.add", "other.echo_env", "other.fail", "other.crash"]
+    assert names[:5] == ["add", "calc.echo_env", "fail", "crash", "big"]  # echo_env: the user's own function
+    assert names[5:] == ["other.add", "other.echo_env", "other.fail", "other.crash", "other.big"]
     add = servers.functions[0]["function"]
     assert add["description"] == "Add two whole numbers." and set(add["parameters"]["properties"]) == {"a", "b"}
     assert len(notes) == 1 and "'broken' did not start" in notes[0]  # one line, and the others work
@@ -157,3 +163,76 @@ def test_a_server_over_streamable_http(server_script: Path) -> None:
         assert call(servers, "add", {"a": 20, "b": 22}) == ("", "42")
     finally:
         servers.close()
+
+
+def test_results_are_bounded_by_what_they_hold(servers: McpServers) -> None:
+    """A large result is cut for the model as the python tool's are; one larger than a message may be is
+    not read at all, and the call ends at once (not at its timeout); the server goes on."""
+    import time
+
+    [cut] = servers.run("big", json.dumps({"n": 3_000_000}))  # twice in the reply: text and structured
+    assert cut.content.startswith("xxx") and cut.content.endswith("of 3,000,000 characters]")
+    assert len(cut.content) < 21_000
+    started = time.monotonic()
+    [refused] = servers.run("big", json.dumps({"n": 50_000_000}))
+    assert "larger than 8 MiB" in refused.content and time.monotonic() - started < 60
+    assert call(servers, "add", {"a": 1, "b": 2}) == ("", "3")
+
+
+HANGING = """
+import os, sys, time
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(600)  # never answers the handshake
+"""
+
+
+def _gone(pid: int, seconds: float = 30) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone too
+            if stat.read().split(")")[-1].split()[0] == "Z":
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_server_that_hangs_at_start_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from glm4_local.tools import mcp_servers
+
+    script, pid_file = tmp_path / "hang.py", tmp_path / "pid"
+    script.write_text(HANGING)
+    monkeypatch.setattr(mcp_servers, "START_TIMEOUT", 2.0)
+    notes: list[str] = []
+    servers = McpServers([ServerSpec("stuck", sys.executable, (str(script), str(pid_file)))], notes.append, set())
+    try:
+        assert notes and "did not start" in notes[0]
+        assert _gone(int(pid_file.read_text()))
+    finally:
+        servers.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="dying with the parent is Linux's prctl")
+def test_a_server_dies_with_glm4_local_however_it_ends(tmp_path: Path, server_script: Path) -> None:
+    import signal
+    import subprocess
+
+    import children
+
+    pid_file = tmp_path / "pid"
+    script = tmp_path / "server_with_pid.py"
+    script.write_text(f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n" + SERVER)
+    host = ("import sys, time\nfrom glm4_local.tools.mcp_servers import McpServers, ServerSpec\n"
+            f"McpServers([ServerSpec('calc', sys.executable, ({str(script)!r}, 'calc'))], print, set())\n"
+            "print('started', flush=True)\ntime.sleep(600)")
+    process = children.started(subprocess.Popen([sys.executable, "-c", host], stdout=subprocess.PIPE, text=True))
+    assert process.stdout is not None and process.stdout.readline().strip() == "started"
+    process.send_signal(signal.SIGKILL)  # no cleanup code runs at all
+    process.wait()
+    assert _gone(int(pid_file.read_text()))

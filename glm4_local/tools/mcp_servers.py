@@ -4,15 +4,17 @@ SDK. Their tools are offered to the model as functions (a name two servers share
 name in front), calls are forwarded, text results come back as observations. The servers start with
 the chat and stop with it; one that fails to start or dies is reported in one line and the chat goes
 on without it. The SDK is asynchronous: its sessions live on one event loop in a thread of their own.
+A command's server is spoken to through our own bounded transport (mcp_stdio.py); a result is cut for
+the model as the python tool's are; a server that does not start in time is stopped, not left running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from typing import Any
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.jsonfile import read_json
 from glm4_local.tools.extras import needs
-from glm4_local.tools.observation import Observation, system_error
+from glm4_local.tools.mcp_stdio import bounded_stdio
+from glm4_local.tools.observation import Observation, cut, system_error
 
 MCP_KEY = "mcp_server"  # marks a tool entry as an MCP server's (a saved session's are offered anew)
 START_TIMEOUT = 30.0
@@ -103,14 +106,12 @@ class _Server:
         self.stop: asyncio.Event | None = None
         self.gone: str | None = None
         self.reported = False  # the user was told it is gone
-        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (the server's stderr, for its failure line)
+        self.stderr: collections.deque[str] = collections.deque()  # its last lines, for its failure line
+        self.task: asyncio.Task[None] | None = None
 
     def log_tail(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self.log.seek(0)
-            lines = self.log.read().strip().splitlines()
-            return f": {lines[-1][:200]}" if lines else ""
-        return ""
+        lines = [line for line in self.stderr if line.strip()]
+        return f": {lines[-1][:200]}" if lines else ""
 
     async def serve(self, ready: asyncio.Future[None]) -> None:
         from mcp import ClientSession
@@ -136,12 +137,15 @@ class _Server:
 
             client = create_mcp_http_client(headers=dict(self.spec.headers)) if self.spec.headers else None
             return streamable_http_client(self.spec.url, http_client=client)
-        from mcp import StdioServerParameters
-        from mcp.client.stdio import get_default_environment, stdio_client
+        from mcp.client.stdio import get_default_environment
 
-        params = StdioServerParameters(command=self.spec.command or "", args=list(self.spec.args),
-                                       env={**get_default_environment(), **dict(self.spec.env)})
-        return stdio_client(params, errlog=self.log)
+        return self._stdio(get_default_environment() | dict(self.spec.env))
+
+    @contextlib.asynccontextmanager
+    async def _stdio(self, env: dict[str, str]) -> Any:
+        async with bounded_stdio(self.spec.command or "", list(self.spec.args), env) as (read, write, stderr):
+            self.stderr = stderr
+            yield read, write
 
 
 class McpServers:
@@ -166,14 +170,20 @@ class McpServers:
     def _start(self, server: _Server, reserved: set[str]) -> None:
         async def begin() -> None:
             ready = self.loop.create_future()
-            self.tasks.append(asyncio.ensure_future(server.serve(ready)))
-            await asyncio.wait_for(asyncio.shield(ready), START_TIMEOUT)
+            server.task = asyncio.ensure_future(server.serve(ready))
+            self.tasks.append(server.task)
+            try:
+                await asyncio.wait_for(asyncio.shield(ready), START_TIMEOUT)
+            except (asyncio.TimeoutError, TimeoutError):
+                server.task.cancel()  # stuck in its handshake: its transport stops the process
+                await asyncio.wait({server.task}, timeout=10)
+                raise
 
         try:
-            asyncio.run_coroutine_threadsafe(begin(), self.loop).result(START_TIMEOUT + 5)
+            asyncio.run_coroutine_threadsafe(begin(), self.loop).result(START_TIMEOUT + 15)
         except (Glm4LocalError, TimeoutError, asyncio.TimeoutError) as e:
             self.notify(str(e) if isinstance(e, Glm4LocalError) and str(e)
-                        else f"MCP server {server.spec.name!r} did not start within {START_TIMEOUT:g} s")
+                        else f"MCP server {server.spec.name!r} did not start within {START_TIMEOUT:g} s (stopped)")
             self._stop(server)
             return
         for tool in server.tools:
@@ -215,7 +225,7 @@ class McpServers:
             self._report_if_gone(server)
             return [system_error(f"calling {name} failed: {type(e).__name__}: {e}")]
         text = result_text(result)
-        return [Observation("", text, ("error: " if getattr(result, "is_error", False) else "") + text[:300])]
+        return [Observation("", cut(text), ("error: " if getattr(result, "is_error", False) else "") + text[:300])]
 
     def _report_if_gone(self, server: _Server) -> None:
         """After a failed call: if the server no longer answers a ping it is gone: stopped, and one line
@@ -247,9 +257,15 @@ class McpServers:
             self._stop(server)
 
         async def finish() -> None:
-            await asyncio.wait(self.tasks, timeout=5) if self.tasks else None
+            if not self.tasks:
+                return
+            _, stuck = await asyncio.wait(self.tasks, timeout=5)
+            for task in stuck:  # not leaving when asked (a call under way): its transport stops the process
+                task.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=10)
 
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(finish(), self.loop).result(10)
+            asyncio.run_coroutine_threadsafe(finish(), self.loop).result(20)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)

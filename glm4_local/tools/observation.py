@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 # a citation in an answer: 【{id}†{text}】, id a search result or quote the browser gave
 CITATION = re.compile(r"【([^†】\n]{1,20})†([^】\n]{0,200})】")
+MAX_OUTPUT_CHARS = 20_000  # of one tool result, as the demo's code interpreter gave the model
 SYSTEM_ERROR = "system_error"
 BROWSER_RESULT = "browser_result"
 
@@ -53,6 +54,14 @@ class Observation:
         if self.source is not None:
             shown["source"] = {"title": self.source.title, "url": self.source.url}
         return shown
+
+
+def cut(text: str, length: int | None = None) -> str:
+    """At most MAX_OUTPUT_CHARS of a text of `length` characters (its own, unless it was already cut)."""
+    length = len(text) if length is None else length
+    if length <= MAX_OUTPUT_CHARS:
+        return text
+    return text[:MAX_OUTPUT_CHARS] + f"\n[output cut: the first {MAX_OUTPUT_CHARS:,} of {length:,} characters]"
 
 
 def system_error(content: str, shown: str = "") -> Observation:

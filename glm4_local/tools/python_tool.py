@@ -22,23 +22,14 @@ from glm4_local.core.families.glm4_replies import PYTHON
 from glm4_local.tools.cell import CellResult, Output
 from glm4_local.tools.data_folder import Usage, usage
 from glm4_local.tools.kernel import MAX_MESSAGE_BYTES, Check, Kernel, KernelError, unconfined
-from glm4_local.tools.observation import Confirm, Observation, system_error
+from glm4_local.tools.observation import Confirm, Observation, cut, system_error
 from glm4_local.tools.sandbox import Launch, Limits, Sandbox, size_text
 
 NAME = PYTHON
 DEFAULT_TIMEOUT = 60.0  # what GLM-4's prompt promises the model
-MAX_OUTPUT_CHARS = 20_000
 ANSI = re.compile(r"(\x9B|\x1B\[|\u001b\[)[0-?]*[ -/]*[@-~]")  # the demo's pattern
 TIMED_OUT = "Timed out"
 DECLINED = "The user declined to run this code."
-
-
-def cut(text: str, length: int | None = None) -> str:
-    """At most MAX_OUTPUT_CHARS of a text of `length` characters (its own, unless it was already cut)."""
-    length = len(text) if length is None else length
-    if length <= MAX_OUTPUT_CHARS:
-        return text
-    return text[:MAX_OUTPUT_CHARS] + f"\n[output cut: the first {MAX_OUTPUT_CHARS:,} of {length:,} characters]"
 
 
 def _model_text(last: Output) -> str:
