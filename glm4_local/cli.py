@@ -212,9 +212,10 @@ def chat(
     runtime = with_prompt_cache(runtime, prompt_cache_dir(), cache_size)
     tool_options = ToolOptions(python or python_unconfined, python_timeout, python_unconfined, browser,
                                browser_allow_private, mcp, runner)
-    run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt, tools_path=tools,
-        tool_options=tool_options, files=tuple(file or ()), resume=resume, verbose=verbose, as_json=as_json,
-        errors=err)
+    with stopped_like_ctrl_c():  # a closed terminal or `kill` ends the tools (kernel, servers, files) too
+        run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt,
+            tools_path=tools, tool_options=tool_options, files=tuple(file or ()), resume=resume, verbose=verbose,
+            as_json=as_json, errors=err)
 
 
 @app.command(epilog=examples(

@@ -8,12 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pexpect
 import pytest
 from test_browser import write_folder
 from test_chat_cli import invoke, one_line_error
 from test_mcp import SERVER
 from test_terminal import chat, saved
-from toolscripts import ACTIONS, ADD, CITED, CODE
+from toolscripts import ACTIONS, ADD, CITED, CODE, ESCAPED_REPLY
 
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.families.glm4 import GLM4_9B
@@ -167,3 +168,43 @@ def test_a_missing_extra_is_named_in_one_line(tool_gguf: Callable[[str], Path], 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in EXTRAS[extra] else real(name, *a))
     Path("mcp.json").write_text('{"mcpServers": {}}')
     one_line_error(invoke(["chat", str(tool_gguf("python")), "-p", "go", *flags]), f'pip install "glm4-local[{extra}]"')
+
+
+@needs_sandbox
+def test_the_terminal_shows_control_sequences_from_elsewhere_as_text(tool_gguf: Callable[[str], Path],
+                                                                     tmp_path: Path) -> None:
+    """Code's output and the model's own reply reach the terminal with their escapes made visible: no
+    clipboard write (OSC 52), no title change, no screen clear, no carriage return over the text."""
+    term = chat(tool_gguf("escapes"), tmp_path, "--python", columns=120)
+    term.send("go\r")
+    term.wait_for("day")
+    term.pump(0.5)
+    for sequence in ("\x1b]52", "\x1b]0;TITLE-SET", "\x1b]0;REPLY-TITLE", "\x1b[2J", "after\rover"):
+        assert sequence not in term.raw, sequence
+    screen = term.text()
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in screen and "after" in screen and "over" in screen  # nothing overwritten
+    assert "\\x1b]0;REPLY-TITLE\\x07" in screen and term.screen.title == ""
+    messages = saved(tmp_path)  # the conversation keeps the exact text: only the screen shows it escaped
+    assert messages[-1]["content"] == f"Sunny{ESCAPED_REPLY} day"
+    result = invoke(["chat", str(tool_gguf("escapes")), "-p", "go", "--python"])
+    assert result.stdout == f"Sunny{ESCAPED_REPLY} day\n"  # piped, the answer is the model's exact text
+
+
+@needs_sandbox
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_closed_terminal_or_kill_leaves_no_kernel_files_behind(tool_gguf: Callable[[str], Path], tmp_path: Path,
+                                                                 sig: str) -> None:
+    import signal
+
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    term = chat(tool_gguf("python"), tmp_path, "--python", columns=100, env={"TMPDIR": str(private_tmp)})
+    term.send("compute\r")
+    term.wait_for("Sunny day")
+    assert list(private_tmp.glob("glm4k-*"))  # the kernel's key and sockets, while it runs
+    term.child.kill(getattr(signal, sig))
+    term.child.expect(pexpect.EOF, timeout=30)
+    term.child.close()
+    assert term.child.exitstatus == 128 + getattr(signal, sig) or term.child.signalstatus is None
+    assert not list(private_tmp.glob("glm4k-*"))
+    assert saved(tmp_path)[-1]["content"] == "Sunny day"

@@ -27,10 +27,11 @@ class Terminal:
     """A program in a pseudo-terminal of `columns` × `rows`, with what a person would see on screen."""
 
     def __init__(self, args: list[str], cwd: Path, home: Path, columns: int = 60, rows: int = 24,
-                 program: str = sys.executable, preexec: Callable[[], None] = children.default_signals) -> None:
+                 program: str = sys.executable, preexec: Callable[[], None] = children.default_signals,
+                 env: dict[str, str] | None = None) -> None:
         env = {"GLM4_LOCAL_HOME": str(home), "PATH": os.environ["PATH"], "TERM": "xterm", "HOME": str(home),
                "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": str(columns),
-               "LINES": str(rows)}
+               "LINES": str(rows), **(env or {})}
         self.screen = pyte.Screen(columns, rows)
         self.stream = pyte.Stream(self.screen)
         self.raw = ""
@@ -65,9 +66,9 @@ class Terminal:
 
 
 def chat(model: Path, tmp_path: Path, *args: str, columns: int = 60,
-         preexec: Callable[[], None] = children.default_signals) -> Terminal:
+         preexec: Callable[[], None] = children.default_signals, env: dict[str, str] | None = None) -> Terminal:
     term = Terminal(["-m", "glm4_local", "chat", str(model), *args], tmp_path, tmp_path, columns=columns,
-                    preexec=preexec)
+                    preexec=preexec, env=env)
     term.wait_for(PROMPT)
     return term
 

@@ -12,6 +12,9 @@ from typing import Any
 CODE = "open('/mnt/data/hi.txt', 'w').write('hi')\nprint(6 * 7)"
 SLEEP = "import time\ntime.sleep(60)"
 ACTIONS = 'search("pasta recipe")\nmclick([0])'
+# output that would write the clipboard (OSC 52), set the title and clear the screen if a terminal got it
+ESCAPES = "print('\\x1b]52;c;cHduZWQ=\\x07\\x1b]0;TITLE-SET\\x07\\x1b[2Jafter\\rover')"
+ESCAPED_REPLY = "\x1b]0;REPLY-TITLE\x07"
 # what code may leave in /mnt/data for the server to hand out: a FIFO, a large file, a name with "?"
 FILES = ("import os\nos.mkfifo('/mnt/data/trap.txt')\nopen('/mnt/data/c?d.txt', 'w').write('cd')\n"
          "open('/mnt/data/big.bin', 'wb').write(b'z' * (48 * 2**20))")
@@ -31,6 +34,7 @@ SCRIPTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # the call's to
     "python": (("python", "\n", CODE), ("Sunny", " day")),
     "sleep": (("python", "\n", SLEEP), ("Sunny", " day")),
     "files": (("python", "\n", FILES), ("Sunny", " day")),
+    "escapes": (("python", "\n", ESCAPES), ("Sunny", ESCAPED_REPLY, " day")),
     "loop": (("python", "\n", "print(1)"), ()),  # calls again after every result
     "browser": (("simple_browser", "\n", ACTIONS), ("Sunny", CITED, " day")),
     "mcp": (("add", "\n", ADD), ("Sunny", " day")),

@@ -31,6 +31,7 @@ from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
 from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox, user_functions
+from glm4_local.frontends.visible import visible
 from glm4_local.tools.toolbox import Toolbox
 
 
@@ -72,8 +73,8 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
     if interactive or verbose:
         errors.print(f"{facts.path.name}: {plan.describe()}", markup=False, highlight=False)
 
-    def notify(message: str) -> None:
-        errors.print(message, style="yellow", markup=False, highlight=False)
+    def notify(message: str) -> None:  # it may quote a tool server's own words
+        errors.print(visible(message), style="yellow", markup=False, highlight=False)
 
     functions = {t["function"]["name"] for t in user_functions(conversation.tools)}
     holder: list[Any] = []  # the interactive chat, once it exists, asks before unconfined code runs

@@ -7,14 +7,39 @@ import itertools
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from rich.console import Console
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
 from glm4_local.frontends.reading import PromptReading
+from glm4_local.frontends.visible import visible
 from glm4_local.tools.observation import Step
 from glm4_local.tools.toolbox import MAX_CHAINED_CALLS, TOO_MANY_CALLS, Toolbox
+
+
+class Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class _Shown:
+    """stdout on a terminal: the model's words with their control characters shown as text (piped, the
+    answer goes out exactly as written)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(visible(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def answer_stream() -> Writer:
+    return _Shown(sys.stdout) if sys.stdout.isatty() else sys.stdout
 
 
 @dataclass
@@ -51,7 +76,7 @@ class Answer:
         return shown
 
 
-def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: TextIO | None) -> Answer:
+def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: Writer | None) -> Answer:
     """One user message; calls the toolbox answers are run and answered until a plain reply."""
     toolbox = toolbox or Toolbox()
     turn: Turn = engine.send(text)
@@ -93,14 +118,14 @@ def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: TextIO |
 
 
 def run_oneshot(engine: ChatEngine, text: str, toolbox: Toolbox | None, as_json: bool) -> None:
-    out = None if as_json else sys.stdout
+    out = None if as_json else answer_stream()
     result = answer(engine, text, toolbox, out)
-    if as_json:
+    if out is None:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
     for call in result.tool_calls[len(result.steps):]:
         function = call["function"]
-        sys.stdout.write(f"{function['name']}\n{function['arguments']}")
-    sys.stdout.write("\n")
+        out.write(f"{function['name']}\n{function['arguments']}")
+    out.write("\n")
     if result.stopped:
         sys.stderr.write(f"stopped: {result.stopped}\n")

@@ -1,7 +1,9 @@
 """The interactive terminal chat: line editing, history, slash commands, streaming, Ctrl-C.
 
-Ctrl-C stops a reply (keeping it) or clears the line; only Ctrl-D or /exit leave. When stdout is
-not a terminal (`chat | tee log`) the prompt and notes go to stderr and replies to stdout as plain text.
+Ctrl-C stops a reply (keeping it) or clears the line; only Ctrl-D or /exit leave. SIGTERM or SIGHUP (a
+closed terminal), which the CLI turns into an Interrupted with their number, stop a reply as Ctrl-C does
+(it is kept and saved) and then leave, so the tools end as on /exit. When stdout is not a terminal
+(`chat | tee log`) the prompt and notes go to stderr and replies to stdout as plain text.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ from rich.text import Text
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
 from glm4_local.chat.session import data_home
-from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.errors import Glm4LocalError, Interrupted
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.citations import Citations
@@ -32,9 +35,15 @@ from glm4_local.frontends.reading import PromptReading
 from glm4_local.frontends.repl_commands import Commands
 from glm4_local.frontends.reply_view import ReplyView
 from glm4_local.frontends.step_view import show_call, show_results
+from glm4_local.frontends.visible import visible
 from glm4_local.tools.toolbox import MAX_CHAINED_CALLS, TOO_MANY_CALLS, Toolbox
 
 CANCELLED = json.dumps({"error": "cancelled by the user"})
+
+
+def leaving(error: KeyboardInterrupt) -> bool:
+    """A termination signal (not Ctrl-C): the chat stops what it does, keeps it, and leaves."""
+    return isinstance(error, Interrupted) and error.signal_number != signal.SIGINT
 
 
 def key_bindings(exit_token: object, interrupt_token: object) -> KeyBindings:
@@ -87,7 +96,8 @@ class Repl:
         self.attachments = Attachments()  # files for the next message (--file, /file)
 
     def say(self, text: str, style: str = "dim") -> None:
-        self.console.print(Text(text, style=style))
+        """A note; what it quotes (a server's error, a page's title, a file name) shown as text."""
+        self.console.print(Text(visible(text), style=style))
 
     # -- the conversation loop -----------------------------------------------------------------
     def banner(self) -> None:
@@ -166,7 +176,7 @@ class Repl:
         self.say(f"you: {messages[last_user].get('content') or ''}", "bold")
         for message in messages[last_user + 1 :]:
             if message.get("role") == "assistant" and message.get("content"):
-                self.console.print(Markdown(str(message["content"])))
+                self.console.print(Markdown(visible(str(message["content"]))))
             elif message.get("tool_calls"):
                 for call in message["tool_calls"]:
                     self.say(f"→ {call['function']['name']}({call['function'].get('arguments', '')})", "cyan")
@@ -189,7 +199,7 @@ class Repl:
             result = self.stream(turn)
             call = result.reply.tool_call
             if result.reply.problem:
-                self.console.print(Text(result.reply.text))
+                self.console.print(Text(visible(result.reply.text)))
                 self.say(f"(not a valid tool call: {result.reply.problem})", "yellow")
             if call is None or result.interrupted:
                 return
@@ -214,8 +224,10 @@ class Repl:
                         if self.console.is_terminal and not self.toolbox.asks_first(call.name) \
                         else contextlib.nullcontext():
                     observations = self.toolbox.run(call)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
                 self.toolbox.interrupt()
+                if leaving(e):
+                    raise
                 return None
             show_results(self.console, call, observations)
             return [o.as_message() for o in observations]
@@ -240,8 +252,11 @@ class Repl:
                     view.write(citations.feed(chunk) if citations else chunk)
                 if citations and (rest := citations.end()):
                     view.write(rest)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             interrupted = True
+            if leaving(e):
+                turn.finish(interrupted=True)  # what was written is kept, and saved
+                raise
         result = turn.finish(interrupted=interrupted)
         if citations and citations.references and result.reply.tool_call is None:
             for line in citations.listing():

@@ -3,7 +3,8 @@ program's output, and cheap on long replies.
 
 Finished Markdown blocks (paragraphs, lists, fenced code) are printed once, for good; only the block
 still being written is redrawn (at most 10 times a second), so a long reply costs no more per token
-than a short one and is never cropped to one line. Piped output gets the plain text as it comes.
+than a short one and is never cropped to one line. Piped output gets the plain text as it comes; on the
+terminal, control characters are shown as visible escapes (visible.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TextIO
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
+
+from glm4_local.frontends.visible import visible
 
 
 def split_finished(text: str) -> tuple[list[str], str]:
@@ -102,6 +105,7 @@ class ReplyView:
             self.plain.write(chunk)
             self.plain.flush()
             return
+        chunk = visible(chunk)  # the model's words: never a sequence the terminal acts on
         text = self.unfinished.text + chunk
         if "\n" not in chunk:  # a block can only end at a line break
             self.unfinished.text = text

@@ -9,6 +9,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 
 from glm4_local.core.families.replies import ToolCall
+from glm4_local.frontends.visible import visible
 from glm4_local.tools import browser, python_tool
 from glm4_local.tools.observation import SYSTEM_ERROR, Observation
 
@@ -16,15 +17,16 @@ MAX_SHOWN_LINES = 40
 
 
 def show_call(console: Console, call: ToolCall) -> None:
+    arguments = visible(call.arguments)
     if call.name == python_tool.NAME:
-        code = Syntax(call.arguments.strip("\n"), "python", theme="ansi_dark", background_color="default")
+        code = Syntax(arguments.strip("\n"), "python", theme="ansi_dark", background_color="default")
         console.print(Panel(code, title="python", title_align="left", border_style="cyan", expand=False))
     elif call.name == browser.NAME:
-        for line in call.arguments.splitlines():
+        for line in arguments.splitlines():
             if line.strip():
                 console.print(Text(f"browser › {line.strip()}", style="cyan"))
     else:
-        console.print(Text(f"→ {call.name}({call.arguments})", style="cyan"))
+        console.print(Text(f"→ {visible(call.name)}({arguments})", style="cyan"))
 
 
 def _clipped(text: str) -> str:
@@ -39,8 +41,8 @@ def show_results(console: Console, call: ToolCall, observations: list[Observatio
         failed = observation.metadata == SYSTEM_ERROR
         style = "red" if failed else "dim"
         if call.name == python_tool.NAME and not failed:
-            console.print(Text(_clipped(observation.shown) or "(no output)", style=style))
+            console.print(Text(visible(_clipped(observation.shown)) or "(no output)", style=style))
             if observation.image:
                 console.print(Text(f"[Image] saved as {observation.image}", style="cyan"))
         else:
-            console.print(Text(f"← {observation.shown or _clipped(observation.content)[:500]}", style=style))
+            console.print(Text(f"← {visible(observation.shown or _clipped(observation.content)[:500])}", style=style))
