@@ -285,3 +285,40 @@ def test_the_cgroup_kinds_are_read_from_the_machine(tmp_path: Path) -> None:
     (v2 / "user.slice" / "app" / "cgroup.subtree_control").write_text("cpu\n")  # not delegated to us
     assert find_cgroups.__wrapped__(files.__getitem__, lambda: None) is None
     assert json.dumps(found.scope(1, 1)) == "[]"  # no systemd-run words for a cgroup of our own
+
+
+HOSTILE_BATCH = {
+    "tcp to this machine": "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)",
+    "udp out": "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x', ('8.8.8.8', 53))",
+    "a name lookup": "import socket\nsocket.getaddrinfo('example.com', 80)",
+    "a host file": "open({secret!r}).read()",
+    "the host's processes": "import os\nos.kill({host_pid}, 0)",
+    "writing the system": "open('/usr/planted', 'w')",
+    "writing /etc": "open('/etc/planted', 'w')",
+    "mounting": "import subprocess\nsubprocess.run(['mount', '-t', 'tmpfs', 'x', '/mnt'], check=True)",
+    "a user namespace": "import subprocess\nsubprocess.run(['unshare', '--user', '--map-root-user', 'true'], "
+                        "check=True)",
+}
+
+
+@needs_sandbox
+def test_a_batch_of_hostile_code_is_refused_in_the_real_sandbox(tmp_path: Path) -> None:
+    """What held must keep holding: each of these fails inside, where the same code would work outside."""
+    import socket
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    tool = PythonTool(tmp_path / "data", SANDBOX, timeout=30)
+    try:
+        for what, code in HOSTILE_BATCH.items():
+            filled = code.format(port=listener.getsockname()[1], secret=str(secret), host_pid=os.getpid())
+            text = run(tool, filled)
+            assert "Error" in text or "error" in text, f"{what}: {text}"
+        visible_pids = eval(run(tool, "import os\nprint([p for p in os.listdir('/proc') if p.isdigit()])"))
+        assert len(visible_pids) < 10 and str(os.getpid()) not in visible_pids
+    finally:
+        tool.close()
+        listener.close()
