@@ -79,7 +79,7 @@ def test_a_damaged_entry_is_read_again_with_a_note(model: Path, tmp_path: Path, 
         header = json.loads(data[12:12 + length])
         state_at = 12 + length + 4 * header["n_tokens"]
         data[state_at:] = b"\x01" * (len(data) - state_at)
-        header["crc32"] = zlib.crc32(data[state_at:])
+        header["crc32"] = zlib.crc32(data[state_at:], zlib.crc32(data[12 + length:state_at]))
         encoded = json.dumps(header).encode()
         data[8:12 + length] = struct.pack("<I", len(encoded)) + encoded
     entry.write_bytes(bytes(data))
@@ -87,6 +87,46 @@ def test_a_damaged_entry_is_read_again_with_a_note(model: Path, tmp_path: Path, 
     again = answer(model, tmp_path, prompt, notes)
     assert again.evaluated_tokens == len(prompt) and again.generated == first.generated
     assert len(notes) == 1 and ("damaged" in notes[0] or "refused" in notes[0]), notes
+
+
+def _rewrite_header(entry: Path, change: Callable[[dict], object]) -> None:
+    import struct
+
+    data = entry.read_bytes()
+    length = struct.unpack("<I", data[8:12])[0]
+    header = json.loads(data[12:12 + length])
+    encoded = json.dumps(change(header)).encode()
+    entry.write_bytes(data[:8] + struct.pack("<I", len(encoded)) + encoded + data[12 + length:])
+
+
+@pytest.mark.parametrize("hostile", ["null", "list", "huge count", "count as text", "negative count", "bool count",
+                                     "tokens rewritten", "fifo", "folder"])
+def test_a_hostile_entry_is_never_loaded_and_never_stops_the_chat(model: Path, tmp_path: Path, hostile: str) -> None:
+    import os
+
+    prompt = long_prompt()
+    first = answer(model, tmp_path, prompt)
+    [(entry, _, _)] = entries_on_disk(tmp_path)
+    other_prompt = long_prompt(seed=9)
+    changes = {"null": lambda h: None, "list": lambda h: [], "huge count": lambda h: {**h, "n_tokens": 1e400},
+               "count as text": lambda h: {**h, "n_tokens": str(h["n_tokens"])},
+               "negative count": lambda h: {**h, "n_tokens": -1}, "bool count": lambda h: {**h, "n_tokens": True}}
+    if hostile in changes:
+        _rewrite_header(entry, changes[hostile])
+    elif hostile == "tokens rewritten":  # another prompt's tokens over this entry's: its state is not theirs
+        data = bytearray(entry.read_bytes())
+        at = data.index(b"}", 12) + 1
+        data[at:at + 4 * len(other_prompt)] = b"".join(t.to_bytes(4, "little") for t in other_prompt)
+        entry.write_bytes(bytes(data))
+        prompt = other_prompt
+        first = answer(model, None, prompt)
+    else:
+        entry.unlink()
+        os.mkfifo(entry) if hostile == "fifo" else entry.mkdir()
+    again = answer(model, tmp_path, prompt)  # never a hang, a traceback, or another prompt's state
+    assert again.evaluated_tokens == len(prompt) and again.generated == first.generated
+    cleared = invoke(["cache", "--clear", "--dir", str(tmp_path)])
+    assert cleared.exit_code == 0 and "removed" in cleared.stdout, cleared.stdout + cleared.stderr
 
 
 def test_another_models_entries_are_not_used(model: Path, make_gguf: Callable[..., Path], tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
-from glm4_local.core.llama.prompt_cache import entries_on_disk
+from glm4_local.core.llama.prompt_cache import SUFFIX, entries_on_disk
 from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.model_plan import plan_model
 from glm4_local.frontends.oneshot import run_oneshot
@@ -151,7 +151,9 @@ def show_prompt_cache(folder: Path, clear: bool, out: Console) -> None:
     if clear:
         for path, _, _ in entries:
             path.unlink(missing_ok=True)
-        out.print(f"removed {len(entries)} saved prompt(s) from {folder}", markup=False)
+        others = len(list(folder.glob(f"*{SUFFIX}"))) if folder.is_dir() else 0
+        left = f"; left {others} that are not saved prompts (not regular files)" if others else ""
+        out.print(f"removed {len(entries)} saved prompt(s) from {folder}{left}", markup=False)
         return
     total = sum(size for _, size, _ in entries)
     out.print(f"{len(entries)} saved prompt(s) in {folder}, {total / 2**30:.2f} GiB", markup=False)

@@ -3,10 +3,13 @@ after a long prompt, so that the next run that starts with the same tokens (a re
 document in a new one, a server request after a restart) loads it and reads only the rest.
 
 One file an entry: a JSON header (what it was made by: the model file's identity, the llama.cpp build,
-the KV types; the token count; a CRC of the state), the tokens, the state. Files are written whole or
-not at all; the folder is held to a size by dropping the least recently used. An entry that is corrupt,
-truncated, from another model or another llama.cpp build is never loaded: it is skipped (with a note
-when it claimed to match) and the prompt is read again.
+the KV types; the token count; a CRC of the tokens and the state together), the tokens, the state. Files
+are written whole or not at all; the folder is held to a size by dropping the least recently used. An
+entry that is corrupt, truncated, from another model or another llama.cpp build is never loaded: it is
+skipped (with a note when it claimed to match) and the prompt is read again. The folder is data that may
+be damaged or hostile: every header field is checked for its type and range, only regular files are
+opened (never waiting on a FIFO, never through a link), and tokens rewritten in an entry fail its CRC, so
+an entry is never loaded for a prompt it did not read.
 
 One of the modules of core/llama/, the only ones importing llama_cpp.
 """
@@ -19,6 +22,7 @@ import ctypes
 import hashlib
 import json
 import os
+import stat
 import struct
 import threading
 import time
@@ -30,8 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from glm4_local.core.filetext import FileTextError, open_regular
+
 MAGIC = b"G4KV"
-VERSION = 1
+VERSION = 2  # 1: the CRC covered the state only
+MAX_TOKENS = 1 << 24  # more than any context
+MAX_STATE_BYTES = 1 << 40
 SUFFIX = ".kvcache"
 MIN_SAVED_TOKENS = 2048  # new tokens worth a save: fewer are read again faster than a state is written and read
 MIN_GAIN_TOKENS = 256  # load from disk only when it saves at least this much reading
@@ -78,34 +86,36 @@ class PromptDiskCache:
 
     # -- reading ---------------------------------------------------------------------------------
     def _header(self, path: Path) -> tuple[dict[str, Any], int] | None:
-        """(header, where the tokens start) of an entry file, None when it is not one."""
+        """(header, where the tokens start) of an entry file of ours, None when it is not one: every field
+        of the right type and range (a file shorter or longer than they say is damaged: state_of says so)."""
         try:
-            with path.open("rb") as file:
+            with open_regular(path, follow_links=False) as file:
                 start = file.read(12)
                 if len(start) < 12 or start[:4] != MAGIC:
                     return None
                 version, length = struct.unpack("<II", start[4:])
                 if version != VERSION or length > 1 << 20:
                     return None
-                return json.loads(file.read(length)), 12 + length
-        except (OSError, ValueError, UnicodeDecodeError):
+                header = json.loads(file.read(length))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError, FileTextError):
             return None
+        return (header, 12 + length) if _valid_header(header) else None
 
     def _entries(self) -> list[Entry]:
         found = []
         for path in self.folder.glob(f"*{SUFFIX}") if self.folder.is_dir() else []:
             parsed = self._header(path)
-            if parsed is None or parsed[0].get("identity") != self.identity:
+            if parsed is None or parsed[0]["identity"] != self.identity:
                 continue
             header, offset = parsed
             try:
-                with path.open("rb") as file:
+                with open_regular(path, follow_links=False) as file:
                     file.seek(offset)
-                    tokens = np.frombuffer(file.read(4 * int(header["n_tokens"])), dtype="<i4")
-                size = path.stat().st_size
-            except (OSError, ValueError, KeyError, TypeError):
+                    tokens = np.frombuffer(file.read(4 * header["n_tokens"]), dtype="<i4")
+                    size = os.fstat(file.fileno()).st_size
+            except (OSError, FileTextError):
                 continue
-            if len(tokens) == int(header["n_tokens"]):
+            if len(tokens) == header["n_tokens"]:
                 found.append(Entry(path, tokens, size))
         return found
 
@@ -126,12 +136,14 @@ class PromptDiskCache:
             return None
         header, offset = parsed
         try:
-            with entry.path.open("rb") as file:
-                file.seek(offset + 4 * len(entry.tokens))
+            with open_regular(entry.path, follow_links=False) as file:
+                file.seek(offset)
+                tokens = file.read(4 * header["n_tokens"])
                 state = bytearray(file.read())
-        except OSError:
+        except (OSError, FileTextError):
             return None
-        if len(state) != header.get("state_bytes") or zlib.crc32(state) != header.get("crc32"):
+        if (len(state) != header["state_bytes"] or tokens != entry.tokens.tobytes()
+                or zlib.crc32(state, zlib.crc32(tokens)) != header["crc32"]):
             self.notify(f"prompt cache: {entry.path.name} is damaged (truncated or changed); ignored, the "
                         "prompt is read again")
             with contextlib.suppress(OSError):
@@ -167,8 +179,9 @@ class PromptDiskCache:
         return self.writer.submit(self._write, tokens_array, state)
 
     def _write(self, tokens: np.ndarray, state: bytes | bytearray | memoryview) -> None:
+        crc = zlib.crc32(state, zlib.crc32(tokens.tobytes()))
         header = json.dumps({"identity": self.identity, "n_tokens": len(tokens), "state_bytes": len(state),
-                             "crc32": zlib.crc32(state), "created": time.time()}).encode()
+                             "crc32": crc, "created": time.time()}).encode()
         name = hashlib.sha256(self.identity.encode() + tokens.tobytes()).hexdigest()[:32] + SUFFIX
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -196,13 +209,24 @@ class PromptDiskCache:
         self.writer.shutdown(wait=True)
 
 
+def _valid_header(header: Any) -> bool:
+    def whole(value: Any, top: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+
+    return (isinstance(header, dict) and isinstance(header.get("identity"), str)
+            and whole(header.get("n_tokens"), MAX_TOKENS) and header["n_tokens"] > 0
+            and whole(header.get("state_bytes"), MAX_STATE_BYTES) and whole(header.get("crc32"), 0xFFFFFFFF))
+
+
 def entries_on_disk(folder: Path) -> list[tuple[Path, int, float]]:
-    """(file, bytes, last used) of every entry, most recently used first (for `glm4-local cache`)."""
+    """(file, bytes, last used) of every entry, most recently used first (for `glm4-local cache`): regular
+    files only, never what a link points to."""
     found = []
     for path in folder.glob(f"*{SUFFIX}") if folder.is_dir() else []:
         with contextlib.suppress(OSError):
-            stat = path.stat()
-            found.append((path, stat.st_size, stat.st_mtime))
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                found.append((path, info.st_size, info.st_mtime))
     return sorted(found, key=lambda e: e[2], reverse=True)
 
 
