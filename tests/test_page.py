@@ -269,3 +269,73 @@ def test_a_4000_token_reply_re_renders_only_its_last_block(page: Page, served: C
     (artefacts / "page-render.json").write_text(json.dumps(timings, indent=2) + "\n")
     print("render:", timings)
     page.shot("long")
+
+
+def test_a_failed_request_shows_why_and_keeps_the_message(page: Page, served: Callable[..., Server],
+                                                          tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    """A document too long for the context: the chip warns before sending; sent anyway, the server's 400
+    shows where the reply would be (never a blank reply, never saved), and Retry sends it again."""
+    server = served(tool_gguf("chinese"), "--ctx", "512")
+    page.open(server)
+    book = tmp_path / "book.txt"
+    book.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    page.upload("attach", book)
+    page.until("document.querySelectorAll('#documents .chip').length === 1")
+    assert "too long for the context of 512" in page.texts("#documents .chip")[0]
+    page.send("summarise")
+    page.until("document.querySelector('.message.failed')")
+    assert page.find("#stop").get_attribute("hidden") is not None
+    [error] = page.texts(".message.failed .error")
+    assert error.startswith("error: ") and "context" in error and "512" in error
+    assert page.texts(".message.answer .answer") == []  # no blank reply
+    saved = page.script("const id = JSON.parse(localStorage.getItem('glm4-local:conversations'))[0];"
+                        "return JSON.parse(localStorage.getItem('glm4-local:conversation:' + id)).messages")
+    assert [m["role"] for m in saved] == ["user"]  # the question stays, ready to be sent again
+    page.shot("failed")
+    before = requests_total(server)
+    page.button(".message.failed", "Retry").click()
+    page.until(f"document.querySelector('.message.failed') && {int(before)} < 1e9")
+    page.until("document.getElementById('stop').hidden")
+    assert page.texts(".message.failed .error") == [error]
+
+
+def test_any_stored_reply_leaves_the_page_usable(page: Page, served: Callable[..., Server],
+                                                 tool_gguf: Callable[[str], Path]) -> None:
+    """Replies nested thousands deep (quotes, math) are drawn, and the page is ready after a reload."""
+    page.open(served(tool_gguf("chinese")))
+    hostile = ["> " * 2000 + "deep quote", "$" + "{" * 5000 + "x" + "}" * 5000 + "$ deep math",
+               "- " * 3000 + "deep list"]
+    conversation = {"id": "hostile1", "title": "hostile", "created": 1, "updated": 2, "tools": [],
+                    "messages": [m for text in hostile for m in ({"role": "user", "content": "?"},
+                                                                 {"role": "assistant", "content": text})]}
+    page.script("localStorage.setItem('glm4-local:conversation:hostile1', arguments[0]);"
+                "localStorage.setItem('glm4-local:conversations', JSON.stringify(['hostile1']))",
+                json.dumps(conversation))
+    page.driver.refresh()
+    page.until("document.body.dataset.ready === 'true'")
+    answers = page.answers()
+    assert len(answers) == 3 and "deep quote" in answers[0] and "deep math" in answers[1]
+    page.find("#new-chat").click()  # (that conversation is too long to go on in the tiny model's context)
+    page.send("still works?")
+    page.replied(1)
+    assert page.answers() == [CHINESE]
+
+
+def test_a_refused_key_and_a_file_that_is_no_conversation_are_said(page: Page, served: Callable[..., Server],
+                                                                    tool_gguf: Callable[[str], Path],
+                                                                    tmp_path: Path) -> None:
+    server = served(tool_gguf("chinese"), "--api-key", "s3cret")
+    page.open(server, ready=False)
+    page.until("document.getElementById('key-dialog').open")
+    page.find("#key").send_keys("wrong")
+    page.find("#key-ok").click()
+    page.until("document.getElementById('key-dialog').open && "
+               "document.getElementById('key-note').textContent.includes('refused')")
+    page.find("#key").send_keys("s3cret")
+    page.find("#key-ok").click()
+    page.until("document.body.dataset.ready === 'true'")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("just some notes, not a conversation")
+    page.upload("import", notes)
+    page.until("document.getElementById('status').textContent.includes('notes.txt')")
+    assert page.texts("#status") == ["notes.txt is not a conversation glm4-local saved (not JSON)"]

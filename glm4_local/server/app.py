@@ -230,6 +230,9 @@ def create_app(state: ServerState) -> Starlette:
     def count_tokens(text: str) -> int:
         return len(state.model().runtime.vocab.text_tokens(text))
 
+    def context_tokens() -> int | None:  # each slot's, what one request may hold
+        return state.loaded.runtime.n_ctx if state.loaded else None
+
     api = [("/models", models, "GET"), ("/models/{model_id:path}", one_model, "GET"),
            ("/chat/completions", chat_completions, "POST"), ("/completions", completions, "POST"),
            ("/responses", responses, "POST")]
@@ -239,7 +242,7 @@ def create_app(state: ServerState) -> Starlette:
         # under /v1, and without it as llama.cpp's server also answers (clients given a bare base URL)
         *(Route(prefix + path, route(handler), methods=[method]) for prefix in ("/v1", "") for path, handler, method
           in api),
-        *page_routes(route, state.tools, count_tokens, read_json),
+        *page_routes(route, state.tools, count_tokens, read_json, context_tokens),
     ]
     middleware = [Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)]
     if config.cors_origins:

@@ -96,14 +96,15 @@ def _document(name: str, data: bytes, count_tokens: Callable[[str], int]) -> dic
 
 
 def page_routes(guard: Guard, tools: ToolSessions | None, count_tokens: Callable[[str], int],
-                read_json: Callable[[Request], Awaitable[Any]]) -> list[BaseRoute]:
+                read_json: Callable[[Request], Awaitable[Any]], context_tokens: Callable[[], int | None]
+                ) -> list[BaseRoute]:
     async def page(request: Request) -> Response:
         return FileResponse(PAGE_DIR / "index.html", headers=_page_headers())
 
     async def tool_list(request: Request) -> Response:
         offered = tools.offered() if tools else []
         idle = tools.idle_seconds if tools else None
-        return JSONResponse({"tools": offered, "conversation_idle_seconds": idle})
+        return JSONResponse({"tools": offered, "conversation_idle_seconds": idle, "context_tokens": context_tokens()})
 
     async def document(request: Request) -> Response:
         body = await read_json(request)

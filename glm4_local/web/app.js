@@ -7,7 +7,9 @@ const $ = (id) => document.getElementById(id);
 const KEY = "glm4-local:api-key";
 const SETTINGS = "glm4-local:settings";
 const store = new ConversationStore(localStorage);
-const state = { conversation: null, tools: [], documents: [], controller: null, blobs: new Map() };
+// failures: conversation id -> why its last request failed (shown where the reply would be, never saved)
+const state = { conversation: null, tools: [], documents: [], controller: null, blobs: new Map(), context: null,
+  failures: new Map() };
 
 // -- the server ---------------------------------------------------------------------------------------
 function headers(json = true) {
@@ -15,9 +17,11 @@ function headers(json = true) {
   return { ...(json ? { "Content-Type": "application/json" } : {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
 }
 
-function askKey() {
+function askKey(refused) {
   return new Promise((resolve) => {
     const dialog = $("key-dialog");
+    $("key-note").textContent = refused ? "The server refused the key given: check its --api-key." : "";
+    $("key").value = "";
     dialog.addEventListener("close", () => {
       if ($("key").value) localStorage.setItem(KEY, $("key").value.trim());
       resolve();
@@ -30,7 +34,7 @@ async function api(path, options = {}) {
   for (let tries = 0; ; tries += 1) {
     const response = await fetch(path, { ...options, headers: headers(options.body !== undefined) });
     if (response.status !== 401 || tries > 2) return response;
-    await askKey();
+    await askKey(localStorage.getItem(KEY) !== null);
   }
 }
 
@@ -169,26 +173,44 @@ function draw() {
   for (const turn of turns) {
     const node = element("div", `message ${turn.kind}`);
     node.dataset.index = turn.index;
-    if (turn.kind === "user") {
-      node.append(userNode(turn.message.content || ""));
-      actions(node, [["Edit", () => editMessage(node, turn.index)], ["Copy", () => copyText(turn.message.content)]]);
-    } else if (turn.kind === "step") {
-      node.append(stepNode(turn.call, turn.results, turn.results.flatMap((r) => r.glm4_files || []), fetchFile));
-    } else {
-      const view = new MarkdownView(turn.message.glm4_citations || {});
-      view.update(turn.message.content || "");
-      node.append(view.node);
-      const sources = view.sourceList();
-      if (sources) node.append(sources);
-      const buttons = [["Copy", () => copyText(turn.message.content || "")]];
-      if (turn === lastAnswer) buttons.push(["Regenerate", regenerate]);
-      const notes = [turn.message.interrupted ? "stopped" : "", statsText(turn.message.glm4_stats)];
-      buttons.push(["", notes.filter(Boolean).join(" · ")]);
-      actions(node, buttons);
+    try {
+      drawTurn(node, turn, lastAnswer);
+    } catch {  // one message the page cannot draw is shown as its text; the others, and the page, go on
+      node.replaceChildren(element("pre", "output", JSON.stringify(turn.message || turn.call, null, 1)));
     }
     box.append(node);
   }
+  const failed = state.failures.get(state.conversation.id);
+  if (failed) box.append(failureNode(failed));
   box.scrollTop = box.scrollHeight;
+}
+
+// why the last request failed, where its reply would be, and a way to send it again
+function failureNode(message) {
+  const node = element("div", "message answer failed");
+  node.append(element("div", "error", `error: ${message}`));
+  actions(node, [["Retry", () => generate()]]);
+  return node;
+}
+
+function drawTurn(node, turn, lastAnswer) {
+  if (turn.kind === "user") {
+    node.append(userNode(turn.message.content || ""));
+    actions(node, [["Edit", () => editMessage(node, turn.index)], ["Copy", () => copyText(turn.message.content)]]);
+  } else if (turn.kind === "step") {
+    node.append(stepNode(turn.call, turn.results, turn.results.flatMap((r) => r.glm4_files || []), fetchFile));
+  } else {
+    const view = new MarkdownView(turn.message.glm4_citations || {});
+    view.update(turn.message.content || "");
+    node.append(view.node);
+    const sources = view.sourceList();
+    if (sources) node.append(sources);
+    const buttons = [["Copy", () => copyText(turn.message.content || "")]];
+    if (turn === lastAnswer) buttons.push(["Regenerate", regenerate]);
+    const notes = [turn.message.interrupted ? "stopped" : "", statsText(turn.message.glm4_stats)];
+    buttons.push(["", notes.filter(Boolean).join(" · ")]);
+    actions(node, buttons);
+  }
 }
 
 function editMessage(node, index) {
@@ -232,6 +254,7 @@ function forServer(message) {
 
 async function generate() {
   const conversation = state.conversation;
+  state.failures.delete(conversation.id);
   store.save(conversation);
   draw();
   const box = $("messages");
@@ -249,6 +272,7 @@ async function generate() {
   if (tools.length) body.tools = tools;
   let first = null;
   let interrupted = false;
+  let failed = null;
   const pacer = new DrawPacer(() => {
     view.update(reply.content);
     box.scrollTop = box.scrollHeight;
@@ -273,17 +297,20 @@ async function generate() {
     }
   } catch (error) {
     interrupted = controller.signal.aborted;
-    if (!interrupted) $("status").textContent = `error: ${error.message}`;
+    if (!interrupted) failed = error.message || String(error);
   } finally {
     pacer.cancel();
     busy(false);
     state.controller = null;
   }
-  finish(conversation, reply, first, interrupted);
+  finish(conversation, reply, first, interrupted, failed);
 }
 
-function finish(conversation, reply, first, interrupted) {
-  const kept = reply.messages(interrupted);
+// what the reply left: its messages saved (a failed request's partial reply as stopped, nothing at all when
+// nothing came: the user's message stays last, ready for Retry), and why it failed shown in its place
+function finish(conversation, reply, first, interrupted, failed) {
+  if (failed) state.failures.set(conversation.id, failed);
+  const kept = reply.messages(interrupted || Boolean(failed));
   const answer = kept.at(-1);
   if (answer && answer.role === "assistant" && !answer.tool_calls && reply.usage && first) {
     const seconds = Math.max((performance.now() - first) / 1000, 1e-3);
@@ -293,7 +320,7 @@ function finish(conversation, reply, first, interrupted) {
     const results = step.messages.filter((m) => m.role === "tool");
     if (results.length) results.at(-1).glm4_files = step.files;
   }
-  if (interrupted && !reply.content && !reply.steps.length) kept.length = 0;
+  if ((interrupted || failed) && !reply.content && !reply.steps.length) kept.length = 0;
   conversation.messages.push(...kept);
   store.save(conversation);
   if (conversation === state.conversation) {
@@ -327,7 +354,7 @@ function send() {
 async function attach(files) {
   for (const file of files) {
     $("status").textContent = `reading ${file.name}…`;
-    const bytes = new Uint8Array(await file.arrayBuffer());
+    const bytes = new Uint8Array(await file.arrayBuffer());  // read on the server, as chat --file reads it
     let binary = "";
     for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
     const response = await api("/v1/glm4/documents", { method: "POST",
@@ -345,8 +372,14 @@ async function attach(files) {
 function showDocuments() {
   const box = $("documents");
   box.replaceChildren();
+  const total = state.documents.reduce((sum, doc) => sum + doc.tokens, 0);
   state.documents.forEach((doc, i) => {
     const chip = element("span", "chip", `${doc.name} · ${doc.tokens.toLocaleString()} tokens`);
+    if (state.context && total >= state.context) {  // the server would refuse it: say so before sending
+      chip.classList.add("too-long");
+      chip.title = `does not fit: the context holds ${state.context.toLocaleString()} tokens (the server's --ctx)`;
+      chip.append(element("span", "warn", ` · too long for the context of ${state.context.toLocaleString()}`));
+    }
     const remove = element("button", "", "✕");
     remove.type = "button";
     remove.addEventListener("click", () => {
@@ -365,14 +398,17 @@ function download(name, text) {
 }
 
 async function importFile(file) {
+  let parsed;
   try {
-    const { messages, tools } = parseConversation(JSON.parse(await file.text()));
-    const conversation = store.create(messages, tools);
-    store.save(conversation);
-    openConversation(conversation);
+    parsed = parseConversation(JSON.parse(await file.text()));
   } catch (error) {
-    $("status").textContent = `${file.name}: ${error.message}`;
+    const why = error instanceof SyntaxError ? "not JSON" : error.message;
+    $("status").textContent = `${file.name} is not a conversation glm4-local saved (${why})`;
+    return;
   }
+  const conversation = store.create(parsed.messages, parsed.tools);
+  store.save(conversation);
+  openConversation(conversation);
 }
 
 // -- wiring -------------------------------------------------------------------------------------------
@@ -410,8 +446,13 @@ async function start() {
   wire();
   openConversation(store.list()[0] || store.create());
   const response = await api("/v1/glm4/tools");
-  if (response.ok) state.tools = (await response.json()).tools;
-  else $("status").textContent = `error: ${await failure(response)}`;
+  if (response.ok) {
+    const served = await response.json();
+    state.tools = served.tools;
+    state.context = served.context_tokens;
+  } else {
+    $("status").textContent = `error: ${await failure(response)}`;
+  }
   showTools();
   document.body.dataset.ready = "true";
 }

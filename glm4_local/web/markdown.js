@@ -5,8 +5,24 @@
 //
 // A reply is split into top-level blocks (paragraphs, code fences, lists, tables, math); while it
 // streams only its last block changes, so the page re-renders only that one (see app.js).
+//
+// A reply is whatever the model (or a page it quotes) wrote: nesting (quotes in quotes, lists in lists,
+// bold in links in bold) is followed MAX_DEPTH levels deep and shown as text below that, math that KaTeX
+// cannot draw is shown as its source, and a block that fails anyway is shown as text (safeBlock): one
+// broken message never breaks the page.
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+export const MAX_DEPTH = 16;
+
+// the context one level deeper, or null past MAX_DEPTH (then the rest is text)
+function deeper(context) {
+  const depth = (context.depth || 0) + 1;
+  return depth > MAX_DEPTH ? null : { ...context, depth };
+}
+
+function plainText(text) {
+  return escapeHtml(text).replace(/\n/g, "<br>");
+}
 
 export function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => ESCAPES[c]);
@@ -97,6 +113,8 @@ function link(text, url, context) {
 }
 
 export function renderInline(text, context = {}) {
+  if ((context.depth || 0) > MAX_DEPTH) return plainText(text);
+  const inner = deeper(context) || context;
   let html = "";
   let last = 0;
   for (const m of text.matchAll(INLINE)) {  // matchAll: its own copy of the pattern, so recursion is safe
@@ -108,20 +126,24 @@ export function renderInline(text, context = {}) {
     else if (m[4] !== undefined) html += math(m[4], false, context, whole);
     else if (m[5] !== undefined) html += math(m[5], false, context, whole);
     else if (m[6] !== undefined) html += context.cite ? context.cite(m[6], m[7]) : escapeHtml(whole);
-    else if (m[9] !== undefined) html += link(renderInline(m[9], context) || escapeHtml(m[10]), m[10], context);
+    else if (m[9] !== undefined) html += link(renderInline(m[9], inner) || escapeHtml(m[10]), m[10], context);
     else if (m[11] !== undefined) html += link(escapeHtml(m[11]), m[11], context);
-    else if (m[12] !== undefined) html += `<strong>${renderInline(m[12], context)}</strong>`;
-    else if (m[13] !== undefined) html += `<strong>${renderInline(m[13], context)}</strong>`;
-    else if (m[14] !== undefined) html += `<del>${renderInline(m[14], context)}</del>`;
-    else if (m[15] !== undefined) html += `<em>${renderInline(m[15], context)}</em>`;
-    else if (m[16] !== undefined) html += `<em>${renderInline(m[16], context)}</em>`;
+    else if (m[12] !== undefined) html += `<strong>${renderInline(m[12], inner)}</strong>`;
+    else if (m[13] !== undefined) html += `<strong>${renderInline(m[13], inner)}</strong>`;
+    else if (m[14] !== undefined) html += `<del>${renderInline(m[14], inner)}</del>`;
+    else if (m[15] !== undefined) html += `<em>${renderInline(m[15], inner)}</em>`;
+    else if (m[16] !== undefined) html += `<em>${renderInline(m[16], inner)}</em>`;
   }
   return html + escapeHtml(text.slice(last)).replace(/\n/g, "<br>");
 }
 
 function math(tex, display, context, source) {
   if (!context.math) return `<code class="math">${escapeHtml(source)}</code>`;
-  return context.math(tex, display);
+  try {
+    return context.math(tex, display);
+  } catch {  // KaTeX's own limits (braces thousands deep overflow its parser's stack): the source, as text
+    return `<code class="math">${escapeHtml(source)}</code>`;
+  }
 }
 
 // -- blocks ---------------------------------------------------------------------------------------
@@ -142,13 +164,15 @@ function mathBlock(block, context) {
   const closed = text.length >= 4 && text.endsWith(closer);
   const tex = text.slice(2, closed ? -2 : undefined);
   if (!closed || !context.math) return `<pre class="math">${escapeHtml(block)}</pre>`;
-  return `<div class="math-block">${context.math(tex, true)}</div>`;
+  return `<div class="math-block">${math(tex, true, context, block)}</div>`;
 }
 
 const LIST_ITEM = /^( *)([-*+]|\d{1,9}[.)])\s+(.*)$/;
 const TABLE_RULE = /^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$/;
 
-function list(lines, context) {
+function list(lines, outer) {
+  const context = deeper(outer);
+  if (!context) return `<p>${plainText(lines.join("\n"))}</p>`;
   const first = LIST_ITEM.exec(lines[0]);
   const indent = first[1].length;
   const ordered = /\d/.test(first[2]);
@@ -189,8 +213,9 @@ export function renderBlock(block, context = {}) {
   }
   if (/^ {0,3}([-*_])(\s*\1){2,}\s*$/.test(block)) return "<hr>";
   if (lines.every((l) => /^ {0,3}>/.test(l))) {
-    const inner = lines.map((l) => l.replace(/^ {0,3}> ?/, "")).join("\n");
-    return `<blockquote>${renderMarkdown(inner, context)}</blockquote>`;
+    const inner = deeper(context);
+    if (!inner) return `<p>${plainText(block)}</p>`;
+    return `<blockquote>${renderMarkdown(lines.map((l) => l.replace(/^ {0,3}> ?/, "")).join("\n"), inner)}</blockquote>`;
   }
   if (LIST_ITEM.test(lines[0])) return list(lines, context);
   if (lines.length >= 2 && lines[0].includes("|") && TABLE_RULE.test(lines[1])) return table(lines, context);
@@ -202,6 +227,15 @@ export function renderBlock(block, context = {}) {
 
 export function renderMarkdown(source, context = {}) {
   return splitBlocks(source).map((block) => renderBlock(block, context)).join("");
+}
+
+// a block as HTML, or as its text when rendering it failed for any reason
+export function safeBlock(block, context = {}) {
+  try {
+    return renderBlock(block, context);
+  } catch {
+    return `<p class="unrendered">${plainText(block)}</p>`;
+  }
 }
 
 // Numbered citations, as the terminal shows them: 【7†recipe】 becomes [1], a link to the page the

@@ -1,6 +1,6 @@
 // The conversation on screen: messages, tool steps and answers. Every piece of text from the model,
 // a tool or a fetched page goes in as textContent or through markdown.js, never as HTML of its own.
-import { citationContext, escapeHtml, renderBlock, safeUrl, splitBlocks } from "./markdown.js";
+import { citationContext, escapeHtml, safeBlock, safeUrl, splitBlocks } from "./markdown.js";
 
 // how the page's updates went, for the browser tests and the benchmark
 // (updates and their JS time; blocks rendered, and of those, blocks rendered again after they were finished;
@@ -84,7 +84,7 @@ export class MarkdownView {
       const known = this.blocks[i];
       if (known && known.source === source) return;
       const node = known ? known.node : element("div", "block");
-      node.innerHTML = renderBlock(source, this.context);
+      node.innerHTML = safeBlock(source, this.context);
       if (!known) this.node.append(node);
       this.blocks[i] = { source, node };
       rendered += 1;

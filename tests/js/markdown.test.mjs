@@ -97,3 +97,30 @@ test("citations are numbered by first use and link to their source", () => {
   assert.match(html, /salt<sup class="cite" title="other">\[2\]<\/sup>/);
   assert.deepEqual(cited.map((c) => c.id), ["7", "9"]);
 });
+
+test("any reply renders, however deep its nesting: the page never throws", () => {
+  const hostile = [
+    "> ".repeat(2000) + "deep",  // 4 KB of quotes in quotes
+    `$${"{".repeat(5000)}x${"}".repeat(5000)}$`,  // inline math 5,000 braces deep
+    `$$${"{".repeat(5000)}x${"}".repeat(5000)}$$`,
+    `${"- ".repeat(3000)}item`,  // lists in lists
+    Array.from({ length: 3000 }, (_, i) => `${"  ".repeat(i)}- level ${i}`).join("\n"),
+    `${"**[".repeat(3000)}x${"](https://e.org)**".repeat(3000)}`,
+    `${"~~".repeat(5000)}x`,
+  ];
+  for (const source of hostile) {
+    const html = renderMarkdown(source, context);
+    assert.ok(typeof html === "string" && html.length > 0);
+    assert.ok(!/<script/i.test(html));
+  }
+  assert.ok(renderMarkdown("> ".repeat(2000) + "deep", context).includes("deep"));  // the text is still there
+});
+
+test("a block that fails is shown as its text", async () => {
+  const { safeBlock } = await import("../../glm4_local/web/markdown.js");
+  const failing = { math: () => { throw new RangeError("Maximum call stack size exceeded"); } };
+  assert.match(safeBlock("$$x$$", failing), /x/);
+  assert.match(safeBlock("a $x$ b", failing), /<code class="math">\$x\$<\/code>/);
+  const broken = { cite: () => { throw new Error("boom"); } };
+  assert.equal(safeBlock("see 【1†x】 <b>", broken), '<p class="unrendered">see 【1†x】 &lt;b&gt;</p>');
+});
