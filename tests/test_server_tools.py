@@ -334,3 +334,24 @@ def test_no_client_can_end_another_clients_conversation(tool_gguf: Callable[[str
         assert any(n and "other-1 ended" in n for n in notices)
     finally:
         server.stop()
+
+
+def test_the_documents_route_refuses_a_bomb_at_once(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    """A small DOCX that expands to 300 MB of XML, and one of malformed XML: one clear 400 each, quickly,
+    and the server answers /health meanwhile and stops on SIGTERM."""
+    from test_hostile_input import docx_with
+
+    bomb = docx_with(tmp_path / "bomb.docx", xml_bytes=300 * 2**20)
+    broken = docx_with(tmp_path / "broken.docx", b"<w:document><w:body><unclosed")
+    server = Server(tool_gguf("python"), tmp_path)
+    try:
+        for document, words in ((bomb, "expands to"), (broken, "not a readable DOCX")):
+            started = time.monotonic()
+            status, body = server.json("POST", "/v1/glm4/documents", {
+                "name": document.name, "data": base64.b64encode(document.read_bytes()).decode()})
+            assert status == 400 and words in body["error"]["message"], body
+            assert time.monotonic() - started < 30
+        assert server.json("GET", "/health")[1]["status"] == "ok"
+    finally:
+        code, output = server.stop()
+    assert code == 0 and "Traceback" not in output, output
