@@ -100,13 +100,15 @@ def run(func: Callable[..., R], *args: object, on_interrupt: str = "interrupted"
 @contextmanager
 def stopped_like_ctrl_c() -> Iterator[None]:
     """SIGTERM and SIGHUP (a closed terminal, `kill`, a service stop) clean up as Ctrl-C does: no half
-    file or 16-bit intermediate is left behind. Only where the main thread runs the work."""
+    file or 16-bit intermediate, no kernel or tool server is left behind. Only where the main thread runs
+    the work."""
 
     def stop(number: int, frame: object) -> None:
         raise Interrupted(signal_number=number)
 
     numbers = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]  # no SIGHUP on Windows
-    previous = {s: signal.signal(s, stop) for s in numbers}
+    # one that arrives ignored stays ignored: `nohup glm4-local ...` must outlive its terminal
+    previous = {s: signal.signal(s, stop) for s in numbers if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -12,8 +12,9 @@ from typing import Any
 
 
 def default_signals() -> None:
-    """preexec_fn for a child that is sent Ctrl-C: the dispositions a terminal's foreground job has."""
-    for number in (signal.SIGINT, signal.SIGQUIT):
+    """preexec_fn for a child that is sent Ctrl-C or a hang-up: the dispositions a terminal's foreground
+    job has (under `nohup` the tests' own SIGHUP arrives ignored)."""
+    for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)
 
 

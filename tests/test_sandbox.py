@@ -322,3 +322,29 @@ def test_a_batch_of_hostile_code_is_refused_in_the_real_sandbox(tmp_path: Path) 
     finally:
         tool.close()
         listener.close()
+
+
+@needs_sandbox
+@pytest.mark.skipif(__import__("glm4_local.tools.seccomp", fromlist=["program"]).program() is None,
+                    reason="no seccomp filter for this architecture")
+def test_system_calls_a_kernel_never_needs_are_refused(tmp_path: Path) -> None:
+    """ptrace, bpf, io_uring, keyrings: EPERM inside, where outside the same calls get further."""
+    import platform
+
+    from glm4_local.tools.seccomp import DENIED, NUMBERS
+
+    numbers = dict(zip(DENIED, NUMBERS[platform.machine()], strict=True))
+    probe = ("import ctypes, errno, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+             "r = libc.syscall(int(sys.argv[1]), 0, 0, 0, 0)\n"
+             "print(errno.errorcode.get(ctypes.get_errno()) if r < 0 else 'ok')")
+    outside = subprocess.run([sys.executable, "-c", probe, str(numbers["ptrace"])], capture_output=True, text=True)
+    assert outside.stdout.strip() == "ok"  # PTRACE_TRACEME, which a process may ask for itself
+    tool = PythonTool(tmp_path / "data", SANDBOX, timeout=30)
+    try:
+        for name in ("ptrace", "bpf", "io_uring_setup", "keyctl", "userfaultfd", "perf_event_open"):
+            code = f"import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', {probe!r}, " \
+                   f"'{numbers[name]}'], capture_output=True, text=True).stdout.strip())"
+            assert run(tool, code) == "EPERM\n", name
+        assert run(tool, "import numpy\nprint(numpy.arange(4).sum())") == "6\n"  # what code needs still works
+    finally:
+        tool.close()

@@ -122,12 +122,15 @@ class Kernel:
             with _sigint_held() as child_setup:
                 self.process = subprocess.Popen(self.launch.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                                 cwd=self.data_dir, env=self.launch.env, start_new_session=True,
+                                                pass_fds=self.launch.pass_fds,
                                                 preexec_fn=child_setup(self.launch.preexec))
         except OSError as e:
             self.close()
             raise KernelError(f"cannot start the python kernel: {e.strerror}") from e
         finally:
             log.close()
+            if self.launch is not None:
+                self.launch.started()
         self.context = zmq.Context()
         self.context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # larger messages never reach us
         self.context.setsockopt(zmq.LINGER, 0)

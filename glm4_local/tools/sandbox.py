@@ -1,11 +1,11 @@
 """Where the model's code runs: a sandbox around a command, asked for by the python tool.
 
 Linux: bubblewrap (`bwrap`): new user, network, PID and IPC namespaces (no network at all, no nested user
-namespaces), the system read-only, only the Python installation and the data folder visible (no home
-folder, no other files), `/mnt/data` writable, a private /tmp and /dev/shm of a fixed size, dies with
-glm4-local. bwrap itself is started with an empty environment: it is PID 1 inside, and its
-/proc/1/environ is readable there. The memory and the processes of the whole sandbox are bounded by
-a cgroup where the machine has one for us (cgroups.py), else per process by rlimits.
+namespaces), a seccomp filter (seccomp.py), the system read-only, only the Python installation and the
+data folder visible (no home folder, no other files), `/mnt/data` writable, a private /tmp and /dev/shm of
+a fixed size, dies with glm4-local. bwrap itself is started with an empty environment: it is PID 1
+inside, and its /proc/1/environ is readable there. The memory and the processes of the whole sandbox are
+bounded by a cgroup where the machine has one for us (cgroups.py), else per process by rlimits.
 macOS: `sandbox-exec` with a profile that denies the network and writes outside the data folder.
 Elsewhere there is none, and code runs only where the user says it may run unconfined.
 """
@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from glm4_local.tools import seccomp
 from glm4_local.tools.cgroups import SYSTEMD, Cgroups, Group, find_cgroups
 
 DATA_MOUNT = "/mnt/data"
@@ -137,17 +138,25 @@ def _can_disable_userns(program: str) -> bool:
     return done.returncode == 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class Launch:
     """How one sandboxed program starts: its command, the environment of the command (never ours), what
-    the child runs between fork and exec, and the cgroup that bounds it (None: rlimits only)."""
+    the child runs between fork and exec, the cgroup that bounds it (None: rlimits only), and the file
+    descriptors the child reads (the seccomp filter), ours to close once it has started."""
 
     argv: list[str]
     env: dict[str, str]
     preexec: Callable[[], None] | None
     group: Group | None = None
+    pass_fds: tuple[int, ...] = ()
+
+    def started(self) -> None:
+        for fd in self.pass_fds:
+            os.close(fd)
+        self.pass_fds = ()
 
     def close(self) -> None:
+        self.started()
         if self.group is not None:
             self.group.close()
 
@@ -187,11 +196,17 @@ class Sandbox:
 
         prefix = cgroups.scope(limits.memory_bytes, limits.processes) if cgroups else []
         env = {k: os.environ[k] for k in SYSTEMD_ENV if k in os.environ} if prefix else {}
-        return Launch([*prefix, *self._bwrap(argv, data_dir, ipc_dir, limits, python)], env, preexec, group)
+        filter_fd = seccomp.filter_fd()
+        fds = () if filter_fd is None else (filter_fd,)
+        argv = [*prefix, *self._bwrap(argv, data_dir, ipc_dir, limits, python, filter_fd)]
+        return Launch(argv, env, preexec, group, fds)
 
-    def _bwrap(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path, limits: Limits, python: str) -> list[str]:
+    def _bwrap(self, argv: Sequence[str], data_dir: Path, ipc_dir: Path, limits: Limits, python: str,
+               filter_fd: int | None) -> list[str]:
         args = [self.program, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
                 "--hostname", "sandbox"]
+        if filter_fd is not None:
+            args += ["--seccomp", str(filter_fd)]
         if _can_disable_userns(self.program):
             args += ["--unshare-user", "--disable-userns"]
         args += _system_binds()
@@ -233,6 +248,8 @@ class Sandbox:
             lines = [f"memory {memory} per process (RLIMIT_AS; no cgroup for the whole sandbox here)", processes]
         if self.kind == "bubblewrap":
             lines.append(f"private /tmp {size_text(limits.tmp_bytes)}, /dev/shm {size_text(limits.shm_bytes)}")
+            lines.append(f"seccomp: {len(seccomp.DENIED)} system calls refused (ptrace, bpf, io_uring, keyrings, "
+                         "mounts, ...)" if seccomp.program() else "no seccomp filter for this architecture")
         lines.append(f"/mnt/data {size_text(limits.data_bytes)} and {limits.data_files:,} files in all, "
                      f"{size_text(limits.file_bytes)} a file")
         return lines
@@ -256,7 +273,8 @@ def check_sandbox(sandbox: Sandbox, python: str | None = None, limits: Limits | 
         launch = sandbox.launch([python, "-I", "-c", "print(1)"], data, ipc, limits or Limits(), python)
         try:
             done = subprocess.run(launch.argv, env=launch.env, preexec_fn=launch.preexec, cwd=data,
-                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=CHECK_TIMEOUT)
+                                  pass_fds=launch.pass_fds, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=CHECK_TIMEOUT)
         except (OSError, subprocess.SubprocessError) as e:
             return SandboxCheck(False, str(e))
         finally:
