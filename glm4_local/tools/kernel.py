@@ -116,7 +116,11 @@ class Kernel:
         self.ipc_dir = Path(tempfile.mkdtemp(prefix="glm4k-"))
         connection, _ = write_connection_file(str(self.ipc_dir / "kernel.json"), transport="ipc",
                                               ip=str(self.ipc_dir / "s"), key=secrets.token_hex(32).encode())
-        self.launch = self.launcher([sys.executable, *KERNEL_ARGS, "-f", connection], self.data_dir, self.ipc_dir)
+        try:
+            self.launch = self.launcher([sys.executable, *KERNEL_ARGS, "-f", connection], self.data_dir, self.ipc_dir)
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            self.close()
+            raise KernelError(f"cannot prepare the sandbox for the python kernel: {e}") from e
         log = open(self.ipc_dir / "kernel.log", "wb")  # noqa: SIM115 (kept by the child)
         try:
             with _sigint_held() as child_setup:

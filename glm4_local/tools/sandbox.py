@@ -186,7 +186,10 @@ class Sandbox:
             return Launch(self._sandbox_exec(argv, data_dir, ipc_dir, python), _kernel_env(python, str(ipc_dir)),
                           rlimits(limits))
         cgroups = self.cgroups
-        group = cgroups.make(limits.memory_bytes, limits.processes) if cgroups else None
+        try:
+            group = cgroups.make(limits.memory_bytes, limits.processes) if cgroups else None
+        except OSError:  # the hierarchy changed under us (a full cgroup, a permission taken back): rlimits hold
+            group = None
         set_limits = rlimits(limits)
 
         def preexec() -> None:
