@@ -199,6 +199,8 @@ class Sandbox:
 
         prefix = cgroups.scope(limits.memory_bytes, limits.processes) if cgroups else []
         env = {k: os.environ[k] for k in SYSTEMD_ENV if k in os.environ} if prefix else {}
+        if prefix:  # what systemd-run needed to reach the manager is not bwrap's to hold either
+            prefix += [shutil.which("env") or "/usr/bin/env", "-i"]
         filter_fd = seccomp.filter_fd()
         fds = () if filter_fd is None else (filter_fd,)
         argv = [*prefix, *self._bwrap(argv, data_dir, ipc_dir, limits, python, filter_fd)]
