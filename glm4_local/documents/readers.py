@@ -7,7 +7,8 @@ it expands to, and the parsers run in a bounded child process (core/parse_worker
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from glm4_local.core import filetext
@@ -26,18 +27,23 @@ class DocumentError(Glm4LocalError):
     """A file that cannot be read into the conversation."""
 
 
-def decode_text(data: bytes, path: Path) -> str:
+@contextlib.contextmanager
+def _as_document_error() -> Iterator[None]:
+    """The file-text layer's failures (which name the file and why) as this layer's."""
     try:
-        return filetext.decode_text(data, path.name)
+        yield
     except filetext.FileTextError as e:
         raise DocumentError(str(e)) from None
+
+
+def decode_text(data: bytes, path: Path) -> str:
+    with _as_document_error():
+        return filetext.decode_text(data, path.name)
 
 
 def _read(path: Path, limit: int) -> bytes:
-    try:
+    with _as_document_error():
         return filetext.read_regular(path, limit)
-    except filetext.FileTextError as e:
-        raise DocumentError(str(e)) from None
 
 
 def read_text(path: Path) -> Document:
@@ -45,10 +51,8 @@ def read_text(path: Path) -> Document:
 
 
 def _parsed(job: str, file: Path, **args: object) -> object:
-    try:
+    with _as_document_error():
         return parse(job, file.name, **args)
-    except filetext.FileTextError as e:
-        raise DocumentError(str(e)) from None
 
 
 def read_html(path: Path) -> Document:
