@@ -23,18 +23,24 @@ from convert_memory import SIZES, peak_memory, stream_checkpoint
 import factory
 
 
+def community_gguf(folder: Path, shape: factory.Shape) -> Path:
+    """A q8_0 GGUF of a generated checkpoint of `shape`, written as llama.cpp's converter writes GLM-4."""
+    stream_checkpoint(folder / "ckpt", shape)
+    ours = folder / "ours-q8_0.gguf"
+    subprocess.run([sys.executable, "-m", "glm4_local", "convert", str(folder / "ckpt"), "-t", "q8_0", "-o",
+                    str(ours), "-q"], check=True, stdout=subprocess.DEVNULL)
+    shutil.rmtree(folder / "ckpt")
+    hub = factory.write_community_gguf(ours, folder / "hub.gguf")
+    ours.unlink()
+    return hub
+
+
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, shape in SIZES.items():
             folder = Path(tmp) / label
-            stream_checkpoint(folder / "ckpt", shape)
-            ours = folder / "ours-q8_0.gguf"
-            subprocess.run([sys.executable, "-m", "glm4_local", "convert", str(folder / "ckpt"), "-t", "q8_0", "-o",
-                            str(ours), "-q"], check=True, stdout=subprocess.DEVNULL)
-            shutil.rmtree(folder / "ckpt")
-            hub = factory.write_community_gguf(ours, folder / "hub.gguf")
-            ours.unlink()
+            hub = community_gguf(folder, shape)
             started = time.perf_counter()
             shutil.copyfile(hub, folder / "copy.gguf")
             copy_seconds = time.perf_counter() - started

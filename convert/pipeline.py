@@ -68,7 +68,8 @@ def model_name(source: str, folder: Path) -> str:
     return folder.resolve().name
 
 
-def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
+def load_checkpoint(source: str, download: bool = False, name: str | None = None) -> Checkpoint:
+    """`name`: the model's name in the file (default: the repo's or the folder's)."""
     folder = resolve_source(source, download)
     config_path = folder / "config.json"
     config = read_json(config_path)
@@ -84,7 +85,7 @@ def load_checkpoint(source: str, download: bool = False) -> Checkpoint:
     template = tokenizer_config.get("chat_template")
     pad = config.get("pad_token_id")
     info = ModelInfo(
-        name=model_name(source, folder),
+        name=name or model_name(source, folder),
         chat_template=template if isinstance(template, str) else None,
         temperature=_sampling_default(generation, "temperature", folder / "generation_config.json"),
         top_p=_sampling_default(generation, "top_p", folder / "generation_config.json"),
@@ -126,6 +127,7 @@ def convert(
     progress: Progress | None = None,
     models_dir: Path = MODELS_DIR,
     notify: Callable[[str], None] = lambda message: None,
+    name: str | None = None,
 ) -> ConvertResult:
     """Convert `source` to a GGUF of type `kind`; the file appears only when complete.
 
@@ -133,7 +135,7 @@ def convert(
     `<name>.imatrix`, for reuse) before quantizing. `notify` hears about stale temporary files removed.
     """
     started = time.perf_counter()
-    checkpoint = load_checkpoint(source, download)
+    checkpoint = load_checkpoint(source, download, name)
     if output is None:
         try:
             models_dir.mkdir(parents=True, exist_ok=True)

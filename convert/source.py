@@ -70,7 +70,7 @@ def download_to_cache(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as e:
         raise SourceError(
-            f"{repo_id}: downloading needs huggingface_hub: pip install \"glm4-local[download]\""
+            f"{repo_id}: downloading needs huggingface_hub: pip install huggingface_hub"
         ) from e
     try:
         return Path(snapshot_download(repo_id, allow_patterns=list(DOWNLOAD_PATTERNS)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -43,7 +44,17 @@ def options(version: Annotated[bool, typer.Option("--version", callback=_show_ve
 def main() -> None:
     """The `glm4-local` program: the Typer app, and one line (not a traceback) when stdout cannot be
     written: a full disk, a closed pipe (which ends the program quietly, as `| head` expects)."""
-    run_program(lambda: app(prog_name="glm4-local"))
+    run_program(lambda: app(args=resume_file_argument(sys.argv[1:]), prog_name="glm4-local"))
+
+
+def resume_file_argument(args: list[str]) -> list[str]:
+    """`chat --resume FILE.json` as users write it: Typer's flags take no optional value, so the file
+    after --resume is handed to the hidden --resume-file."""
+    fixed = list(args)
+    for i, arg in enumerate(fixed[:-1]):
+        if arg == "--resume" and fixed[i + 1].lower().endswith(".json"):
+            fixed[i] = "--resume-file"
+    return [f"--resume-file={a.split('=', 1)[1]}" if a.startswith("--resume=") else a for a in fixed]
 
 
 @app.command(epilog=examples(
@@ -58,7 +69,7 @@ def convert(
                                                 "models/<name>-<TYPE>.gguf).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     download: Annotated[bool, typer.Option("--download", help="Fetch a Hub repo into the HF cache first "
-                                           "(needs the [download] extra).")] = False,
+                                           "(`glm4-local pull REPO` also converts, into the store).")] = False,
     imatrix: Annotated[str | None, typer.Option("--imatrix", help="Importance matrix for the quantizer: 'auto' "
                                                 "measures one on the built-in text (saved as <output>.imatrix), "
                                                 "or a file from llama-imatrix (GGUF).")] = None,
@@ -75,9 +86,63 @@ def convert(
             on_interrupt="interrupted; no output file was left behind")
 
 
-@app.command(epilog=examples("glm4-local info models/glm-4-9b-chat-Q4_K_M.gguf", "glm4-local info FILE --json"))
+@app.command(epilog=examples(
+    "glm4-local pull                                   # glm-4-9b-chat at Q4_K_M, into the store",
+    "glm4-local pull glm-4-9b-chat:q8_0",
+    "glm4-local pull bartowski/glm-4-9b-chat-GGUF:Q6_K",
+    "glm4-local pull owner/repo/some-file.gguf",
+    "glm4-local pull THUDM/glm-4-9b-chat -t q8_0       # a checkpoint: downloaded and converted") + """
+
+\b
+Downloads resume after an interruption, are checked against the Hub's sha256, and are repaired
+(tokenizer, stop tokens, template) before they appear in the store ($GLM4_LOCAL_HOME/models).
+HF_ENDPOINT and HF_TOKEN are honoured. Nothing else glm4-local does contacts the network.""")
+def pull(
+    name: Annotated[str | None, typer.Argument(help="A tag (glm-4-9b-chat[:QUANT]), owner/repo[:QUANT] or "
+                                               "owner/repo/FILE.gguf; default glm-4-9b-chat:Q4_K_M.")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="A branch, tag or commit of the repository "
+                                                 "(default: main).")] = None,
+    outtype: Annotated[str | None, typer.Option("--outtype", "-t", metavar="TYPE", help="For a checkpoint: the "
+                                                "type to convert to (default q4_k_m).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if the store has it, or replace "
+                                        "another model of the same name.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Get a ready GLM-4 GGUF from the Hugging Face Hub into the model store."""
+    from glm4_local.frontends.store_view import INTERRUPTED, pull_model
+
+    with stopped_like_ctrl_c():
+        run(pull_model, name, revision, outtype, force, quiet, out, err, on_interrupt=INTERRUPTED)
+
+
+@app.command(name="list", epilog=examples("glm4-local list", "glm4-local list --json"))
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The models chat and serve can find: name, size, quantization, context, where each came from."""
+    from glm4_local.frontends.store_view import list_models as show
+
+    run(show, as_json, out)
+
+
+@app.command(epilog=examples("glm4-local rm glm-4-9b-chat-Q8_0", "glm4-local rm --partial"))
+def rm(
+    names: Annotated[list[str] | None, typer.Argument(help="Models of the store, as `list` names them.")] = None,
+    partial: Annotated[bool, typer.Option("--partial", help="Also remove interrupted downloads (a later pull "
+                                          "then starts them again).")] = False,
+) -> None:
+    """Remove pulled models from the store (files elsewhere are left to you)."""
+    from glm4_local.frontends.store_view import remove_models
+
+    if not names and not partial:
+        raise fail("give the models to remove (`glm4-local list` names them), or --partial")
+    run(remove_models, names or [], partial, out)
+
+
+@app.command(epilog=examples("glm4-local info models/glm-4-9b-chat-Q4_K_M.gguf", "glm4-local info glm-4-9b-chat-Q4_K_M",
+                             "glm4-local info FILE --json"))
 def info(
-    file: Annotated[Path, typer.Argument(help="A GGUF file.")],
+    file: Annotated[str, typer.Argument(help="A GGUF file, or a model's name as `list` shows it.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Describe a GGUF file and flag settings known to mis-tokenize GLM-4."""
@@ -143,6 +208,7 @@ CHAT_EPILOG = examples(
     "glm4-local chat MODEL --python --browser zim:wikipedia_en_all_nopic.zim",
     "glm4-local chat MODEL --browser searxng:http://127.0.0.1:8888 --mcp mcp.json",
     "glm4-local chat --resume",
+    "glm4-local chat --resume conversation.json         # a conversation saved with /save",
 ) + """
 
 \b
@@ -183,7 +249,10 @@ def chat(
                                               "the same document again is not read twice; 0: off.", min=0)] = 8.0,
     file: Annotated[list[Path] | None, typer.Option("--file", metavar="PATH", help="A document for the first "
                                                    "message (text, Markdown, HTML, PDF, DOCX; repeatable).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the last autosaved conversation.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="[FILE]", help="Continue the last autosaved "
+                                         "conversation, or the one in FILE (.json, as /save writes), in the "
+                                         "context it was held in.")] = False,
+    resume_file: Annotated[Path | None, typer.Option("--resume-file", hidden=True)] = None,
     temp: Annotated[float | None, typer.Option("--temp", help="Temperature (0: greedy).")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling: keep the most likely tokens "
                                                 "up to this probability mass.")] = None,
@@ -214,7 +283,8 @@ def chat(
                                browser_allow_private, mcp, runner)
     with stopped_like_ctrl_c():  # a closed terminal or `kill` ends the tools (kernel, servers, files) too
         run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt,
-            tools_path=tools, tool_options=tool_options, files=tuple(file or ()), resume=resume, verbose=verbose,
+            tools_path=tools, tool_options=tool_options, files=tuple(file or ()), resume=resume_file or resume,
+            verbose=verbose,
             as_json=as_json, errors=err)
 
 
@@ -273,13 +343,15 @@ def serve(
     tool_conversations: Annotated[int, typer.Option("--tool-conversations", metavar="N", help="Conversations whose "
                                                     "tools (a kernel each) may exist at once; past it a new one is "
                                                     "refused (503) until one ends.", min=1)] = 32,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per request on stderr (who, route, "
+                                        "status, tokens, time).")] = False,
     *, runtime: RuntimeOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling, and a chat page at /."""
-    from glm4_local.chat.models import resolve_model
     from glm4_local.frontends.commands import with_prompt_cache
     from glm4_local.frontends.serve import ServeOptions
     from glm4_local.frontends.serve import serve as serve_model
+    from glm4_local.frontends.store_view import model_or_first_pull
     from glm4_local.frontends.tool_setup import ToolOptions
 
     runtime = with_prompt_cache(runtime, cache_dir, cache_size)
@@ -287,8 +359,8 @@ def serve(
     with user_errors(on_interrupt="stopped"):
         options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
                                int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()), client_timeout, tools,
-                               tool_idle, tool_conversations)
-        serve_model(resolve_model(model), runtime, options,
+                               tool_idle, tool_conversations, not quiet)
+        serve_model(model_or_first_pull(model, err), runtime, options,
                     say=lambda line: err.print(line, markup=False),
                     warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))
 

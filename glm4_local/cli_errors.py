@@ -56,8 +56,8 @@ def with_hint(error: Glm4LocalError) -> str:
         return f"{error} (use --force to overwrite)"
     if isinstance(error, SourceNotCachedError):
         repo = error.repo_id
-        return (f"{error}; download it with `glm4-local convert {repo} --download` "
-                f"(needs `pip install \"glm4-local[download]\"`) or `huggingface-cli download {repo}`")
+        return (f"{error}; download it with `glm4-local convert {repo} --download`, or get it converted "
+                f"into the store with `glm4-local pull {repo}`")
     return str(error)
 
 

@@ -21,8 +21,9 @@ from glm4_local.core.llama.speculation import DEFAULT_DRAFT_MAX, speculation_of
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
                                                 "(default: the newest there).")]
-Ctx = Annotated[str, typer.Option("--ctx", help="Context tokens (per conversation), 'max' for the model's "
-                                  "trained context, or 'auto' for the most that fits this machine's memory.")]
+Ctx = Annotated[str, typer.Option("--ctx", help=f"Context tokens (per conversation; default {DEFAULT_CTX}, or "
+                                  "what a resumed conversation was held in), 'max' for the model's trained context, "
+                                  "or 'auto' for the most that fits this machine's memory.", show_default=False)]
 GpuLayers = Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
 Batch = Annotated[int, typer.Option("--batch", help="Prompt batch size.")]
@@ -49,7 +50,7 @@ def _option(name: str, annotation: object, default: object) -> inspect.Parameter
 
 # how a model runs: context, offload, threads, batches, caches, memory (see chat.options.RuntimeOptions)
 RUNTIME_OPTIONS: tuple[inspect.Parameter, ...] = (
-    _option("ctx", Ctx, str(DEFAULT_CTX)), _option("gpu_layers", GpuLayers, "auto"),
+    _option("ctx", Ctx, ""), _option("gpu_layers", GpuLayers, "auto"),
     _option("threads", Threads, None), _option("batch", Batch, DEFAULT_BATCH),
     _option("flash_attn", FlashAttn, False), _option("cache_type_k", CacheTypeK, "f16"),
     _option("cache_type_v", CacheTypeV, "f16"), _option("mlock", Mlock, False), _option("no_mmap", NoMmap, False),
@@ -64,7 +65,7 @@ def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: in
     from glm4_local.chat import options as opts
 
     return opts.RuntimeOptions(
-        ctx=parsed("--ctx", opts.parse_context_size, ctx),
+        ctx=parsed("--ctx", opts.parse_context_size, ctx or str(DEFAULT_CTX)), ctx_given=bool(ctx),
         gpu_layers=parsed("--gpu-layers", opts.parse_gpu_layers, gpu_layers),
         threads=threads, batch=batch, flash_attn=flash_attn,
         cache_type_k=parsed("--cache-type-k", opts.parse_cache_type, cache_type_k),

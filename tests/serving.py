@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ class Server:
             cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.output: list[str] = []
         self.port = 0
+        self._drain: threading.Thread | None = None
         try:
             self._wait_ready()
         except BaseException:
@@ -46,8 +48,16 @@ class Server:
             if match := re.search(r"http://127\.0\.0\.1:(\d+)/v1", line):
                 self.port = int(match.group(1))
             if line.strip() == "ready":
+                # from now on its output (a line per request) is read as it comes, so it never fills the pipe
+                self._drain = threading.Thread(target=self._read_rest, daemon=True)
+                self._drain.start()
                 return
         raise RuntimeError("server not ready in time:\n" + "".join(self.output))
+
+    def _read_rest(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
 
     @property
     def base_url(self) -> str:
@@ -80,6 +90,14 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
         if self.process.poll() is None:
             self.process.send_signal(sig)
+        if self._drain is not None:
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self._drain.join(timeout=20)
+            return self.process.returncode, "".join(self.output)
         try:
             rest, _ = self.process.communicate(timeout=20)
         except subprocess.TimeoutExpired:

@@ -145,6 +145,7 @@ def test_zim_backend(tmp_path: Path) -> None:
     [(_, results)] = browse(browser, 'search("greek alphabet")')
     assert " # 【0†Alpha†mini-wiki】\n" in results and "【1†Beta†mini-wiki】" in results
     assert "Rust" not in results
+    assert [o.shown for o in Browser(backend).run("simple_browser", 'search("rust")')] == ['search "rust": 1 result']
     [(quote, alpha)] = browse(browser, "mclick([0])")
     assert quote == "quote_result [7†source]" and "followed by 【0†Beta】" in alpha
     [(_, opened)] = browse(browser, 'open_url("zim://mini-wiki/A/Alpha")')

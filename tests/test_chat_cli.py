@@ -85,8 +85,10 @@ def test_tool_call_without_executor_is_reported(scripted_gguf: Callable[[str], P
     data = json.loads(invoke(["chat", str(scripted_gguf("tool")), "-p", "w?", "--tools", str(tools), "--json"]).stdout)
     assert data["content"] == ""
     assert [c["function"] for c in data["tool_calls"]] == [{"name": "lookup", "arguments": "{}"}]
-    text = invoke(["chat", str(scripted_gguf("tool")), "-p", "w?", "--tools", str(tools)]).stdout
-    assert text == "lookup\n{}\n"
+    assert data["stopped"] == "the model called lookup, and no --tool-exec was given to run it"
+    result = invoke(["chat", str(scripted_gguf("tool")), "-p", "w?", "--tools", str(tools)])
+    assert result.stdout == "→ lookup({})\n"  # a call, not the model's raw text as if it were the answer
+    assert result.stderr == "stopped: the model called lookup, and no --tool-exec was given to run it\n"
 
 
 def test_tool_exec_answers_the_call(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
@@ -105,7 +107,7 @@ def test_tool_exec_answers_the_call(scripted_gguf: Callable[[str], Path], tmp_pa
 def test_models_folder_resolution(scripted_gguf: Callable[[str], Path], tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     result = invoke(["chat", "-p", "hi"])
-    one_line_error(result, "no model found", "glm4-local convert")
+    one_line_error(result, "no model found", "glm4-local pull")
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(scripted_gguf("endless"), models / "old.gguf")
@@ -118,7 +120,11 @@ def test_models_folder_resolution(scripted_gguf: Callable[[str], Path], tmp_path
     (models / "old.gguf").rename(elsewhere / "far.gguf")
     monkeypatch.setenv("GLM4_LOCAL_MODELS", str(elsewhere))
     assert invoke(["chat", "far.gguf", "-p", "hi", "--max-tokens", "3"]).stdout == " day day\n"
-    one_line_error(invoke(["chat", "nothing-like-this", "-p", "hi"]), "nothing-like-this", "glm4-local convert")
+    one_line_error(invoke(["chat", "nothing-like-this", "-p", "hi"]), "nothing-like-this", "glm4-local pull NAME")
+    store = tmp_path / "glm4-local-home" / "models"  # the store ($GLM4_LOCAL_HOME/models): searched from anywhere
+    store.mkdir(parents=True)
+    shutil.copy(scripted_gguf("answer"), store / "pulled.gguf")
+    assert invoke(["chat", "pulled", "-p", "hi"]).stdout == "Sunny day\n"
 
 
 def test_bad_model_files_are_refused_before_llama_cpp(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
@@ -192,7 +198,7 @@ def test_doctor(capfd: pytest.CaptureFixture[str]) -> None:
     result = invoke(["doctor"])
     assert result.exit_code == 0
     assert "llama-cpp-python  0.3.36" in result.stdout and "GPU offload" in result.stdout
-    assert "cores" in result.stdout and "GB free for models" in result.stdout and "Sessions" in result.stdout
+    assert "cores" in result.stdout and "GB free in the model store" in result.stdout and "Sessions" in result.stdout
     if "no (CPU only)" in result.stdout:
         import platform
 

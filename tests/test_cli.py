@@ -46,7 +46,8 @@ def test_info_describes_the_file(make_gguf: Callable[..., Path]) -> None:
     assert result.exit_code == 0, result.stderr
     text = result.stdout
     for expected in ("architecture: chatglm", "file type: Q8_0", "context length: 4096", "pre-tokenizer glm4",
-                     "<|endoftext|>=", "<|user|>=", "chat template: yes", "parameters: "):
+                     "<|endoftext|>=", "<|user|>=", "chat template: yes", "parameters: ",
+                     "sampling: temperature 0.8, top_p 0.8"):
         assert expected in text, text
     assert result.stderr == ""
 

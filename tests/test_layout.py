@@ -23,6 +23,7 @@ FOLDERS = {
     "glm4_local/tools": "glm4_local.tools",
     "glm4_local/documents": "glm4_local.documents",
     "glm4_local/gguf_tools": "glm4_local.gguf_tools",
+    "glm4_local/store": "glm4_local.store",
     "glm4_local/server": "glm4_local.server",
     "glm4_local/frontends": "glm4_local.frontends",
 }
@@ -37,9 +38,11 @@ ALLOWED = {
     "glm4_local.tools": CORE,
     "glm4_local.documents": CORE,  # readers of files into the conversation (long documents)
     "glm4_local.gguf_tools": CORE | {"glm4_local.convert", "glm4_local.chat"},
+    "glm4_local.store": CORE | {"glm4_local.convert", "glm4_local.chat", "glm4_local.gguf_tools"},  # pull, list
     "glm4_local.server": CORE | {"glm4_local.chat", "glm4_local.tools", "glm4_local.documents"},
     "glm4_local.frontends": CORE | {"glm4_local.convert", "glm4_local.chat", "glm4_local.gguf_tools",
-                                    "glm4_local.tools", "glm4_local.documents", "glm4_local.server"},
+                                    "glm4_local.tools", "glm4_local.documents", "glm4_local.server",
+                                    "glm4_local.store"},
 }
 ALLOWED["glm4_local"] = set(ALLOWED)  # cli.py, on top: every layer
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,9 @@ def requests_total(server: Server) -> float:
 
 def test_a_chinese_reply_streams_is_counted_and_kept(page: Page, served: Callable[..., Server],
                                                      tool_gguf: Callable[[str], Path]) -> None:
-    page.open(served(tool_gguf("chinese")))
+    server = served(tool_gguf("chinese"))
+    page.open(server)
+    assert page.find("#model-name").text == tool_gguf("chinese").stem  # which model this page talks to
     page.type("第一行")
     page.find("#input").send_keys(Keys.SHIFT, Keys.ENTER)
     page.type("第二行")
@@ -83,6 +86,8 @@ def test_a_chinese_reply_streams_is_counted_and_kept(page: Page, served: Callabl
     page.driver.refresh()  # kept in the browser
     page.until("document.body.dataset.ready === 'true'")
     assert page.answers() == [CHINESE]
+    _, output = server.stop()  # serve logged the request: who, route, status, tokens, time
+    assert re.search(r"^127\.0\.0\.1 POST /v1/chat/completions 200 · \d+ \+ 6 tokens · [\d.]+ s$", output, re.M), output
 
 
 def test_regenerate_and_edit_and_resend(page: Page, served: Callable[..., Server],

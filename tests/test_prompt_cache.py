@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,10 +155,14 @@ def test_the_chat_and_the_cache_command(scripted_gguf: Callable[[str], Path], tm
     assert first["content"] == again["content"] == "Sunny day"
     assert first["timings"]["prompt_tokens_evaluated"] > 2048 > 10 > again["timings"]["prompt_tokens_evaluated"]
     assert json.loads(invoke([*args, "--cache-size", "0"]).stdout)["timings"]["prompt_tokens_evaluated"] > 2048
-    listed = invoke(["cache"]).stdout
-    assert "1 saved prompt(s)" in listed and SUFFIX in listed
-    assert "removed 1 saved prompt(s)" in invoke(["cache", "--clear"]).stdout
-    assert "0 saved prompt(s)" in invoke(["cache"]).stdout
+    listed = invoke(["cache"]).stdout.splitlines()
+    assert listed[0].startswith("1 saved prompt in ")
+    # which model, how the conversation begins, its size and age: not only a hash file name
+    assert re.fullmatch(r"  +[\d.]+ MiB  used +just now  tiny-f32\.gguf  “\[File Name\] book\.txt \[File Content\] "
+                        r"The quick brown fox.*…”", listed[1]), listed[1]
+    assert SUFFIX not in listed[1]
+    assert "removed 1 saved prompt from" in invoke(["cache", "--clear"]).stdout
+    assert "0 saved prompts" in invoke(["cache"]).stdout
 
 
 def test_serve_keeps_its_slots_prompts_across_a_restart(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:

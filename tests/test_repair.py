@@ -46,6 +46,7 @@ def test_community_gguf_is_flagged_and_repaired(make_gguf: Callable[..., Path], 
     info = runner.invoke(app, ["info", str(theirs)])
     assert "does not end generation on <|observation|>" in info.stderr
     assert "pre-tokenizer 'chatglm-bpe'" in info.stderr and "run glm4-local repair" in info.stderr
+    assert "sampling: none in the file (chat uses GLM-4-9B's own: temperature 0.8, top_p 0.8)" in info.stdout
 
     result = runner.invoke(app, ["repair", str(theirs)])
     assert result.exit_code == 0, result.stderr

@@ -61,7 +61,7 @@ def test_cached_repo_id_converts_with_repo_name(make_checkpoint: Callable[..., P
     assert result.path == tmp_path / "models" / "glm-4-tiny-chat-Q8_0.gguf"
 
 
-def test_uncached_repo_without_huggingface_hub_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uncached_repo_without_huggingface_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
     real_import = builtins.__import__
@@ -72,7 +72,7 @@ def test_uncached_repo_without_huggingface_hub_extra(monkeypatch: pytest.MonkeyP
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_hub)
-    with pytest.raises(SourceError, match=r"pip install \"glm4-local\[download\]\""):
+    with pytest.raises(SourceError, match=r"downloading needs huggingface_hub: pip install huggingface_hub"):
         resolve_source("THUDM/not-here", download=True)
 
 

@@ -210,11 +210,11 @@ def run_cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Compl
 
 def test_8_help_and_messages(tmp_path: Path) -> None:
     assert run_cli("--version", cwd=tmp_path).stdout.startswith("glm4-local ")
-    for command in ("convert", "info", "verify", "repair", "eval", "chat", "render", "doctor"):
+    for command in ("pull", "list", "rm", "convert", "info", "verify", "repair", "eval", "chat", "render", "doctor"):
         text = run_cli(command, "--help", cwd=tmp_path).stdout
         assert "Examples:" in text and "<bool>" not in text, command
     convert_help = run_cli("convert", "--help", cwd=tmp_path).stdout
-    assert "[download] extra" in convert_help
+    assert "`glm4-local pull REPO` also converts" in " ".join(convert_help.split())
     chat_help = run_cli("chat", "--help", cwd=tmp_path).stdout
     assert "/set NAME VALUE" in chat_help and "defaults come from the GGUF" in chat_help
     for flag in ("--top-p", "--top-k", "--min-p", "--repeat-penalty", "--seed", "--threads", "--flash-attn",
@@ -224,7 +224,7 @@ def test_8_help_and_messages(tmp_path: Path) -> None:
     missing = run_cli("chat", cwd=tmp_path, stdin="hello")
     assert missing.returncode == 1
     assert "no model found (looked in ./models, which does not exist" in missing.stderr
-    assert "glm4-local convert" in missing.stderr and "nothing to answer" not in missing.stderr
+    assert "glm4-local pull" in missing.stderr and "nothing to answer" not in missing.stderr
 
 
 def test_9_autosave_has_one_shape(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
@@ -235,7 +235,7 @@ def test_9_autosave_has_one_shape(scripted_gguf: Callable[[str], Path], tmp_path
     files = list((tmp_path / "sessions").glob("*.json"))
     assert json.loads(files[0].read_text()) == {"messages": [{"role": "user", "content": "hi"},
                                                              {"role": "assistant", "content": "Sunny day"}],
-                                                "tools": []}
+                                                "tools": [], "context": 4096}
 
 
 def test_10_piping_the_chat_keeps_the_prompt_on_the_terminal(scripted_gguf: Callable[[str], Path],

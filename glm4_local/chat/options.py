@@ -70,6 +70,7 @@ class RuntimeOptions:
     prompt_cache: Path | None = None  # a folder keeping long prompts' KV state on disk (None: none)
     prompt_cache_bytes: int = 8 * 2**30  # its size bound
     speculation: SpeculationSettings = field(default_factory=SpeculationSettings)
+    ctx_given: bool = True  # False: `ctx` is the default, and a resumed conversation's own context may replace it
 
     def context_size(self, trained: int) -> int:
         """Tokens of context to allocate: as asked, never more than the model was trained for ("auto" is

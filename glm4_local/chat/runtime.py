@@ -143,10 +143,12 @@ class ChatRuntime:
     turn evaluates only its new tokens. The chat steps the decoder itself; the server steps it from a
     worker thread."""
 
-    def __init__(self, vocab: Vocabulary, decoder: Decoder, kv_bytes_per_token: float = 0.0) -> None:
+    def __init__(self, vocab: Vocabulary, decoder: Decoder, kv_bytes_per_token: float = 0.0,
+                 trained_ctx: int | None = None) -> None:
         self.vocab = vocab
         self.decoder = decoder
         self.kv_bytes_per_token = kv_bytes_per_token  # what a token of context costs in the KV cache
+        self.trained_ctx = trained_ctx or decoder.slot_ctx  # the most context --ctx can give this model
 
     @property
     def n_ctx(self) -> int:

@@ -14,16 +14,9 @@ from glm4_local.chat.schema import check_messages, check_tools
 from glm4_local.core.atomic import publish, refuse_non_regular, temp_path_beside
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.jsonfile import read_json
+from glm4_local.core.paths import data_home
 
 Message = dict[str, Any]
-
-
-def data_home() -> Path:
-    """Where conversations are autosaved: $GLM4_LOCAL_HOME, else $XDG_DATA_HOME/glm4-local."""
-    if os.environ.get("GLM4_LOCAL_HOME"):
-        return Path(os.environ["GLM4_LOCAL_HOME"]).expanduser()
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "glm4-local"
 
 
 def sessions_dir() -> Path:
@@ -34,10 +27,12 @@ def sessions_dir() -> Path:
 class Conversation:
     messages: list[Message] = field(default_factory=list)
     tools: list[dict[str, Any]] | None = None
+    context: int | None = None  # the tokens of context it was held in, so a resume reopens it the same
 
     def to_json(self) -> dict[str, Any]:
-        """Always one shape: {"messages": OpenAI-style messages, "tools": the tools (or [])}."""
-        return {"messages": self.messages, "tools": self.tools or []}
+        """Always one shape: {"messages": OpenAI-style messages, "tools": the tools (or []), "context": tokens
+        of context (or null)}."""
+        return {"messages": self.messages, "tools": self.tools or [], "context": self.context}
 
     @property
     def system_prompt(self) -> str | None:
@@ -53,12 +48,13 @@ class Conversation:
 
 def parse_conversation(data: Any, where: str) -> Conversation:
     """A message list or {"messages": [...], "tools": [...]}, checked against OpenAI's shapes."""
-    tools = None
+    tools, context = None, None
     if isinstance(data, dict):
-        tools = data.get("tools")
+        tools, context = data.get("tools"), data.get("context")
         data = data.get("messages")
     messages = check_messages(data, where)
-    return Conversation(messages, check_tools(tools, where) if tools else None)
+    held = context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None
+    return Conversation(messages, check_tools(tools, where) if tools else None, held)
 
 
 def load_conversation(path: Path) -> Conversation:

@@ -65,14 +65,19 @@ def chat_settings(facts: ModelFacts, sampling: Mapping[str, Any] | None = None, 
     return ChatSettings(model_sampling(facts).updated(**(sampling or {})), max_tokens)
 
 
-def prompt_cache(facts: ModelFacts, options: RuntimeOptions, notify: Callable[[str], None]) -> PromptDiskCache | None:
+def prompt_cache(facts: ModelFacts, options: RuntimeOptions, notify: Callable[[str], None],
+                 vocab: Vocabulary | None = None) -> PromptDiskCache | None:
     """The disk prompt cache the options ask for, keyed by the model file and everything that shapes
-    its KV state (llama.cpp build, cache types, flash attention: V is stored transposed without it)."""
+    its KV state (llama.cpp build, cache types, flash attention: V is stored transposed without it).
+    Its entries are labelled with the model's name and the prompt's first words (`vocab` reads them)."""
     if options.prompt_cache is None or options.prompt_cache_bytes <= 0:
         return None
     how = f"{door.version()}|{door.system_info()}|{options.cache_type_k.name}|{options.cache_type_v.name}|" \
           f"{options.flash_attention}"
-    return PromptDiskCache(options.prompt_cache, model_identity(facts.path, how), options.prompt_cache_bytes, notify)
+    markup = set(vocab.special_ids.values()) if vocab else set()
+    preview = (lambda tokens: vocab.text_of([t for t in tokens if t not in markup])) if vocab else None
+    return PromptDiskCache(options.prompt_cache, model_identity(facts.path, how), options.prompt_cache_bytes, notify,
+                           facts.path.name, preview)
 
 
 def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
@@ -81,11 +86,12 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
     n_ctx = options.context_size(facts.hparams.context_length)
     model = door.load_model(facts.path, header=facts.header, n_gpu_layers=options.offloaded_layers(),
                              use_mmap=options.mmap, use_mlock=options.mlock)
+    vocab = Vocabulary(model, facts.family)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
                       flash_attn=options.flash_attention, type_k=options.cache_type_k, type_v=options.cache_type_v,
-                      disk=prompt_cache(facts, options, notify), speculation=options.speculation)
+                      disk=prompt_cache(facts, options, notify, vocab), speculation=options.speculation)
     per_token = facts.kv_cache_bytes(1024, options) / 1024
-    return ChatRuntime(Vocabulary(model, facts.family), decoder, per_token)
+    return ChatRuntime(vocab, decoder, per_token, facts.hparams.context_length)
 
 
 def open_engine(model: Path | ModelFacts, runtime: RuntimeOptions | None = None,
@@ -96,5 +102,6 @@ def open_engine(model: Path | ModelFacts, runtime: RuntimeOptions | None = None,
     facts = model if isinstance(model, ModelFacts) else ModelFacts.read(model)
     loaded = load_runtime(facts, runtime or RuntimeOptions(), notify=notify or (lambda message: None))
     settings = chat_settings(facts, sampling, max_tokens)
-    return ChatEngine(loaded, facts.template, conversation or Conversation(), settings, autosave,
-                      notify or (lambda message: None))
+    conversation = conversation or Conversation()
+    conversation.context = loaded.n_ctx  # saved with it: a resume reopens the same context
+    return ChatEngine(loaded, facts.template, conversation, settings, autosave, notify or (lambda message: None))

@@ -40,6 +40,15 @@ class GGUFFileError(Glm4LocalError):
     """A GGUF file is missing, corrupt, or not a GLM-4 model."""
 
 
+class StoreError(Glm4LocalError):
+    """A model cannot be pulled, found or removed: a name of no known form, the Hub unreachable or without
+    it, a download that does not match the Hub's checksum, a full disk."""
+
+
+class NoModelError(Glm4LocalError):
+    """No model at all in the folders searched (a first run): a front-end may offer to pull one."""
+
+
 class VerifyError(Glm4LocalError):
     """A file failed its check: a model outside its type's limits against the reference, or a repaired
     vocabulary that still tokenizes differently. Exit status 2, as other checking tools use."""

@@ -32,11 +32,16 @@ class Attachments:
         n_ctx = engine.runtime.n_ctx
         pages = f", {document.pages} pages" if document.pages else ""
         if total > room:
-            need = n_ctx + total - room
+            need, trained = n_ctx + total - room, engine.runtime.trained_ctx
+            too_long = f"{document.name} is {tokens:,} tokens{pages}, more than the {room:,} the {n_ctx:,}-token " \
+                       "context has free"
+            if need > trained:  # no --ctx can help: say so rather than suggest one that is capped
+                raise DocumentError(f"{too_long}; with this conversation it needs {need:,} tokens of context, more "
+                                    f"than the {trained:,} this model was trained for: shorten it, or use a model "
+                                    "with a longer context")
             kv = size_text(int(need * engine.runtime.kv_bytes_per_token))
-            raise DocumentError(f"{document.name} is {tokens:,} tokens{pages}, more than the {room:,} the "
-                                f"{n_ctx:,}-token context has free; it needs --ctx {_rounded(need)} or more "
-                                f"(a KV cache of {kv} for that context)")
+            raise DocumentError(f"{too_long}; it needs --ctx {min(_rounded(need), trained)} or more (a KV cache of "
+                                f"{kv} for that context)")
         self.documents.append(document)
         return (f"{document.name}: {tokens:,} tokens ({document.kind}{pages}); fits, {room - total:,} of the "
                 f"{n_ctx:,}-token context left; it goes with your next message")

@@ -15,29 +15,35 @@ from typing import Any
 
 from rich.console import Console
 
+from glm4_local.chat.context_plan import ContextTooLarge
 from glm4_local.chat.engine import ChatEngine
 from glm4_local.chat.models import resolve_model
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import Vocabulary
 from glm4_local.chat.schema import load_tools
-from glm4_local.chat.session import Autosave, Conversation, data_home, load_conversation, resume_latest
+from glm4_local.chat.session import Autosave, Conversation, load_conversation, resume_latest
 from glm4_local.chat.setup import ModelFacts, open_engine
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
-from glm4_local.core.llama.prompt_cache import SUFFIX, entries_on_disk
+from glm4_local.core.llama.prompt_cache import SUFFIX, entries_on_disk, entry_label
+from glm4_local.core.paths import data_home
+from glm4_local.core.words import counted
 from glm4_local.frontends.attach import Attachments
-from glm4_local.frontends.model_plan import plan_model
+from glm4_local.frontends.model_plan import ModelPlan, plan_model
 from glm4_local.frontends.oneshot import run_oneshot
+from glm4_local.frontends.store_view import model_or_first_pull
 from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox, user_functions
 from glm4_local.frontends.visible import visible
 from glm4_local.tools.toolbox import Toolbox
 
 
-def _conversation(resume: bool, system: str | None, tools_path: Path | None, errors: Console
+def _conversation(resume: bool | Path, system: str | None, tools_path: Path | None, errors: Console
                   ) -> tuple[Conversation, Autosave]:
-    if resume:
+    if isinstance(resume, Path):  # an exported conversation: continued in a new autosave, the file kept as it is
+        conversation, autosave = load_conversation(resume.expanduser()), Autosave()
+    elif resume:
         conversation, autosave = resume_latest(lambda note: errors.print(note, style="yellow", markup=False))
     else:
         conversation, autosave = Conversation(), Autosave()
@@ -60,18 +66,20 @@ def _oneshot_text(prompt: str | None) -> str:
 
 def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Mapping[str, Any], *,
                max_tokens: int | None, system: str | None, prompt: str | None, tools_path: Path | None,
-               tool_options: ToolOptions, files: tuple[Path, ...] = (), resume: bool, verbose: bool, as_json: bool,
-               errors: Console) -> None:
-    """The terminal chat, or one answer (`prompt`, or stdin not a terminal); `sampling` as in chat_settings."""
+               tool_options: ToolOptions, files: tuple[Path, ...] = (), resume: bool | Path, verbose: bool,
+               as_json: bool, errors: Console) -> None:
+    """The terminal chat, or one answer (`prompt`, or stdin not a terminal); `sampling` as in chat_settings.
+    `resume`: True for the last autosaved conversation, or a conversation file."""
     interactive = prompt is None and sys.stdin is not None and sys.stdin.isatty() and not as_json
-    model_path = resolve_model(model)  # before reading stdin: a missing model is the first thing to hear
+    model_path = model_or_first_pull(model, errors)  # before reading stdin: a missing model comes first
     text = None if interactive else _oneshot_text(prompt)
     conversation, autosave = _conversation(resume, system, tools_path, errors)
-    plan = plan_model(model_path, runtime_options, lambda line: errors.print(
-        f"warning: {line}", style="yellow", markup=False, highlight=False))
+    plan = _plan_for(conversation, model_path, runtime_options, errors)
     facts = plan.facts
     if interactive or verbose:
-        errors.print(f"{facts.path.name}: {plan.describe()}", markup=False, highlight=False)
+        # wrapped between words (the CLI's consoles otherwise leave wrapping to the terminal, mid-word)
+        errors.print(f"{facts.path.name}: {plan.describe()}", markup=False, highlight=False,
+                     soft_wrap=not errors.is_terminal)
 
     def notify(message: str) -> None:  # it may quote a tool server's own words
         errors.print(visible(message), style="yellow", markup=False, highlight=False)
@@ -92,11 +100,33 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
         toolbox.close()
 
 
+def _plan_for(conversation: Conversation, model_path: Path, options: RuntimeOptions, errors: Console) -> ModelPlan:
+    """The model's plan; a resumed conversation reopens in the context it was held in unless --ctx says
+    otherwise (and says so when that no longer fits)."""
+
+    def warn(line: str) -> None:
+        errors.print(f"warning: {line}", style="yellow", markup=False, highlight=False,
+                     soft_wrap=not errors.is_terminal)
+
+    held = conversation.context
+    if held is None or options.ctx_given:
+        return plan_model(model_path, options, warn)
+    try:
+        plan = plan_model(model_path, replace(options, ctx=held), warn)
+    except ContextTooLarge as e:
+        raise Glm4LocalError(f"this conversation was held in a {held:,}-token context, which does not fit now: "
+                             f"{e}; give --ctx to reopen it in a smaller one") from None
+    if plan.n_ctx < held:
+        warn(f"this conversation was held in a {held:,}-token context; {model_path.name} was trained for "
+             f"{plan.n_ctx:,}, so it reopens in that (its oldest turns may be left out)")
+    return plan
+
+
 @dataclass(frozen=True)
 class _ChatRun:
     text: str | None  # the one message to answer, when not interactive
     interactive: bool
-    resume: bool
+    resume: bool | Path
     autosave: Autosave
     verbose: bool
     as_json: bool
@@ -131,7 +161,10 @@ def _converse(engine: ChatEngine, toolbox: Toolbox, holder: list[Any], how: _Cha
     for path in how.files:
         repl.attach(path)
     if how.resume:
-        errors.print(f"resumed {autosave.path} ({len(engine.conversation.messages)} messages)", markup=False)
+        source = how.resume if isinstance(how.resume, Path) else autosave.path
+        errors.print(f"resumed {source} ({counted(len(engine.conversation.messages), 'message')}, context "
+                     f"{engine.runtime.n_ctx:,} tokens)", markup=False, highlight=False,
+                     soft_wrap=not errors.is_terminal)
         repl.show_last_exchange()
     repl.run()
 
@@ -153,13 +186,24 @@ def show_prompt_cache(folder: Path, clear: bool, out: Console) -> None:
             path.unlink(missing_ok=True)
         others = len(list(folder.glob(f"*{SUFFIX}"))) if folder.is_dir() else 0
         left = f"; left {others} that are not saved prompts (not regular files)" if others else ""
-        out.print(f"removed {len(entries)} saved prompt(s) from {folder}{left}", markup=False)
+        out.print(f"removed {counted(len(entries), 'saved prompt')} from {folder}{left}", markup=False)
         return
     total = sum(size for _, size, _ in entries)
-    out.print(f"{len(entries)} saved prompt(s) in {folder}, {total / 2**30:.2f} GiB", markup=False)
+    out.print(f"{counted(len(entries), 'saved prompt')} in {folder}, {total / 2**30:.2f} GiB", markup=False)
     for path, size, used in entries:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(used))
-        out.print(f"  {path.name}  {size / 2**20:9.1f} MiB  last used {when}", markup=False)
+        model, preview = entry_label(path)
+        words = f"“{visible(preview)}…”" if preview else f"({path.name})"
+        out.print(f"  {size / 2**20:9.1f} MiB  used {_age(time.time() - used):>8}  {visible(model) or '-'}  {words}",
+                  markup=False, highlight=False)
+
+
+def _age(seconds: float) -> str:
+    """How long ago, as people say it: 5 min ago, 3 h ago, 2 days ago."""
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{counted(n, unit)} ago" if unit == "day" else f"{n} {unit} ago"
+    return "just now"
 
 
 def render_conversation(conversation_path: Path, tools_path: Path | None, model: str | None,

@@ -22,7 +22,8 @@ from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
-from glm4_local.core.paths import MODELS_DIR
+from glm4_local.core.paths import store_dir
+from glm4_local.store.catalog import DEFAULT_MODEL
 from glm4_local.tools.extras import EXTRAS
 from glm4_local.tools.sandbox import Limits, check_sandbox, find_sandbox, sandbox_help
 
@@ -40,7 +41,7 @@ class Report:
     ram_available: int | None
     cores: int
     threads: int  # what chat and serve use by default
-    disk_free: int | None  # in the models folder (or the nearest existing folder above it)
+    disk_free: int | None  # in the model store (or the nearest existing folder above it)
     models_searched: str
     sessions: Path
     sandbox: str  # where the python tool's code would run, and what a sandboxed print(1) gave
@@ -55,7 +56,7 @@ def collect() -> Report:
     backends = [b for b in BACKENDS if re.search(rf"\b{b}\b", info.upper())]
     total, available = ram()
     return Report(door.version(), info, door.gpu_offload_available(), backends, features, total, available,
-                  os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(MODELS_DIR), searched(),
+                  os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(store_dir()), searched(),
                   sessions_dir(), *_sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
                   _model_contexts(available or total))
 
@@ -173,10 +174,11 @@ def render(report: Report) -> list[str]:
     lines.append(f"CPU               {report.cores} cores; chat uses {report.threads} threads (--threads)")
     if report.disk_free is not None:
         need, temporary = conversion_disk_need()
+        pull_gb = 2 * DEFAULT_MODEL.sizes_gb[DEFAULT_MODEL.default_quant]  # the download and its checked copy
         verdict = "enough" if report.disk_free >= need else "not enough"
-        lines.append(f"Disk              {report.disk_free / gb:.1f} GB free for models; converting "
+        lines.append(f"Disk              {report.disk_free / gb:.1f} GB free in the model store; converting "
                      f"{FAMILIES[0].name} to {DEFAULT_OUT_TYPE.name} needs about {need / gb:.0f} GB, "
-                     f"{temporary / gb:.0f} GB of it temporary ({verdict})")
+                     f"{temporary / gb:.0f} GB of it temporary ({verdict}); pulling it needs about {pull_gb:.1f} GB")
     lines.append(f"Models            looked for in {report.models_searched}")
     lines.append(f"Sessions          autosaved in {report.sessions}")
     lines.append(f"Sandbox           {report.sandbox}")

@@ -4,6 +4,7 @@ library and prints its report: results on `out`, notes, progress and warnings on
 from __future__ import annotations
 
 import json
+import os
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -15,11 +16,12 @@ from glm4_local.convert.outtypes import OutType
 from glm4_local.convert.pipeline import ImatrixChoice
 from glm4_local.convert.pipeline import convert as convert_checkpoint
 from glm4_local.core.errors import VerifyError
+from glm4_local.core.families.registry import family_for_arch
 from glm4_local.core.jsonfile import read_text
 from glm4_local.frontends.progress import RichProgress
 from glm4_local.gguf_tools.evaluate import evaluate as evaluate_gguf
 from glm4_local.gguf_tools.repair import repair as repair_gguf
-from glm4_local.gguf_tools.summary import summarize
+from glm4_local.gguf_tools.summary import GGUFSummary, summarize
 from glm4_local.gguf_tools.verify import verify as verify_gguf
 
 
@@ -45,8 +47,10 @@ def convert(source: str, kind: OutType, output: Path | None, force: bool, downlo
     out.print(str(result.path), markup=False)
 
 
-def info(file: Path, as_json: bool, out: Console, err: Console) -> None:
-    summary = summarize(file)
+def info(name: str, as_json: bool, out: Console, err: Console) -> None:
+    """`name`: a file, or a model in the folders searched (the store's, from any folder)."""
+    given = Path(name).expanduser()
+    summary = summarize(given if os.path.lexists(given) else resolve_model(name))
     if as_json:
         data = asdict(summary) | {"path": str(summary.path)}
         out.print(json.dumps(data, ensure_ascii=False, indent=2), markup=False)
@@ -60,9 +64,18 @@ def info(file: Path, as_json: bool, out: Console, err: Console) -> None:
             "special tokens": " ".join(f"{t}={i}" for t, i in summary.special_tokens.items()) or "-",
             "stops on": " ".join(f"{t}={i}" for t, i in summary.end_of_generation.items()) or "-",
             "chat template": "yes" if summary.chat_template else "no",
+            "sampling": ", ".join(f"{k} {v}" for k, v in summary.sampling.items()) or _no_sampling(summary),
         })
     for warning in summary.warnings:
         err.print(f"warning: {warning}", markup=False)
+
+
+def _no_sampling(summary: GGUFSummary) -> str:
+    family = family_for_arch(summary.architecture)
+    if family is None:
+        return "none in the file"
+    return (f"none in the file (chat uses {family.name}'s own: temperature {family.default_temperature}, "
+            f"top_p {family.default_top_p})")
 
 
 def verify(file: Path, source: str, out: Console, err: Console) -> None:

@@ -55,6 +55,10 @@ def plan_model(path: Path, runtime: RuntimeOptions, warn: Callable[[str], None],
     facts = ModelFacts.read(path)
     for problem in quick_problems(facts.header, facts.family):
         warn(f"{facts.path.name}: {problem}; {REPAIR}")
+    trained = facts.hparams.context_length
+    if runtime.ctx_given and isinstance(runtime.ctx, int) and runtime.ctx > trained:
+        warn(f"--ctx {runtime.ctx:,} is more than the {trained:,} tokens {facts.path.name} was trained for; it gets "
+             f"{trained:,}")
     memory = machine_memory(runtime.offloaded_layers() != 0, sys.platform == "darwin")
     weights = path.stat().st_size  # the tensors, near enough (the header is a few MiB at most)
     return ModelPlan(facts, plan_context(facts.family, facts.hparams, weights, runtime, memory, slots))

@@ -106,6 +106,7 @@ def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: Writer |
             return found
         found.tool_calls.append(engine.conversation.messages[-1]["tool_calls"][0])
         if not toolbox.answers(call.name):
+            found.stopped = f"the model called {call.name}, and no --tool-exec was given to run it"
             return found
         if len(found.steps) == MAX_CHAINED_CALLS:
             engine.add_observation(TOO_MANY_CALLS)
@@ -123,9 +124,9 @@ def run_oneshot(engine: ChatEngine, text: str, toolbox: Toolbox | None, as_json:
     if out is None:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return
-    for call in result.tool_calls[len(result.steps):]:
+    for call in result.tool_calls[len(result.steps):]:  # a call, shown as one (the REPL's way), not as text
         function = call["function"]
-        out.write(f"{function['name']}\n{function['arguments']}")
+        out.write(f"→ {function['name']}({function['arguments']})")
     out.write("\n")
     if result.stopped:
         sys.stderr.write(f"stopped: {result.stopped}\n")

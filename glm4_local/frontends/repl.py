@@ -26,9 +26,10 @@ from rich.markdown import Markdown
 from rich.text import Text
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
-from glm4_local.chat.session import data_home
 from glm4_local.core.errors import Glm4LocalError, Interrupted
 from glm4_local.core.families.replies import ToolCall
+from glm4_local.core.paths import data_home
+from glm4_local.documents.form import shown
 from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.citations import Citations
 from glm4_local.frontends.reading import PromptReading
@@ -173,7 +174,7 @@ class Repl:
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
         if last_user is None:
             return
-        self.say(f"you: {messages[last_user].get('content') or ''}", "bold")
+        self.say(f"you: {shown(str(messages[last_user].get('content') or ''))}", "bold")
         for message in messages[last_user + 1 :]:
             if message.get("role") == "assistant" and message.get("content"):
                 self.console.print(Markdown(visible(str(message["content"]))))
@@ -262,7 +263,9 @@ class Repl:
             for line in citations.listing():
                 self.say(line, "cyan")
         if interrupted:
-            self.say("[interrupted: the partial reply is kept]", "yellow")
+            kept = result.reply.text or result.reply.tool_call or result.reply.partial_call
+            self.say("[interrupted: the partial reply is kept]" if kept else "[interrupted before the reply began]",
+                     "yellow")
         elif result.stopped_by == "max_tokens":
             self.say(f"[cut: the reply reached max_tokens ({self.engine.settings.max_tokens}); /set max_tokens "
                      "raises it]", "yellow")
@@ -290,8 +293,9 @@ class Repl:
             self.say("no reply yet")
             return
         t = last.timings
+        stop = "interrupted" if last.interrupted else (last.stopped_by or "-")
         self.say(f"prompt {t.prompt_tokens} tokens ({t.evaluated_tokens} evaluated, {t.prefill_tps:.1f} tok/s) · "
-                 f"generated {t.generated_tokens} tokens ({t.decode_tps:.1f} tok/s) · stop: {last.stopped_by}"
+                 f"generated {t.generated_tokens} tokens ({t.decode_tps:.1f} tok/s) · stop: {stop}"
                  + (f" · drafted {t.drafted_tokens}, accepted {t.accepted_tokens}" if t.drafted_tokens else ""))
 
 

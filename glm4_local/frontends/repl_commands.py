@@ -9,6 +9,7 @@ from typing import Protocol
 from glm4_local.chat.engine import ChatEngine, Turn
 from glm4_local.chat.session import load_conversation, save_json
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.words import counted
 
 
 class Repl(Protocol):
@@ -164,5 +165,5 @@ class Commands:
             raise Glm4LocalError("/load needs a file name")
         loaded = load_conversation(Path(path).expanduser())
         self.engine.replace_conversation(loaded)
-        self.repl.say(f"loaded {len(loaded.messages)} messages from {path}")
+        self.repl.say(f"loaded {counted(len(loaded.messages), 'message')} from {path}")
         self.repl.show_last_exchange()

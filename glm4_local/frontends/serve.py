@@ -18,6 +18,7 @@ from glm4_local.core.errors import Glm4LocalError
 from glm4_local.frontends.model_plan import plan_model, size_text
 from glm4_local.frontends.tool_setup import ToolOptions, server_tools
 from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
+from glm4_local.server.request_log import LineWriter
 from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
 from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT, MAX_CONNECTIONS, timed_protocol
 from glm4_local.server.tool_sessions import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_CONVERSATIONS, ToolSessions
@@ -40,6 +41,7 @@ class ServeOptions:
     tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)
     tool_idle: float = DEFAULT_IDLE_SECONDS  # seconds a conversation's kernel and pages outlive its last request
     tool_conversations: int = DEFAULT_MAX_CONVERSATIONS  # toolboxes (kernels) that may exist at once
+    log_requests: bool = True  # a line per request on stderr
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
@@ -131,7 +133,7 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
         raise
     config = ServerConfig(facts.path.stem, options.api_key, options.cors_origins, options.max_body,
                           options.allowed_hosts, options.client_timeout)
-    state = ServerState(config, tools=tools)
+    state = ServerState(config, tools=tools, request_log=LineWriter(say) if options.log_requests else None)
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
                                                     http=timed_protocol(options.client_timeout),
@@ -166,6 +168,8 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
             state.loaded.runtime.decoder.close()
         if tools is not None:
             tools.close()
+        if state.request_log is not None:
+            state.request_log.close()
         sock.close()
     if state.error is not None:
         raise Glm4LocalError(state.error)

@@ -9,6 +9,7 @@ from rich.syntax import Syntax
 from rich.text import Text
 
 from glm4_local.core.families.replies import ToolCall
+from glm4_local.core.words import counted
 from glm4_local.frontends.visible import visible
 from glm4_local.tools import browser, python_tool
 from glm4_local.tools.observation import SYSTEM_ERROR, Observation
@@ -33,7 +34,7 @@ def _clipped(text: str) -> str:
     lines = text.rstrip("\n").splitlines()
     if len(lines) <= MAX_SHOWN_LINES:
         return "\n".join(lines)
-    return "\n".join(lines[:MAX_SHOWN_LINES]) + f"\n… ({len(lines) - MAX_SHOWN_LINES} more lines)"
+    return "\n".join(lines[:MAX_SHOWN_LINES]) + f"\n… ({counted(len(lines) - MAX_SHOWN_LINES, 'more line')})"
 
 
 def show_results(console: Console, call: ToolCall, observations: list[Observation]) -> None:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from glm4_local.chat.session import data_home
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.paths import data_home
 from glm4_local.server.tool_sessions import ToolSessions
 from glm4_local.tools import browser as browser_tool
 from glm4_local.tools import python_tool

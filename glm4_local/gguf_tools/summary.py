@@ -32,6 +32,7 @@ class GGUFSummary:
     pre_tokenizer: str | None
     merges: int
     end_of_generation: dict[str, int] = field(default_factory=dict)  # what llama.cpp stops on
+    sampling: dict[str, float | int] = field(default_factory=dict)  # the defaults it carries (general.sampling.*)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -49,8 +50,28 @@ def _file_type_name(value: object) -> str:
         return "unknown" if value is None else f"unknown ({value!r})"
 
 
+# general.sampling.* as `info` names them: the flags chat takes
+SAMPLING_KEYS = {"temperature": K.General.SAMPLING_TEMP, "top_p": K.General.SAMPLING_TOP_P,
+                 "top_k": K.General.SAMPLING_TOP_K, "min_p": K.General.SAMPLING_MIN_P,
+                 "repeat_penalty": K.General.SAMPLING_PENALTY_REPEAT}
+
+
+def sampling_defaults(reader: GGUFHeader) -> dict[str, float | int]:
+    found = {name: reader.get(key) for name, key in SAMPLING_KEYS.items()}
+    return {name: round(v, 6) if isinstance(v, float) else v for name, v in found.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _list_of(value: object, kind: type) -> list:
     return value if isinstance(value, list) and all(isinstance(v, kind) for v in value) else []
+
+
+def quick_facts(path: Path) -> tuple[str, int | None]:
+    """(quantization, trained context) from the header alone, for listings."""
+    reader = open_gguf(path)
+    context = reader.get(K.LLM.CONTEXT_LENGTH.format(arch=reader.get(K.General.ARCHITECTURE)))
+    return (_file_type_name(reader.get(K.General.FILE_TYPE)),
+            context if isinstance(context, int) and not isinstance(context, bool) else None)
 
 
 def summarize(path: Path) -> GGUFSummary:
@@ -83,6 +104,7 @@ def summarize(path: Path) -> GGUFSummary:
         chat_template=isinstance(template, str),
         pre_tokenizer=pre if isinstance(pre, str) else None,
         merges=len(_list_of(reader.get(K.Tokenizer.MERGES), str)),
+        sampling=sampling_defaults(reader),
     )
     if family is None:
         summary.warnings.append(f"{unknown_arch(arch)}; glm4-local cannot chat with it")

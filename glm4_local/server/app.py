@@ -37,10 +37,11 @@ from glm4_local.server.protocol import (
     bad_request,
     validation_error,
 )
+from glm4_local.server.request_log import LineWriter, RequestLog, RequestUsage
 from glm4_local.server.responses import ResponseShape, chat_request, renamed
 from glm4_local.server.scheduler import Scheduler
 from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT
-from glm4_local.server.tool_runs import ToolRun
+from glm4_local.server.tool_runs import ToolRun, total_usage
 from glm4_local.server.tool_sessions import ToolSessions
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -75,6 +76,7 @@ class ServerState:
     error: str | None = None  # why loading failed
     tools: ToolSessions | None = None  # the tools the server runs itself (serve --python/--browser/--mcp)
     started: float = field(default_factory=time.time)
+    request_log: LineWriter | None = None  # a line per request, when given
 
     def model(self) -> Loaded:
         if self.loaded is None:
@@ -161,6 +163,7 @@ def create_app(state: ServerState) -> Starlette:
 
     async def run(request: Request, plan: Plan, loaded: Loaded) -> Response:
         job = Run(plan, loaded.runtime, loaded.scheduler, config.model_id)
+        logged(request, job.usage)
         if plan.stream:
             return EventStream(job)
         return JSONResponse(await job.response(request))
@@ -187,6 +190,7 @@ def create_app(state: ServerState) -> Starlette:
         _refuse_other_pages(request)
         tool_run = ToolRun(asked, plan, make_plan, lambda p: Run(p, loaded.runtime, loaded.scheduler, config.model_id),
                            state.tools, config.model_id, file_url)
+        logged(request, lambda: total_usage(tool_run.runs))
         await tool_run.open()  # 503 before any response starts when the server has no room for its tools
         if plan.stream:
             return EventStream(tool_run, tool_run.events(), tool_run.release)
@@ -211,6 +215,7 @@ def create_app(state: ServerState) -> Starlette:
         loaded = state.model()
         asked, plan = await planned(request, ResponsesRequest, lambda asked: responses_plan(asked, loaded))
         shape = ResponseShape(Run(plan, loaded.runtime, loaded.scheduler, config.model_id), asked, config.model_id)
+        logged(request, shape.run.usage)
         if asked.stream:
             return EventStream(shape.run, shape.events())
         return JSONResponse(await shape.whole(request))
@@ -244,7 +249,8 @@ def create_app(state: ServerState) -> Starlette:
           in api),
         *page_routes(route, state.tools, count_tokens, read_json, context_tokens),
     ]
-    middleware = [Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)]
+    middleware = [Middleware(RequestLog, writer=state.request_log)] if state.request_log else []
+    middleware.append(Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins))
     if config.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
@@ -287,6 +293,13 @@ class EventStream(StreamingResponse):
         while (await receive())["type"] != "http.disconnect":
             continue
         self.run.abandon()
+
+
+def logged(request: Request, usage: Callable[[], dict[str, Any]]) -> None:
+    """The request log's token counts for this request come from `usage` (when there is a log)."""
+    holder = request.scope.get("state", {}).get("glm4_usage")
+    if isinstance(holder, RequestUsage):
+        holder.usage = usage
 
 
 def _authorize(request: Request, api_key: str | None) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from glm4_local.core.families.glm4_replies import BROWSER
+from glm4_local.core.words import counted
 from glm4_local.tools.browser_actions import Action, ActionError, parse_action
 from glm4_local.tools.fetch import TIMEOUT, FetchError, fetch
 from glm4_local.tools.observation import BROWSER_RESULT, Observation, Source
@@ -106,7 +107,8 @@ class Browser:
             state.links.append(result.url)
             state.sources[i] = Source(result.title, result.url)
         self.pages.append(state)
-        return Observation(BROWSER_RESULT, "\n".join(lines) + VISIBLE, f'search "{query}": {len(results)} results')
+        return Observation(BROWSER_RESULT, "\n".join(lines) + VISIBLE,
+                           f'search "{query}": {counted(len(results), "result")}')
 
     def _page(self, url: str) -> Page:
         """The page at `url`: the backend's own, or fetched from the web; within OPEN_SECONDS in all."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.jsonfile import read_json
+from glm4_local.core.words import counted
 from glm4_local.tools.extras import needs
 from glm4_local.tools.mcp_stdio import bounded_stdio
 from glm4_local.tools.observation import Observation, cut, system_error
@@ -199,7 +200,7 @@ class McpServers:
         lines = []
         for server in self.servers:
             names = [n for n, (s, _) in self.routes.items() if s is server]
-            state = f"gone ({server.gone})" if server.gone else f"{len(names)} tools: {', '.join(names)}"
+            state = f"gone ({server.gone})" if server.gone else f"{counted(len(names), 'tool')}: {', '.join(names)}"
             lines.append(f"MCP {server.spec.name}: {state}")
         return lines
 

@@ -406,7 +406,7 @@ async function importFile(file) {
     $("status").textContent = `${file.name} is not a conversation glm4-local saved (${why})`;
     return;
   }
-  const conversation = store.create(parsed.messages, parsed.tools);
+  const conversation = store.create(parsed.messages, parsed.tools, parsed.context);
   store.save(conversation);
   openConversation(conversation);
 }
@@ -453,6 +453,8 @@ async function start() {
   } else {
     $("status").textContent = `error: ${await failure(response)}`;
   }
+  const models = await api("/v1/models");
+  if (models.ok) $("model-name").textContent = (await models.json()).data?.[0]?.id ?? "";
   showTools();
   document.body.dataset.ready = "true";
 }

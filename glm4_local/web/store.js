@@ -33,9 +33,9 @@ export class ConversationStore {
     return text ? JSON.parse(text) : null;
   }
 
-  create(messages = [], tools = []) {
+  create(messages = [], tools = [], context = null) {
     const now = Date.now();
-    return { id: newId(), title: titleOf(messages), created: now, updated: now, messages, tools };
+    return { id: newId(), title: titleOf(messages), created: now, updated: now, messages, tools, context };
   }
 
   save(conversation) {
@@ -59,7 +59,7 @@ export class ConversationStore {
 // what `glm4-local chat` saves and loads (its --resume files); the page's own notes on a message (glm4_stats,
 // glm4_citations, glm4_files) ride along: the terminal keeps them as they are and never sends them to the model
 export function exportConversation(conversation) {
-  return { messages: conversation.messages, tools: conversation.tools || [] };
+  return { messages: conversation.messages, tools: conversation.tools || [], context: conversation.context ?? null };
 }
 
 // a saved conversation (the object above, or a bare list of messages); throws with a reason
@@ -75,7 +75,10 @@ export function parseConversation(data) {
   });
   const tools = Array.isArray(data) ? [] : data.tools || [];
   if (!Array.isArray(tools)) throw new Error("tools: must be a list");
-  return { messages: messages.map(textContent), tools };
+  // the tokens of context the terminal chat held it in (kept for its --resume); nothing else reads it
+  const held = Array.isArray(data) ? null : data.context;
+  const context = Number.isInteger(held) && held > 0 ? held : null;
+  return { messages: messages.map(textContent), tools, context };
 }
 
 function textContent(message) {

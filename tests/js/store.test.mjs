@@ -24,6 +24,7 @@ const CHAT = {
     { role: "assistant", content: "42" },
   ],
   tools: [{ type: "python" }],
+  context: 8192,
 };
 
 test("saved, listed newest first, reopened, removed", () => {
@@ -44,12 +45,13 @@ test("saved, listed newest first, reopened, removed", () => {
 
 test("export is exactly what the terminal chat saves, and imports back", () => {
   const store = new ConversationStore(new MemoryStorage());
-  const conversation = store.create(CHAT.messages, CHAT.tools);
+  const conversation = store.create(CHAT.messages, CHAT.tools, CHAT.context);
   const exported = JSON.parse(JSON.stringify(exportConversation(conversation)));
-  assert.deepEqual(Object.keys(exported), ["messages", "tools"]);
+  assert.deepEqual(Object.keys(exported), ["messages", "tools", "context"]);
   assert.deepEqual(exported, CHAT);
   assert.deepEqual(parseConversation(exported), CHAT);
-  assert.deepEqual(parseConversation(CHAT.messages), { messages: CHAT.messages, tools: [] });
+  assert.deepEqual(parseConversation(CHAT.messages), { messages: CHAT.messages, tools: [], context: null });
+  assert.equal(exportConversation(store.create(CHAT.messages)).context, null);
 });
 
 const FROM_PYTHON = { skip: !process.env.GLM4_CHAT_SAVED && "needs the files tests/test_page_js.py writes" };

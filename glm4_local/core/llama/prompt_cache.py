@@ -42,6 +42,7 @@ MAX_TOKENS = 1 << 24  # more than any context
 MAX_STATE_BYTES = 1 << 40
 SUFFIX = ".kvcache"
 MIN_SAVED_TOKENS = 2048  # new tokens worth a save: fewer are read again faster than a state is written and read
+PREVIEW_CHARS = 60  # of the prompt's first words, kept in the header for `glm4-local cache`
 MIN_GAIN_TOKENS = 256  # load from disk only when it saves at least this much reading
 
 
@@ -74,37 +75,24 @@ def common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
 class PromptDiskCache:
     """Entries of one model identity in `folder`, at most `max_bytes` of them (all identities together)."""
 
-    def __init__(self, folder: Path, identity: str, max_bytes: int, notify: Callable[[str], None]) -> None:
+    def __init__(self, folder: Path, identity: str, max_bytes: int, notify: Callable[[str], None],
+                 model_name: str = "", preview: Callable[[Sequence[int]], str] | None = None) -> None:
         self.folder = folder
         self.identity = identity
         self.max_bytes = max_bytes
         self.notify = notify
+        self.model_name = model_name  # for `glm4-local cache`: whose entry it is, and how the prompt begins
+        self.preview = preview
         self.writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-cache")
         self._lock = threading.Lock()
         self.saved = 0  # entries written and loaded by this process (for tests and /stats)
         self.loaded = 0
 
     # -- reading ---------------------------------------------------------------------------------
-    def _header(self, path: Path) -> tuple[dict[str, Any], int] | None:
-        """(header, where the tokens start) of an entry file of ours, None when it is not one: every field
-        of the right type and range (a file shorter or longer than they say is damaged: state_of says so)."""
-        try:
-            with open_regular(path, follow_links=False) as file:
-                start = file.read(12)
-                if len(start) < 12 or start[:4] != MAGIC:
-                    return None
-                version, length = struct.unpack("<II", start[4:])
-                if version != VERSION or length > 1 << 20:
-                    return None
-                header = json.loads(file.read(length))
-        except (OSError, ValueError, UnicodeDecodeError, RecursionError, FileTextError):
-            return None
-        return (header, 12 + length) if _valid_header(header) else None
-
     def _entries(self) -> list[Entry]:
         found = []
         for path in self.folder.glob(f"*{SUFFIX}") if self.folder.is_dir() else []:
-            parsed = self._header(path)
+            parsed = read_header(path)
             if parsed is None or parsed[0]["identity"] != self.identity:
                 continue
             header, offset = parsed
@@ -131,7 +119,7 @@ class PromptDiskCache:
 
     def state_of(self, entry: Entry) -> bytearray | None:
         """The entry's state bytes, checked whole; None (with a note) when the file is damaged."""
-        parsed = self._header(entry.path)
+        parsed = read_header(entry.path)
         if parsed is None:
             return None
         header, offset = parsed
@@ -181,7 +169,8 @@ class PromptDiskCache:
     def _write(self, tokens: np.ndarray, state: bytes | bytearray | memoryview) -> None:
         crc = zlib.crc32(state, zlib.crc32(tokens.tobytes()))
         header = json.dumps({"identity": self.identity, "n_tokens": len(tokens), "state_bytes": len(state),
-                             "crc32": crc, "created": time.time()}).encode()
+                             "crc32": crc, "created": time.time(), "model": self.model_name,
+                             "preview": self._preview(tokens)}).encode()
         name = hashlib.sha256(self.identity.encode() + tokens.tobytes()).hexdigest()[:32] + SUFFIX
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -205,8 +194,33 @@ class PromptDiskCache:
                         entry.path.unlink()
             evict(self.folder, self.max_bytes)
 
+    def _preview(self, tokens: np.ndarray) -> str:
+        if self.preview is None:
+            return ""
+        try:
+            return " ".join(self.preview(tokens[:64].tolist()).split())[:PREVIEW_CHARS]
+        except Exception:  # a label only: an entry is worth saving without it
+            return ""
+
     def close(self) -> None:
         self.writer.shutdown(wait=True)
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int] | None:
+    """(header, where the tokens start) of an entry file of ours, None when it is not one: every field
+    of the right type and range (a file shorter or longer than they say is damaged: state_of says so)."""
+    try:
+        with open_regular(path, follow_links=False) as file:
+            start = file.read(12)
+            if len(start) < 12 or start[:4] != MAGIC:
+                return None
+            version, length = struct.unpack("<II", start[4:])
+            if version != VERSION or length > 1 << 20:
+                return None
+            header = json.loads(file.read(length))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, FileTextError):
+        return None
+    return (header, 12 + length) if _valid_header(header) else None
 
 
 def _valid_header(header: Any) -> bool:
@@ -228,6 +242,16 @@ def entries_on_disk(folder: Path) -> list[tuple[Path, int, float]]:
             if stat.S_ISREG(info.st_mode):
                 found.append((path, info.st_size, info.st_mtime))
     return sorted(found, key=lambda e: e[2], reverse=True)
+
+
+def entry_label(path: Path) -> tuple[str, str]:
+    """(model file name, the prompt's first words) an entry says it holds; empty where it does not say."""
+    parsed = read_header(path)
+    if parsed is None:
+        return "", ""
+    header = parsed[0]
+    model, preview = (header.get(k) for k in ("model", "preview"))
+    return (model[:200] if isinstance(model, str) else "", preview[:PREVIEW_CHARS] if isinstance(preview, str) else "")
 
 
 def evict(folder: Path, max_bytes: int) -> list[Path]:

@@ -1,0 +1,214 @@
+"""`pull`: a model from the Hub into the store, checked against the Hub's sha256 and repaired (tokenizer,
+stop tokens, template) before it appears there; interrupted downloads resume.
+
+Layout of the store: `NAME.gguf` and `NAME.origin.json` (where it came from, what was fixed);
+`.partial/` holds what is being downloaded (`<sha256>.part`) and never shows as a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type
+from glm4_local.convert.pipeline import convert as convert_checkpoint
+from glm4_local.convert.source import DOWNLOAD_PATTERNS, hub_cache_dir
+from glm4_local.core.atomic import refuse_non_regular
+from glm4_local.core.errors import Glm4LocalError, StoreError
+from glm4_local.core.paths import store_dir
+from glm4_local.core.progress import Progress
+from glm4_local.gguf_tools.repair import repair as repair_gguf
+from glm4_local.store.hub import DiskFull, Hub, HubFile, RepoListing
+from glm4_local.store.names import Wanted, parse_name, quant_matches
+from glm4_local.store.records import PARTIAL_DIR, Origin, now, read_origin, write_origin
+
+_SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PullResult:
+    path: Path
+    origin: Origin
+    fresh: bool  # False: the store already held this very file, and nothing was fetched
+    checked: str = ""  # what the tokenizer check found (a pulled GGUF)
+
+
+def gb(n: int) -> str:
+    """A size as people read it: 6.25 GB, 1.6 MB, 1.0 kB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def pull(name: str | None, *, revision: str | None = None, outtype: str | None = None, force: bool = False,
+         progress: Progress | None = None, notify: Notify = lambda message: None, hub: Hub | None = None
+         ) -> PullResult:
+    """Fetch what `name` means (see store.names) into the store; StoreError, in one line, for anything
+    that stops it. Nothing half-written ever shows as a model; an interrupted download resumes."""
+    wanted = parse_name(name, revision)
+    hub = hub or Hub()
+    listing = hub.listing(wanted.repo, wanted.revision)
+    sink = progress or Progress()
+    if wanted.file is None and not listing.ggufs() and listing.is_checkpoint():
+        return _pull_checkpoint(hub, listing, wanted.quant or outtype, force, sink, notify)
+    file = choose_file(wanted, listing)
+    target = store_dir() / (wanted.stored_name or _safe_name(file.path))
+    current = _current(target, listing.repo, file.path, force)
+    if current is not None and current.sha256 == file.sha256 and not force:
+        return PullResult(target, current, fresh=False)
+    part = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.part"
+    have = _check_space(file, part)
+    resuming = f", resuming after the {gb(have)} already here" if have else ""
+    notify(f"fetching {listing.repo}/{file.path} ({gb(file.size)}) at {listing.commit[:10]}{resuming}")
+    try:
+        written = hub.fetch(listing, file, part, sink, _digest(file))
+    except DiskFull as e:
+        part.unlink(missing_ok=True)
+        raise StoreError(f"{e}; the partial download was removed: free some space and pull again") from None
+    _verify(part, file, written, sink)
+    changes, checked = _publish(part, target, listing, file, sink, notify)
+    origin = Origin(listing.repo, file.path, listing.commit, file.sha256, changes, now())
+    write_origin(target, origin)
+    return PullResult(target, origin, fresh=True, checked=checked)
+
+
+def choose_file(wanted: Wanted, listing: RepoListing) -> HubFile:
+    """The one GGUF `wanted` names in the repository, or a StoreError that lists what it has."""
+    ggufs = [f for f in listing.ggufs() if not _SPLIT.search(f.path)]
+    have = ", ".join(f.path for f in ggufs) or "none"
+    if wanted.file is not None:
+        found = listing.file(wanted.file)
+        if found is None:
+            raise StoreError(f"{listing.repo} has no file {wanted.file}; its GGUF files: {have}")
+        if _SPLIT.search(found.path):
+            raise StoreError(f"{found.path}: a split GGUF; glm4-local pulls single-file GGUFs (merge the parts "
+                             "with llama-gguf-split --merge)")
+        return found
+    if not listing.ggufs():
+        raise StoreError(f"{listing.repo} holds neither GGUF files nor a checkpoint (config.json and "
+                         "*.safetensors)")
+    quant = wanted.quant or DEFAULT_OUT_TYPE.label
+    matches = [f for f in ggufs if quant_matches(f.path, quant)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches and wanted.quant is None and len(ggufs) == 1:
+        return ggufs[0]
+    if matches:
+        raise StoreError(f"{listing.repo} has several {quant} files ({', '.join(f.path for f in matches)}); "
+                         "name one: owner/repo/FILE.gguf")
+    raise StoreError(f"{listing.repo} has no {quant} GGUF; its GGUF files: {have}")
+
+
+def _safe_name(path: str) -> str:
+    name = _UNSAFE.sub("-", path.rsplit("/", 1)[-1]).lstrip(".-")
+    return name if name.lower().endswith(".gguf") else f"{name}.gguf"
+
+
+def _current(target: Path, repo: str, file: str | None, force: bool) -> Origin | None:
+    """The record of what `target` holds now, when it came from the same place; StoreError when the name
+    is taken by another model (unless `force`)."""
+    if not os.path.lexists(target):
+        return None
+    refuse_non_regular(target)
+    origin = read_origin(target)
+    if origin is not None and origin.repo == repo and origin.file == file:
+        return origin
+    if not force:
+        where = origin.describe() if origin else "with no record of where it came from"
+        raise StoreError(f"{target.name} is already in the store ({where}); `glm4-local rm {target.stem}` "
+                         "first, or pull with --force")
+    return None
+
+
+def _check_space(file: HubFile, part: Path) -> int:
+    """Refuse before downloading what the disk cannot hold: the rest of the download and a repaired copy.
+    The bytes already downloaded."""
+    have = part.stat().st_size if part.is_file() else 0
+    need = (file.size - have) + file.size
+    try:
+        store_dir().mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(store_dir()).free
+    except OSError as e:
+        raise StoreError(f"{store_dir()}: cannot use the model store ({e.strerror})") from e
+    if free < need:
+        raise StoreError(f"pulling {file.path} needs {gb(need)} free in {store_dir()} ({gb(file.size - have)} to "
+                         f"download, {gb(file.size)} for the checked copy); it has {gb(free)}")
+    return have
+
+
+def _digest(file: HubFile) -> Any:
+    """The Hub's checksum of `file`, to be fed its bytes: the LFS object's sha256, else git's blob id."""
+    return hashlib.sha256() if file.sha256 else hashlib.sha1(f"blob {file.size}\0".encode())
+
+
+def _verify(part: Path, file: HubFile, written: str | None, sink: Progress) -> None:
+    """The downloaded bytes against the Hub's own checksum (computed as they were written, else read
+    again); a mismatch is removed, so the next pull starts clean."""
+    if written is None:
+        digest = _digest(file)
+        sink.start("Checking sha256" if file.sha256 else "Checking", file.size, 0)
+        with part.open("rb") as stream:
+            while chunk := stream.read(8 * 2**20):
+                digest.update(chunk)
+                sink.advance(len(chunk))
+        written = digest.hexdigest()
+    expected = file.sha256 or file.blob_id
+    if written != expected:
+        part.unlink(missing_ok=True)
+        raise StoreError(f"{file.path}: the download does not match the Hub's checksum ({written[:12]}… "
+                         f"instead of {expected[:12]}…); it was removed: pull again")
+
+
+def _publish(part: Path, target: Path, listing: RepoListing, file: HubFile, sink: Progress, notify: Notify
+             ) -> tuple[list[str], str]:
+    """Repair (as `repair` does) and move the result into the store; what was changed, and what the
+    tokenizer check found."""
+    staging = part.with_name(part.stem + ".repaired.gguf")
+    try:
+        report = repair_gguf(part, staging, force=True, progress=sink, notify=notify)
+    except Glm4LocalError as e:
+        part.unlink(missing_ok=True)
+        raise StoreError(f"{listing.repo}/{file.path} is not a model glm4-local can run: "
+                         f"{str(e).replace(str(part), 'the file')}") from None
+    try:
+        if report.check is not None and not report.check.exact:
+            raise StoreError(f"{listing.repo}/{file.path}: even repaired, it tokenizes differently from GLM-4's "
+                             f"tokenizer ({report.check.summary()}); it was not added to the store")
+        ready = staging if report.output is not None else part
+        refuse_non_regular(target)
+        os.replace(ready, target)
+    except OSError as e:
+        raise StoreError(f"{target}: cannot publish it ({e.strerror})") from e
+    finally:
+        staging.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+    return report.changes, report.check.summary() if report.check is not None else ""
+
+
+def _pull_checkpoint(hub: Hub, listing: RepoListing, quant: str | None, force: bool, sink: Progress,
+                     notify: Notify) -> PullResult:
+    """A repository of safetensors weights: downloaded into the Hugging Face cache and converted."""
+    kind = out_type(quant or DEFAULT_OUT_TYPE.name)
+    name = listing.repo.split("/")[-1]
+    target = store_dir() / f"{name}-{kind.label}.gguf"
+    current = _current(target, listing.repo, None, force)
+    if current is not None and current.commit == listing.commit and not force:
+        return PullResult(target, current, fresh=False)
+    size = sum(f.size for f in listing.files if any(f.path.endswith(p.lstrip("*")) for p in DOWNLOAD_PATTERNS))
+    notify(f"{listing.repo} is a checkpoint, not GGUF files: downloading its {gb(size)} of weights into the "
+           f"Hugging Face cache, then converting them to {kind.label}")
+    folder = hub.snapshot(listing, DOWNLOAD_PATTERNS, hub_cache_dir())
+    store_dir().mkdir(parents=True, exist_ok=True)
+    convert_checkpoint(str(folder), kind, output=target, force=True, progress=sink, notify=notify, name=name)
+    origin = Origin(listing.repo, None, listing.commit, None, [], now())
+    write_origin(target, origin)
+    return PullResult(target, origin, fresh=True)
