@@ -78,6 +78,40 @@ def test_pull_repairs_checks_and_publishes_under_a_stable_name(hub: LocalHub) ->
     assert not again.fresh and len(hub.gets(Q4)) == fetched
 
 
+def test_a_file_already_in_the_hugging_face_cache_is_not_downloaded_again(hub: LocalHub) -> None:
+    from huggingface_hub import hf_hub_download
+
+    from glm4_local.convert.source import hub_cache_dir
+
+    cached = Path(hf_hub_download(REPO, Q4, cache_dir=hub_cache_dir(), endpoint=hub.url))  # as `hf download` does
+    fetched = len(hub.gets(Q4))
+    result = pull(None)
+    assert len(hub.gets(Q4)) == fetched and summarize(result.path).warnings == []
+    assert cached.read_bytes() == hub.repos[REPO].files[Q4]  # the cache is only read
+    blob = cached.resolve()
+    blob.write_bytes(b"damaged" + blob.read_bytes()[7:])
+    notes: list[str] = []
+    again = pull(None, force=True, notify=notes.append)
+    assert len(hub.gets(Q4)) == fetched + 1 and "in the Hugging Face cache, but damaged" in notes[0]
+    assert again.path.read_bytes() == result.path.read_bytes()
+
+
+def test_a_file_already_right_is_published_as_it_is(hub: LocalHub, scripted_gguf: Callable[[str], Path]) -> None:
+    from huggingface_hub import hf_hub_download
+
+    from glm4_local.convert.source import hub_cache_dir
+
+    ours = scripted_gguf("answer").read_bytes()  # as glm4-local converts: nothing to repair
+    hub.add("me/ours-GGUF", {"ours-F32.gguf": ours, "other-F32.gguf": ours + b""})
+    downloaded = pull("me/ours-GGUF/ours-F32.gguf")
+    assert downloaded.origin.repaired == [] and downloaded.path.read_bytes() == ours
+    hf_hub_download("me/ours-GGUF", "other-F32.gguf", cache_dir=hub_cache_dir(), endpoint=hub.url)
+    from_cache = pull("me/ours-GGUF/other-F32.gguf")
+    assert from_cache.origin.repaired == [] and from_cache.path.read_bytes() == ours
+    assert stored() == [".partial", "other-F32.gguf", "other-F32.origin.json", "ours-F32.gguf",
+                        "ours-F32.origin.json"]
+
+
 def test_names_choose_the_file(hub: LocalHub) -> None:
     assert pull("glm-4-9b-chat:q8_0").path.name == Q8
     assert pull(f"{REPO}:Q4_K_M").path.name == Q4
@@ -286,6 +320,8 @@ def test_first_run_in_a_terminal_offers_the_default_model(hub: LocalHub, tmp_pat
     child.expect_exact(f"No model yet. Pull glm-4-9b-chat (Q4_K_M, about 6.25 GB, from {REPO}")
     child.expect_exact("[y/N]")
     child.send("y\r")
+    child.expect_exact(f"Downloading {Q4}")  # the progress bar: size, speed, time left
+    child.expect(r"MB/s|kB/s|MB|GB")
     child.expect_exact("ready: glm-4-9b-chat-Q4_K_M")
     child.expect_exact("›")
     child.send("hello\r")

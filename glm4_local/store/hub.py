@@ -228,6 +228,18 @@ class Hub:
                          tqdm_class=_quiet_bar())
                 return counted.digest.hexdigest() if counted.digest is not None else None
 
+    @staticmethod
+    def cached(listing: RepoListing, file: HubFile, cache: Path) -> Path | None:
+        """The same file at the same commit, already in the Hugging Face cache (`hf download` put it there):
+        nothing needs downloading. Only looked up, never written."""
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            found = try_to_load_from_cache(listing.repo, file.path, cache_dir=cache, revision=listing.commit)
+        except Exception:  # a cache it cannot read is a cache without the file
+            return None
+        return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
     def snapshot(self, listing: RepoListing, patterns: tuple[str, ...], cache: Path) -> Path:
         """A checkpoint's files (never code) at the listed commit, in the Hugging Face cache."""
         from huggingface_hub import snapshot_download

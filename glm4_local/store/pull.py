@@ -65,8 +65,18 @@ def pull(name: str | None, *, revision: str | None = None, outtype: str | None =
     current = _current(target, listing.repo, file.path, force)
     if current is not None and current.sha256 == file.sha256 and not force:
         return PullResult(target, current, fresh=False)
+    cached = _from_hf_cache(listing, file, sink, notify)
+    source = cached or _download(hub, listing, file, sink, notify)
+    changes, checked = _publish(source, cached is None, target, listing, file, sink, notify)
+    origin = Origin(listing.repo, file.path, listing.commit, file.sha256, changes, now())
+    write_origin(target, origin)
+    return PullResult(target, origin, fresh=True, checked=checked)
+
+
+def _download(hub: Hub, listing: RepoListing, file: HubFile, sink: Progress, notify: Notify) -> Path:
+    """`file` in the store's partial folder, downloaded (or resumed) and checked against the Hub's sum."""
     part = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.part"
-    have = _check_space(file, part)
+    have = _check_space(file, file.size - (part.stat().st_size if part.is_file() else 0))
     resuming = f", resuming after the {gb(have)} already here" if have else ""
     notify(f"fetching {listing.repo}/{file.path} ({gb(file.size)}) at {listing.commit[:10]}{resuming}")
     try:
@@ -74,11 +84,27 @@ def pull(name: str | None, *, revision: str | None = None, outtype: str | None =
     except DiskFull as e:
         part.unlink(missing_ok=True)
         raise StoreError(f"{e}; the partial download was removed: free some space and pull again") from None
-    _verify(part, file, written, sink)
-    changes, checked = _publish(part, target, listing, file, sink, notify)
-    origin = Origin(listing.repo, file.path, listing.commit, file.sha256, changes, now())
-    write_origin(target, origin)
-    return PullResult(target, origin, fresh=True, checked=checked)
+    if written is None:
+        written = _read_digest(part, file, sink)
+    if written != (file.sha256 or file.blob_id):
+        part.unlink(missing_ok=True)
+        raise StoreError(f"{file.path}: the download does not match the Hub's checksum ({written[:12]}… "
+                         f"instead of {(file.sha256 or file.blob_id)[:12]}…); it was removed: pull again")
+    return part
+
+
+def _from_hf_cache(listing: RepoListing, file: HubFile, sink: Progress, notify: Notify) -> Path | None:
+    """The file from the Hugging Face cache, when it is there at this commit and matches the Hub's sum
+    (a damaged one is left alone, and downloaded instead)."""
+    cached = Hub.cached(listing, file, hub_cache_dir())
+    if cached is None:
+        return None
+    _check_space(file, 0)
+    if _read_digest(cached, file, sink) != (file.sha256 or file.blob_id):
+        notify(f"{cached}: in the Hugging Face cache, but damaged; downloading it instead")
+        return None
+    notify(f"using {listing.repo}/{file.path} from the Hugging Face cache ({cached}); nothing is downloaded")
+    return cached
 
 
 def choose_file(wanted: Wanted, listing: RepoListing) -> HubFile:
@@ -129,20 +155,19 @@ def _current(target: Path, repo: str, file: str | None, force: bool) -> Origin |
     return None
 
 
-def _check_space(file: HubFile, part: Path) -> int:
+def _check_space(file: HubFile, to_download: int) -> int:
     """Refuse before downloading what the disk cannot hold: the rest of the download and a repaired copy.
     The bytes already downloaded."""
-    have = part.stat().st_size if part.is_file() else 0
-    need = (file.size - have) + file.size
+    need = to_download + file.size
     try:
         store_dir().mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(store_dir()).free
     except OSError as e:
         raise StoreError(f"{store_dir()}: cannot use the model store ({e.strerror})") from e
     if free < need:
-        raise StoreError(f"pulling {file.path} needs {gb(need)} free in {store_dir()} ({gb(file.size - have)} to "
+        raise StoreError(f"pulling {file.path} needs {gb(need)} free in {store_dir()} ({gb(to_download)} to "
                          f"download, {gb(file.size)} for the checked copy); it has {gb(free)}")
-    return have
+    return file.size - to_download
 
 
 def _digest(file: HubFile) -> Any:
@@ -150,48 +175,55 @@ def _digest(file: HubFile) -> Any:
     return hashlib.sha256() if file.sha256 else hashlib.sha1(f"blob {file.size}\0".encode())
 
 
-def _verify(part: Path, file: HubFile, written: str | None, sink: Progress) -> None:
-    """The downloaded bytes against the Hub's own checksum (computed as they were written, else read
-    again); a mismatch is removed, so the next pull starts clean."""
-    if written is None:
-        digest = _digest(file)
-        sink.start("Checking sha256" if file.sha256 else "Checking", file.size, 0)
-        with part.open("rb") as stream:
-            while chunk := stream.read(8 * 2**20):
-                digest.update(chunk)
-                sink.advance(len(chunk))
-        written = digest.hexdigest()
-    expected = file.sha256 or file.blob_id
-    if written != expected:
-        part.unlink(missing_ok=True)
-        raise StoreError(f"{file.path}: the download does not match the Hub's checksum ({written[:12]}… "
-                         f"instead of {expected[:12]}…); it was removed: pull again")
+def _read_digest(path: Path, file: HubFile, sink: Progress) -> str:
+    """The Hub's checksum of the file at `path`, read whole."""
+    digest = _digest(file)
+    sink.start("Checking sha256" if file.sha256 else "Checking", file.size, 0)
+    with path.open("rb") as stream:
+        while chunk := stream.read(8 * 2**20):
+            digest.update(chunk)
+            sink.advance(len(chunk))
+    return digest.hexdigest()
 
 
-def _publish(part: Path, target: Path, listing: RepoListing, file: HubFile, sink: Progress, notify: Notify
-             ) -> tuple[list[str], str]:
-    """Repair (as `repair` does) and move the result into the store; what was changed, and what the
-    tokenizer check found."""
-    staging = part.with_name(part.stem + ".repaired.gguf")
+def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file: HubFile, sink: Progress,
+             notify: Notify) -> tuple[list[str], str]:
+    """Repair (as `repair` does) and put the result in the store; what was changed, and what the tokenizer
+    check found. `owned`: `source` is the store's own download (moved, or removed once used), not the
+    Hugging Face cache's file (only read)."""
+    staging = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.repaired.gguf"
     try:
-        report = repair_gguf(part, staging, force=True, progress=sink, notify=notify)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        report = repair_gguf(source, staging, force=True, progress=sink, notify=notify)
     except Glm4LocalError as e:
-        part.unlink(missing_ok=True)
+        if owned:
+            source.unlink(missing_ok=True)
         raise StoreError(f"{listing.repo}/{file.path} is not a model glm4-local can run: "
-                         f"{str(e).replace(str(part), 'the file')}") from None
+                         f"{str(e).replace(str(source), 'the file')}") from None
     try:
         if report.check is not None and not report.check.exact:
             raise StoreError(f"{listing.repo}/{file.path}: even repaired, it tokenizes differently from GLM-4's "
                              f"tokenizer ({report.check.summary()}); it was not added to the store")
-        ready = staging if report.output is not None else part
+        if report.output is None and not owned:  # already right, and not ours to move: linked, else copied
+            _link_or_copy(source, staging)
+        ready = staging if report.output is not None or not owned else source
         refuse_non_regular(target)
         os.replace(ready, target)
     except OSError as e:
         raise StoreError(f"{target}: cannot publish it ({e.strerror})") from e
     finally:
         staging.unlink(missing_ok=True)
-        part.unlink(missing_ok=True)
+        if owned:
+            source.unlink(missing_ok=True)
     return report.changes, report.check.summary() if report.check is not None else ""
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(source.resolve(), dest)  # the cache's blob (its snapshot entry is a link) shares its blocks
+    except OSError:
+        shutil.copyfile(source, dest)
 
 
 def _pull_checkpoint(hub: Hub, listing: RepoListing, quant: str | None, force: bool, sink: Progress,
