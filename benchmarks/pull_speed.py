@@ -6,12 +6,14 @@ A community-style q8_0 GGUF with GLM-4's own 151,552-token vocabulary (benchmark
 "small" shape, as llama.cpp's converter writes GLM-4) is served by the test Hub on 127.0.0.1
 (tests/hubserver.py). In the same run, interleaved: the Hub client's own `hf_hub_download` of the file
 (the baseline: bytes to disk, nothing checked) and `glm4-local pull` of it (download, sha256, repair, the
-tokenizer check, publish), each in a child process. Then a pull interrupted half-way (SIGINT) and run
-again: the bytes the server sent in all, against the file's size.
+tokenizer check, publish), each in a child process. Then the most disk a pull's store takes (sampled),
+and a pull interrupted half-way (SIGINT) and run again: the bytes the server sent in all, against the
+file's size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -55,12 +57,33 @@ def main() -> None:
                 pulled.append(timed([sys.executable, "-m", "glm4_local", "pull", f"{REPO}/{FILE}", "-q"],
                                     env | {"GLM4_LOCAL_HOME": str(home)}))
                 shutil.rmtree(home)
+            peak = peak_disk([sys.executable, "-m", "glm4_local", "pull", f"{REPO}/{FILE}", "-q"],
+                             env | {"GLM4_LOCAL_HOME": str(root / "peak")}, root / "peak")
             sent = resumed_bytes(hub, env | {"GLM4_LOCAL_HOME": str(root / "resumed")}, len(data))
     print(f"file: {len(data) / 1e6:.0f} MB, {ROUNDS} rounds interleaved, medians")
     ratio = median(pulled) / median(plain)
     print(f"hf_hub_download (download only)          {median(plain):6.2f} s")
     print(f"glm4-local pull (+sha256, repair, check) {median(pulled):6.2f} s   ratio {ratio:.2f}")
+    print(f"peak disk used by the store during a pull: {peak / len(data):.2f}× the file")
     print(f"interrupted at half and pulled again: {sent / len(data):.3f} of the file's bytes sent in all")
+
+
+def peak_disk(args: list[str], env: dict[str, str], folder: Path) -> int:
+    """The most disk the files under `folder` took while `args` ran (sampled every 20 ms)."""
+    child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, _disk_used(folder))
+        time.sleep(0.02)
+    return peak
+
+
+def _disk_used(folder: Path) -> int:
+    used = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # a file renamed or removed while it is counted
+            used += path.stat().st_blocks * 512 if path.is_file() else 0
+    return used
 
 
 def resumed_bytes(hub: LocalHub, env: dict[str, str], size: int) -> int:

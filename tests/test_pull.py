@@ -170,8 +170,8 @@ def test_a_full_disk_is_said_before_downloading(hub: LocalHub, monkeypatch: pyte
     import shutil
 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(StoreError, match=r"needs [\d.]+ MB free in .* \([\d.]+ MB to download, [\d.]+ MB for the "
-                                         r"checked copy\); it has 1\.0 kB"):
+    with pytest.raises(StoreError, match=r"needs [\d.]+ MB free in .* \([\d.]+ MB to download, 67\.1 MB for the "
+                                         r"repair\); it has 1\.0 kB"):
         pull(None)
     assert hub.gets(Q4) == []
 

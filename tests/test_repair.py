@@ -163,3 +163,48 @@ def test_repair_removes_temporaries_of_killed_runs(make_gguf: Callable[..., Path
     result = runner.invoke(app, ["repair", str(theirs)])
     assert result.exit_code == 0, result.stderr
     assert not stale.exists() and f"removed {stale}" in result.stderr
+
+
+@pytest.mark.parametrize("outtype", ["q8_0", "f32"])
+def test_repair_in_place_gives_the_very_file_a_copy_gives(make_gguf: Callable[..., Path], tmp_path: Path,
+                                                          outtype: str) -> None:
+    """A pull repairs its own download in place (no second copy on disk): the bytes are the copy's."""
+    from glm4_local.gguf_tools.repair import repair_in_place
+
+    theirs = factory.write_community_gguf(make_gguf(outtype), tmp_path / "community.gguf")
+    copied = repair(theirs, tmp_path / "copied.gguf")
+    report = repair_in_place(theirs)
+    assert report is not None and report.output == theirs and report.changes == copied.changes
+    assert report.check is not None and report.check.exact
+    assert theirs.read_bytes() == (tmp_path / "copied.gguf").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["community.gguf", "copied.gguf"]  # no scratch left
+    again = repair_in_place(theirs)
+    assert again is not None and again.output is None and again.changes == []
+
+
+def test_a_header_that_shrinks_moves_the_data_down(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    from glm4_local.gguf_tools.rewrite import Field, fields_of, rewrite_gguf, rewrite_in_place
+
+    source = make_gguf("q8_0")
+    header = open_gguf(source)
+    fields = fields_of(header)
+    fields[K.Tokenizer.MERGES] = Field(fields[K.Tokenizer.MERGES].value[:10], gguf.GGUFValueType.ARRAY,
+                                       gguf.GGUFValueType.STRING)
+    rewrite_gguf(source, header, tmp_path / "copy.gguf", fields)
+    moved = tmp_path / "moved.gguf"
+    moved.write_bytes(source.read_bytes())
+    assert rewrite_in_place(moved, open_gguf(moved), fields, tmp_path / "scratch")
+    assert moved.read_bytes() == (tmp_path / "copy.gguf").read_bytes()
+    assert moved.stat().st_size < source.stat().st_size
+
+
+def test_a_layout_a_copy_would_change_is_left_for_the_copy(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    from glm4_local.gguf_tools.rewrite import fields_of, rewrite_in_place
+
+    source = tmp_path / "odd.gguf"
+    source.write_bytes(make_gguf("f32").read_bytes())
+    header = open_gguf(source)
+    header.tensors.reverse()  # the table's order no longer the data's
+    before = source.read_bytes()
+    assert not rewrite_in_place(source, header, fields_of(header), tmp_path / "scratch")
+    assert source.read_bytes() == before

@@ -24,6 +24,7 @@ from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
 from glm4_local.core.paths import store_dir
 from glm4_local.store.catalog import DEFAULT_MODEL
+from glm4_local.store.pull import HEADER_ROOM
 from glm4_local.tools.extras import EXTRAS
 from glm4_local.tools.sandbox import Limits, check_sandbox, find_sandbox, sandbox_help
 
@@ -174,7 +175,7 @@ def render(report: Report) -> list[str]:
     lines.append(f"CPU               {report.cores} cores; chat uses {report.threads} threads (--threads)")
     if report.disk_free is not None:
         need, temporary = conversion_disk_need()
-        pull_gb = 2 * DEFAULT_MODEL.sizes_gb[DEFAULT_MODEL.default_quant]  # the download and its checked copy
+        pull_gb = DEFAULT_MODEL.sizes_gb[DEFAULT_MODEL.default_quant] + HEADER_ROOM / gb  # repaired in place
         verdict = "enough" if report.disk_free >= need else "not enough"
         lines.append(f"Disk              {report.disk_free / gb:.1f} GB free in the model store; converting "
                      f"{FAMILIES[0].name} to {DEFAULT_OUT_TYPE.name} needs about {need / gb:.0f} GB, "

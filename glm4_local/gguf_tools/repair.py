@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 
 from glm4_local.chat.template import TemplateRenderError, check_template
-from glm4_local.core.atomic import atomic_output, check_writable_target, remove_stale_temps
+from glm4_local.core.atomic import atomic_output, check_writable_target, remove_stale_temps, temp_path_beside
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.gguf.bpe import bpe_merges
@@ -23,7 +23,7 @@ from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.jsonfile import read_text
 from glm4_local.core.progress import Progress
-from glm4_local.gguf_tools.rewrite import Field, fields_of, rewrite_gguf
+from glm4_local.gguf_tools.rewrite import Field, fields_of, rewrite_gguf, rewrite_in_place
 from glm4_local.gguf_tools.tokenizer_check import TokenizerCheck, check_tokenization, ranks_of, usable_ranks
 
 K = gguf.Keys
@@ -137,6 +137,24 @@ def repair(source: Path, output: Path | None = None, force: bool = False, templa
         repaired, _ = check_model(tmp)  # checked before it is published: a failure leaves nothing behind
         check = _check(tmp, repaired, family, sink)
     return RepairReport(source, path, changes, check)
+
+
+def repair_in_place(path: Path, progress: Progress | None = None) -> RepairReport | None:
+    """Repair the file at `path` itself, its tensor data moved rather than copied (a download that is only
+    ours: no second copy on disk); the report, `output` None when nothing needed changing. None, with
+    nothing changed, when its layout allows only a copy (then `repair` it). Not atomic: an interruption
+    leaves a damaged file."""
+    sink = progress or Progress()
+    header, family = check_model(path)
+    usable_ranks(header, str(path))
+    fields, changes = plan_repair(path, header, family, None)
+    if not changes:
+        return RepairReport(path, None, [], _check(path, header, family, sink))
+    sink.start("Moving tensors", sum(t.n_bytes for t in header.tensors), 0)
+    if not rewrite_in_place(path, header, fields, temp_path_beside(path, "header"), sink):
+        return None
+    repaired, _ = check_model(path)
+    return RepairReport(path, path, changes, _check(path, repaired, family, sink))
 
 
 def _check(path: Path, header: GGUFHeader, family: ModelFamily, sink: Progress) -> TokenizerCheck:

@@ -19,15 +19,17 @@ from typing import Any
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type
 from glm4_local.convert.pipeline import convert as convert_checkpoint
 from glm4_local.convert.source import DOWNLOAD_PATTERNS, hub_cache_dir
-from glm4_local.core.atomic import refuse_non_regular
+from glm4_local.core.atomic import refuse_non_regular, remove_stale_temps
 from glm4_local.core.errors import Glm4LocalError, StoreError
 from glm4_local.core.paths import store_dir
 from glm4_local.core.progress import Progress
 from glm4_local.gguf_tools.repair import repair as repair_gguf
+from glm4_local.gguf_tools.repair import repair_in_place
 from glm4_local.store.hub import DiskFull, Hub, HubFile, RepoListing
 from glm4_local.store.names import Wanted, parse_name, quant_matches
 from glm4_local.store.records import PARTIAL_DIR, Origin, now, read_origin, write_origin
 
+HEADER_ROOM = 64 * 2**20  # what a repaired header may add: GLM-4's every-split merges are a few MB
 _SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 Notify = Callable[[str], None]
@@ -77,6 +79,8 @@ def _download(hub: Hub, listing: RepoListing, file: HubFile, sink: Progress, not
     """`file` in the store's partial folder, downloaded (or resumed) and checked against the Hub's sum."""
     part = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.part"
     have = _check_space(file, file.size - (part.stat().st_size if part.is_file() else 0))
+    for folder in (store_dir(), part.parent):  # what a killed pull left half-written (records, headers)
+        remove_stale_temps(folder)
     resuming = f", resuming after the {gb(have)} already here" if have else ""
     notify(f"fetching {listing.repo}/{file.path} ({gb(file.size)}) at {listing.commit[:10]}{resuming}")
     try:
@@ -99,7 +103,7 @@ def _from_hf_cache(listing: RepoListing, file: HubFile, sink: Progress, notify: 
     cached = Hub.cached(listing, file, hub_cache_dir())
     if cached is None:
         return None
-    _check_space(file, 0)
+    _check_space(file, 0, "the repaired copy")
     if _read_digest(cached, file, sink) != (file.sha256 or file.blob_id):
         notify(f"{cached}: in the Hugging Face cache, but damaged; downloading it instead")
         return None
@@ -155,10 +159,11 @@ def _current(target: Path, repo: str, file: str | None, force: bool) -> Origin |
     return None
 
 
-def _check_space(file: HubFile, to_download: int) -> int:
-    """Refuse before downloading what the disk cannot hold: the rest of the download and a repaired copy.
-    The bytes already downloaded."""
-    need = to_download + file.size
+def _check_space(file: HubFile, to_download: int, then: str = "the repair") -> int:
+    """Refuse before downloading what the disk cannot hold: the rest of the download and room for
+    `then` (a repaired header, or a repaired copy of the whole file). The bytes already downloaded."""
+    room = file.size if then == "the repaired copy" else HEADER_ROOM
+    need = to_download + room
     try:
         store_dir().mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(store_dir()).free
@@ -166,7 +171,7 @@ def _check_space(file: HubFile, to_download: int) -> int:
         raise StoreError(f"{store_dir()}: cannot use the model store ({e.strerror})") from e
     if free < need:
         raise StoreError(f"pulling {file.path} needs {gb(need)} free in {store_dir()} ({gb(to_download)} to "
-                         f"download, {gb(file.size)} for the checked copy); it has {gb(free)}")
+                         f"download, {gb(room)} for {then}); it has {gb(free)}")
     return file.size - to_download
 
 
@@ -189,12 +194,15 @@ def _read_digest(path: Path, file: HubFile, sink: Progress) -> str:
 def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file: HubFile, sink: Progress,
              notify: Notify) -> tuple[list[str], str]:
     """Repair (as `repair` does) and put the result in the store; what was changed, and what the tokenizer
-    check found. `owned`: `source` is the store's own download (moved, or removed once used), not the
-    Hugging Face cache's file (only read)."""
+    check found. `owned`: `source` is the store's own download, repaired in place and moved (removed on
+    failure), not the Hugging Face cache's file (only read: the repair is a copy)."""
     staging = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.repaired.gguf"
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
-        report = repair_gguf(source, staging, force=True, progress=sink, notify=notify)
+        report = repair_in_place(source, sink) if owned else None
+        if report is None:  # the cache's file, or a layout only a copy repairs
+            _check_space(file, 0, "the repaired copy")
+            report = repair_gguf(source, staging, force=True, progress=sink, notify=notify)
     except Glm4LocalError as e:
         if owned:
             source.unlink(missing_ok=True)
@@ -204,9 +212,9 @@ def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file
         if report.check is not None and not report.check.exact:
             raise StoreError(f"{listing.repo}/{file.path}: even repaired, it tokenizes differently from GLM-4's "
                              f"tokenizer ({report.check.summary()}); it was not added to the store")
-        if report.output is None and not owned:  # already right, and not ours to move: linked, else copied
+        if not owned and report.output is None:  # already right, and not ours to move: linked, else copied
             _link_or_copy(source, staging)
-        ready = staging if report.output is not None or not owned else source
+        ready = staging if report.output not in (None, source) or not owned else source
         refuse_non_regular(target)
         os.replace(ready, target)
     except OSError as e:
