@@ -21,7 +21,7 @@ from hubserver import LocalHub
 import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
-from glm4_local.core.errors import StoreError
+from glm4_local.core.errors import Interrupted, StoreError
 from glm4_local.core.paths import store_dir
 from glm4_local.core.progress import Progress
 from glm4_local.gguf_tools.summary import summarize
@@ -147,6 +147,27 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub: LocalHub) -> None
     result = pull(None)
     assert hub.gets(Q4)[-1] == f"bytes={kept}-"  # only the rest was asked for
     assert result.fresh and partial_downloads() == [] and summarize(result.path).warnings == []
+
+
+class StopWhen(Progress):
+    """Ctrl-C at the first bytes of a phase."""
+
+    def __init__(self, phase: str) -> None:
+        self.wanted, self.phase = phase, ""
+
+    def start(self, phase: str, total_bytes: int, total_tensors: int) -> None:
+        self.phase = phase
+
+    def advance(self, nbytes: int) -> None:
+        if self.phase == self.wanted and nbytes:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_the_download_is_repaired_in_place_removes_it(hub: LocalHub) -> None:
+    with pytest.raises(Interrupted, match="repaired in place: it was removed, and the next pull fetches it again"):
+        pull(None, progress=StopWhen("Moving tensors"))
+    assert partial_downloads() == [] and installed() == []
+    assert pull(None).fresh
 
 
 def test_a_connection_cut_mid_file_is_resumed_by_the_hub_client(hub: LocalHub) -> None:

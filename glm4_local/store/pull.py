@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,11 @@ from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type
 from glm4_local.convert.pipeline import convert as convert_checkpoint
 from glm4_local.convert.source import DOWNLOAD_PATTERNS, hub_cache_dir
 from glm4_local.core.atomic import refuse_non_regular, remove_stale_temps
-from glm4_local.core.errors import Glm4LocalError, StoreError
+from glm4_local.core.errors import Glm4LocalError, Interrupted, StoreError
 from glm4_local.core.paths import store_dir
 from glm4_local.core.progress import Progress
+from glm4_local.gguf_tools.repair import RepairReport, repair_in_place
 from glm4_local.gguf_tools.repair import repair as repair_gguf
-from glm4_local.gguf_tools.repair import repair_in_place
 from glm4_local.store.hub import DiskFull, Hub, HubFile, RepoListing
 from glm4_local.store.names import Wanted, parse_name, quant_matches
 from glm4_local.store.records import PARTIAL_DIR, Origin, now, read_origin, write_origin
@@ -199,7 +200,7 @@ def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file
     staging = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.repaired.gguf"
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
-        report = repair_in_place(source, sink) if owned else None
+        report = _in_place(source, sink) if owned else None
         if report is None:  # the cache's file, or a layout only a copy repairs
             _check_space(file, 0, "the repaired copy")
             report = repair_gguf(source, staging, force=True, progress=sink, notify=notify)
@@ -224,6 +225,17 @@ def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file
         if owned:
             source.unlink(missing_ok=True)
     return report.changes, report.check.summary() if report.check is not None else ""
+
+
+def _in_place(source: Path, sink: Progress) -> RepairReport | None:
+    """repair_in_place; stopped part-way, the file is neither the download nor its repair: it goes."""
+    try:
+        return repair_in_place(source, sink)
+    except KeyboardInterrupt as e:
+        source.unlink(missing_ok=True)
+        number = e.signal_number if isinstance(e, Interrupted) else signal.SIGINT
+        raise Interrupted("interrupted while the download was being repaired in place: it was removed, and the "
+                          "next pull fetches it again", number) from None
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
