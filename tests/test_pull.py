@@ -309,13 +309,17 @@ def test_no_network_is_one_line(hub: LocalHub, tmp_path: Path) -> None:
     assert "cannot reach http://127.0.0.1" in result.stderr and "check the network" in result.stderr
 
 
-def test_ctrl_c_during_a_pull_keeps_the_part_for_the_next_one(hub: LocalHub, tmp_path: Path) -> None:
+def test_ctrl_c_during_a_pull_keeps_the_part_for_the_next_one(hub: LocalHub, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     hub.faults.hold_after[Q4] = 4096
     env = user_env(hub, tmp_path / "home")
     child = children.started(subprocess.Popen([sys.executable, "-m", "glm4_local", "pull"], cwd=tmp_path, env=env,
                                               stderr=subprocess.PIPE, text=True,
                                               preexec_fn=children.default_signals))
     assert hub.faults.holding.wait(60)
+    monkeypatch.setenv("GLM4_LOCAL_HOME", str(tmp_path / "home"))  # the same store, while that pull writes
+    with pytest.raises(StoreError, match=f"{Q4}: another glm4-local pull is downloading it now"):
+        pull(None)
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=60)
     hub.faults.release.set()
