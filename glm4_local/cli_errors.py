@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from glm4_local.core.errors import Glm4LocalError, Interrupted, OutputExistsError, SourceNotCachedError
+from glm4_local.frontends.visible import visible
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -46,7 +47,8 @@ def _stdout_failed(error: OSError) -> int:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"glm4-local: error: {message}", markup=False)
+    # a message may quote a file's or a server's own words: their control characters are shown, not obeyed
+    err.print(f"glm4-local: error: {visible(message)}", markup=False)
     return typer.Exit(code)
 
 

@@ -76,6 +76,10 @@ def test_pull_repairs_checks_and_publishes_under_a_stable_name(hub: LocalHub) ->
     fetched = len(hub.gets(Q4))
     again = pull("glm-4-9b-chat")  # the same tag: the Hub is asked, the file is not fetched again
     assert not again.fresh and len(hub.gets(Q4)) == fetched
+    record = result.path.with_name(result.path.stem + ".origin.json")
+    record.write_text('{"repo": 1, "repaired": "all"}')  # a record that is not one of ours: ignored, not trusted
+    [row] = installed()
+    assert (row.origin, row.repaired) == ("unknown (no record)", "-")
 
 
 def test_a_file_already_in_the_hugging_face_cache_is_not_downloaded_again(hub: LocalHub) -> None:
@@ -307,6 +311,13 @@ def test_no_network_is_one_line(hub: LocalHub, tmp_path: Path) -> None:
     result = cli("pull", cwd=tmp_path, env=env)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "cannot reach http://127.0.0.1" in result.stderr and "check the network" in result.stderr
+
+
+def test_what_the_hub_says_reaches_the_terminal_as_text(hub: LocalHub, tmp_path: Path) -> None:
+    hub.add("evil/repo", {"a\x1b]52;c;cm0gLXJmIH4=\x07.gguf": b"GGUF"})  # a file name that writes the clipboard
+    result = cli("pull", "evil/repo:Q9_9", cwd=tmp_path, env=user_env(hub, tmp_path / "home"))
+    assert result.returncode == 1 and "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "its GGUF files: a\\x1b]52;c;cm0gLXJmIH4=\\x07.gguf" in result.stderr
 
 
 def test_ctrl_c_during_a_pull_keeps_the_part_for_the_next_one(hub: LocalHub, tmp_path: Path,

@@ -14,6 +14,7 @@ from glm4_local.chat.models import resolve_model
 from glm4_local.core.errors import NoModelError
 from glm4_local.core.paths import store_dir
 from glm4_local.frontends.progress import RichProgress
+from glm4_local.frontends.visible import visible
 from glm4_local.store.catalog import DEFAULT_MODEL
 from glm4_local.store.pull import gb, pull
 from glm4_local.store.records import installed, partial_downloads, remove, remove_partial
@@ -26,8 +27,8 @@ def pull_model(name: str | None, revision: str | None, outtype: str | None, forc
     """Pull, saying what is fetched and what was fixed; the model's path on `out`."""
     bar = RichProgress(err) if err.is_terminal and not quiet else None
 
-    def say(line: str) -> None:
-        err.print(line, markup=False, highlight=False)
+    def say(line: str) -> None:  # it may quote what a downloaded file says of itself
+        err.print(visible(line), markup=False, highlight=False)
 
     with bar or nullcontext():
         result = pull(name, revision=revision, outtype=outtype, force=force, progress=bar, notify=say)
@@ -64,8 +65,8 @@ def list_models(as_json: bool, out: Console) -> None:
         for r in rows:
             context = f"{r.context:,}" if r.context else "-"
             origin = r.origin if r.path.parent == store_dir() else f"{r.origin} in {r.path.parent}"
-            out.print(f"{r.name:<{width}}  {gb(r.size):>8}  {r.quantization:<8} {context:>8}  {r.repaired:<19} "
-                      f"{origin}", markup=False, highlight=False)
+            out.print(visible(f"{r.name:<{width}}  {gb(r.size):>8}  {r.quantization:<8} {context:>8}  "
+                              f"{r.repaired:<19} {origin}"), markup=False, highlight=False)
     for path, size in parts:
         out.print(f"(an interrupted download: {gb(size)} in {path}; the same pull resumes it, "
                   "`glm4-local rm --partial` removes it)", markup=False, highlight=False)

@@ -31,10 +31,6 @@ class Wanted:
     revision: str | None = None
     stored_name: str | None = None  # the catalog's name in the store; else the file's own name
 
-    def describe(self) -> str:
-        where = f"{self.repo}/{self.file}" if self.file else self.repo
-        return where + (f":{self.quant}" if self.quant and not self.file else "")
-
 
 def parse_name(name: str | None, revision: str | None = None) -> Wanted:
     """The Wanted for `name`; StoreError with the accepted forms when it is none of them."""

@@ -12,10 +12,12 @@ from typing import Any
 from glm4_local.chat.models import model_dirs, models_in
 from glm4_local.chat.session import save_json
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.filetext import FileTextError, read_regular
 from glm4_local.core.paths import store_dir
 from glm4_local.core.words import counted
 
 ORIGIN_SUFFIX = ".origin.json"
+MAX_RECORD_BYTES = 1 << 20
 PARTIAL_DIR = ".partial"  # downloads not finished yet, kept for resuming (never listed as models)
 
 
@@ -38,12 +40,21 @@ def origin_path(model: Path) -> Path:
 
 
 def read_origin(model: Path) -> Origin | None:
-    """The record beside `model`; None when there is none or it is unreadable (the model still works)."""
+    """The record beside `model`; None when there is none, or it is not one of ours (the model still
+    works): only a regular file, read up to a bound, each field of its type."""
     try:
-        data = json.loads(origin_path(model).read_text(encoding="utf-8"))
-        return Origin(**{k: data[k] for k in ("repo", "file", "commit", "sha256", "repaired", "pulled")})
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(read_regular(origin_path(model), MAX_RECORD_BYTES, follow_links=False))
+    except (OSError, ValueError, RecursionError, FileTextError):
         return None
+    if not isinstance(data, dict):
+        return None
+    texts = [data.get(k) for k in ("repo", "commit", "pulled")]
+    optional = [data.get(k) for k in ("file", "sha256")]
+    repaired = data.get("repaired")
+    if (not all(isinstance(v, str) for v in texts) or not all(v is None or isinstance(v, str) for v in optional)
+            or not isinstance(repaired, list) or not all(isinstance(c, str) for c in repaired)):
+        return None
+    return Origin(texts[0], optional[0], texts[1], optional[1], repaired, texts[2])
 
 
 def write_origin(model: Path, origin: Origin) -> None:
