@@ -96,7 +96,7 @@ def hub_errors(repo: str, where: str) -> Iterator[None]:
                          "`hf auth login`, or set HF_TOKEN)") from None
     except hf.RevisionNotFoundError:
         raise StoreError(f"{repo}: no such revision on {where}") from None
-    except (hf.EntryNotFoundError, hf.RemoteEntryNotFoundError):
+    except (hf.EntryNotFoundError, getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError)):
         raise StoreError(f"{repo}: the file is not on {where} (it may have been removed since it was "
                          "listed)") from None
     except hf.HFValidationError as e:
@@ -154,17 +154,18 @@ class _Counted:
         return getattr(self._file, name)
 
 
-def _quiet_bar() -> type:
-    from tqdm.auto import tqdm
+@contextmanager
+def _quiet_client() -> Iterator[None]:
+    """The client's own progress bar, not drawn: ours is."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    class Quiet(tqdm):  # type: ignore[misc, valid-type]
-        """The client's own bar, never drawn: ours is."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    return Quiet
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
 
 
 class Hub:
@@ -220,8 +221,8 @@ class Hub:
                 progress.start(f"Downloading {file.path.rsplit('/', 1)[-1]}", file.size, 0)
                 counted = _Counted(stream, progress, digest)
                 _hash_existing(stream, have, digest, progress)
-                http_get(location, counted, resume_size=have, headers=headers, expected_size=file.size,
-                         tqdm_class=_quiet_bar())
+                with _quiet_client():
+                    http_get(location, counted, resume_size=have, headers=headers, expected_size=file.size)
                 return counted.digest.hexdigest() if counted.digest is not None else None
 
     @staticmethod
