@@ -200,6 +200,10 @@ def test_too_long_for_the_context_says_so(answer_server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         answer_server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "a " * 3000}])
     assert refused.value.code == "context_length_exceeded"
+    # what it needs (the prompt and one token of reply), never "at least 1,024 ... holds 1,024", which reads as a fit
+    message = refused.value.body["message"]
+    assert "with a reply of one token it needs a context of at least " in message
+    assert message.endswith("each slot holds 1,024 (the server's --ctx)")
 
 
 def test_oversized_body_and_unknown_routes(answer_server: Server) -> None:

@@ -31,6 +31,7 @@ class Run:
         self.job: Job
         self.tokens: TokenStream
         self.job, self.tokens = scheduler.submit(plan, asyncio.get_running_loop())
+        self._accounted = False  # its tokens counted in the server's metrics (once: finished or abandoned)
 
     async def deltas(self) -> AsyncIterator[str]:
         """Content as it comes; ends at the job's end or at a stop string."""
@@ -45,16 +46,23 @@ class Run:
     def outcome(self) -> Outcome:
         if self.job.finish == "error":
             raise ApiError(500, f"generation failed: {self.job.error}", "server_error")
-        self.scheduler.account(self.job)
+        self._account()
         return self.assembler.finish(self.job)
+
+    def _account(self) -> None:
+        if not self._accounted:
+            self._accounted = True
+            self.scheduler.account(self.job)
 
     def usage(self) -> dict[str, Any]:
         return usage(self.job, self.assembler.counted)
 
     def abandon(self) -> None:
-        """The client is gone (or the response ended early): free the slot now."""
+        """The client is gone (or the response ended early): free the slot now; what was generated until
+        then is counted as generated (the work was done)."""
         if not self.job.done:
             self.scheduler.cancel(self.job, client_gone=True)
+        self._account()
 
     # -- whole responses ----------------------------------------------------------------------------
     async def collect(self, request: Request) -> tuple[str, Outcome]:

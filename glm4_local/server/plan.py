@@ -53,9 +53,11 @@ def _sampler(defaults: SamplerSettings, fields: SamplingFields, grammar: str | N
 
 
 def _too_long(tokens: int, n_ctx: int, param: str = "messages", counted_all: bool = True) -> ApiError:
-    size = f"{tokens}" if counted_all else f"at least {tokens}"
-    return bad_request(f"this request's prompt is {size} tokens; the context holds {n_ctx} (the server's --ctx "
-                       "per slot)", param, "context_length_exceeded")
+    """What a prompt too long for a slot needs, said as what it needs: the prompt and one token of reply."""
+    size = f"{tokens:,}" if counted_all else f"at least {tokens:,}"
+    return bad_request(f"this request's prompt is {size} tokens, so with a reply of one token it needs a context "
+                       f"of {'' if counted_all else 'at least '}{tokens + 1:,}; each slot holds {n_ctx:,} (the "
+                       "server's --ctx)", param, "context_length_exceeded")
 
 
 def _limit(prompt: list[int], asked: int | None, n_ctx: int, param: str = "messages") -> int:
