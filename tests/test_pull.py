@@ -201,6 +201,29 @@ def test_a_full_disk_is_said_before_downloading(hub: LocalHub, monkeypatch: pyte
     assert hub.gets(Q4) == []
 
 
+def test_no_room_for_a_repaired_copy_keeps_the_download(hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file only a copy can repair (its layout unlike llama.cpp's writer's) needs room for the copy: said,
+    and the verified download kept for the next pull."""
+    import shutil
+
+    import glm4_local.store.pull as pulling
+
+    monkeypatch.setattr(pulling, "repair_in_place", lambda path, progress=None: None)
+    real = shutil.disk_usage
+    size = len(hub.repos[REPO].files[Q4])
+    free = [size + pulling.HEADER_ROOM, size // 2]  # room for the download; then most of it is used up
+
+    def little_room(path: object) -> object:
+        return shutil._ntuple_diskusage(10**12, 0, free.pop(0) if len(free) > 1 else free[0])
+
+    monkeypatch.setattr(shutil, "disk_usage", little_room)
+    with pytest.raises(StoreError, match=r"for the repaired copy\); it has"):
+        pull(None)
+    assert [kept for _, kept in partial_downloads()] == [size]
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    assert pull(None).fresh and len(hub.gets(Q4)) == 1  # the whole file was kept: not fetched again
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -198,17 +198,24 @@ def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file
     check found. `owned`: `source` is the store's own download, repaired in place and moved (removed on
     failure), not the Hugging Face cache's file (only read: the repair is a copy)."""
     staging = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.repaired.gguf"
-    try:
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        report = _in_place(source, sink) if owned else None
-        if report is None:  # the cache's file, or a layout only a copy repairs
-            _check_space(file, 0, "the repaired copy")
-            report = repair_gguf(source, staging, force=True, progress=sink, notify=notify)
-    except Glm4LocalError as e:
+    staging.parent.mkdir(parents=True, exist_ok=True)
+
+    def not_runnable(e: Glm4LocalError) -> StoreError:
         if owned:
             source.unlink(missing_ok=True)
-        raise StoreError(f"{listing.repo}/{file.path} is not a model glm4-local can run: "
-                         f"{str(e).replace(str(source), 'the file')}") from None
+        return StoreError(f"{listing.repo}/{file.path} is not a model glm4-local can run: "
+                          f"{str(e).replace(str(source), 'the file')}")
+
+    try:
+        report = _in_place(source, sink) if owned else None
+    except Glm4LocalError as e:
+        raise not_runnable(e) from None
+    if report is None:  # the cache's file, or a layout only a copy repairs
+        _check_space(file, 0, "the repaired copy")  # the download is kept when there is no room for it
+        try:
+            report = repair_gguf(source, staging, force=True, progress=sink, notify=notify)
+        except Glm4LocalError as e:
+            raise not_runnable(e) from None
     try:
         if report.check is not None and not report.check.exact:
             raise StoreError(f"{listing.repo}/{file.path}: even repaired, it tokenizes differently from GLM-4's "
