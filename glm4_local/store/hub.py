@@ -74,6 +74,10 @@ def _transport_kind(error: BaseException) -> str | None:
     return None
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]
+
+
 def _http_status(error: BaseException) -> int | None:
     response = getattr(error, "response", None)
     return getattr(response, "status_code", None)
@@ -100,32 +104,30 @@ def hub_errors(repo: str, where: str) -> Iterator[None]:
         raise StoreError(f"{repo}: the file is not on {where} (it may have been removed since it was "
                          "listed)") from None
     except hf.HFValidationError as e:
-        raise StoreError(f"{repo}: not a repository name the Hub takes ({str(e).splitlines()[0][:200]})") from None
+        raise StoreError(f"{repo}: not a repository name the Hub takes ({_first_line(e)})") from None
     except hf.OfflineModeIsEnabled:
         raise StoreError("offline mode is on (HF_HUB_OFFLINE); pulling needs the network: unset it") from None
     except hf.FileMetadataError as e:
-        raise StoreError(f"{where} does not answer as the Hugging Face Hub does ({str(e).splitlines()[0]}); "
+        raise StoreError(f"{where} does not answer as the Hugging Face Hub does ({_first_line(e)}); "
                          "check HF_ENDPOINT") from None
     except hf.HfHubHTTPError as e:
-        raise StoreError(f"{repo}: {where} answered HTTP {_http_status(e)}: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise StoreError(f"{repo}: {where} answered HTTP {_http_status(e)}: {_first_line(e)}") from None
     except (ValueError, KeyError, TypeError) as e:  # JSON that is not the Hub's, or no JSON at all
         raise StoreError(f"{where} does not answer as the Hugging Face Hub does ({type(e).__name__}: "
-                         f"{str(e)[:200]}); check HF_ENDPOINT") from None
+                         f"{_first_line(e)}); check HF_ENDPOINT") from None
     except OSError as e:
         if e.errno in _FULL_DISK:
             raise DiskFull(f"the disk is full ({e.strerror})") from None
-        raise StoreError(f"the download failed ({e.strerror or str(e).splitlines()[0]}); pull again") from None
+        raise StoreError(f"the download failed ({e.strerror or _first_line(e)}); pull again") from None
     except Exception as e:
         kind = _transport_kind(e)
         if kind == "connect":
-            raise StoreError(f"cannot reach {where} ({e or type(e).__name__}); check the network "
-                             "(or HF_ENDPOINT)") from None
+            raise StoreError(f"cannot reach {where} ({_first_line(e)}); check the network (or HF_ENDPOINT)") from None
         if kind == "timeout":
             raise StoreError(f"{where} did not answer in time; try again later") from None
         if kind == "cut":
-            raise StoreError(f"the connection to {where} was cut ({e or type(e).__name__}); pull again: it "
-                             "resumes where it stopped") from None
+            raise StoreError(f"the connection to {where} was cut ({_first_line(e)}); pull again: it resumes where "
+                             "it stopped") from None
         raise
 
 
