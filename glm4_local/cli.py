@@ -89,7 +89,7 @@ def convert(
 @app.command(epilog=examples(
     "glm4-local pull                                   # glm-4-9b-chat at Q4_K_M, into the store",
     "glm4-local pull glm-4-9b-chat:q8_0",
-    "glm4-local pull bartowski/glm-4-9b-chat-GGUF:Q6_K",
+    "glm4-local pull legraphista/glm-4-9b-chat-GGUF:Q6_K",
     "glm4-local pull owner/repo/some-file.gguf",
     "glm4-local pull THUDM/glm-4-9b-chat -t q8_0       # a checkpoint: downloaded and converted") + """
 

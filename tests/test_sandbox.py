@@ -112,12 +112,17 @@ def test_nothing_of_the_host_environment_is_inside(tmp_path: Path, monkeypatch: 
 def test_memory_is_bounded_for_the_whole_sandbox(tmp_path: Path) -> None:
     tool = PythonTool(tmp_path / "data", SANDBOX, timeout=60, limits=Limits(memory_bytes=2 * 1024**3))
     try:
+        # each child holds 1.2 GiB until told to go (its stdin closed), once all three have held or died: those
+        # still alive then held together; waiting on events, not on time, so a slow machine cannot pass them
         hogs = ("import subprocess, sys\n"
-                "code = \"import time; b = b'x' * (1200 * 2**20); print('held', flush=True); time.sleep(3)\"\n"
-                "ps = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True) "
-                "for _ in range(3)]\n"
-                "print(sum(p.communicate()[0].count('held') for p in ps))")
-        assert run(tool, hogs) in ("0\n", "1\n")  # 3 × 1.2 GiB never fit in 2 GiB together
+                "code = \"import sys; b = b'x' * (1200 * 2**20); print('held', flush=True); sys.stdin.read()\"\n"
+                "ps = [subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, "
+                "text=True) for _ in range(3)]\n"
+                "seen = [p.stdout.readline() for p in ps]\n"
+                "for p in ps:\n"
+                "    p.stdin.close()\n"
+                "print(sum(p.wait() == 0 and line == 'held\\n' for p, line in zip(ps, seen)))")
+        assert run(tool, hogs) in ("0\n", "1\n")  # 3 × 1.2 GiB never held together in 2 GiB
         assert run(tool, "print('alive')") == "alive\n"
     finally:
         tool.close()
