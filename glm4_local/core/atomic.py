@@ -129,7 +129,8 @@ def atomic_output(path: Path, force: bool = False) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (someone else's counts): what tells a killed run's leftovers."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -148,7 +149,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
         return []
     for path in candidates:
         match = _TEMP_NAME.match(path.name)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             try:
                 if path.is_file() and not path.is_symlink():
                     path.unlink()

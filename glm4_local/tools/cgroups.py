@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glm4_local.core.atomic import pid_alive
+
 PREFIX = "glm4-local-"
 _numbers = itertools.count(1)
 
@@ -67,22 +69,12 @@ def _write(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale(parent: Path) -> None:
     """Empty groups of ours whose glm4-local process is gone (it was killed before it could remove them)."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(parent):
             pid = entry.name[len(PREFIX):].split("-")[0] if entry.name.startswith(PREFIX) else ""
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     os.rmdir(entry.path)
 
