@@ -35,6 +35,11 @@ class HubFile:
     sha256: str | None  # the LFS object's sha256; None for a small file kept in git (blob_id checks it)
     blob_id: str
 
+    @property
+    def checksum(self) -> str:
+        """The Hub's own sum of its bytes (hex): the LFS sha256, else git's blob id; it names its part file."""
+        return self.sha256 or self.blob_id
+
 
 @dataclass(frozen=True)
 class RepoListing:
@@ -222,7 +227,9 @@ class Hub:
                     have = 0
                 progress.start(f"Downloading {file.path.rsplit('/', 1)[-1]}", file.size, 0)
                 counted = _Counted(stream, progress, digest)
-                _hash_existing(stream, have, digest, progress)
+                stream.seek(0)  # what an earlier, interrupted pull wrote goes into the sum first
+                feed(digest, stream, have, progress)
+                stream.seek(have)
                 with _quiet_client():
                     http_get(location, counted, resume_size=have, headers=headers, expected_size=file.size)
                 return counted.digest.hexdigest() if counted.digest is not None else None
@@ -260,15 +267,14 @@ def _lock(stream: BinaryIO, file: HubFile) -> None:
         raise StoreError(f"{file.path}: another glm4-local pull is downloading it now") from None
 
 
-def _hash_existing(stream: BinaryIO, have: int, digest: Digest, progress: Progress) -> None:
-    """What an earlier, interrupted pull wrote: into the checksum, then the download goes on after it."""
-    stream.seek(0)
-    left = have
-    while left and (chunk := stream.read(min(left, 8 * 2**20))):
+def feed(digest: Digest, stream: BinaryIO, length: int | None, progress: Progress) -> None:
+    """`length` bytes of `stream` from where it is (None: to its end) into `digest`, in pieces."""
+    left = length
+    while left != 0 and (chunk := stream.read(8 * 2**20 if left is None else min(left, 8 * 2**20))):
         digest.update(chunk)
-        left -= len(chunk)
         progress.advance(len(chunk))
-    stream.seek(have)
+        if left is not None:
+            left -= len(chunk)
 
 
 def _checked(entry: Any, repo: str, where: str) -> HubFile:

@@ -26,7 +26,7 @@ from glm4_local.core.paths import store_dir
 from glm4_local.core.progress import Progress
 from glm4_local.gguf_tools.repair import RepairReport, repair_in_place
 from glm4_local.gguf_tools.repair import repair as repair_gguf
-from glm4_local.store.hub import DiskFull, Hub, HubFile, RepoListing
+from glm4_local.store.hub import DiskFull, Hub, HubFile, RepoListing, feed
 from glm4_local.store.names import Wanted, parse_name, quant_matches
 from glm4_local.store.records import PARTIAL_DIR, Origin, now, read_origin, write_origin
 
@@ -78,8 +78,9 @@ def pull(name: str | None, *, revision: str | None = None, outtype: str | None =
 
 def _download(hub: Hub, listing: RepoListing, file: HubFile, sink: Progress, notify: Notify) -> Path:
     """`file` in the store's partial folder, downloaded (or resumed) and checked against the Hub's sum."""
-    part = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.part"
-    have = _check_space(file, file.size - (part.stat().st_size if part.is_file() else 0))
+    part = store_dir() / PARTIAL_DIR / f"{file.checksum}.part"
+    have = part.stat().st_size if part.is_file() else 0
+    _check_space(file, file.size - have)
     for folder in (store_dir(), part.parent):  # what a killed pull left half-written (records, headers)
         remove_stale_temps(folder)
     resuming = f", resuming after the {gb(have)} already here" if have else ""
@@ -91,10 +92,10 @@ def _download(hub: Hub, listing: RepoListing, file: HubFile, sink: Progress, not
         raise StoreError(f"{e}; the partial download was removed: free some space and pull again") from None
     if written is None:
         written = _read_digest(part, file, sink)
-    if written != (file.sha256 or file.blob_id):
+    if written != file.checksum:
         part.unlink(missing_ok=True)
         raise StoreError(f"{file.path}: the download does not match the Hub's checksum ({written[:12]}… "
-                         f"instead of {(file.sha256 or file.blob_id)[:12]}…); it was removed: pull again")
+                         f"instead of {file.checksum[:12]}…); it was removed: pull again")
     return part
 
 
@@ -104,8 +105,8 @@ def _from_hf_cache(listing: RepoListing, file: HubFile, sink: Progress, notify: 
     cached = Hub.cached(listing, file, hub_cache_dir())
     if cached is None:
         return None
-    _check_space(file, 0, "the repaired copy")
-    if _read_digest(cached, file, sink) != (file.sha256 or file.blob_id):
+    _check_space(file, 0, whole_copy=True)
+    if _read_digest(cached, file, sink) != file.checksum:
         notify(f"{cached}: in the Hugging Face cache, but damaged; downloading it instead")
         return None
     notify(f"using {listing.repo}/{file.path} from the Hugging Face cache ({cached}); nothing is downloaded")
@@ -160,10 +161,10 @@ def _current(target: Path, repo: str, file: str | None, force: bool) -> Origin |
     return None
 
 
-def _check_space(file: HubFile, to_download: int, then: str = "the repair") -> int:
-    """Refuse before downloading what the disk cannot hold: the rest of the download and room for
-    `then` (a repaired header, or a repaired copy of the whole file). The bytes already downloaded."""
-    room = file.size if then == "the repaired copy" else HEADER_ROOM
+def _check_space(file: HubFile, to_download: int, whole_copy: bool = False) -> None:
+    """Refuse before downloading what the disk cannot hold: the rest of the download and room for the
+    repair (a repaired header, or with `whole_copy` a repaired copy of the whole file)."""
+    room, then = (file.size, "the repaired copy") if whole_copy else (HEADER_ROOM, "the repair")
     need = to_download + room
     try:
         store_dir().mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,6 @@ def _check_space(file: HubFile, to_download: int, then: str = "the repair") -> i
     if free < need:
         raise StoreError(f"pulling {file.path} needs {gb(need)} free in {store_dir()} ({gb(to_download)} to "
                          f"download, {gb(room)} for {then}); it has {gb(free)}")
-    return file.size - to_download
 
 
 def _digest(file: HubFile) -> Any:
@@ -186,9 +186,7 @@ def _read_digest(path: Path, file: HubFile, sink: Progress) -> str:
     digest = _digest(file)
     sink.start("Checking sha256" if file.sha256 else "Checking", file.size, 0)
     with path.open("rb") as stream:
-        while chunk := stream.read(8 * 2**20):
-            digest.update(chunk)
-            sink.advance(len(chunk))
+        feed(digest, stream, None, sink)
     return digest.hexdigest()
 
 
@@ -197,7 +195,7 @@ def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file
     """Repair (as `repair` does) and put the result in the store; what was changed, and what the tokenizer
     check found. `owned`: `source` is the store's own download, repaired in place and moved (removed on
     failure), not the Hugging Face cache's file (only read: the repair is a copy)."""
-    staging = store_dir() / PARTIAL_DIR / f"{file.sha256 or file.blob_id}.repaired.gguf"
+    staging = store_dir() / PARTIAL_DIR / f"{file.checksum}.repaired.gguf"
     staging.parent.mkdir(parents=True, exist_ok=True)
 
     def not_runnable(e: Glm4LocalError) -> StoreError:
@@ -211,7 +209,7 @@ def _publish(source: Path, owned: bool, target: Path, listing: RepoListing, file
     except Glm4LocalError as e:
         raise not_runnable(e) from None
     if report is None:  # the cache's file, or a layout only a copy repairs
-        _check_space(file, 0, "the repaired copy")  # the download is kept when there is no room for it
+        _check_space(file, 0, whole_copy=True)  # the download is kept when there is no room for it
         try:
             report = repair_gguf(source, staging, force=True, progress=sink, notify=notify)
         except Glm4LocalError as e:
