@@ -13,10 +13,10 @@ from rich.console import Console
 from glm4_local.chat.models import resolve_model
 from glm4_local.core.errors import NoModelError
 from glm4_local.core.paths import store_dir
+from glm4_local.core.words import decimal_size
 from glm4_local.frontends.progress import RichProgress
 from glm4_local.frontends.visible import visible
 from glm4_local.store.catalog import DEFAULT_MODEL
-from glm4_local.store.pull import gb, pull
 from glm4_local.store.records import installed, partial_downloads, remove, remove_partial
 
 INTERRUPTED = "interrupted; what was downloaded is kept, and the same pull resumes it"
@@ -25,6 +25,8 @@ INTERRUPTED = "interrupted; what was downloaded is kept, and the same pull resum
 def pull_model(name: str | None, revision: str | None, outtype: str | None, force: bool, quiet: bool,
                out: Console, err: Console) -> Path:
     """Pull, saying what is fetched and what was fixed; the model's path on `out`."""
+    from glm4_local.store.pull import pull  # the converter and repair behind it: not on every chat's start
+
     bar = RichProgress(err) if err.is_terminal and not quiet else None
 
     def say(line: str) -> None:  # it may quote what a downloaded file says of itself
@@ -42,7 +44,7 @@ def pull_model(name: str | None, revision: str | None, outtype: str | None, forc
             say("checked: its tokenizer, stop tokens and template were already right")
         if result.checked:
             say(result.checked)
-        say(f"ready: {result.path.stem} ({gb(result.path.stat().st_size)}); chat with: "
+        say(f"ready: {result.path.stem} ({decimal_size(result.path.stat().st_size)}); chat with: "
             f"glm4-local chat {result.path.stem}")
     out.print(str(result.path), markup=False, highlight=False)
     return result.path
@@ -65,21 +67,22 @@ def list_models(as_json: bool, out: Console) -> None:
         for r in rows:
             context = f"{r.context:,}" if r.context else "-"
             origin = r.origin if r.path.parent == store_dir() else f"{r.origin} in {r.path.parent}"
-            out.print(visible(f"{r.name:<{width}}  {gb(r.size):>8}  {r.quantization:<8} {context:>8}  "
+            out.print(visible(f"{r.name:<{width}}  {decimal_size(r.size):>8}  {r.quantization:<8} {context:>8}  "
                               f"{r.repaired:<19} {origin}"), markup=False, highlight=False)
     for path, size in parts:
-        out.print(f"(an interrupted download: {gb(size)} in {path}; the same pull resumes it, "
+        out.print(f"(an interrupted download: {decimal_size(size)} in {path}; the same pull resumes it, "
                   "`glm4-local rm --partial` removes it)", markup=False, highlight=False)
 
 
 def remove_models(names: list[str], partial: bool, out: Console) -> None:
     for name in names:
         path, size = remove(name)
-        out.print(f"removed {path.stem} ({gb(size)}) from {path.parent}", markup=False, highlight=False)
+        out.print(f"removed {path.stem} ({decimal_size(size)}) from {path.parent}", markup=False, highlight=False)
     if partial:
         for path, size, removed in remove_partial():
             what = "removed" if removed else "left (a pull is writing it)"
-            out.print(f"{what}: an unfinished download ({gb(size)}), {path.name}", markup=False, highlight=False)
+            out.print(f"{what}: an unfinished download ({decimal_size(size)}), {path.name}", markup=False,
+                      highlight=False)
 
 
 def model_or_first_pull(name: str | None, err: Console) -> Path:

@@ -24,6 +24,7 @@ from glm4_local.core.atomic import refuse_non_regular, remove_stale_temps
 from glm4_local.core.errors import Glm4LocalError, Interrupted, StoreError
 from glm4_local.core.paths import store_dir
 from glm4_local.core.progress import Progress
+from glm4_local.core.words import decimal_size
 from glm4_local.gguf_tools.repair import RepairReport, repair_in_place
 from glm4_local.gguf_tools.repair import repair as repair_gguf
 from glm4_local.store.hub import DiskFull, Hub, HubFile, RepoListing, feed
@@ -42,14 +43,6 @@ class PullResult:
     origin: Origin
     fresh: bool  # False: the store already held this very file, and nothing was fetched
     checked: str = ""  # what the tokenizer check found (a pulled GGUF)
-
-
-def gb(n: int) -> str:
-    """A size as people read it: 6.25 GB, 1.6 MB, 1.0 kB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def pull(name: str | None, *, revision: str | None = None, outtype: str | None = None, force: bool = False,
@@ -83,8 +76,8 @@ def _download(hub: Hub, listing: RepoListing, file: HubFile, sink: Progress, not
     _check_space(file, file.size - have)
     for folder in (store_dir(), part.parent):  # what a killed pull left half-written (records, headers)
         remove_stale_temps(folder)
-    resuming = f", resuming after the {gb(have)} already here" if have else ""
-    notify(f"fetching {listing.repo}/{file.path} ({gb(file.size)}) at {listing.commit[:10]}{resuming}")
+    resuming = f", resuming after the {decimal_size(have)} already here" if have else ""
+    notify(f"fetching {listing.repo}/{file.path} ({decimal_size(file.size)}) at {listing.commit[:10]}{resuming}")
     try:
         written = hub.fetch(listing, file, part, sink, _digest(file))
     except DiskFull as e:
@@ -172,8 +165,9 @@ def _check_space(file: HubFile, to_download: int, whole_copy: bool = False) -> N
     except OSError as e:
         raise StoreError(f"{store_dir()}: cannot use the model store ({e.strerror})") from e
     if free < need:
-        raise StoreError(f"pulling {file.path} needs {gb(need)} free in {store_dir()} ({gb(to_download)} to "
-                         f"download, {gb(room)} for {then}); it has {gb(free)}")
+        raise StoreError(f"pulling {file.path} needs {decimal_size(need)} free in {store_dir()} "
+                         f"({decimal_size(to_download)} to download, {decimal_size(room)} for {then}); it has "
+                         f"{decimal_size(free)}")
 
 
 def _digest(file: HubFile) -> Any:
@@ -261,7 +255,7 @@ def _pull_checkpoint(hub: Hub, listing: RepoListing, quant: str | None, force: b
     if current is not None and current.commit == listing.commit and not force:
         return PullResult(target, current, fresh=False)
     size = sum(f.size for f in listing.files if any(f.path.endswith(p.lstrip("*")) for p in DOWNLOAD_PATTERNS))
-    notify(f"{listing.repo} is a checkpoint, not GGUF files: downloading its {gb(size)} of weights into the "
+    notify(f"{listing.repo} is a checkpoint, not GGUF files: downloading its {decimal_size(size)} of weights into the "
            f"Hugging Face cache, then converting them to {kind.label}")
     folder = hub.snapshot(listing, DOWNLOAD_PATTERNS, hub_cache_dir())
     store_dir().mkdir(parents=True, exist_ok=True)
