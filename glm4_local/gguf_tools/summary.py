@@ -69,9 +69,12 @@ def _list_of(value: object, kind: type) -> list:
 def quick_facts(path: Path) -> tuple[str, int | None]:
     """(quantization, trained context) from the header alone, for listings."""
     reader = open_gguf(path)
+    return _file_type_name(reader.get(K.General.FILE_TYPE)), _context_length(reader)
+
+
+def _context_length(reader: GGUFHeader) -> int | None:
     context = reader.get(K.LLM.CONTEXT_LENGTH.format(arch=reader.get(K.General.ARCHITECTURE)))
-    return (_file_type_name(reader.get(K.General.FILE_TYPE)),
-            context if isinstance(context, int) and not isinstance(context, bool) else None)
+    return context if isinstance(context, int) and not isinstance(context, bool) else None
 
 
 def summarize(path: Path) -> GGUFSummary:
@@ -89,7 +92,6 @@ def summarize(path: Path) -> GGUFSummary:
     types = _list_of(reader.get(K.Tokenizer.TOKEN_TYPE), int)
     control = int(gguf.TokenType.CONTROL)
     specials = {tokens[i]: i for i, t in enumerate(types) if t == control} if len(types) == len(tokens) else {}
-    context = reader.get(K.LLM.CONTEXT_LENGTH.format(arch=arch))
     name, template, pre = (reader.get(k) for k in (K.General.NAME, K.Tokenizer.CHAT_TEMPLATE, K.Tokenizer.PRE))
     summary = GGUFSummary(
         path=path,
@@ -98,7 +100,7 @@ def summarize(path: Path) -> GGUFSummary:
         file_type=_file_type_name(reader.get(K.General.FILE_TYPE)),
         size_bytes=path.stat().st_size,
         parameters=sum(t.n_elements for t in reader.tensors),
-        context_length=context if isinstance(context, int) and not isinstance(context, bool) else None,
+        context_length=_context_length(reader),
         vocab_size=len(tokens),
         special_tokens=specials,
         chat_template=isinstance(template, str),
