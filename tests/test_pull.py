@@ -128,24 +128,25 @@ def test_names_choose_the_file(hub: LocalHub) -> None:
         pull(f"{REPO}/nope.gguf")
 
 
-class StopAfter(Progress):
-    """Ctrl-C once `limit` bytes of the download are written."""
+class StopIn(Progress):
+    """Ctrl-C once `limit` bytes of a phase starting with `phase` are done."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.done, self.phase = limit, 0, ""
+    def __init__(self, phase: str, limit: int = 1) -> None:
+        self.wanted, self.limit, self.done, self.phase = phase, limit, 0, ""
 
     def start(self, phase: str, total_bytes: int, total_tensors: int) -> None:
         self.phase = phase
 
     def advance(self, nbytes: int) -> None:
-        self.done += nbytes
-        if self.phase.startswith("Downloading") and self.done >= self.limit:
-            raise KeyboardInterrupt
+        if self.phase.startswith(self.wanted):
+            self.done += nbytes
+            if self.done >= self.limit:
+                raise KeyboardInterrupt
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(hub: LocalHub) -> None:
     with pytest.raises(KeyboardInterrupt):
-        pull(None, progress=StopAfter(200_000))
+        pull(None, progress=StopIn("Downloading", 200_000))
     [(_, kept)] = partial_downloads()
     assert kept >= 200_000 and installed() == [] and not (store_dir() / Q4).exists()
     result = pull(None)
@@ -153,23 +154,9 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub: LocalHub) -> None
     assert result.fresh and partial_downloads() == [] and summarize(result.path).warnings == []
 
 
-class StopWhen(Progress):
-    """Ctrl-C at the first bytes of a phase."""
-
-    def __init__(self, phase: str) -> None:
-        self.wanted, self.phase = phase, ""
-
-    def start(self, phase: str, total_bytes: int, total_tensors: int) -> None:
-        self.phase = phase
-
-    def advance(self, nbytes: int) -> None:
-        if self.phase == self.wanted and nbytes:
-            raise KeyboardInterrupt
-
-
 def test_ctrl_c_while_the_download_is_repaired_in_place_removes_it(hub: LocalHub) -> None:
     with pytest.raises(Interrupted, match="repaired in place: it was removed, and the next pull fetches it again"):
-        pull(None, progress=StopWhen("Moving tensors"))
+        pull(None, progress=StopIn("Moving tensors"))
     assert partial_downloads() == [] and installed() == []
     assert pull(None).fresh
 
