@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -11,9 +12,11 @@ import typer
 from glm4_local import cli_options as o
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.cli_errors import err, fail, out, run, run_program, stopped_like_ctrl_c, user_errors
-from glm4_local.cli_options import with_runtime_options
+from glm4_local.cli_options import CHAT_TOOLS, RUNTIME, SERVE, TOOLS, with_options
 from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, OUT_TYPES
 from glm4_local.frontends.repl_commands import COMMANDS
+from glm4_local.server.options import ServeOptions
+from glm4_local.tools.options import ToolOptions
 from glm4_local.tools.program import DEFAULT_TOOL_TIMEOUT
 
 app = typer.Typer(
@@ -218,32 +221,17 @@ Sampling defaults come from the GGUF (general.sampling.*), else GLM-4's own (tem
 
 
 @app.command(epilog=CHAT_EPILOG)
-@with_runtime_options
+@with_options(RUNTIME, CHAT_TOOLS)
 def chat(
     model: o.ModelArg = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer this once and exit "
                                                "(stdin, if piped, is appended).")] = None,
-    tools: Annotated[Path | None, typer.Option("--tools", help="OpenAI-style JSON list of functions.")] = None,
+    functions: Annotated[Path | None, typer.Option("--tools", help="OpenAI-style JSON list of functions.")] = None,
     tool_exec: Annotated[Path | None, typer.Option("--tool-exec", help="Executable that answers tool calls "
                                                    "(the call arrives as JSON on stdin).")] = None,
     tool_timeout: Annotated[float, typer.Option("--tool-timeout", help="Seconds a --tool-exec call may take "
                                                 "before it is stopped (the model is told).")] = DEFAULT_TOOL_TIMEOUT,
-    python: Annotated[bool, typer.Option("--python", help="GLM-4's code interpreter: the model's Python runs in a "
-                                         "sandboxed Jupyter kernel (bubblewrap on Linux, sandbox-exec on macOS), "
-                                         "files in /mnt/data kept beside the session.")] = False,
-    python_timeout: Annotated[float, typer.Option("--python-timeout", help="Seconds a cell may run before it is "
-                                                  "interrupted (the model reads 'Timed out').")] = 60.0,
-    python_unconfined: Annotated[bool, typer.Option("--python-unconfined", help="Run the model's code WITHOUT a "
-                                                    "sandbox (network, your files); you are asked before each "
-                                                    "run.")] = False,
-    browser: Annotated[str | None, typer.Option("--browser", metavar="BACKEND", help="GLM-4's web browser, "
-                                                "searching with searxng:URL, ddg, zim:FILE.zim or folder:DIR.")
-                       ] = None,
-    browser_allow_private: Annotated[bool, typer.Option("--browser-allow-private", help="Let the browser open "
-                                                        "pages on this machine and private networks.")] = False,
-    mcp: Annotated[Path | None, typer.Option("--mcp", metavar="FILE", help="MCP servers whose tools GLM-4 may "
-                                             "call (the mcpServers JSON of Cursor and Claude Desktop).")] = None,
     cache_size: Annotated[float, typer.Option("--cache-size", metavar="GIB", help="GiB of long prompts' KV state "
                                               "kept on disk ($GLM4_LOCAL_HOME/cache/prompts), so a resumed chat or "
                                               "the same document again is not read twice; 0: off.", min=0)] = 8.0,
@@ -268,22 +256,20 @@ def chat(
     as_json: Annotated[bool, typer.Option("--json", help="Non-interactive: print content, tool_calls, usage "
                                           "(summed over every model call of the answer), "
                                           "timings as JSON.")] = False,
-    *, runtime: RuntimeOptions,
+    *, runtime: RuntimeOptions, tools: ToolOptions,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
     from glm4_local.frontends.commands import prompt_cache_dir, start_chat, with_prompt_cache
-    from glm4_local.frontends.tool_setup import ToolOptions
     from glm4_local.tools.program import ToolRunner
 
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed}
     runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
     runtime = with_prompt_cache(runtime, prompt_cache_dir(), cache_size)
-    tool_options = ToolOptions(python or python_unconfined, python_timeout, python_unconfined, browser,
-                               browser_allow_private, mcp, runner)
+    tool_options = replace(tools, python=tools.python or tools.unconfined, program=runner)
     with stopped_like_ctrl_c():  # a closed terminal or `kill` ends the tools (kernel, servers, files) too
         run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt,
-            tools_path=tools, tool_options=tool_options, files=tuple(file or ()), resume=resume_file or resume,
+            tools_path=functions, tool_options=tool_options, files=tuple(file or ()), resume=resume_file or resume,
             verbose=verbose,
             as_json=as_json, errors=err)
 
@@ -298,68 +284,24 @@ Then point any OpenAI client at it: OpenAI(base_url="http://127.0.0.1:8000/v1", 
 Open http://127.0.0.1:8000/ in a browser to chat. Routes: /v1/chat/completions (tools, tool_choice,
 response_format, streaming), /v1/completions, /v1/responses, /v1/models, /health, /metrics.
 Each of the --parallel slots has --ctx tokens of context.""")
-@with_runtime_options
+@with_options(RUNTIME, SERVE, TOOLS)
 def serve(
     model: o.ModelArg = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (another than 127.0.0.1 exposes "
-                                      "the model to your network).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port (0: any free one).", min=0, max=65535)] = 8000,
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="GLM4_LOCAL_API_KEY",
-                                                help="Require 'Authorization: Bearer KEY' on every route but "
-                                                "/health.")] = None,
-    parallel: Annotated[int, typer.Option("--parallel", help="Requests decoded together (each slot keeps its "
-                                          "own context and prompt cache).", min=1, max=64)] = 1,
-    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for a slot; more get 503 "
-                                           "with Retry-After.", min=1)] = 64,
-    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="A name clients may reach the "
-                                                           "server by, besides localhost and IP addresses "
-                                                           "(repeatable).")] = None,
-    cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Allow browser pages from this "
-                                                          "origin (repeatable; '*' for any).")] = None,
-    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body, in MiB.", min=0.001)
-                           ] = 8.0,
-    client_timeout: Annotated[float, typer.Option("--client-timeout", help="Seconds a client has to send a "
-                                                  "request's headers, and again its body; slower ones are cut "
-                                                  "off.")] = 30.0,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", metavar="DIR", help="Keep long prompts' KV "
                                                    "state in this folder, so they are not read again after a "
                                                    "restart.")] = None,
     cache_size: Annotated[float, typer.Option("--cache-size", metavar="GIB", help="GiB --cache-dir may hold.",
                                               min=0)] = 8.0,
-    python: Annotated[bool, typer.Option("--python", help="Run GLM-4's code interpreter here for requests that "
-                                         "list {\"type\": \"python\"} (the page's): a sandboxed kernel per "
-                                         "conversation.")] = False,
-    python_timeout: Annotated[float, typer.Option("--python-timeout", help="Seconds a cell may run before it is "
-                                                  "interrupted.")] = 60.0,
-    browser: Annotated[str | None, typer.Option("--browser", metavar="BACKEND", help="Run GLM-4's web browser here "
-                                                "for requests that list {\"type\": \"simple_browser\"}: searxng:URL, "
-                                                "ddg, zim:FILE.zim or folder:DIR.")] = None,
-    browser_allow_private: Annotated[bool, typer.Option("--browser-allow-private", help="Let the browser open "
-                                                        "pages on this machine and private networks.")] = False,
-    mcp: Annotated[Path | None, typer.Option("--mcp", metavar="FILE", help="MCP servers whose tools run here for "
-                                             "requests that list them (GET /v1/glm4/tools lists them).")] = None,
-    tool_idle: Annotated[float, typer.Option("--tool-idle", metavar="SECONDS", help="A conversation's kernel, "
-                                             "files and pages end this long after its last request.")] = 900.0,
-    tool_conversations: Annotated[int, typer.Option("--tool-conversations", metavar="N", help="Conversations whose "
-                                                    "tools (a kernel each) may exist at once; past it a new one is "
-                                                    "refused (503) until one ends.", min=1)] = 32,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per request on stderr (who, route, "
-                                        "status, tokens, time).")] = False,
-    *, runtime: RuntimeOptions,
+    *, runtime: RuntimeOptions, serving: ServeOptions, tools: ToolOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling, and a chat page at /."""
     from glm4_local.frontends.commands import with_prompt_cache
-    from glm4_local.frontends.serve import ServeOptions
     from glm4_local.frontends.serve import serve as serve_model
     from glm4_local.frontends.store_view import model_or_first_pull
-    from glm4_local.frontends.tool_setup import ToolOptions
 
     runtime = with_prompt_cache(runtime, cache_dir, cache_size)
-    tools = ToolOptions(python, python_timeout, False, browser, browser_allow_private, mcp)
     with user_errors(on_interrupt="stopped"):
-        options = ServeOptions(host, port, api_key, parallel, max_queue, tuple(cors_origin or ()),
-                               int(max_body_mb * 1024 * 1024), tuple(allowed_host or ()), client_timeout, tools,
-                               tool_idle, tool_conversations, not quiet)
+        options = replace(serving, tools=tools)
         serve_model(model_or_first_pull(model, err), runtime, options,
                     say=lambda line: err.print(line, markup=False),
                     warn=lambda line: err.print(f"warning: {line}", style="yellow", markup=False))

@@ -1,23 +1,30 @@
 """Command-line options that several commands share, declared once (chat and serve run a model the same way).
 
-RUNTIME_OPTIONS are added to a command by cli.with_runtime_options, which hands the command one
-RuntimeOptions instead of eleven flags.
+Each group of flags reaches its command as one object (`with_options`): RUNTIME a RuntimeOptions,
+TOOLS a ToolOptions, SERVE a ServeOptions. The tools' and the server's flags are made from their
+dataclasses' fields (default, help and checks declared there, once).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import sys
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 
 from glm4_local.chat.options import DEFAULT_BATCH, DEFAULT_CTX, RuntimeOptions
-from glm4_local.cli_errors import parsed
+from glm4_local.cli_errors import fail, parsed
+from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.llama.door import CACHE_TYPES
 from glm4_local.core.llama.speculation import DEFAULT_DRAFT_MAX, speculation_of
+from glm4_local.server.options import ServeOptions
+from glm4_local.tools.options import ToolOptions
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
                                                 "(default: the newest there).")]
@@ -74,19 +81,78 @@ def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: in
     )
 
 
-def with_runtime_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give `command` the shared model-running options: Typer sees them as flags, the command receives
-    them as one `runtime: RuntimeOptions` argument."""
-    signature = inspect.signature(command)
-    hints = typing.get_type_hints(command, include_extras=True)
-    own = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name != "runtime"]
+@dataclass(frozen=True)
+class OptionGroup:
+    """Flags a command receives as one object: `argument` gets `build(**values of the parameters)`."""
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        shared = {p.name: kwargs.pop(p.name) for p in RUNTIME_OPTIONS}
-        command(**kwargs, runtime=runtime_options_of(**shared))
+    argument: str
+    parameters: tuple[inspect.Parameter, ...]
+    build: Callable[..., Any]
 
-    del wrapper.__wrapped__  # Typer reads the signature below, not the command's own
-    wrapper.__signature__ = signature.replace(parameters=[*own, *RUNTIME_OPTIONS])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *RUNTIME_OPTIONS)}
-    return wrapper
+
+RUNTIME = OptionGroup("runtime", RUNTIME_OPTIONS, runtime_options_of)
+
+
+def _field_type(owner: type, item: dataclasses.Field[Any]) -> Any:
+    hint = item.type
+    return eval(hint, vars(sys.modules[owner.__module__])) if isinstance(hint, str) else hint
+
+
+def fields_group(argument: str, owner: type, *names: str) -> OptionGroup:
+    """Flags for these fields of the dataclass `owner`, each with the default, help and checks its field
+    declares (metadata made by tools.options.flag); a repeatable flag fills a tuple field."""
+    fields = {item.name: item for item in dataclasses.fields(owner)}
+    repeated = {name for name in names if typing.get_origin(_field_type(owner, fields[name])) is tuple}
+    parameters = []
+    for name in names:
+        item = fields[name]
+        meta = item.metadata
+        hint, default = _field_type(owner, item), item.default
+        if name in repeated:
+            hint, default = list[str] | None, None
+        option = typer.Option(*meta["flag"], help=meta["help"], metavar=meta["metavar"], **meta["more"])
+        parameters.append(_option(name, Annotated[hint, option], default))
+
+    def build(**values: Any) -> Any:
+        return owner(**(values | {name: tuple(values[name] or ()) for name in repeated}))
+
+    return OptionGroup(argument, tuple(parameters), build)
+
+
+def with_options(*groups: OptionGroup) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the groups' flags: Typer sees them as flags, the command receives each group as one
+    argument (its `argument`), built from them."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command)
+        hints = typing.get_type_hints(command, include_extras=True)
+        taken = {group.argument for group in groups}
+        own = [p.replace(annotation=hints[p.name]) for p in signature.parameters.values() if p.name not in taken]
+        flags = [p for group in groups for p in group.parameters]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> None:
+            built = {group.argument: parsed_group(group, {p.name: kwargs.pop(p.name) for p in group.parameters})
+                     for group in groups}
+            command(**kwargs, **built)
+
+        del wrapper.__wrapped__  # Typer reads the signature below, not the command's own
+        wrapper.__signature__ = signature.replace(parameters=[*own, *flags])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *flags)}
+        return wrapper
+
+    return decorate
+
+
+def parsed_group(group: OptionGroup, values: dict[str, Any]) -> Any:
+    """The group's object; values its owner refuses are the command line's one-line error."""
+    try:
+        return group.build(**values)
+    except Glm4LocalError as e:
+        raise fail(str(e)) from None
+
+
+TOOL_FLAGS = ("python", "python_timeout", "browser", "allow_private", "mcp")  # what chat and serve both run
+TOOLS = fields_group("tools", ToolOptions, *TOOL_FLAGS)
+CHAT_TOOLS = fields_group("tools", ToolOptions, *TOOL_FLAGS, "unconfined")
+SERVE = fields_group("serving", ServeOptions, *(f.name for f in dataclasses.fields(ServeOptions) if f.name != "tools"))

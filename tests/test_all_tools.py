@@ -17,6 +17,7 @@ from test_terminal import chat, saved
 from toolscripts import ACTIONS, ADD, CITED, CODE, ESCAPED_REPLY
 
 from glm4_local.chat.template import ChatTemplate
+from glm4_local.chat.tool_loop import TOO_MANY_CALLS
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.families.glm4_replies import to_glm_messages
 from glm4_local.tools.sandbox import find_sandbox
@@ -43,9 +44,18 @@ def test_python_runs_in_the_kernel_and_the_model_answers(tool_gguf: Callable[[st
 
 
 @needs_sandbox
-def test_a_chain_of_calls_is_bounded(tool_gguf: Callable[[str], Path]) -> None:
+def test_a_chain_of_calls_is_bounded(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     data = one_shot(tool_gguf("loop"), "--python")
     assert len(data["steps"]) == 10 and data["stopped"] == "more than 10 tool calls in a row"
+    assert len(data["tool_calls"]) == 11  # the 11th is made, not run
+    # the terminal stops at the same call, by the same rule
+    term = chat(tool_gguf("loop"), tmp_path, "--python", columns=100)
+    term.send("go\r")
+    term.wait_for("[stopped: the model made more than 10 tool calls in a row]")
+    messages = saved(tmp_path)
+    assert sum(1 for m in messages if m.get("tool_calls")) == 11 and messages[-1]["content"] == TOO_MANY_CALLS
+    assert sum(1 for m in messages if m["role"] == "tool") == 11
+    term.send("/exit\r")
 
 
 def test_the_browser_searches_a_folder_and_opens_its_pages(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
@@ -136,7 +146,8 @@ def test_citations_become_numbered_references(tool_gguf: Callable[[str], Path], 
 
 @needs_sandbox
 def test_a_resumed_conversation_finds_its_files_and_offers_what_is_on_now(tmp_path: Path) -> None:
-    from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox
+    from glm4_local.frontends.tool_setup import offered_tools, open_toolbox
+    from glm4_local.tools.options import ToolOptions
 
     session = tmp_path / "sessions" / "20261203-120000.json"
     lookup = {"type": "function", "function": {"name": "lookup"}}

@@ -122,3 +122,26 @@ def test_info_flags_incomplete_merges(make_checkpoint: Callable[..., Path], tmp_
     result = runner.invoke(app, ["info", str(tmp_path / "partial.gguf")])
     assert result.exit_code == 0
     assert "warning: merges leave out" in result.stderr, result.stderr
+
+
+def test_chat_and_serve_offer_the_same_tool_flags_from_one_declaration() -> None:
+    import dataclasses
+
+    import typer.main
+
+    from glm4_local.server.options import ServeOptions
+    from glm4_local.tools.options import ToolOptions
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    flags = {name: {tuple(p.opts): (p.help, p.default) for p in commands[name].params} for name in ("chat", "serve")}
+    for item in dataclasses.fields(ToolOptions):
+        if "flag" not in item.metadata:
+            continue
+        declared = (item.metadata["help"], item.default)
+        assert flags["chat"][item.metadata["flag"]] == declared
+        if item.name != "unconfined":  # asking before each run needs a terminal: the chat's alone
+            assert flags["serve"][item.metadata["flag"]] == declared
+    for item in dataclasses.fields(ServeOptions):
+        if "flag" in item.metadata:
+            assert flags["serve"][item.metadata["flag"]][0] == item.metadata["help"]
+    assert ("--python-unconfined",) not in flags["serve"]

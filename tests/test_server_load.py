@@ -154,10 +154,10 @@ def test_health_is_503_while_the_model_loads() -> None:
     import uvicorn
 
     from glm4_local.frontends.serve import exposure_warning, listen
-    from glm4_local.server.app import ServerConfig, ServerState, create_app
+    from glm4_local.server.app import ServerState, create_app
 
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(ServerState(ServerConfig("m"))), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(ServerState("m")), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

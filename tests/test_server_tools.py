@@ -16,10 +16,11 @@ from test_all_tools import needs_sandbox
 from test_browser import write_folder
 from toolscripts import CITED, CODE
 
+from glm4_local.chat.tool_loop import TOO_MANY_CALLS
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.frontends.serve import ServeOptions
-from glm4_local.frontends.tool_setup import ToolOptions
 from glm4_local.server.tool_sessions import ToolSessions
+from glm4_local.tools.options import ToolOptions
 
 PYTHON = [{"type": "python"}]
 BROWSER = [{"type": "simple_browser"}]
@@ -107,6 +108,28 @@ def test_a_web_page_of_another_origin_cannot_run_code(python_server: Server) -> 
 def test_the_tools_the_server_runs_are_listed(python_server: Server) -> None:
     status, body = python_server.json("GET", "/v1/glm4/tools")
     assert status == 200 and body["tools"] == PYTHON and body["conversation_idle_seconds"] == 900
+
+
+@needs_sandbox
+def test_a_chain_of_calls_stops_where_the_chat_stops(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    server = Server(tool_gguf("loop"), tmp_path, "--python")
+    try:
+        status, body = server.json("POST", "/v1/chat/completions", {"messages": ASK, "tools": PYTHON})
+        assert status == 200, body
+        choice = body["choices"][0]
+        message = choice["message"]
+        # 10 calls run, the 11th answered with the error the chat gives it, never handed to the client
+        assert choice["finish_reason"] == "stop" and "tool_calls" not in message and message["content"] == ""
+        assert message["glm4_stopped"] == "more than 10 tool calls in a row"
+        assert len(message["glm4_steps"]) == 11
+        assert message["glm4_steps"][-1]["messages"][-1]["content"] == TOO_MANY_CALLS
+        stream = server.client().chat.completions.create(model="m", messages=ASK, tools=PYTHON, stream=True)
+        chunks = [c for c in stream if c.choices]
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        assert chunks[-1].choices[0].delta.model_extra["glm4_stopped"] == "more than 10 tool calls in a row"
+        assert not any(c.choices[0].delta.tool_calls for c in chunks)
+    finally:
+        server.stop()
 
 
 def test_without_the_flags_calls_go_back_to_the_client(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:

@@ -34,8 +34,9 @@ from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.model_plan import ModelPlan, plan_model
 from glm4_local.frontends.oneshot import run_oneshot
 from glm4_local.frontends.store_view import model_or_first_pull
-from glm4_local.frontends.tool_setup import ToolOptions, offered_tools, open_toolbox, user_functions
+from glm4_local.frontends.tool_setup import offered_tools, open_toolbox, user_functions
 from glm4_local.frontends.visible import visible
+from glm4_local.tools.options import ToolOptions
 from glm4_local.tools.toolbox import Toolbox
 
 

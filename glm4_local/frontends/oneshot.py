@@ -12,10 +12,12 @@ from typing import Any, Protocol, TextIO
 from rich.console import Console
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
+from glm4_local.chat.tool_loop import Results, ToolLoop
+from glm4_local.core.families.replies import ToolCall
 from glm4_local.frontends.reading import PromptReading
 from glm4_local.frontends.visible import visible
 from glm4_local.tools.observation import Step
-from glm4_local.tools.toolbox import MAX_CHAINED_CALLS, TOO_MANY_CALLS, Toolbox
+from glm4_local.tools.toolbox import Toolbox
 
 
 class Writer(Protocol):
@@ -79,43 +81,49 @@ class Answer:
 def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: Writer | None) -> Answer:
     """One user message; calls the toolbox answers are run and answered until a plain reply."""
     toolbox = toolbox or Toolbox()
-    turn: Turn = engine.send(text)
     found = Answer("", [], [])
-    for _ in range(MAX_CHAINED_CALLS + 1):
-        streamed = False
-        reading = PromptReading(Console(stderr=True), None) if sys.stderr.isatty() else None
-        turn.generation.on_progress = reading
-        with reading or contextlib.nullcontext():
-            chunks = turn.display()
-            first = next(chunks, None)
-        turn.generation.on_progress = None
-        for chunk in itertools.chain([first] if first is not None else [], chunks):
-            streamed = True
-            if out:
-                out.write(chunk)
-                out.flush()
-        result = turn.finish()
+
+    def reply(turn: Turn) -> TurnResult:
+        result, streamed = _streamed(turn, out)
         found.results.append(result)
-        call = result.reply.tool_call
-        if call is None:
-            # a malformed tool call is shown as the text the model wrote
-            content = result.reply.text if result.reply.problem else engine.conversation.messages[-1]["content"]
-            if out and not streamed:
-                out.write(content or "")
-            found.content = content or ""
-            return found
-        found.tool_calls.append(engine.conversation.messages[-1]["tool_calls"][0])
-        if not toolbox.answers(call.name):
-            found.stopped = f"the model called {call.name}, and no --tool-exec was given to run it"
-            return found
-        if len(found.steps) == MAX_CHAINED_CALLS:
-            engine.add_observation(TOO_MANY_CALLS)
-            break
+        if result.reply.tool_call is not None:
+            found.tool_calls.append(engine.conversation.messages[-1]["tool_calls"][0])
+            return result
+        # a malformed tool call is shown as the text the model wrote
+        content = result.reply.text if result.reply.problem else engine.conversation.messages[-1]["content"]
+        found.content = content or ""
+        if out and not streamed:
+            out.write(found.content)
+        return result
+
+    def run(call: ToolCall) -> Results:
         step = Step(call.name, call.arguments, toolbox.run(call))
         found.steps.append(step)
-        turn = engine.send_results([o.as_message() for o in step.observations])
-    found.stopped = f"more than {MAX_CHAINED_CALLS} tool calls in a row"
+        return [o.as_message() for o in step.observations]
+
+    ending = ToolLoop(toolbox.answers).converse(engine, engine.send(text), reply, run)
+    if ending.reason == "handed back" and ending.call is not None:
+        found.stopped = f"the model called {ending.call.name}, and no --tool-exec was given to run it"
+    else:
+        found.stopped = ending.stopped
     return found
+
+
+def _streamed(turn: Turn, out: Writer | None) -> tuple[TurnResult, bool]:
+    """The reply streamed to `out`, and whether anything was written."""
+    streamed = False
+    reading = PromptReading(Console(stderr=True), None) if sys.stderr.isatty() else None
+    turn.generation.on_progress = reading
+    with reading or contextlib.nullcontext():
+        chunks = turn.display()
+        first = next(chunks, None)
+    turn.generation.on_progress = None
+    for chunk in itertools.chain([first] if first is not None else [], chunks):
+        streamed = True
+        if out:
+            out.write(chunk)
+            out.flush()
+    return turn.finish(), streamed
 
 
 def run_oneshot(engine: ChatEngine, text: str, toolbox: Toolbox | None, as_json: bool) -> None:

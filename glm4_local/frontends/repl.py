@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ from rich.markdown import Markdown
 from rich.text import Text
 
 from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
+from glm4_local.chat.tool_loop import CANCELLED, MAX_CHAINED_CALLS, Results, ToolLoop
 from glm4_local.core.errors import Glm4LocalError, Interrupted
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.paths import data_home
@@ -37,9 +37,7 @@ from glm4_local.frontends.repl_commands import Commands
 from glm4_local.frontends.reply_view import ReplyView
 from glm4_local.frontends.step_view import show_call, show_results
 from glm4_local.frontends.visible import visible
-from glm4_local.tools.toolbox import MAX_CHAINED_CALLS, TOO_MANY_CALLS, Toolbox
-
-CANCELLED = json.dumps({"error": "cancelled by the user"})
+from glm4_local.tools.toolbox import Toolbox
 
 
 def leaving(error: KeyboardInterrupt) -> bool:
@@ -195,28 +193,23 @@ class Repl:
         except Glm4LocalError as e:
             self.say(f"error: {e}", "red")
             return
-        calls = 0
-        while turn is not None:
-            result = self.stream(turn)
-            call = result.reply.tool_call
-            if result.reply.problem:
-                self.console.print(Text(visible(result.reply.text)))
-                self.say(f"(not a valid tool call: {result.reply.problem})", "yellow")
-            if call is None or result.interrupted:
-                return
-            calls += 1
-            if calls > MAX_CHAINED_CALLS:
-                self.engine.add_observation(TOO_MANY_CALLS)
-                self.say(f"[stopped: the model made more than {MAX_CHAINED_CALLS} tool calls in a row]", "yellow")
-                return
-            results = self.tool_results(call)
-            if results is None:
-                self.engine.add_observation(CANCELLED)  # the call is answered: the conversation stays well-formed
-                self.say("[tool call cancelled]", "yellow")
-                return
-            turn = self.engine.send_results(results)
+        if turn is None:
+            return
+        ending = ToolLoop(lambda name: True).converse(self.engine, turn, self.reply, self.tool_results)
+        if ending.reason == "too many":
+            self.say(f"[stopped: the model made more than {MAX_CHAINED_CALLS} tool calls in a row]", "yellow")
+        elif ending.reason == "cancelled":
+            self.say("[tool call cancelled]", "yellow")
 
-    def tool_results(self, call: ToolCall) -> list[dict[str, object]] | None:
+    def reply(self, turn: Turn) -> TurnResult:
+        """One reply streamed to the screen; a call that is not well formed shown as the text it is."""
+        result = self.stream(turn)
+        if result.reply.problem:
+            self.console.print(Text(visible(result.reply.text)))
+            self.say(f"(not a valid tool call: {result.reply.problem})", "yellow")
+        return result
+
+    def tool_results(self, call: ToolCall) -> Results | None:
         """The call's results (tool messages): run by a tool, or typed by the user; None when cancelled."""
         if self.toolbox.answers(call.name):
             show_call(self.console, call)

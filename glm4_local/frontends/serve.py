@@ -8,7 +8,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,52 +15,15 @@ from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import load_runtime, model_sampling
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.frontends.model_plan import plan_model, size_text
-from glm4_local.frontends.tool_setup import ToolOptions, server_tools
-from glm4_local.server.app import DEFAULT_MAX_BODY, Loaded, ServerConfig, ServerState, create_app
+from glm4_local.frontends.tool_setup import server_tools
+from glm4_local.server.app import Loaded, ServerState, create_app
+from glm4_local.server.options import LOCAL_HOSTS, ServeOptions
 from glm4_local.server.request_log import LineWriter
-from glm4_local.server.scheduler import DEFAULT_MAX_QUEUE, Scheduler
-from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT, MAX_CONNECTIONS, timed_protocol
-from glm4_local.server.tool_sessions import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_CONVERSATIONS, ToolSessions
+from glm4_local.server.scheduler import Scheduler
+from glm4_local.server.timeouts import MAX_CONNECTIONS, timed_protocol
+from glm4_local.server.tool_sessions import ToolSessions
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 GRACEFUL_SHUTDOWN_SECONDS = 3
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    parallel: int = 1
-    max_queue: int = DEFAULT_MAX_QUEUE
-    cors_origins: tuple[str, ...] = ()
-    max_body: int = DEFAULT_MAX_BODY
-    allowed_hosts: tuple[str, ...] = ()
-    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
-    tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)
-    tool_idle: float = DEFAULT_IDLE_SECONDS  # seconds a conversation's kernel and pages outlive its last request
-    tool_conversations: int = DEFAULT_MAX_CONVERSATIONS  # toolboxes (kernels) that may exist at once
-    log_requests: bool = True  # a line per request on stderr
-
-    def __post_init__(self) -> None:
-        if self.parallel < 1:
-            raise Glm4LocalError(f"parallel slots must be at least 1, not {self.parallel}")
-        if not self.client_timeout > 0:
-            raise Glm4LocalError(f"the client timeout must be positive, not {self.client_timeout}")
-        if self.max_queue < 1:
-            raise Glm4LocalError(f"the waiting queue must hold at least 1 request, not {self.max_queue}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise Glm4LocalError("the API key is empty")
-        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
-            raise Glm4LocalError("the API key must be printable ASCII (HTTP headers carry nothing else, so no "
-                                 "client could ever send it)")
-        if self.tools.any and self.host not in LOCAL_HOSTS and self.api_key is None:
-            raise Glm4LocalError(f"--python, --browser and --mcp run code and fetch pages for whoever can reach "
-                                 f"the server: on --host {self.host} they need --api-key")
-        if not self.tool_idle > 0:
-            raise Glm4LocalError(f"--tool-idle must be positive, not {self.tool_idle}")
-        if self.tool_conversations < 1:
-            raise Glm4LocalError(f"--tool-conversations must be at least 1, not {self.tool_conversations}")
 
 
 def exposure_warning(host: str, api_key: str | None) -> str | None:
@@ -131,14 +93,12 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
         if tools is not None:
             tools.close()
         raise
-    config = ServerConfig(facts.path.stem, options.api_key, options.cors_origins, options.max_body,
-                          options.allowed_hosts, options.client_timeout)
-    state = ServerState(config, tools=tools, request_log=LineWriter(say) if options.log_requests else None)
+    state = ServerState(facts.path.stem, options, tools=tools, request_log=None if options.quiet else LineWriter(say))
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
                                                     http=timed_protocol(options.client_timeout),
                                                     limit_concurrency=MAX_CONNECTIONS))
-    say(f"serving {facts.path.name} as \"{config.model_id}\" on {url_of(sock, options.host)} "
+    say(f"serving {facts.path.name} as \"{state.model_id}\" on {url_of(sock, options.host)} "
         f"({options.parallel} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
         f"{size_text(plan.kv_cache_bytes)}); loading…")
     if tools is not None:

@@ -4,7 +4,6 @@ conversation's data folder beside its saved session), and what the model is offe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,11 @@ from glm4_local.tools.browser import Browser
 from glm4_local.tools.extras import require
 from glm4_local.tools.mcp_servers import MCP_KEY, McpServers, load_config
 from glm4_local.tools.observation import Confirm, Tool
-from glm4_local.tools.program import ToolRunner
+from glm4_local.tools.options import ToolOptions
 from glm4_local.tools.python_tool import PythonTool
 from glm4_local.tools.sandbox import Sandbox, find_sandbox, sandbox_help
 from glm4_local.tools.search_backends import open_backend
 from glm4_local.tools.toolbox import Toolbox
-
-
-@dataclass(frozen=True)
-class ToolOptions:
-    python: bool = False
-    python_timeout: float = python_tool.DEFAULT_TIMEOUT
-    unconfined: bool = False  # run the model's code without a sandbox (each cell asked first)
-    browser: str | None = None  # a search backend: searxng:URL, ddg, zim:FILE, folder:DIR
-    allow_private: bool = False  # the browser may fetch local and private addresses
-    mcp: Path | None = None
-    program: ToolRunner | None = None
-
-    @property
-    def any(self) -> bool:
-        return self.python or self.browser is not None or self.mcp is not None or self.program is not None
 
 
 def data_folder(session_file: Path) -> Path:

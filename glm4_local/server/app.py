@@ -27,6 +27,7 @@ from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.completions import Run
 from glm4_local.server.guard import BrowserGuard, same_origin
 from glm4_local.server.metrics import prometheus_text
+from glm4_local.server.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
 from glm4_local.server.page_routes import file_url, page_routes
 from glm4_local.server.plan import Plan, chat_plan, completion_plan
 from glm4_local.server.protocol import (
@@ -40,25 +41,13 @@ from glm4_local.server.protocol import (
 from glm4_local.server.request_log import LineWriter, RequestLog, RequestUsage
 from glm4_local.server.responses import ResponseShape, chat_request, renamed
 from glm4_local.server.scheduler import Scheduler
-from glm4_local.server.timeouts import DEFAULT_CLIENT_TIMEOUT
 from glm4_local.server.tool_runs import ToolRun, total_usage
 from glm4_local.server.tool_sessions import ToolSessions
 
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
 LARGE_BODY = 1024 * 1024  # bodies over this are planned LARGE_AT_ONCE at a time
 LARGE_AT_ONCE = 2
 Model = TypeVar("Model", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    model_id: str
-    api_key: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    max_body: int = DEFAULT_MAX_BODY
-    allowed_hosts: tuple[str, ...] = ()  # Host names besides localhost and IP addresses
-    client_timeout: float = DEFAULT_CLIENT_TIMEOUT  # seconds for a request's headers, and again for its body
 
 
 @dataclass(frozen=True)
@@ -71,7 +60,8 @@ class Loaded:
 
 @dataclass
 class ServerState:
-    config: ServerConfig
+    model_id: str
+    options: ServeOptions = field(default_factory=ServeOptions)
     loaded: Loaded | None = None
     error: str | None = None  # why loading failed
     tools: ToolSessions | None = None  # the tools the server runs itself (serve --python/--browser/--mcp)
@@ -128,7 +118,7 @@ def parse(model: type[Model], body: Any) -> Model:
 
 
 def create_app(state: ServerState) -> Starlette:
-    config = state.config
+    config = state.options
 
     def route(handler: Handler, open_route: bool = False) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -153,7 +143,7 @@ def create_app(state: ServerState) -> Starlette:
                              "queued": decoder.queued, "reading_prompts": reading})
 
     def model_object() -> dict[str, Any]:
-        return {"id": config.model_id, "object": "model", "created": int(state.started), "owned_by": "glm4-local"}
+        return {"id": state.model_id, "object": "model", "created": int(state.started), "owned_by": "glm4-local"}
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_object()]})
@@ -162,7 +152,7 @@ def create_app(state: ServerState) -> Starlette:
         return JSONResponse(model_object())  # any id: one model answers every name
 
     async def run(request: Request, plan: Plan, loaded: Loaded) -> Response:
-        job = Run(plan, loaded.runtime, loaded.scheduler, config.model_id)
+        job = Run(plan, loaded.runtime, loaded.scheduler, state.model_id)
         logged(request, job.usage)
         if plan.stream:
             return EventStream(job)
@@ -188,8 +178,8 @@ def create_app(state: ServerState) -> Starlette:
         if state.tools is None or not state.tools.runs_any(plan.tools):
             return await run(request, plan, loaded)
         _refuse_other_pages(request)
-        tool_run = ToolRun(asked, plan, make_plan, lambda p: Run(p, loaded.runtime, loaded.scheduler, config.model_id),
-                           state.tools, config.model_id, file_url)
+        tool_run = ToolRun(asked, plan, make_plan, lambda p: Run(p, loaded.runtime, loaded.scheduler, state.model_id),
+                           state.tools, state.model_id, file_url)
         logged(request, lambda: total_usage(tool_run.runs))
         await tool_run.open()  # 503 before any response starts when the server has no room for its tools
         if plan.stream:
@@ -214,7 +204,7 @@ def create_app(state: ServerState) -> Starlette:
     async def responses(request: Request) -> Response:
         loaded = state.model()
         asked, plan = await planned(request, ResponsesRequest, lambda asked: responses_plan(asked, loaded))
-        shape = ResponseShape(Run(plan, loaded.runtime, loaded.scheduler, config.model_id), asked, config.model_id)
+        shape = ResponseShape(Run(plan, loaded.runtime, loaded.scheduler, state.model_id), asked, state.model_id)
         logged(request, shape.run.usage)
         if asked.stream:
             return EventStream(shape.run, shape.events())

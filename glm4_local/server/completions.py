@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -15,9 +15,19 @@ from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 from glm4_local.server.replies import Outcome, ReplyAssembler
 from glm4_local.server.scheduler import Scheduler, TokenStream
-from glm4_local.server.shapes import Envelope, sse, tool_call_object, usage
+from glm4_local.server.shapes import Envelope, Events, sse, tool_call_object, usage
 
 DISCONNECT_POLL_SECONDS = 0.25
+
+
+async def watch(request: Request, abandon: Callable[[], None], over: Callable[[], bool] = lambda: False) -> None:
+    """Call `abandon` when the client of a whole (not streamed) response leaves before it is `over`
+    (a stream learns it from its own closing instead)."""
+    while not over():
+        if await request.is_disconnected():
+            abandon()
+            return
+        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
 
 class Run:
@@ -67,7 +77,7 @@ class Run:
     # -- whole responses ----------------------------------------------------------------------------
     async def collect(self, request: Request) -> tuple[str, Outcome]:
         """The whole reply's content and outcome (the job stopped if the client leaves meanwhile)."""
-        watcher = asyncio.create_task(self._watch(request))
+        watcher = asyncio.create_task(watch(request, self.abandon, lambda: self.job.done))
         try:
             content = "".join([text async for text in self.deltas()])
         finally:
@@ -89,34 +99,26 @@ class Run:
             message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
         return self.envelope.chat(message, reason, self.usage())
 
-    async def _watch(self, request: Request) -> None:
-        while not self.job.done:
-            if await request.is_disconnected():
-                self.abandon()
-                return
-            await asyncio.sleep(DISCONNECT_POLL_SECONDS)
-
     # -- streams ------------------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[bytes]:
         """Server-sent events as OpenAI sends them, ending with [DONE]. Closing it frees the slot."""
-        usage = self.plan.include_usage
+        events = Events(self.envelope, self.plan.include_usage)
         piece = self._piece
         try:
             if not self.plan.raw:
-                yield sse(self.envelope.chunk({"role": "assistant", "content": ""}, with_usage=usage))
+                yield events.chunk({"role": "assistant", "content": ""})
             async for text in self.deltas():
-                yield sse(self.envelope.chunk(piece(text), with_usage=usage))
+                yield events.chunk(piece(text))
             try:
                 outcome = self.outcome()
             except ApiError as e:
                 yield sse(e.body())
                 return
             for delta in self.closing_deltas(outcome):
-                yield sse(self.envelope.chunk(delta, with_usage=usage))
-            yield sse(self.envelope.chunk(piece(None), self.finish_reason(outcome), with_usage=usage))
-            if usage:
-                yield sse(self.envelope.usage_chunk(self.usage()))
-            yield sse("[DONE]")
+                yield events.chunk(delta)
+            yield events.chunk(piece(None), self.finish_reason(outcome))
+            for event in events.ending(self.usage()):
+                yield event
         finally:
             with contextlib.suppress(Exception):
                 self.abandon()

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.core.llama.decoder import Job
 from glm4_local.core.llama.sampling import DecodeError
+from glm4_local.server.options import DEFAULT_MAX_QUEUE
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 
 log = logging.getLogger("glm4_local.server")
-DEFAULT_MAX_QUEUE = 64
 RETRY_AFTER_SECONDS = 2
 
 

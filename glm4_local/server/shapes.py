@@ -77,3 +77,22 @@ class Envelope:
 def sse(data: dict[str, Any] | str) -> bytes:
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
     return f"data: {text}\n\n".encode()
+
+
+DONE = sse("[DONE]")
+
+
+@dataclass
+class Events:
+    """One stream's server-sent events, as OpenAI frames them: every chunk in one envelope, with a null
+    usage until the last chunk when the client asked for usage."""
+
+    envelope: Envelope
+    with_usage: bool
+
+    def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None) -> bytes:
+        return sse(self.envelope.chunk(piece, finish_reason, self.with_usage))
+
+    def ending(self, used: dict[str, Any]) -> list[bytes]:
+        """What closes the stream: the usage chunk, when it was asked for, and [DONE]."""
+        return [sse(self.envelope.usage_chunk(used))] * self.with_usage + [DONE]

@@ -9,7 +9,8 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-DEFAULT_CLIENT_TIMEOUT = 30.0
+from glm4_local.server.options import DEFAULT_CLIENT_TIMEOUT
+
 MAX_CONNECTIONS = 256  # open connections and requests at once; past it uvicorn answers 503
 
 

@@ -1,5 +1,5 @@
 """A chat request whose tools the server runs itself: the model, each call it makes run here, the model
-again with the results, until its final answer (at most MAX_CHAINED_CALLS calls).
+again with the results, until its final answer, by the rule every tool loop follows (chat/tool_loop.py).
 
 The final answer is an ordinary chat completion, so a client that knows nothing of this still gets it.
 The steps travel in an extension any client may ignore (README, "Tools in the server"):
@@ -7,7 +7,10 @@ The steps travel in an extension any client may ignore (README, "Tools in the se
   and again when it has its results (`"done"`); the last chunk's delta has `glm4_citations`;
 - whole: the message has `glm4_steps: [STEP, ...]` and `glm4_citations`;
 - a conversation that had ended (idle too long) says so: `glm4_notice` in the first chunk's delta, or in
-  the whole message.
+  the whole message;
+- an answer the loop stopped (too many calls) ends with the refused call as a last step, answered with
+  the error the model would have seen, no final reply, and `glm4_stopped` (why) in the last chunk's
+  delta, or in the whole message.
 A STEP holds `messages`: the assistant call and tool results, exactly as the conversation records them,
 which the client appends before the answer so that its next request carries the whole conversation.
 """
@@ -25,21 +28,22 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from glm4_local.chat.tool_loop import ToolLoop
 from glm4_local.core.families.glm4_replies import PYTHON
 from glm4_local.core.families.replies import ToolCall
-from glm4_local.server.completions import Run
+from glm4_local.server.completions import Run, watch
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError, ChatRequest, bad_request
 from glm4_local.server.replies import Outcome
-from glm4_local.server.shapes import Envelope, sse, tool_call_object
+from glm4_local.server.shapes import Envelope, Events, sse, tool_call_object
 from glm4_local.server.tool_sessions import CONVERSATION_ID, ToolSession, ToolSessions, TooManyConversations
 from glm4_local.tools.observation import CITATION, Observation
-from glm4_local.tools.toolbox import MAX_CHAINED_CALLS
 
 STEP = "glm4_step"
 STEPS = "glm4_steps"
 CITATIONS = "glm4_citations"
 NOTICE = "glm4_notice"  # why a conversation's tools started anew (it had ended)
+STOPPED = "glm4_stopped"  # why the answer ended without a final reply (too many calls)
 MAX_LISTED_FILES = 50
 TOOL_POLL = 0.25  # seconds between looks at whether the client left while a tool runs
 Planner = Callable[[ChatRequest], Plan]
@@ -86,6 +90,7 @@ class ToolRun:
         self.held = contextlib.AsyncExitStack()
         self.abandoned = False
         self.notice: str | None = None  # the conversation had ended: what the client is told
+        self.stopped: str | None = None  # the loop refused a call: why the answer has no final reply
         self.served = {self._served_name(t) for t in plan.tools or [] if sessions.runs(t)}
 
     @staticmethod
@@ -112,16 +117,16 @@ class ToolRun:
         session = self.session
         assert session is not None
         plan = self.plan
+        loop = ToolLoop(lambda name: name in self.served)
         while True:
             run = self.current = self.start(plan)
             async for text in run.deltas():
                 yield "content", text
             outcome = run.outcome()
             self.runs.append(run)
-            call = outcome.tool_call
-            if call is None or call.name not in self.served or len(self.steps) == MAX_CHAINED_CALLS:
-                yield "end", outcome
-                return
+            call = loop.next(outcome.tool_call)
+            if call is None:
+                break
             step = self._step_started(call)
             yield "step", step
             observations = await self._run_tool(session, call)
@@ -132,6 +137,15 @@ class ToolRun:
             self.messages += step["messages"]
             follow = self.asked.model_copy(update={"messages": self.messages, "tool_choice": None})
             plan = await run_in_threadpool(self.planner, follow)
+        ending = loop.ending
+        assert ending is not None
+        if ending.call is not None and ending.observation is not None:  # a call refused: answered, not handed back
+            step = self._step_started(ending.call)
+            self._step_done(step, ending.call, [Observation("", ending.observation)], session)
+            yield "step", step
+            self.stopped = ending.stopped
+            outcome = Outcome(outcome.tail, None, "stop")
+        yield "end", outcome
 
     async def _run_tool(self, session: ToolSession, call: ToolCall) -> list[Observation]:
         """The call's observations. When the client leaves, the tool is stopped and waited for: the
@@ -213,21 +227,20 @@ class ToolRun:
 
     # -- responses --------------------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[bytes]:
-        usage_wanted = self.plan.include_usage
-        chunk = self.envelope.chunk
+        events = Events(self.envelope, self.plan.include_usage)
         session = self.session
         assert session is not None
         try:
-            yield sse(chunk({"role": "assistant", "content": ""}, with_usage=usage_wanted))
+            yield events.chunk({"role": "assistant", "content": ""})
             if self.notice:
-                yield sse(chunk({NOTICE: self.notice}, with_usage=usage_wanted))
+                yield events.chunk({NOTICE: self.notice})
             content = ""
             async for kind, value in self._guarded():
                 if kind == "content":
                     content += value
-                    yield sse(chunk({"content": value}, with_usage=usage_wanted))
+                    yield events.chunk({"content": value})
                 elif kind == "step":
-                    yield sse(chunk({STEP: value}, with_usage=usage_wanted))
+                    yield events.chunk({STEP: value})
                 elif kind == "error":
                     yield sse(value)
                     return
@@ -235,12 +248,13 @@ class ToolRun:
                     run, outcome = self.current, value
                     assert run is not None
                     for delta in run.closing_deltas(outcome):
-                        yield sse(chunk(delta, with_usage=usage_wanted))
+                        yield events.chunk(delta)
                     last = {CITATIONS: self._citations(content + outcome.tail, session)}
-                    yield sse(chunk(last, run.finish_reason(outcome), with_usage=usage_wanted))
-            if usage_wanted:
-                yield sse({**chunk({}), "choices": [], "usage": total_usage(self.runs)})
-            yield sse("[DONE]")
+                    if self.stopped:
+                        last[STOPPED] = self.stopped
+                    yield events.chunk(last, run.finish_reason(outcome))
+            for event in events.ending(total_usage(self.runs)):
+                yield event
         finally:
             await self.release()
 
@@ -252,7 +266,7 @@ class ToolRun:
             yield "error", e.body()
 
     async def response(self, request: Request) -> dict[str, Any]:
-        watcher = asyncio.create_task(self._watch(request))
+        watcher = asyncio.create_task(watch(request, self.abandon))
         session = self.session
         assert session is not None
         try:
@@ -276,12 +290,7 @@ class ToolRun:
         message |= {STEPS: self.steps, CITATIONS: self._citations(content, session)}
         if self.notice:
             message[NOTICE] = self.notice
+        if self.stopped:
+            message[STOPPED] = self.stopped
         assert self.current is not None
         return self.envelope.chat(message, self.current.finish_reason(outcome), total_usage(self.runs))
-
-    async def _watch(self, request: Request) -> None:
-        while True:
-            if await request.is_disconnected():
-                self.abandon()
-                return
-            await asyncio.sleep(0.25)

@@ -29,12 +29,11 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from glm4_local.server.options import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_CONVERSATIONS
 from glm4_local.tools.mcp_servers import McpServers
 from glm4_local.tools.observation import Tool
 from glm4_local.tools.toolbox import Toolbox
 
-DEFAULT_IDLE_SECONDS = 15 * 60.0
-DEFAULT_MAX_CONVERSATIONS = 32
 REMEMBERED_ENDINGS = 4096  # ended conversations whose next request is told why its state is gone
 CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 OpenTools = Callable[[Path], dict[str, Tool]]  # a conversation's data folder -> its built-in tools

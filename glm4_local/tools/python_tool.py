@@ -23,10 +23,10 @@ from glm4_local.tools.cell import CellResult, Output
 from glm4_local.tools.data_folder import Usage, usage
 from glm4_local.tools.kernel import MAX_MESSAGE_BYTES, Check, Kernel, KernelError, unconfined
 from glm4_local.tools.observation import Confirm, Observation, cut, system_error
+from glm4_local.tools.options import PYTHON_TIMEOUT
 from glm4_local.tools.sandbox import Launch, Limits, Sandbox, size_text
 
 NAME = PYTHON
-DEFAULT_TIMEOUT = 60.0  # what GLM-4's prompt promises the model
 ANSI = re.compile(r"(\x9B|\x1B\[|\u001b\[)[0-?]*[ -/]*[@-~]")  # the demo's pattern
 TIMED_OUT = "Timed out"
 DECLINED = "The user declined to run this code."
@@ -47,7 +47,7 @@ def _text(output: Output) -> str:
 class PythonTool:
     """One conversation's kernel and data folder (its /mnt/data)."""
 
-    def __init__(self, data_dir: Path, sandbox: Sandbox | None, timeout: float = DEFAULT_TIMEOUT,
+    def __init__(self, data_dir: Path, sandbox: Sandbox | None, timeout: float = PYTHON_TIMEOUT,
                  confirm: Confirm | None = None, limits: Limits | None = None) -> None:
         if sandbox is None and confirm is None:
             raise ValueError("code without a sandbox runs only when each cell is confirmed")

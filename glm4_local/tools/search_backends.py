@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.tools.options import BACKEND_HELP
 from glm4_local.tools.search import SearchBackend
 from glm4_local.tools.search_folder import FolderBackend
 from glm4_local.tools.search_web import DdgBackend, SearxngBackend
@@ -19,7 +20,6 @@ BACKENDS: dict[str, tuple[bool, Callable[[str, Path], SearchBackend]]] = {
     "zim": (True, lambda file, _: ZimBackend(Path(file).expanduser())),
     "folder": (True, lambda folder, index: FolderBackend(Path(folder).expanduser(), index)),
 }
-BACKEND_HELP = "searxng:URL, ddg, zim:FILE.zim or folder:DIR"
 
 
 def open_backend(spec: str, index_dir: Path) -> SearchBackend:

@@ -8,7 +8,6 @@ a list of observations, failures included), and ending every tool's state with t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +19,6 @@ from glm4_local.tools.observation import Observation, Source, Tool, system_error
 from glm4_local.tools.program import ToolRunner
 from glm4_local.tools.python_tool import PythonTool
 
-MAX_CHAINED_CALLS = 10  # calls in one answer before it is stopped (the demo's bound)
-TOO_MANY_CALLS = json.dumps({"error": f"stopped: more than {MAX_CHAINED_CALLS} tool calls in one answer"})
 # THUDM's image model is a cloud service: never offered here (it would not run, and nothing leaves the machine)
 NOT_OFFERED = (COGVIEW,)
 

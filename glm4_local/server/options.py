@@ -1,0 +1,76 @@
+"""How `serve` listens and whom it serves: the options' one declaration, defaults and help beside each
+field (the command line builds its flags from them, cli_options.SERVE_OPTIONS), checked when made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from glm4_local.core.errors import Glm4LocalError
+from glm4_local.tools.options import ToolOptions, flag
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_MAX_BODY_MB = 8.0
+DEFAULT_CLIENT_TIMEOUT = 30.0  # seconds for a request's headers, and again for its body
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_IDLE_SECONDS = 15 * 60.0
+DEFAULT_MAX_CONVERSATIONS = 32
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = field(default="127.0.0.1", metadata=flag(
+        "--host", "Address to listen on (another than 127.0.0.1 exposes the model to your network)."))
+    port: int = field(default=8000, metadata=flag("--port", "Port (0: any free one).", min=0, max=65535))
+    api_key: str | None = field(default=None, metadata=flag(
+        "--api-key", "Require 'Authorization: Bearer KEY' on every route but /health.", envvar="GLM4_LOCAL_API_KEY"))
+    parallel: int = field(default=1, metadata=flag(
+        "--parallel", "Requests decoded together (each slot keeps its own context and prompt cache).", min=1,
+        max=64))
+    max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata=flag(
+        "--max-queue", "Requests that may wait for a slot; more get 503 with Retry-After.", min=1))
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata=flag(
+        "--allowed-host", "A name clients may reach the server by, besides localhost and IP addresses "
+        "(repeatable).", "NAME"))
+    cors_origins: tuple[str, ...] = field(default=(), metadata=flag(
+        "--cors-origin", "Allow browser pages from this origin (repeatable; '*' for any).", "ORIGIN"))
+    max_body_mb: float = field(default=DEFAULT_MAX_BODY_MB, metadata=flag(
+        "--max-body-mb", "Largest request body, in MiB.", min=0.001))
+    client_timeout: float = field(default=DEFAULT_CLIENT_TIMEOUT, metadata=flag(
+        "--client-timeout", "Seconds a client has to send a request's headers, and again its body; slower ones "
+        "are cut off."))
+    tool_idle: float = field(default=DEFAULT_IDLE_SECONDS, metadata=flag(
+        "--tool-idle", "A conversation's kernel, files and pages end this long after its last request.",
+        "SECONDS"))
+    tool_conversations: int = field(default=DEFAULT_MAX_CONVERSATIONS, metadata=flag(
+        "--tool-conversations", "Conversations whose tools (a kernel each) may exist at once; past it a new one "
+        "is refused (503) until one ends.", "N", min=1))
+    quiet: bool = field(default=False, metadata=flag(
+        "--quiet", "No line per request on stderr (who, route, status, tokens, time).", None, "-q"))
+    tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise Glm4LocalError(f"parallel slots must be at least 1, not {self.parallel}")
+        if not self.client_timeout > 0:
+            raise Glm4LocalError(f"the client timeout must be positive, not {self.client_timeout}")
+        if not self.max_body_mb > 0:
+            raise Glm4LocalError(f"the largest request body must be positive, not {self.max_body_mb} MiB")
+        if self.max_queue < 1:
+            raise Glm4LocalError(f"the waiting queue must hold at least 1 request, not {self.max_queue}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise Glm4LocalError("the API key is empty")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            raise Glm4LocalError("the API key must be printable ASCII (HTTP headers carry nothing else, so no "
+                                 "client could ever send it)")
+        if self.tools.any and self.host not in LOCAL_HOSTS and self.api_key is None:
+            raise Glm4LocalError(f"--python, --browser and --mcp run code and fetch pages for whoever can reach "
+                                 f"the server: on --host {self.host} they need --api-key")
+        if not self.tool_idle > 0:
+            raise Glm4LocalError(f"--tool-idle must be positive, not {self.tool_idle}")
+        if self.tool_conversations < 1:
+            raise Glm4LocalError(f"--tool-conversations must be at least 1, not {self.tool_conversations}")
+
+    @property
+    def max_body(self) -> int:
+        """The largest request body, in bytes."""
+        return int(self.max_body_mb * 1024 * 1024)
