@@ -23,12 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import factory
-from glm4_local.chat.context_plan import Memory, plan_context
+from glm4_local.chat.context_plan import plan_context
 from glm4_local.chat.options import RuntimeOptions, parse_cache_type
 from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 from glm4_local.core.llama.decoder import Job
+from glm4_local.core.llama.device import Memory
 from glm4_local.core.llama.sampling import SamplerSettings
 
 SHAPE = factory.Shape(n_layer=8, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128, n_ff=2816, context=65536)

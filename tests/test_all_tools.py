@@ -151,13 +151,14 @@ def test_a_resumed_conversation_finds_its_files_and_offers_what_is_on_now(tmp_pa
 
     session = tmp_path / "sessions" / "20261203-120000.json"
     lookup = {"type": "function", "function": {"name": "lookup"}}
-    toolbox = open_toolbox(ToolOptions(python=True), session, None, print, set())
+    built_in = GLM4_9B.replies.built_in
+    toolbox = open_toolbox(ToolOptions(python=True), built_in, session, None, print, set())
     try:
         assert toolbox.python is not None and toolbox.python.data_dir == session.with_suffix(".data")
         assert toolbox.python.run("python", "open('/mnt/data/kept.txt', 'w').write('x')")[0].content == "1"
     finally:
         toolbox.close()
-    again = open_toolbox(ToolOptions(python=True), session, None, print, set())  # --resume: the same session
+    again = open_toolbox(ToolOptions(python=True), built_in, session, None, print, set())  # --resume: the same session
     try:
         assert again.python.run("python", "print(open('kept.txt').read())")[0].content == "x\n"
         stale_mcp = {"type": "function", "function": {"name": "add"}, "mcp_server": "calc"}  # offered anew, if on

@@ -13,11 +13,12 @@ import pytest
 from test_chat_cli import invoke, one_line_error
 
 from glm4_local.chat import context_plan
-from glm4_local.chat.context_plan import ContextTooLarge, Memory, compute_bytes, plan_context
+from glm4_local.chat.context_plan import ContextTooLarge, compute_bytes, plan_context
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.llama import door
+from glm4_local.core.llama.device import Memory
 
 GiB = 2**30
 Q = gguf.GGMLQuantizationType

@@ -12,7 +12,9 @@ from docfixtures import write_pdf
 from test_chat_cli import invoke, one_line_error
 from test_terminal import chat, saved
 
-from glm4_local.documents.form import Document, with_documents
+from glm4_local.chat.session import user_message
+from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.documents.form import Document, shown
 from glm4_local.documents.readers import DocumentError, read_document
 
 BOILERPLATE_HTML = """<html><head><title>Report</title><style>p {color: red}</style><script>var x = 1;</script></head>
@@ -25,10 +27,15 @@ and by more passengers on the mountain railway, which this paragraph describes i
 
 def test_the_document_form_is_the_demos() -> None:
     documents = [Document("a.txt", "alpha", "text"), Document("b.md", "beta", "text")]
-    assert with_documents(documents, "  Compare them. ") == (
-        "[File Name]\na.txt\n[File Content]\nalpha\n\n[File Name]\nb.md\n[File Content]\nbeta"
-        "\n\n\n2 files uploaded.\nCompare them.")
-    assert with_documents([], "just a question") == "just a question"
+    expected = ("[File Name]\na.txt\n[File Content]\nalpha\n\n[File Name]\nb.md\n[File Content]\nbeta"
+                "\n\n\n2 files uploaded.\nCompare them.")
+    replies = GLM4_9B.replies
+    assert replies.with_documents([d.as_data() for d in documents], "  Compare them. ") == expected
+    assert replies.with_documents([], "just a question") == "just a question"
+    # documents travel as data on the user message; the family writes them into the prompt
+    message = user_message("  Compare them. ", [d.as_data() for d in documents])
+    assert replies.template_messages([message], None) == [{"role": "user", "content": expected}]
+    assert shown(message) == "[a.txt, 5 characters] [b.md, 4 characters]   Compare them. "
 
 
 @pytest.mark.parametrize(("data", "expected"), [
@@ -108,7 +115,7 @@ def test_a_document_that_does_not_fit_is_refused_with_what_it_needs(scripted_ggu
                    "missing.pdf: no such file")
 
 
-def test_file_in_the_terminal_and_the_session_keeps_the_text(scripted_gguf: Callable[[str], Path],
+def test_file_in_the_terminal_and_the_session_keeps_the_document(scripted_gguf: Callable[[str], Path],
                                                              tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("The ferry leaves at nine.")
     (tmp_path / "huge.txt").write_text("word " * 5000)
@@ -122,8 +129,9 @@ def test_file_in_the_terminal_and_the_session_keeps_the_text(scripted_gguf: Call
     term.wait_for("Sunny day")
     term.pump(0.3)
     user = [m for m in saved(tmp_path) if m["role"] == "user"]
-    assert user == [{"role": "user", "content": "[File Name]\nnotes.txt\n[File Content]\nThe ferry leaves at nine."
-                     "\n\n\n1 files uploaded.\nWhen does it leave?"}]
+    # the session keeps the document as data beside the question; the family writes it into the prompt
+    assert user == [{"role": "user", "content": "When does it leave?",
+                     "documents": [{"name": "notes.txt", "text": "The ferry leaves at nine."}]}]
 
 
 def test_a_long_prompt_shows_its_progress_and_ctrl_c_stops_it_at_once(scripted_gguf: Callable[[str], Path],

@@ -164,13 +164,22 @@ def test_only_the_door_talks_to_llama_cpp() -> None:
     assert users == {f"glm4_local/core/llama/{name}.py" for name in ("door", "decoder", "sampling", "activations")}
 
 
+def page_sources() -> list[Path]:
+    """The chat page's own files (not the libraries it carries in web/vendor)."""
+    web = ROOT / "glm4_local" / "web"
+    return [*web.glob("*.js"), *web.glob("*.html")]
+
+
 @pytest.mark.parametrize("fact", [
     r'"chatglm"', r"MODEL_ARCH\.CHATGLM", r'"<\|observation\|>"', r'"<\|endoftext\|>"', r'"q4_k_m"',
-    r'"glm4"', r"131072", r'"simple_browser"', r'Path\("models"\)',
+    r'"glm4"', r"131072", r'"simple_browser"', r'"cogview"', r'Path\("models"\)',
+    r"\[File Name\]", r"files uploaded", r"【\(",  # GLM-4's document form, its citations' pattern
 ])
 def test_each_model_fact_is_written_once(fact: str) -> None:
-    """An architecture name, a stop token, an output-type name, a tool type, a folder: one definition."""
-    places = [p.relative_to(ROOT).as_posix() for p in package_sources() if re.search(fact, p.read_text("utf-8"))]
+    """An architecture name, a stop token, an output-type name, a tool type, a folder, a form the model reads
+    or writes: one definition, in the package and in the page (which asks the server for the family's)."""
+    places = [p.relative_to(ROOT).as_posix() for p in [*package_sources(), *page_sources()]
+              if re.search(fact, p.read_text("utf-8"))]
     assert len(places) == 1, f"{fact} is written in {places}"
 
 

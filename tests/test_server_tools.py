@@ -18,6 +18,7 @@ from toolscripts import CITED, CODE
 
 from glm4_local.chat.tool_loop import TOO_MANY_CALLS
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.frontends.serve import ServeOptions
 from glm4_local.server.tool_sessions import ToolSessions
 from glm4_local.tools.options import ToolOptions
@@ -169,6 +170,17 @@ def test_documents_are_read_and_measured_in_tokens(tool_gguf: Callable[[str], Pa
         status, body = server.json("POST", "/v1/glm4/documents", {"name": "x.pdf", "data": "bm90IGEgcGRm"})
         assert status == 400 and "x.pdf" in body["error"]["message"]
         assert server.json("POST", "/v1/glm4/documents", {"name": "x.md", "data": "%%%"})[0] == 400
+        # a document goes with its message as data; the model reads it in its family's form
+        as_data = [{"role": "user", "content": "What?", "documents": [{"name": "notes.md", "text": text}]}]
+        written = [{"role": "user", "content": GLM4_9B.replies.with_documents(as_data[0]["documents"], "What?")}]
+        used = [server.json("POST", "/v1/chat/completions", {"messages": m, "max_tokens": 1})[1]["usage"]
+                for m in (as_data, written)]
+        assert used[0]["prompt_tokens"] == used[1]["prompt_tokens"] > 10
+        status, body = server.json("POST", "/v1/chat/completions",
+                                   {"messages": [{"role": "assistant", "content": "x", "documents": []}]})
+        assert status == 400 and "only a user message carries documents" in body["error"]["message"]
+        assert server.json("GET", "/v1/glm4/tools")[1]["formats"] == {
+            "code": "python", "browser": "simple_browser", "citation": GLM4_9B.replies.built_in.citation}
     finally:
         server.stop()
 

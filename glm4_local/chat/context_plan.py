@@ -1,23 +1,20 @@
 """How much context this machine can give a model: weights + KV cache + compute buffers against the
-free memory (RAM, or the GPU's when the layers are offloaded to a discrete one). One function for chat,
-serve and doctor. `--ctx auto` takes the largest context up to the trained one that fits; any context
-that does not fit is refused with the numbers, never left to swap.
+free memory (core/llama/device.py says which: RAM, or a discrete GPU's when the layers go there).
+One function for chat, serve and doctor. `--ctx auto` takes the largest context up to the trained one
+that fits; any context that does not fit is refused with the numbers, never left to swap.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import gguf
 
 from glm4_local.chat.options import MIN_CTX, RuntimeOptions
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import Hyperparams, ModelFamily
+from glm4_local.core.llama.device import Memory
 
 OVERHEAD_BYTES = 600 * 2**20  # the runtime, output buffers and what llama.cpp allocates besides
 MARGIN = 0.9  # of the free memory: room for everything else the machine does
@@ -26,58 +23,6 @@ STEP = 1024  # auto contexts are whole multiples of this
 
 class ContextTooLarge(Glm4LocalError):
     """The context asked for does not fit this machine's memory."""
-
-
-@dataclass(frozen=True)
-class Memory:
-    """Free memory where the model will live, in bytes, and what it is ("RAM", "GPU memory")."""
-
-    free: int | None
-    kind: str = "RAM"
-
-
-def _meminfo() -> tuple[int | None, int | None]:
-    values = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None, None
-    return values.get("MemTotal"), values.get("MemAvailable")
-
-
-def ram() -> tuple[int | None, int | None]:
-    """(total, available) RAM, from /proc/meminfo or sysconf (available unknown there)."""
-    total, available = _meminfo()
-    if total is None:
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return None, None
-    return total, available
-
-
-def gpu_free() -> int | None:
-    """Free memory of the first NVIDIA GPU (nvidia-smi), if there is one to ask."""
-    program = shutil.which("nvidia-smi")
-    if program is None:
-        return None
-    try:
-        out = subprocess.run([program, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        return int(out.split()[0]) * 2**20
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
-def machine_memory(offloaded: bool, metal: bool) -> Memory:
-    """Where the weights and KV cache go: GPU memory when offloading to a discrete GPU, else RAM (Apple
-    silicon's memory is one for both)."""
-    if offloaded and not metal:
-        return Memory(gpu_free(), "GPU memory")
-    total, available = ram()
-    return Memory(available if available is not None else (int(total * 0.7) if total else None), "RAM")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glm4_local.chat.runtime import ChatRuntime, Generation, Timings
-from glm4_local.chat.session import Autosave, Conversation, Message, turns
+from glm4_local.chat.session import Autosave, Conversation, Message, turns, user_message
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.replies import Reply
@@ -119,8 +119,9 @@ class ChatEngine:
         s = self.settings
         return Turn(self.runtime.generate(tokens, s.sampling, s.max_tokens), self, dropped, len(tokens))
 
-    def send(self, text: str) -> Turn:
-        self.conversation.messages.append({"role": "user", "content": text})
+    def send(self, text: str, documents: Sequence[Mapping[str, str]] = ()) -> Turn:
+        """The user's message (and the documents that go with it, {"name", "text"} each), answered."""
+        self.conversation.messages.append(user_message(text, documents))
         self.save()
         return self.answer()
 

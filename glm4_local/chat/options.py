@@ -6,14 +6,13 @@ ValueError with a message that names no command-line flag), then hand them to `o
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import gguf
 
-from glm4_local.core.llama.door import CACHE_TYPES, gpu_offload_available
+from glm4_local.core.llama.door import CACHE_TYPES
 from glm4_local.core.llama.speculation import SpeculationSettings
 
 DEFAULT_CTX = 8192
@@ -84,13 +83,3 @@ class RuntimeOptions:
         """Asked for, or needed: llama.cpp keeps a quantized V cache only with flash attention."""
         return self.flash_attn or self.cache_type_v not in (CACHE_TYPES["f16"], CACHE_TYPES["f32"])
 
-    def offloaded_layers(self) -> int:
-        """llama.cpp's n_gpu_layers (-1: all)."""
-        if self.gpu_layers == "all":
-            return -1
-        if self.gpu_layers == "auto":
-            return -1 if gpu_offload_available() else 0
-        return self.gpu_layers
-
-    def thread_count(self) -> int:
-        return self.threads or max(1, os.cpu_count() or 2)

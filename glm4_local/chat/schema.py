@@ -103,7 +103,21 @@ def check_message(message: Any, where: str) -> Message:
         _tool_calls(message["tool_calls"], f"{where}.tool_calls")
     if "tools" in message:
         checked["tools"] = check_tools(message["tools"], f"{where}.tools")
+    if message.get("documents") is not None:
+        _documents(message, f"{where}.documents")
     return checked
+
+
+def _documents(message: Message, where: str) -> None:
+    """A user message's files, as data the model's family writes into the prompt: [{"name", "text"}]."""
+    if message["role"] != "user":
+        raise _fail(where, "only a user message carries documents")
+    documents = message["documents"]
+    if not isinstance(documents, list):
+        raise _fail(where, "must be a list of {\"name\": ..., \"text\": ...}")
+    for i, document in enumerate(documents):
+        if not (isinstance(document, dict) and all(isinstance(document.get(k), str) for k in ("name", "text"))):
+            raise _fail(f"{where}[{i}]", "needs a \"name\" and a \"text\" (strings)")
 
 
 def check_messages(messages: Any, where: str) -> list[Message]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,15 @@ from glm4_local.core.jsonfile import read_json
 from glm4_local.core.paths import data_home
 
 Message = dict[str, Any]
+
+
+def user_message(text: str, documents: Sequence[Mapping[str, str]] = ()) -> Message:
+    """The user's message, with the documents that go with it ({"name", "text"} each) as data: the model's
+    family writes them into the prompt."""
+    message: Message = {"role": "user", "content": text}
+    if documents:
+        message["documents"] = [{"name": d["name"], "text": d["text"]} for d in documents]
+    return message
 
 
 def sessions_dir() -> Path:

@@ -23,6 +23,7 @@ from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.llama import door
 from glm4_local.core.llama.decoder import Decoder
+from glm4_local.core.llama.device import this_machine
 from glm4_local.core.llama.prompt_cache import PromptDiskCache, model_identity
 from glm4_local.core.llama.sampling import SamplerSettings
 
@@ -84,10 +85,12 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
                  notify: Callable[[str], None] = lambda message: None) -> ChatRuntime:
     """The model and a decoder of `slots` sequences, each with the context the options give."""
     n_ctx = options.context_size(facts.hparams.context_length)
-    model = door.load_model(facts.path, header=facts.header, n_gpu_layers=options.offloaded_layers(),
-                             use_mmap=options.mmap, use_mlock=options.mlock)
+    device = this_machine()
+    model = door.load_model(facts.path, header=facts.header, n_gpu_layers=device.gpu_layers(options.gpu_layers),
+                            use_mmap=options.mmap, use_mlock=options.mlock)
     vocab = Vocabulary(model, facts.family)
-    decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, n_batch=options.batch, threads=options.thread_count(),
+    settings = device.context_settings(options.batch, options.threads)
+    decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, settings=settings,
                       flash_attn=options.flash_attention, type_k=options.cache_type_k, type_v=options.cache_type_v,
                       disk=prompt_cache(facts, options, notify, vocab), speculation=options.speculation)
     per_token = facts.kv_cache_bytes(1024, options) / 1024

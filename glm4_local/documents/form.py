@@ -1,14 +1,12 @@
-"""Files in the user's message as GLM-4 reads them, byte for byte as THUDM's composite demo writes them
-(../shared/glm4-reference/ALL_TOOLS.md): each file `[File Name]\\n{name}\\n[File Content]\\n{text}`,
-files joined by a blank line, then `\\n\\n\\n{n} files uploaded.\\n` and the user's question."""
+"""A document as a reader gives it: its name, its text, and what read it.
+
+In a conversation documents travel as data, on the user message they go with
+(`{"role": "user", "content": QUESTION, "documents": [{"name": ..., "text": ...}]}`); the model's
+family writes them into the prompt in the form it was trained on (core/families/glm4_forms.py)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-FILE_TEMPLATE = "[File Name]\n{file_name}\n[File Content]\n{file_content}"
 
 
 @dataclass(frozen=True)
@@ -18,40 +16,14 @@ class Document:
     kind: str  # which reader read it ("text", "pdf", ...)
     pages: int | None = None
 
-
-def with_documents(documents: Sequence[Document], question: str) -> str:
-    """The user message that hands the model `documents` and then asks `question`."""
-    if not documents:
-        return question
-    files = "\n\n".join(FILE_TEMPLATE.format(file_name=d.name, file_content=d.text) for d in documents)
-    return f"{files}\n\n\n{len(documents)} files uploaded.\n{question.strip()}"
+    def as_data(self) -> dict[str, str]:
+        """The document as a user message carries it."""
+        return {"name": self.name, "text": self.text}
 
 
-_UPLOADED = re.compile(r"\n\n\n(\d+) files uploaded\.\n")
-
-
-def documents_in(message: str) -> tuple[list[tuple[str, int]], str] | None:
-    """For showing a message: each document's name and length in characters, and the question after
-    them; None when the message holds no documents in the form above."""
-    found = list(_UPLOADED.finditer(message))
-    head_mark = FILE_TEMPLATE.split("{file_name}")[0]
-    if not found or not message.startswith(head_mark):
-        return None
-    last = found[-1]
-    files = message[len(head_mark):last.start()].split("\n\n" + head_mark)
-    content_mark = FILE_TEMPLATE.split("{file_name}")[1].split("{file_content}")[0]
-    documents = []
-    for part in files:
-        name, _, text = part.partition(content_mark)
-        documents.append((name, len(text)))
-    return documents, message[last.end():]
-
-
-def shown(message: str) -> str:
-    """A user message as the terminal shows it: documents as their names and sizes, not their text."""
-    parsed = documents_in(message)
-    if parsed is None:
-        return message
-    documents, question = parsed
-    names = ", ".join(f"[{name}, {length:,} characters]" for name, length in documents)
-    return f"{names} {question}"
+def shown(message: dict[str, object]) -> str:
+    """A user message as the terminal shows it: its documents as their names and sizes, not their text."""
+    documents = message.get("documents") or []
+    assert isinstance(documents, list)
+    names = "".join(f"[{d['name']}, {len(d['text']):,} characters] " for d in documents)
+    return f"{names}{message.get('content') or ''}"

@@ -1,5 +1,6 @@
-"""Files for the next user message (`chat --file`, `/file`): read, counted against the context, and
-put in GLM-4's document form. One that does not fit is refused with what it would need."""
+"""Files for the next user message (`chat --file`, `/file`): read, counted against the context in the
+form the model's family gives them, and sent with the message as data. One that does not fit is refused
+with what it would need."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glm4_local.chat.engine import ChatEngine
-from glm4_local.documents.form import Document, with_documents
+from glm4_local.documents.form import Document
 from glm4_local.documents.readers import DocumentError, read_document
 from glm4_local.frontends.model_plan import size_text
 
 
 def _tokens(engine: ChatEngine, documents: list[Document]) -> int:
-    return len(engine.runtime.vocab.text_tokens(with_documents(documents, "")))
+    form = engine.runtime.vocab.family.replies.with_documents([d.as_data() for d in documents], "")
+    return len(engine.runtime.vocab.text_tokens(form))
 
 
 @dataclass
@@ -46,11 +48,11 @@ class Attachments:
         return (f"{document.name}: {tokens:,} tokens ({document.kind}{pages}); fits, {room - total:,} of the "
                 f"{n_ctx:,}-token context left; it goes with your next message")
 
-    def message(self, text: str) -> str:
-        """The user message: the attached documents, then `text`; the attachments are used up."""
-        message = with_documents(self.documents, text)
+    def taken(self) -> list[dict[str, str]]:
+        """The attached documents, for the next user message; the attachments are used up."""
+        documents = [d.as_data() for d in self.documents]
         self.documents = []
-        return message
+        return documents
 
 
 def _rounded(tokens: int) -> int:

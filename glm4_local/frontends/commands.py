@@ -88,7 +88,7 @@ def start_chat(model: str | None, runtime_options: RuntimeOptions, sampling: Map
     functions = {t["function"]["name"] for t in user_functions(conversation.tools)}
     holder: list[Any] = []  # the interactive chat, once it exists, asks before unconfined code runs
     confirm = (lambda code: holder[0].confirm(code)) if interactive else None
-    toolbox = open_toolbox(tool_options, autosave.path, confirm, notify, functions) \
+    toolbox = open_toolbox(tool_options, facts.family.replies.built_in, autosave.path, confirm, notify, functions) \
         if tool_options.any else Toolbox()
     try:
         conversation.tools = offered_tools(conversation.tools, toolbox) if tool_options.any else conversation.tools
@@ -144,7 +144,7 @@ def _converse(engine: ChatEngine, toolbox: Toolbox, holder: list[Any], how: _Cha
             note = attachments.add(engine, path)  # one that does not fit, or cannot be read, ends here
             if verbose:
                 errors.print(note, markup=False, highlight=False)
-        run_oneshot(engine, attachments.message(how.text or ""), toolbox, how.as_json)
+        run_oneshot(engine, how.text or "", attachments.taken(), toolbox, how.as_json)
         if verbose and engine.last:
             t = engine.last.timings
             errors.print(f"prompt {t.prompt_tokens} tokens ({t.prefill_tps:.1f} tok/s), generated "

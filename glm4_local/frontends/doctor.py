@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from glm4_local.chat.context_plan import largest_contexts, ram
+from glm4_local.chat.context_plan import largest_contexts
 from glm4_local.chat.models import resolve_model, searched
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.session import sessions_dir
@@ -22,13 +21,12 @@ from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.llama import door
+from glm4_local.core.llama.device import ram, this_machine
 from glm4_local.core.paths import store_dir
 from glm4_local.store.catalog import DEFAULT_MODEL
 from glm4_local.store.pull import HEADER_ROOM
 from glm4_local.tools.extras import EXTRAS
 from glm4_local.tools.sandbox import Limits, check_sandbox, find_sandbox, sandbox_help
-
-BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")
 
 
 @dataclass(frozen=True)
@@ -52,12 +50,11 @@ class Report:
 
 
 def collect() -> Report:
-    info = door.system_info()
-    features = sorted({m.group(1) for m in re.finditer(r"([A-Z0-9_]+) = 1", info)})
-    backends = [b for b in BACKENDS if re.search(rf"\b{b}\b", info.upper())]
+    device = this_machine()
     total, available = ram()
-    return Report(door.version(), info, door.gpu_offload_available(), backends, features, total, available,
-                  os.cpu_count() or 1, RuntimeOptions().thread_count(), _free_disk(store_dir()), searched(),
+    return Report(door.version(), device.system_info, device.gpu_offload, list(device.backends),
+                  list(device.cpu_features), total, available, os.cpu_count() or 1,
+                  device.threads(RuntimeOptions().threads), _free_disk(store_dir()), searched(),
                   sessions_dir(), *_sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
                   _model_contexts(available or total))
 

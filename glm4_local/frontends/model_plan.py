@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from glm4_local.chat.context_plan import ContextPlan, kv_type_name, machine_memory, plan_context
+from glm4_local.chat.context_plan import ContextPlan, kv_type_name, plan_context
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.core.gguf.problems import REPAIR, quick_problems
+from glm4_local.core.llama.device import this_machine
 
 
 def size_text(nbytes: int) -> str:
@@ -59,6 +59,7 @@ def plan_model(path: Path, runtime: RuntimeOptions, warn: Callable[[str], None],
     if runtime.ctx_given and isinstance(runtime.ctx, int) and runtime.ctx > trained:
         warn(f"--ctx {runtime.ctx:,} is more than the {trained:,} tokens {facts.path.name} was trained for; it gets "
              f"{trained:,}")
-    memory = machine_memory(runtime.offloaded_layers() != 0, sys.platform == "darwin")
+    device = this_machine()
+    memory = device.memory(offloaded=device.gpu_layers(runtime.gpu_layers) != 0)
     weights = path.stat().st_size  # the tensors, near enough (the header is a few MiB at most)
     return ModelPlan(facts, plan_context(facts.family, facts.hparams, weights, runtime, memory, slots))

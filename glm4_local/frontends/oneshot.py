@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -78,8 +79,9 @@ class Answer:
         return shown
 
 
-def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: Writer | None) -> Answer:
-    """One user message; calls the toolbox answers are run and answered until a plain reply."""
+def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: Writer | None,
+           documents: Sequence[Mapping[str, str]] = ()) -> Answer:
+    """One user message (with its documents); calls the toolbox answers are run and answered until a plain reply."""
     toolbox = toolbox or Toolbox()
     found = Answer("", [], [])
 
@@ -101,7 +103,7 @@ def answer(engine: ChatEngine, text: str, toolbox: Toolbox | None, out: Writer |
         found.steps.append(step)
         return [o.as_message() for o in step.observations]
 
-    ending = ToolLoop(toolbox.answers).converse(engine, engine.send(text), reply, run)
+    ending = ToolLoop(toolbox.answers).converse(engine, engine.send(text, documents), reply, run)
     if ending.reason == "handed back" and ending.call is not None:
         found.stopped = f"the model called {ending.call.name}, and no --tool-exec was given to run it"
     else:
@@ -126,9 +128,10 @@ def _streamed(turn: Turn, out: Writer | None) -> tuple[TurnResult, bool]:
     return turn.finish(), streamed
 
 
-def run_oneshot(engine: ChatEngine, text: str, toolbox: Toolbox | None, as_json: bool) -> None:
+def run_oneshot(engine: ChatEngine, text: str, documents: Sequence[Mapping[str, str]], toolbox: Toolbox | None,
+                as_json: bool) -> None:
     out = None if as_json else answer_stream()
-    result = answer(engine, text, toolbox, out)
+    result = answer(engine, text, toolbox, out, documents)
     if out is None:
         sys.stdout.write(json.dumps(result.as_json(), ensure_ascii=False) + "\n")
         return

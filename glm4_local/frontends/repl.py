@@ -152,7 +152,7 @@ class Repl:
                     return
                 continue
             text = line[1:] if line.startswith("//") else line.lstrip() if line.lstrip().startswith("/") else line
-            self.converse(lambda text=text: self.engine.send(self.attachments.message(text)))
+            self.converse(lambda text=text: self.engine.send(text, self.attachments.taken()))
 
     def _command(self, line: str) -> object:
         try:
@@ -172,7 +172,7 @@ class Repl:
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
         if last_user is None:
             return
-        self.say(f"you: {shown(str(messages[last_user].get('content') or ''))}", "bold")
+        self.say(f"you: {shown(messages[last_user])}", "bold")
         for message in messages[last_user + 1 :]:
             if message.get("role") == "assistant" and message.get("content"):
                 self.console.print(Markdown(visible(str(message["content"]))))
@@ -212,7 +212,8 @@ class Repl:
     def tool_results(self, call: ToolCall) -> Results | None:
         """The call's results (tool messages): run by a tool, or typed by the user; None when cancelled."""
         if self.toolbox.answers(call.name):
-            show_call(self.console, call)
+            kind = self.toolbox.names.kind(call.name)
+            show_call(self.console, call, kind)
             try:
                 with self.console.status(f"running {call.name}… (Ctrl-C stops it)", spinner="dots") \
                         if self.console.is_terminal and not self.toolbox.asks_first(call.name) \
@@ -223,7 +224,7 @@ class Repl:
                 if leaving(e):
                     raise
                 return None
-            show_results(self.console, call, observations)
+            show_results(self.console, kind, observations)
             return [o.as_message() for o in observations]
         self.say(f"→ {call.name}({call.arguments})", "cyan")
         self.say(f"type what {call.name} returned and press Enter (Ctrl-C cancels the call)")
@@ -238,7 +239,8 @@ class Repl:
     def stream(self, turn: Turn) -> TurnResult:
         interrupted = False
         chunks = turn.display()
-        citations = Citations(self.toolbox.source) if self.toolbox.browser else None
+        pattern = self.toolbox.names.citation
+        citations = Citations(pattern, self.toolbox.source) if self.toolbox.browser and pattern else None
         try:
             first = self._first_chunk(chunks, turn)
             with ReplyView(self.console, self.plain) as view:

@@ -86,14 +86,16 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     facts = plan.facts
     if warning := exposure_warning(options.host, options.api_key):
         warn(warning)
-    tools = server_tools(options.tools, options.tool_idle, options.tool_conversations, warn)
+    tools = server_tools(options.tools, facts.family.replies.built_in, options.tool_idle,
+                         options.tool_conversations, warn)
     try:
         sock = listen(options.host, options.port)
     except BaseException:
         if tools is not None:
             tools.close()
         raise
-    state = ServerState(facts.path.stem, options, tools=tools, request_log=None if options.quiet else LineWriter(say))
+    state = ServerState(facts.path.stem, options, facts.family, tools=tools,
+                        request_log=None if options.quiet else LineWriter(say))
     server: Any = _quiet_exit_server(uvicorn.Config(create_app(state), log_level="warning", lifespan="off",
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
                                                     http=timed_protocol(options.client_timeout),

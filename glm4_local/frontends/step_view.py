@@ -11,18 +11,18 @@ from rich.text import Text
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.words import counted
 from glm4_local.frontends.visible import visible
-from glm4_local.tools import browser, python_tool
 from glm4_local.tools.observation import SYSTEM_ERROR, Observation
 
 MAX_SHOWN_LINES = 40
 
 
-def show_call(console: Console, call: ToolCall) -> None:
+def show_call(console: Console, call: ToolCall, kind: str | None) -> None:
+    """`kind`: the built-in tool it calls ("code", "browser"), None for a function."""
     arguments = visible(call.arguments)
-    if call.name == python_tool.NAME:
+    if kind == "code":
         code = Syntax(arguments.strip("\n"), "python", theme="ansi_dark", background_color="default")
-        console.print(Panel(code, title="python", title_align="left", border_style="cyan", expand=False))
-    elif call.name == browser.NAME:
+        console.print(Panel(code, title=visible(call.name), title_align="left", border_style="cyan", expand=False))
+    elif kind == "browser":
         for line in arguments.splitlines():
             if line.strip():
                 console.print(Text(f"browser › {line.strip()}", style="cyan"))
@@ -37,11 +37,11 @@ def _clipped(text: str) -> str:
     return "\n".join(lines[:MAX_SHOWN_LINES]) + f"\n… ({counted(len(lines) - MAX_SHOWN_LINES, 'more line')})"
 
 
-def show_results(console: Console, call: ToolCall, observations: list[Observation]) -> None:
+def show_results(console: Console, kind: str | None, observations: list[Observation]) -> None:
     for observation in observations:
         failed = observation.metadata == SYSTEM_ERROR
         style = "red" if failed else "dim"
-        if call.name == python_tool.NAME and not failed:
+        if kind == "code" and not failed:
             console.print(Text(visible(_clipped(observation.shown)) or "(no output)", style=style))
             if observation.image:
                 console.print(Text(f"[Image] saved as {observation.image}", style="cyan"))

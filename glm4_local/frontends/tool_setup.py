@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.replies import BuiltInTools
 from glm4_local.core.paths import data_home
 from glm4_local.server.tool_sessions import ToolSessions
-from glm4_local.tools import browser as browser_tool
-from glm4_local.tools import python_tool
 from glm4_local.tools.browser import Browser
 from glm4_local.tools.extras import require
 from glm4_local.tools.mcp_servers import MCP_KEY, McpServers, load_config
@@ -46,17 +45,28 @@ def _python(options: ToolOptions, data_dir: Path, confirm: Confirm | None) -> Py
     return PythonTool(data_dir, _sandbox(options, confirm), options.python_timeout, confirm)
 
 
-def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | None,
+def _names(options: ToolOptions, names: BuiltInTools) -> tuple[str | None, str | None]:
+    """The names the model calls the code interpreter and the browser the options enable; one clear error
+    when the model's family has no such tool."""
+    for flag, on, name in (("--python", options.python, names.code), ("--browser", options.browser, names.browser)):
+        if on and name is None:
+            raise Glm4LocalError(f"{flag}: this model was not trained with that tool")
+    return (names.code if options.python else None), (names.browser if options.browser is not None else None)
+
+
+def open_toolbox(options: ToolOptions, names: BuiltInTools, session_file: Path, confirm: Confirm | None,
                  notify: Callable[[str], None], reserved: set[str]) -> Toolbox:
-    """Every tool the options enable; `reserved`: function names the user's own tools already use."""
-    toolbox = Toolbox(program=options.program)
+    """Every tool the options enable, by the names the model's family gives them; `reserved`: function
+    names the user's own tools already use."""
+    code, browser = _names(options, names)
+    toolbox = Toolbox(names, program=options.program)
     try:
-        if options.python:
-            toolbox.built_in[python_tool.NAME] = _python(options, data_folder(session_file), confirm)
-        if options.browser is not None:
+        if code:
+            toolbox.built_in[code] = _python(options, data_folder(session_file), confirm)
+        if browser:
             require("--browser", "browser", "trafilatura")  # every backend's pages are read with it
-            backend = open_backend(options.browser, data_home() / "cache" / "search")
-            toolbox.built_in[browser_tool.NAME] = Browser(backend, options.allow_private)
+            backend = open_backend(options.browser or "", data_home() / "cache" / "search")
+            toolbox.built_in[browser] = Browser(backend, options.allow_private)
         if options.mcp is not None:
             require("--mcp", "mcp", "mcp")
             toolbox.mcp = McpServers(load_config(options.mcp), notify, reserved)
@@ -66,12 +76,13 @@ def open_toolbox(options: ToolOptions, session_file: Path, confirm: Confirm | No
     return toolbox
 
 
-def server_tools(options: ToolOptions, idle_seconds: float, max_conversations: int,
+def server_tools(options: ToolOptions, names: BuiltInTools, idle_seconds: float, max_conversations: int,
                  notify: Callable[[str], None]) -> ToolSessions | None:
     """The tools `serve` runs for its clients, one toolbox per conversation (None when none is on)."""
     if not options.any:
         return None
-    sandbox = _sandbox(options, None) if options.python else None
+    code, browser = _names(options, names)
+    sandbox = _sandbox(options, None) if code else None
     backend = None
     if options.browser is not None:
         require("--browser", "browser", "trafilatura")
@@ -82,15 +93,14 @@ def server_tools(options: ToolOptions, idle_seconds: float, max_conversations: i
 
     def open_tools(data_dir: Path) -> dict[str, Tool]:
         tools: dict[str, Tool] = {}
-        if options.python:
-            tools[python_tool.NAME] = PythonTool(data_dir, sandbox, options.python_timeout)
-        if backend is not None:
-            tools[browser_tool.NAME] = Browser(backend, options.allow_private)
+        if code:
+            tools[code] = PythonTool(data_dir, sandbox, options.python_timeout)
+        if browser and backend is not None:
+            tools[browser] = Browser(backend, options.allow_private)
         return tools
 
-    enabled = tuple(name for name, on in ((python_tool.NAME, options.python), (browser_tool.NAME, backend is not None))
-                    if on)
-    return ToolSessions(open_tools, enabled, mcp, idle_seconds, max_conversations)
+    enabled = tuple(name for name in (code, browser) if name)
+    return ToolSessions(open_tools, enabled, mcp, idle_seconds, max_conversations, names=names)
 
 
 def user_functions(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts
+from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.completions import Run
 from glm4_local.server.guard import BrowserGuard, same_origin
@@ -62,6 +63,7 @@ class Loaded:
 class ServerState:
     model_id: str
     options: ServeOptions = field(default_factory=ServeOptions)
+    family: ModelFamily | None = None  # the model's, known before it is loaded (what the page is told)
     loaded: Loaded | None = None
     error: str | None = None  # why loading failed
     tools: ToolSessions | None = None  # the tools the server runs itself (serve --python/--browser/--mcp)
@@ -222,8 +224,9 @@ def create_app(state: ServerState) -> Starlette:
     async def read_json(request: Request) -> Any:
         return decode_json(await read_body(request, config.max_body, config.client_timeout))
 
-    def count_tokens(text: str) -> int:
-        return len(state.model().runtime.vocab.text_tokens(text))
+    def document_tokens(document: dict[str, str]) -> int:  # in the form the model's family writes it
+        runtime = state.model().runtime
+        return len(runtime.vocab.text_tokens(runtime.vocab.family.replies.with_documents([document], "")))
 
     def context_tokens() -> int | None:  # each slot's, what one request may hold
         return state.loaded.runtime.n_ctx if state.loaded else None
@@ -237,7 +240,7 @@ def create_app(state: ServerState) -> Starlette:
         # under /v1, and without it as llama.cpp's server also answers (clients given a bare base URL)
         *(Route(prefix + path, route(handler), methods=[method]) for prefix in ("/v1", "") for path, handler, method
           in api),
-        *page_routes(route, state.tools, count_tokens, read_json, context_tokens),
+        *page_routes(route, state, document_tokens, read_json, context_tokens),
     ]
     middleware = [Middleware(RequestLog, writer=state.request_log)] if state.request_log else []
     middleware.append(Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins))

@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -19,8 +19,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from glm4_local.core.errors import Glm4LocalError
+from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.filetext import FileTextError, open_regular
-from glm4_local.documents.form import FILE_TEMPLATE
 from glm4_local.documents.readers import read_document
 from glm4_local.server.protocol import ApiError, bad_request
 from glm4_local.server.tool_sessions import CONVERSATION_ID, ToolSessions, UnknownConversation
@@ -81,7 +81,7 @@ async def _chunks(file: BinaryIO, first: bytes, size: int) -> AsyncIterator[byte
         file.close()
 
 
-def _document(name: str, data: bytes, count_tokens: Callable[[str], int]) -> dict[str, Any]:
+def _document(name: str, data: bytes, document_tokens: Callable[[dict[str, str]], int]) -> dict[str, Any]:
     suffix = Path(name).suffix[:16]
     with tempfile.TemporaryDirectory(prefix="glm4-local-document-") as folder:
         path = Path(folder) / f"document{suffix}"
@@ -90,21 +90,39 @@ def _document(name: str, data: bytes, count_tokens: Callable[[str], int]) -> dic
             document = read_document(path)
         except Glm4LocalError as e:
             raise bad_request(str(e).replace(str(path), name).replace(path.name, name), "data") from None
-    block = FILE_TEMPLATE.format(file_name=name, file_content=document.text)
     return {"name": name, "kind": document.kind, "pages": document.pages, "text": document.text,
-            "characters": len(document.text), "tokens": count_tokens(block)}
+            "characters": len(document.text), "tokens": document_tokens({"name": name, "text": document.text})}
 
 
-def page_routes(guard: Guard, tools: ToolSessions | None, count_tokens: Callable[[str], int],
+def _formats(family: ModelFamily | None) -> dict[str, Any]:
+    """What the page must know of the model's family to show its conversation: the names of its built-in
+    tools and how its answers cite (None until a model is known)."""
+    if family is None:
+        return {"code": None, "browser": None, "citation": None}
+    built_in = family.replies.built_in
+    return {"code": built_in.code, "browser": built_in.browser, "citation": built_in.citation}
+
+
+class PageState(Protocol):
+    """What the page's routes read of the server's state."""
+
+    tools: ToolSessions | None
+    family: ModelFamily | None
+
+
+def page_routes(guard: Guard, state: PageState, document_tokens: Callable[[dict[str, str]], int],
                 read_json: Callable[[Request], Awaitable[Any]], context_tokens: Callable[[], int | None]
                 ) -> list[BaseRoute]:
+    tools = state.tools
+
     async def page(request: Request) -> Response:
         return FileResponse(PAGE_DIR / "index.html", headers=_page_headers())
 
     async def tool_list(request: Request) -> Response:
         offered = tools.offered() if tools else []
         idle = tools.idle_seconds if tools else None
-        return JSONResponse({"tools": offered, "conversation_idle_seconds": idle, "context_tokens": context_tokens()})
+        return JSONResponse({"tools": offered, "conversation_idle_seconds": idle, "context_tokens": context_tokens(),
+                             "formats": _formats(state.family)})
 
     async def document(request: Request) -> Response:
         body = await read_json(request)
@@ -115,7 +133,7 @@ def page_routes(guard: Guard, tools: ToolSessions | None, count_tokens: Callable
         except (binascii.Error, ValueError):
             raise bad_request("data: not base64", "data") from None
         name = Path(body["name"]).name or "document"
-        return JSONResponse(await run_in_threadpool(_document, name, data, count_tokens))
+        return JSONResponse(await run_in_threadpool(_document, name, data, document_tokens))
 
     async def data_file(request: Request) -> Response:
         conversation, name = request.path_params["conversation"], request.path_params["name"]

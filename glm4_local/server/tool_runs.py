@@ -29,7 +29,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from glm4_local.chat.tool_loop import ToolLoop
-from glm4_local.core.families.glm4_replies import PYTHON
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.server.completions import Run, watch
 from glm4_local.server.plan import Plan
@@ -37,7 +36,7 @@ from glm4_local.server.protocol import ApiError, ChatRequest, bad_request
 from glm4_local.server.replies import Outcome
 from glm4_local.server.shapes import Envelope, Events, sse, tool_call_object
 from glm4_local.server.tool_sessions import CONVERSATION_ID, ToolSession, ToolSessions, TooManyConversations
-from glm4_local.tools.observation import CITATION, Observation
+from glm4_local.tools.observation import Observation
 
 STEP = "glm4_step"
 STEPS = "glm4_steps"
@@ -179,7 +178,7 @@ class ToolRun:
         step["status"] = "done"
         step["observations"] = shown
         step["messages"] += [self._tool_message(o, step["call"]["id"], session) for o in observations]
-        if call.name == PYTHON:
+        if session.toolbox.names.kind(call.name) == "code":
             step["files"] = self._files(session)
 
     def _address(self, session: ToolSession, name: str) -> str:
@@ -212,11 +211,7 @@ class ToolRun:
                 for name, size in sorted(found)[:MAX_LISTED_FILES]]
 
     def _citations(self, text: str, session: ToolSession) -> dict[str, Any]:
-        found = {}
-        for ref in dict.fromkeys(m.group(1) for m in CITATION.finditer(text)):
-            if (source := session.toolbox.source(ref)) is not None:
-                found[ref] = {"title": source.title, "url": source.url}
-        return found
+        return {ref: {"title": source.title, "url": source.url} for ref, source in session.toolbox.cited(text).items()}
 
     def abandon(self) -> None:
         """The client is gone (or the response ended): stop the model; a tool in progress is stopped by

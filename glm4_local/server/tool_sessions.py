@@ -29,6 +29,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from glm4_local.core.families.replies import BuiltInTools
 from glm4_local.server.options import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_CONVERSATIONS
 from glm4_local.tools.mcp_servers import McpServers
 from glm4_local.tools.observation import Tool
@@ -81,9 +82,10 @@ class ToolSession:
 class ToolSessions:
     def __init__(self, open_tools: OpenTools, enabled: tuple[str, ...], mcp: McpServers | None = None,
                  idle_seconds: float = DEFAULT_IDLE_SECONDS, max_conversations: int = DEFAULT_MAX_CONVERSATIONS,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, names: BuiltInTools | None = None) -> None:
         self.open_tools = open_tools
-        self.enabled = enabled  # the built-in tool types the server runs (python, simple_browser)
+        self.enabled = enabled  # the built-in tools the server runs, by the names the model calls them
+        self.names = names or BuiltInTools()  # what the model's family calls its built-in tools
         self.mcp = mcp
         self.idle_seconds = idle_seconds
         self.max_conversations = max_conversations
@@ -171,7 +173,7 @@ class ToolSessions:
     def _open(self, conversation: str) -> ToolSession:
         data_dir = self.root / conversation
         data_dir.mkdir(parents=True, exist_ok=True)
-        return ToolSession(conversation, Toolbox(built_in=self.open_tools(data_dir), mcp=self.mcp), data_dir)
+        return ToolSession(conversation, Toolbox(self.names, self.open_tools(data_dir), self.mcp), data_dir)
 
     def expire(self, now: float | None = None) -> list[str]:
         """End the conversations idle for `idle_seconds`, and only those; their ids."""

@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from glm4_local.core.families.glm4_replies import BROWSER
 from glm4_local.core.words import counted
 from glm4_local.tools.browser_actions import Action, ActionError, parse_action
 from glm4_local.tools.fetch import TIMEOUT, FetchError, fetch
@@ -29,7 +28,6 @@ from glm4_local.tools.page_text import (
 )
 from glm4_local.tools.search import SearchBackend, SearchError
 
-NAME = BROWSER
 FIRST_QUOTE = 7
 VISIBLE = "\nVisible: 0% - 100%"
 MAX_CLICKS = 10

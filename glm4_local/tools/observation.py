@@ -8,14 +8,11 @@ model reads only metadata and content.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-# a citation in an answer: 【{id}†{text}】, id a search result or quote the browser gave
-CITATION = re.compile(r"【([^†】\n]{1,20})†([^】\n]{0,200})】")
 MAX_OUTPUT_CHARS = 20_000  # of one tool result, as the demo's code interpreter gave the model
 SYSTEM_ERROR = "system_error"
 BROWSER_RESULT = "browser_result"

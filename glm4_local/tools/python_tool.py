@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from glm4_local.core.families.glm4_replies import PYTHON
 from glm4_local.tools.cell import CellResult, Output
 from glm4_local.tools.data_folder import Usage, usage
 from glm4_local.tools.kernel import MAX_MESSAGE_BYTES, Check, Kernel, KernelError, unconfined
@@ -26,7 +25,6 @@ from glm4_local.tools.observation import Confirm, Observation, cut, system_error
 from glm4_local.tools.options import PYTHON_TIMEOUT
 from glm4_local.tools.sandbox import Launch, Limits, Sandbox, size_text
 
-NAME = PYTHON
 ANSI = re.compile(r"(\x9B|\x1B\[|\u001b\[)[0-?]*[ -/]*[@-~]")  # the demo's pattern
 TIMED_OUT = "Timed out"
 DECLINED = "The user declined to run this code."

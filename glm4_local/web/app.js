@@ -1,5 +1,5 @@
 // The chat page: conversations in the sidebar, one open; a reply streamed from the server's own API.
-import { ConversationStore, exportConversation, parseConversation, withDocuments } from "./store.js";
+import { ConversationStore, exportConversation, parseConversation, userMessage } from "./store.js";
 import { chunksOf, ReplyState } from "./stream.js";
 import { DrawPacer, element, MarkdownView, stepNode, turnsOf, userNode } from "./view.js";
 
@@ -8,8 +8,9 @@ const KEY = "glm4-local:api-key";
 const SETTINGS = "glm4-local:settings";
 const store = new ConversationStore(localStorage);
 // failures: conversation id -> why its last request failed (shown where the reply would be, never saved)
+// formats: what the page must know of the model's family (its built-in tools' names, its citations)
 const state = { conversation: null, tools: [], documents: [], controller: null, blobs: new Map(), context: null,
-  failures: new Map() };
+  failures: new Map(), formats: { code: null, browser: null, citation: null }, model: "" };
 
 // -- the server ---------------------------------------------------------------------------------------
 function headers(json = true) {
@@ -195,12 +196,13 @@ function failureNode(message) {
 
 function drawTurn(node, turn, lastAnswer) {
   if (turn.kind === "user") {
-    node.append(userNode(turn.message.content || ""));
+    node.append(userNode(turn.message));
     actions(node, [["Edit", () => editMessage(node, turn.index)], ["Copy", () => copyText(turn.message.content)]]);
   } else if (turn.kind === "step") {
-    node.append(stepNode(turn.call, turn.results, turn.results.flatMap((r) => r.glm4_files || []), fetchFile));
+    node.append(stepNode(turn.call, turn.results, turn.results.flatMap((r) => r.glm4_files || []), fetchFile,
+      state.formats));
   } else {
-    const view = new MarkdownView(turn.message.glm4_citations || {});
+    const view = new MarkdownView(turn.message.glm4_citations || {}, state.formats.citation);
     view.update(turn.message.content || "");
     node.append(view.node);
     const sources = view.sourceList();
@@ -240,7 +242,7 @@ function regenerate() {
 // -- a reply ------------------------------------------------------------------------------------------
 function liveStep(box, step) {
   const results = step.observations || [];
-  const node = stepNode(step.call, results, step.files, fetchFile, step.status === "running");
+  const node = stepNode(step.call, results, step.files, fetchFile, state.formats, step.status === "running");
   const holder = element("div", "message step");
   holder.append(node);
   box.append(holder);
@@ -259,14 +261,14 @@ async function generate() {
   draw();
   const box = $("messages");
   const live = element("div", "message answer streaming");
-  const view = new MarkdownView();
+  const view = new MarkdownView({}, state.formats.citation);
   live.append(view.node);
   box.append(live);
   const reply = new ReplyState();
   const stepNodes = [];
   const controller = (state.controller = new AbortController());
   busy(true);
-  const body = { model: "glm4", messages: conversation.messages.map(forServer), stream: true, stream_options: { include_usage: true },
+  const body = { model: state.model, messages: conversation.messages.map(forServer), stream: true, stream_options: { include_usage: true },
     conversation_id: conversation.id, ...samplingFields() };
   const tools = chosenTools();
   if (tools.length) body.tools = tools;
@@ -344,7 +346,7 @@ function stop() {
 function send() {
   const text = $("input").value;
   if (state.controller || (!text.trim() && !state.documents.length)) return;
-  state.conversation.messages.push({ role: "user", content: withDocuments(state.documents, text) });
+  state.conversation.messages.push(userMessage(text, state.documents));
   $("input").value = "";
   state.documents = [];
   showDocuments();
@@ -450,11 +452,14 @@ async function start() {
     const served = await response.json();
     state.tools = served.tools;
     state.context = served.context_tokens;
+    state.formats = served.formats;
+    draw();  // the conversation again, now that its tools' names and citations are known
   } else {
     $("status").textContent = `error: ${await failure(response)}`;
   }
   const models = await api("/v1/models");
-  if (models.ok) $("model-name").textContent = (await models.json()).data?.[0]?.id ?? "";
+  if (models.ok) state.model = (await models.json()).data?.[0]?.id ?? "";
+  $("model-name").textContent = state.model;
   showTools();
   document.body.dataset.ready = "true";
 }

@@ -88,23 +88,35 @@ export function splitBlocks(source) {
 }
 
 // -- inline ---------------------------------------------------------------------------------------
-const INLINE = new RegExp(
-  [
-    "(`+)([^`]|[^`][\\s\\S]*?[^`])\\1(?!`)", // 1,2 code
-    "\\\\\\(([\\s\\S]+?)\\\\\\)", // 3 \( math \)
-    "\\$\\$([\\s\\S]+?)\\$\\$", // 4 $$ math $$ inline
-    "\\$([^\\s$](?:[^$\\n]*?[^\\s$])?)\\$(?![\\w$])", // 5 $math$
-    "【([^†】\\n]{1,20})†([^】\\n]{0,200})】", // 6,7 citation
-    "(!?)\\[([^\\]\\n]*)\\]\\(\\s*([^)\\s]*)(?:\\s+\"[^\"\\n]*\")?\\s*\\)", // 8,9,10 link / image
-    "(https?:\\/\\/[^\\s<>()【】\"']*[^\\s<>()【】\"'.,;:!?])", // 11 bare address
-    "\\*\\*(?=\\S)([\\s\\S]*?\\S)\\*\\*", // 12 bold
-    "(?<![\\w])__(?=\\S)([\\s\\S]*?\\S)__(?![\\w])", // 13 bold
-    "~~(?=\\S)([\\s\\S]*?\\S)~~", // 14 strikethrough
-    "\\*(?=[^\\s*])([\\s\\S]*?[^\\s*])\\*", // 15 italic
-    "(?<![\\w])_(?=[^\\s_])([\\s\\S]*?[^\\s_])_(?![\\w])", // 16 italic
-  ].join("|"),
-  "g",
-);
+// The model's citations (context.citation: its family's pattern, two groups, from GET /v1/glm4/tools)
+// are one of the inline forms; a bare address never runs into one (its marks end the address).
+const NO_CITATION = "(?!)()()";  // never matches, and keeps the groups' numbers
+const inlinePatterns = new Map();
+
+function inlinePattern(citation) {
+  const key = citation || NO_CITATION;
+  if (!inlinePatterns.has(key)) {
+    const marks = citation ? `${citation[0]}${citation.at(-1)}`.replace(/[\\\]^-]/g, "\\$&") : "";
+    inlinePatterns.set(key, new RegExp(
+      [
+        "(`+)([^`]|[^`][\\s\\S]*?[^`])\\1(?!`)", // 1,2 code
+        "\\\\\\(([\\s\\S]+?)\\\\\\)", // 3 \( math \)
+        "\\$\\$([\\s\\S]+?)\\$\\$", // 4 $$ math $$ inline
+        "\\$([^\\s$](?:[^$\\n]*?[^\\s$])?)\\$(?![\\w$])", // 5 $math$
+        `(?:${key})`, // 6,7 citation
+        "(!?)\\[([^\\]\\n]*)\\]\\(\\s*([^)\\s]*)(?:\\s+\"[^\"\\n]*\")?\\s*\\)", // 8,9,10 link / image
+        `(https?:\\/\\/[^\\s<>()${marks}"']*[^\\s<>()${marks}"'.,;:!?])`, // 11 bare address
+        "\\*\\*(?=\\S)([\\s\\S]*?\\S)\\*\\*", // 12 bold
+        "(?<![\\w])__(?=\\S)([\\s\\S]*?\\S)__(?![\\w])", // 13 bold
+        "~~(?=\\S)([\\s\\S]*?\\S)~~", // 14 strikethrough
+        "\\*(?=[^\\s*])([\\s\\S]*?[^\\s*])\\*", // 15 italic
+        "(?<![\\w])_(?=[^\\s_])([\\s\\S]*?[^\\s_])_(?![\\w])", // 16 italic
+      ].join("|"),
+      "g",
+    ));
+  }
+  return inlinePatterns.get(key);
+}
 
 function link(text, url, context) {
   const safe = safeUrl(url);
@@ -117,7 +129,8 @@ export function renderInline(text, context = {}) {
   const inner = deeper(context) || context;
   let html = "";
   let last = 0;
-  for (const m of text.matchAll(INLINE)) {  // matchAll: its own copy of the pattern, so recursion is safe
+  // matchAll: its own copy of the pattern, so recursion is safe
+  for (const m of text.matchAll(inlinePattern(context.citation))) {
     html += escapeHtml(text.slice(last, m.index)).replace(/\n/g, "<br>");
     last = m.index + m[0].length;
     const [whole] = m;
@@ -238,7 +251,7 @@ export function safeBlock(block, context = {}) {
   }
 }
 
-// Numbered citations, as the terminal shows them: 【7†recipe】 becomes [1], a link to the page the
+// Numbered citations, as the terminal shows them: a citation of source 7 becomes [1], a link to the page the
 // browser opened (sources: {id: {title, url}} from the server; unknown ids are numbered, unlinked).
 export function citationContext(sources = {}) {
   const numbers = new Map();

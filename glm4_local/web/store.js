@@ -14,7 +14,7 @@ export function newId() {
 export function titleOf(messages) {
   const first = messages.find((m) => m.role === "user" && typeof m.content === "string" && m.content.trim());
   if (!first) return "New conversation";
-  const question = first.content.split("files uploaded.\n").at(-1).trim().split("\n")[0];
+  const question = first.content.trim().split("\n")[0];
   return question.length > 60 ? `${question.slice(0, 57)}…` : question;
 }
 
@@ -87,9 +87,10 @@ function textContent(message) {
   return { ...message, content: text };
 }
 
-// Files in a message exactly as documents/form.py writes them (THUDM's composite demo's form).
-export function withDocuments(documents, question) {
-  if (!documents.length) return question;
-  const files = documents.map((d) => `[File Name]\n${d.name}\n[File Content]\n${d.text}`).join("\n\n");
-  return `${files}\n\n\n${documents.length} files uploaded.\n${question.trim()}`;
+// A user message with the files that go with it: as data ({name, text} each), which the server has the
+// model's family write into the prompt in the form the model was trained on (as `glm4-local chat` does).
+export function userMessage(question, documents) {
+  const message = { role: "user", content: question };
+  if (documents.length) message.documents = documents.map(({ name, text }) => ({ name, text }));
+  return message;
 }

@@ -68,10 +68,11 @@ export class DrawPacer {
 
 // An answer that re-renders only the blocks whose source changed: while it streams, the last one.
 export class MarkdownView {
-  constructor(sources = {}) {
+  // citation: the pattern of the model's citations (from GET /v1/glm4/tools), or null
+  constructor(sources = {}, citation = null) {
     this.node = element("div", "answer");
     this.citations = citationContext(sources);
-    this.context = { highlight, math, cite: this.citations.cite };
+    this.context = { highlight, math, cite: this.citations.cite, citation };
     this.blocks = [];
   }
 
@@ -121,15 +122,17 @@ function argumentsText(call) {
 }
 
 // One tool call and its results, folded: code (or the browser's actions, or a function's arguments),
-// then each result; plots and /mnt/data files are fetched with the key (`fetchFile`).
-export function stepNode(call, results, files, fetchFile, running = false) {
+// then each result; plots and /mnt/data files are fetched with the key (`fetchFile`). `formats`: what the
+// model's family calls its built-in tools ({code, browser}, from GET /v1/glm4/tools).
+export function stepNode(call, results, files, fetchFile, formats, running = false) {
   const details = element("details", `step${running ? " running" : ""}`);
   const name = call.function.name;
   const first = argumentsText(call).split("\n")[0];
   details.append(element("summary", "", `${name} › ${first.length > 80 ? `${first.slice(0, 77)}…` : first}`));
   const body = element("div", "step-body");
   const code = element("pre");
-  const lang = name === "python" ? "python" : name === "simple_browser" ? "" : "json";
+  // the code interpreter runs Python; the browser's actions are plain text; a function's arguments JSON
+  const lang = name === formats.code ? "python" : name === formats.browser ? "" : "json";
   code.innerHTML = highlight(argumentsText(call), lang);
   body.append(code);
   for (const result of results) {
@@ -162,16 +165,11 @@ export function stepNode(call, results, files, fetchFile, running = false) {
 }
 
 // a user message: its documents as chips, its question as text
-export function userNode(content) {
+export function userNode(message) {
   const node = element("div", "bubble");
-  const parts = content.split(/\n\n\n\d+ files uploaded\.\n/);
-  if (parts.length === 2) {
-    const names = [...parts[0].matchAll(/\[File Name\]\n([^\n]*)\n\[File Content\]/g)].map((m) => m[1]);
-    for (const name of names) node.append(element("span", "chip", name), document.createTextNode(" "));
-    node.append(document.createTextNode(`\n${parts[1]}`));
-  } else {
-    node.textContent = content;
-  }
+  const documents = Array.isArray(message.documents) ? message.documents : [];
+  for (const { name } of documents) node.append(element("span", "chip", String(name)), document.createTextNode(" "));
+  node.append(document.createTextNode(`${documents.length ? "\n" : ""}${message.content || ""}`));
   return node;
 }
 

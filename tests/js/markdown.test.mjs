@@ -8,7 +8,10 @@ import { citationContext, renderMarkdown, safeUrl, splitBlocks } from "../../glm
 const require = createRequire(import.meta.url);
 const katex = require("../../glm4_local/web/vendor/katex/katex.min.js");
 const hljs = require("../../glm4_local/web/vendor/highlight/highlight.min.js");
+// the family's citation pattern, as GET /v1/glm4/tools gives it (tests/test_page_js.py passes the family's own)
+const CITATION = process.env.GLM4_CITATION ?? "【([^†】\\n]{1,20})†([^】\\n]{0,200})】";
 const context = {
+  citation: CITATION,
   math: (tex, display) => katex.renderToString(tex, { displayMode: display, throwOnError: false, trust: false }),
   highlight: (code, lang) => (hljs.getLanguage(lang) ? hljs.highlight(code, { language: lang }).value : code),
 };
@@ -121,6 +124,6 @@ test("a block that fails is shown as its text", async () => {
   const failing = { math: () => { throw new RangeError("Maximum call stack size exceeded"); } };
   assert.match(safeBlock("$$x$$", failing), /x/);
   assert.match(safeBlock("a $x$ b", failing), /<code class="math">\$x\$<\/code>/);
-  const broken = { cite: () => { throw new Error("boom"); } };
+  const broken = { citation: CITATION, cite: () => { throw new Error("boom"); } };
   assert.equal(safeBlock("see 【1†x】 <b>", broken), '<p class="unrendered">see 【1†x】 &lt;b&gt;</p>');
 });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { ConversationStore, exportConversation, parseConversation, titleOf, withDocuments }
+import { ConversationStore, exportConversation, parseConversation, titleOf, userMessage }
   from "../../glm4_local/web/store.js";
 import { parseEvents, ReplyState } from "../../glm4_local/web/stream.js";
 
@@ -69,14 +69,14 @@ test("broken files are refused with a reason", () => {
   assert.throws(() => parseConversation({ messages: [{ role: "user", content: 3 }] }), /content/);
 });
 
-test("documents are written into the message as the terminal writes them", () => {
-  const docs = [{ name: "a.md", text: "alpha" }, { name: "b.txt", text: "beta" }];
-  const written = withDocuments(docs, " what? ");
-  if (process.env.GLM4_WITH_DOCUMENTS) assert.equal(written, process.env.GLM4_WITH_DOCUMENTS);  // Python's
-  assert.equal(written, "[File Name]\na.md\n[File Content]\nalpha\n\n[File Name]\nb.txt\n[File Content]\nbeta\n\n\n" +
-    "2 files uploaded.\nwhat?");
-  assert.equal(withDocuments([], "q"), "q");
-  assert.equal(titleOf([{ role: "user", content: written }]), "what?");
+test("documents go with the message as data, as the terminal sends them", () => {
+  const docs = [{ name: "a.md", text: "alpha", tokens: 3, kind: "text" }, { name: "b.txt", text: "beta", tokens: 2 }];
+  const message = userMessage(" what? ", docs);
+  assert.deepEqual(message, { role: "user", content: " what? ",
+    documents: [{ name: "a.md", text: "alpha" }, { name: "b.txt", text: "beta" }] });
+  if (process.env.GLM4_USER_MESSAGE) assert.deepEqual(message, JSON.parse(process.env.GLM4_USER_MESSAGE));  // Python's
+  assert.deepEqual(userMessage("q", []), { role: "user", content: "q" });
+  assert.equal(titleOf([message]), "what?");
 });
 
 test("server-sent events: split across reads, steps and citations gathered", () => {

@@ -12,11 +12,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from glm4_local.core.families.replies import Message, Reply, ToolCall, Tools
+from glm4_local.core.families import glm4_forms
+from glm4_local.core.families.replies import BuiltInTools, Documents, Message, Reply, ToolCall, Tools
 
 CALL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}")
-PYTHON, BROWSER, COGVIEW = "python", "simple_browser", "cogview"  # GLM-4's built-in tools ("All Tools")
-TOOL_TYPES = ("function", PYTHON, BROWSER, COGVIEW)  # GLM-4's template knows these
+# GLM-4's built-in tools ("All Tools"); THUDM's image model is a cloud service: never offered here (it
+# would not run, and nothing leaves the machine)
+BUILT_IN = BuiltInTools(code="python", browser="simple_browser", citation=glm4_forms.CITATION,
+                        not_offered=("cogview",))
+TOOL_TYPES = ("function", *BUILT_IN.names)  # GLM-4's template knows these
 
 
 def tool_names(tools: Tools) -> set[str]:
@@ -105,7 +109,8 @@ def to_glm_messages(messages: Sequence[Mapping[str, Any]], tools: Tools | None =
 
     Tools become a first system message with empty content that carries them; an assistant tool call
     becomes metadata = function name, content = arguments verbatim; a tool message becomes an
-    observation. Everything else passes through unchanged.
+    observation; a user message's documents go before its text, in GLM-4's form. Everything else passes
+    through unchanged.
     """
     out: list[Message] = [{"role": "system", "content": "", "tools": list(tools)}] if tools else []
     for message in messages:
@@ -120,6 +125,9 @@ def to_glm_messages(messages: Sequence[Mapping[str, Any]], tools: Tools | None =
                 function = call.get("function", {})
                 out.append({"role": "assistant", "metadata": function.get("name", ""),
                             "content": function.get("arguments", "")})
+        elif role == "user" and message.get("documents"):
+            content = glm4_forms.with_documents(message["documents"], message.get("content") or "")
+            out.append({k: v for k, v in message.items() if k != "documents"} | {"content": content})
         else:
             out.append(dict(message))
     return out
@@ -133,6 +141,10 @@ class Glm4Replies:
     """GLM-4-9B's ReplyFormat (see core/families/replies.py)."""
 
     tool_types = TOOL_TYPES
+    built_in = BUILT_IN
+
+    def with_documents(self, documents: Documents, question: str) -> str:
+        return glm4_forms.with_documents(documents, question)
 
     def valid_function_name(self, name: str) -> bool:
         return bool(CALL_NAME.fullmatch(name))

@@ -1,9 +1,10 @@
-"""What a family's reply format tells the rest of glm4-local: a reply is an answer or a call.
+"""What a family's conversation format tells the rest of glm4-local: a reply is an answer or a call.
 
-Each family has one reply format (GLM-4-9B's is glm4_replies.py): how its replies stream and are
-read (an answer, a call of a function or of a built-in tool), the grammar frame that holds a reply to
-a shape, and how OpenAI-style messages (calls, tool results) are written back for its template.
-Chat, the server and (later) the built-in tools ask the format; none of them parses replies itself.
+Each family has one format (GLM-4-9B's is glm4_replies.py): how its replies stream and are read (an
+answer, a call of a function or of a built-in tool), the grammar frame that holds a reply to a shape,
+how OpenAI-style messages (calls, tool results, documents) are written for its template, what its
+built-in tools are called and how its answers cite. Chat, the server, the built-in tools and the page
+ask the format; none of them parses replies or writes the family's forms itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,28 @@ from typing import Any, Protocol
 
 Message = dict[str, Any]
 Tools = Sequence[Mapping[str, Any]]
+Documents = Sequence[Mapping[str, str]]  # files in a user message: {"name": ..., "text": ...} each
+
+
+@dataclass(frozen=True)
+class BuiltInTools:
+    """The names a family's template gives the built-in tools glm4-local runs (None: it has no such tool)."""
+
+    code: str | None = None  # a code interpreter (a Jupyter kernel)
+    browser: str | None = None  # a web browser (search, open, quote)
+    # how an answer cites what the browser found: a pattern (group 1 the reference, 2 its text) that reads
+    # the same in Python and JavaScript (the page renders citations with it), starting and ending with a
+    # literal mark (a reply streamed to the terminal is held back from an opening mark to its closing one)
+    citation: str | None = None
+    not_offered: tuple[str, ...] = ()  # tools its template knows that are never offered here
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.code, self.browser, *self.not_offered) if n)
+
+    def kind(self, name: str) -> str | None:
+        """"code" or "browser" for the tool of that name; None for any other."""
+        return "code" if name == self.code else "browser" if name == self.browser else None
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,10 @@ class ReplyStream(Protocol):
 
 class ReplyFormat(Protocol):
     tool_types: tuple[str, ...]  # the tool types its template lists (function and built-in tools)
+    built_in: BuiltInTools
+
+    def with_documents(self, documents: Documents, question: str) -> str:
+        """The user message's text that hands the model `documents`, then asks `question`."""
 
     def valid_function_name(self, name: str) -> bool: ...
 
@@ -74,7 +101,8 @@ class ReplyFormat(Protocol):
         as a call, or a grammar forced it); else text."""
 
     def template_messages(self, messages: Sequence[Mapping[str, Any]], tools: Tools | None) -> list[Message]:
-        """OpenAI-style messages (calls and tool results included) as the family's template takes them."""
+        """OpenAI-style messages (calls, tool results and a user message's `documents` included) as the
+        family's template takes them."""
 
     def answer_grammar(self, answer_rule: str) -> str:
         """A GBNF root for an answer whose content is `answer_rule`."""
