@@ -28,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from helpers import factory
+from helpers.serving import Server
 from llama_server import DEFAULT_BINARY, LlamaServer
-from serving import Server
 
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 

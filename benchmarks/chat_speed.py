@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bare import BareDecoder
+from helpers import factory
 
-import factory
 from glm4_local.chat.engine import ChatEngine
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import open_engine

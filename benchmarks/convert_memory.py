@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import factory
+from helpers import factory
 
 REAL_TOKENIZER_AVAILABLE = factory.REAL_TOKENIZER.is_file()
 SIZES = {

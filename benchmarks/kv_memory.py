@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import factory
+from helpers import factory
+
 from glm4_local.chat.context_plan import plan_context
 from glm4_local.chat.options import RuntimeOptions, parse_cache_type
 from glm4_local.chat.setup import ModelFacts, load_runtime

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from chat_speed import CTX, SCRIPT, THREADS
 from chat_speed import build_model as build_fast_model
-from pagedriver import Page, chromium
-from serving import Server
+from helpers import factory
+from helpers.pagedriver import Page, chromium
+from helpers.serving import Server
 
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 

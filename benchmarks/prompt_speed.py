@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import llama_cpp as ll
+from helpers import factory
 
-import factory
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.convert.outtypes import OUT_TYPES

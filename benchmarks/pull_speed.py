@@ -4,7 +4,7 @@
 
 A community-style q8_0 GGUF with GLM-4's own 151,552-token vocabulary (benchmarks/convert_memory.py's
 "small" shape, as llama.cpp's converter writes GLM-4) is served by the test Hub on 127.0.0.1
-(tests/hubserver.py). In the same run, interleaved: the Hub client's own `hf_hub_download` of the file
+(tests/helpers/hubserver.py). In the same run, interleaved: the Hub client's own `hf_hub_download` of the file
 (the baseline: bytes to disk, nothing checked) and `glm4-local pull` of it (download, sha256, repair, the
 tokenizer check, publish), each in a child process. Then the most disk a pull's store takes (sampled),
 and a pull interrupted half-way (SIGINT) and run again: the bytes the server sent in all, against the
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from convert_memory import SIZES
-from hubserver import LocalHub
+from helpers.hubserver import LocalHub
 from repair_memory import community_gguf
 
 REPO, FILE = "bench/glm-4-9b-chat-GGUF", "glm-4-9b-chat-Q8_0.gguf"

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from convert_memory import SIZES, peak_memory, stream_checkpoint
-
-import factory
+from helpers import factory
 
 
 def community_gguf(folder: Path, shape: factory.Shape) -> Path:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bare import BareDecoder
 from chat_speed import CTX, THREADS, build_model
-from serving import Server
+from helpers import factory
+from helpers.serving import Server
 
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from zimfixtures import write_zim
+from helpers.zimfixtures import write_zim
 
 from glm4_local.tools.browser import Browser
 from glm4_local.tools.python_tool import PythonTool

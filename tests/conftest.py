@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import children, factory, toolscripts
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import children
-import toolscripts
-
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 
@@ -118,7 +112,7 @@ def scripted_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
 
 @pytest.fixture(scope="session")
 def tool_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
-    """A tiny GGUF that calls a tool and then answers, or answers alone, as tests/toolscripts.py scripts."""
+    """A tiny GGUF that calls a tool and then answers, or answers alone, as tests/helpers/toolscripts.py scripts."""
 
     def make(name: str) -> Path:
         return make_gguf("f32", dtype="f32", **toolscripts.gguf_fields(name))

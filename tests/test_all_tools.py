@@ -10,21 +10,21 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from test_browser import write_folder
-from test_chat_cli import invoke, one_line_error
-from test_mcp import SERVER
-from test_terminal import chat, saved
-from toolscripts import ACTIONS, ADD, CITED, CODE, ESCAPED_REPLY
+from helpers.cli import invoke, one_line_error
+from helpers.marks import needs_sandbox
+from helpers.mcpfixtures import SERVER
+from helpers.terminal import chat, saved
+from helpers.toolscripts import ACTIONS, ADD, CITED, CODE, ESCAPED_REPLY
+from helpers.webfixtures import write_folder
 
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.chat.tool_loop import TOO_MANY_CALLS
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.families.glm4_replies import to_glm_messages
-from glm4_local.tools.sandbox import find_sandbox
+
+pytestmark = pytest.mark.processes  # kernels, MCP servers and the chat in a terminal
 
 pytest.importorskip("ipykernel", reason="needs the [code] extra")
-needs_sandbox = pytest.mark.skipif(find_sandbox() is None, reason="no sandbox on this machine (Linux: apt "
-                                   "install bubblewrap; .ci/run installs it)")
 
 
 def one_shot(model: Path, *flags: str) -> dict:

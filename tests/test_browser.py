@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from webfixtures import Site, serve_site
+from helpers.webfixtures import Site, serve_site, write_folder
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.tools.browser import Browser
@@ -102,6 +102,7 @@ def test_fetch_limits(site: Site, path: str, problem: str) -> None:
         fetch(site.base + path, allow_private=True)
 
 
+@pytest.mark.processes
 def test_fetch_deadline_and_schemes(site: Site) -> None:
     started = time.monotonic()
     with pytest.raises(FetchError, match="timed out"):
@@ -156,18 +157,6 @@ def test_zim_backend(tmp_path: Path) -> None:
     assert error == "system_error"
 
 
-def write_folder(folder: Path) -> Path:
-    (folder / "notes").mkdir(parents=True)
-    (folder / "rust.md").write_text("# Rust notes\n\nRust has a borrow checker. See [the book](notes/book.md).\n")
-    (folder / "notes" / "book.md").write_text("# The book\n\nOwnership and borrowing, chapter four.\n")
-    (folder / "notes" / "beijing.txt").write_bytes("北京是中国的首都。北京大学很有名。".encode("gb18030"))
-    (folder / "cooking.html").write_text("<html><head><title>Cooking</title></head><body><nav>menu menu</nav>"
-                                         "<p>Pasta needs salted water and patience, says a good recipe.</p></body>"
-                                         "</html>")
-    (folder / "photo.jpg").write_bytes(b"\xff\xd8\xff")  # not a document: not indexed
-    return folder
-
-
 def test_folder_backend_english_chinese_and_updates(tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "docs")
     backend = open_backend(f"folder:{folder}", tmp_path / "index")
@@ -192,7 +181,7 @@ def test_folder_backend_english_chinese_and_updates(tmp_path: Path) -> None:
 
 def test_folder_backend_reads_pdf_pages(tmp_path: Path) -> None:
     pytest.importorskip("pypdf")
-    from docfixtures import write_pdf
+    from helpers.docfixtures import write_pdf
 
     folder = tmp_path / "papers"
     folder.mkdir()

@@ -11,28 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from helpers import factory
+from helpers.cli import invoke, one_line_error
 
-import factory
 from glm4_local.chat.template import ChatTemplate
-from glm4_local.cli import app
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.families.glm4_replies import to_glm_messages
 
-runner = CliRunner()
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up <|user|> weather",
                                            "parameters": {"type": "object"}}}]
-
-
-def invoke(args: list[str], stdin: str | None = None):
-    return runner.invoke(app, args, input=stdin)
-
-
-def one_line_error(result, *parts: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
-    for part in parts:
-        assert part in result.stderr, result.stderr
 
 
 def test_prompt_prints_only_the_answer(scripted_gguf: Callable[[str], Path]) -> None:

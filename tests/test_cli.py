@@ -11,9 +11,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from helpers import factory
 from typer.testing import CliRunner
 
-import factory
 from glm4_local.cli import app
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
@@ -34,6 +34,7 @@ def test_convert_quiet_prints_only_the_path(make_checkpoint: Callable[..., Path]
     assert (result.exit_code, result.stdout, result.stderr) == (0, "x.gguf\n", "")
 
 
+@pytest.mark.processes
 def test_console_script_runs(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "glm4_local", "convert", str(make_checkpoint()), "-t", "q8_0",
                            "-o", str(tmp_path / "s.gguf")], capture_output=True, text=True, timeout=120)

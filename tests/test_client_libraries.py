@@ -12,8 +12,10 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from helpers.serving import Server
 from pydantic import BaseModel, Field
-from serving import Server
+
+pytestmark = pytest.mark.processes  # a real server
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of the price list from the web
 os.environ.setdefault("LANGCHAIN_TRACING_V2", "false")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gguf
 import pytest
-from test_chat_cli import invoke, one_line_error
+from helpers.cli import invoke, one_line_error
 
 from glm4_local.chat import context_plan
 from glm4_local.chat.context_plan import ContextTooLarge, compute_bytes, plan_context

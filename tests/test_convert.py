@@ -9,8 +9,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from helpers import factory
 
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert, load_checkpoint
 from glm4_local.convert.reference import ReferenceModel

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from docfixtures import write_pdf
-from test_chat_cli import invoke, one_line_error
-from test_terminal import chat, saved
+from helpers.cli import invoke, one_line_error
+from helpers.docfixtures import write_pdf
+from helpers.terminal import chat, saved
 
 from glm4_local.chat.session import user_message
 from glm4_local.core.families.glm4 import GLM4_9B
@@ -115,6 +115,7 @@ def test_a_document_that_does_not_fit_is_refused_with_what_it_needs(scripted_ggu
                    "missing.pdf: no such file")
 
 
+@pytest.mark.processes
 def test_file_in_the_terminal_and_the_session_keeps_the_document(scripted_gguf: Callable[[str], Path],
                                                              tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("The ferry leaves at nine.")
@@ -134,6 +135,7 @@ def test_file_in_the_terminal_and_the_session_keeps_the_document(scripted_gguf: 
                      "documents": [{"name": "notes.txt", "text": "The ferry leaves at nine."}]}]
 
 
+@pytest.mark.processes
 def test_a_long_prompt_shows_its_progress_and_ctrl_c_stops_it_at_once(scripted_gguf: Callable[[str], Path],
                                                                        tmp_path: Path) -> None:
     import time

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import children
 import pytest
+from helpers import children
+from helpers.cli import SLOW_CONVERT, cli, one_line_error
+from helpers.marks import cases
 from typer.testing import CliRunner
 
 from glm4_local.cli import app
@@ -96,7 +98,8 @@ def test_corrupt_safetensors(make_checkpoint: Callable[..., Path], tmp_path: Pat
 
 
 def rewrite_tensors(ckpt: Path, change: Callable[[dict], None], dtype: str = "bf16") -> None:
-    import factory
+    from helpers import factory
+
     from glm4_local.convert.safetensors import SafetensorsCheckpoint
 
     st = SafetensorsCheckpoint([ckpt / "model.safetensors"])
@@ -191,6 +194,7 @@ def tiny_disk(tmp_path: Path) -> Path:
     subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("outtype", ["f32", "q4_0"])
 def test_disk_full(make_checkpoint: Callable[..., Path], tiny_disk: Path, outtype: str) -> None:
     message = convert_fails([str(make_checkpoint()), "-t", outtype, "-o", str(tiny_disk / "o.gguf")],
@@ -199,21 +203,10 @@ def test_disk_full(make_checkpoint: Callable[..., Path], tiny_disk: Path, outtyp
     assert list(tiny_disk.iterdir()) == []
 
 
-SLOW_CONVERT = """
-import sys, time
-import glm4_local.convert.writer as w
-original = w.encode_blocks
-def slow(*args):
-    for item in original(*args):
-        time.sleep(0.2)
-        yield item
-w.encode_blocks = slow
-from glm4_local.cli import app
-sys.argv = ["glm4-local", *sys.argv[1:]]
-app()
-"""
 
 
+
+@pytest.mark.processes
 @pytest.mark.parametrize(("number", "message"), [
     (signal.SIGINT, "interrupted; no output file was left behind"),
     (signal.SIGTERM, "SIGTERM: stopped; no output file was left behind"),
@@ -254,6 +247,7 @@ app()
 """
 
 
+@pytest.mark.processes
 def test_ctrl_c_while_quantizing_leaves_nothing(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -273,6 +267,7 @@ def test_ctrl_c_while_quantizing_leaves_nothing(make_checkpoint: Callable[..., P
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.processes
 def test_ctrl_c_late_in_imatrix_auto_says_the_matrix_was_kept(make_checkpoint: Callable[..., Path],
                                                               tmp_path: Path) -> None:
     """Interrupted while quantizing with `--imatrix auto`: the measured matrix is kept (it took minutes),
@@ -300,3 +295,36 @@ def test_a_corrupt_imatrix_file_is_one_line(make_checkpoint: Callable[..., Path]
     assert result.exit_code == 1 and "not a GGUF imatrix file" in result.stderr, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.imatrix"]
+
+
+# -- config.json (in a child: an abort in llama.cpp fails the test, not pytest) ----------------------
+
+BAD_CONFIGS = {
+    "hidden_size text": {"hidden_size": "256"}, "hidden_size null": {"hidden_size": None},
+    "hidden_size list": {"hidden_size": [256]}, "hidden_size inf": {"hidden_size": float("inf")},
+    "huge integer text": {"ffn_hidden_size": "9" * 400}, "eps text": {"layernorm_epsilon": "1e-5"},
+    "rope_ratio text": {"rope_ratio": "500"}, "rope_ratio NaN": {"rope_ratio": float("nan")},
+    "seq_length 2^32": {"seq_length": 2**32}, "num_layers 10^9": {"num_layers": 10**9},
+}
+
+
+@pytest.mark.parametrize("case", cases(BAD_CONFIGS, {"hidden_size text", "rope_ratio NaN", "num_layers 10^9"}))
+def test_bad_config_values_are_one_line_and_quick(make_checkpoint: Callable[..., Path], tmp_path: Path,
+                                                   case: str) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(make_checkpoint(), tmp_path / "ckpt"))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(BAD_CONFIGS[case])
+    (folder / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    one_line_error(cli("convert", str(folder), "-t", "f16", "-o", str(tmp_path / "o.gguf")), "config.json")
+    assert time.monotonic() - started < 20 and not (tmp_path / "o.gguf").exists()
+
+
+def test_deeply_nested_config(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(make_checkpoint(), tmp_path / "ckpt"))
+    (folder / "config.json").write_text("[" * 100000 + "]" * 100000)
+    one_line_error(cli("convert", str(folder), "-o", str(tmp_path / "o.gguf")), "config.json")

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pexpect
-from test_chat_cli import invoke, one_line_error
-from test_terminal import chat
+import pytest
+from helpers.cli import invoke, one_line_error
+from helpers.terminal import chat
 
 from glm4_local.core.words import counted
 
@@ -21,6 +22,7 @@ def leave(term: object) -> None:
     term.child.expect(pexpect.EOF)  # type: ignore[attr-defined]
 
 
+@pytest.mark.processes
 def test_a_resumed_conversation_keeps_its_context_and_shows_documents_by_name(
         scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("The ferry leaves at nine. " * 40)
@@ -55,6 +57,7 @@ def test_a_resumed_conversation_says_when_its_context_cannot_be_had(scripted_ggu
     assert (given.exit_code, given.stderr) == (0, "")  # --ctx wins over the context it was held in
 
 
+@pytest.mark.processes
 def test_resume_takes_a_conversation_file(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     exported = tmp_path / "exported.json"
     first = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "Sunny day"}]
@@ -98,6 +101,7 @@ def test_counts_read_as_english() -> None:
                                                                "1,000 results"]
 
 
+@pytest.mark.processes
 def test_the_context_plan_line_wraps_between_words(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     model = tmp_path / "glm-4-9b-chat-with-a-file-name-long-enough-to-wrap-the-line-Q4_K_M.gguf"
     shutil.copy(scripted_gguf("answer"), model)

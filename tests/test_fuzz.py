@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import craft
 import gguf
 import pytest
+from helpers import craft
 
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
 from glm4_local.chat.template import ChatTemplate
@@ -33,7 +33,7 @@ from glm4_local.core.gguf.header import read_gguf_header
 from glm4_local.tools.program import run_tool
 
 V = gguf.GGUFValueType
-RUNNER = Path(__file__).with_name("fuzz_runner.py")
+RUNNER = Path(__file__).parent / "helpers" / "fuzz_runner.py"
 MAX_SECONDS_PER_CASE = 15.0
 
 
@@ -297,6 +297,7 @@ TOOL_BODIES = [
 ]
 
 
+@pytest.mark.processes
 def test_misbehaving_tool_programs(tmp_path: Path) -> None:
     for i, body in enumerate(TOOL_BODIES):
         tool = tmp_path / f"tool{i}.py"

@@ -10,13 +10,12 @@ import socket
 import sqlite3
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from docfixtures import write_pdf
+from helpers.docfixtures import docx_with, write_pdf
 
 from glm4_local.core.filetext import MAX_PDF_PAGES
 from glm4_local.documents.readers import DocumentError, read_document
@@ -71,6 +70,7 @@ def hostile_site() -> Iterator[str]:
     thread.join()
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("page", sorted(ADVERSARIAL))
 def test_an_adversarial_page_at_the_size_cap_opens_within_the_deadline(hostile_site: str, page: str) -> None:
     browser = Browser(SearxngBackend(hostile_site), allow_private=True)
@@ -83,6 +83,7 @@ def test_an_adversarial_page_at_the_size_cap_opens_within_the_deadline(hostile_s
         assert "while loading page w/ URL" in observation.content or "Failed to load page" in observation.content
 
 
+@pytest.mark.processes
 def test_every_step_after_the_extractor_is_linear_at_the_size_cap() -> None:
     """The old patterns, checked against ours on random small pages, then ours on 5 MiB hostile ones."""
     import random
@@ -112,6 +113,7 @@ def test_every_step_after_the_extractor_is_linear_at_the_size_cap() -> None:
     assert time.monotonic() - started < 60  # the old patterns: hours for the first of these alone
 
 
+@pytest.mark.processes
 def test_turning_a_page_into_text_is_stopped_at_its_deadline() -> None:
     from glm4_local.tools.page_text import PageError, html_to_markdown
 
@@ -166,6 +168,7 @@ def trickling_server(headers_too: bool) -> Iterator[int]:
         listener.close()
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("headers_too", [True, False], ids=["headers", "body"])
 def test_a_trickling_server_holds_a_fetch_no_longer_than_its_deadline(headers_too: bool) -> None:
     with trickling_server(headers_too) as port:
@@ -230,31 +233,7 @@ def test_a_damaged_folder_index_is_built_again(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM files").fetchone() == (1,)
 
 
-def docx_with(path: Path, document_xml: bytes | None = None, xml_bytes: int = 0) -> Path:
-    """A DOCX whose document part is `document_xml`, or `xml_bytes` of well-formed paragraphs (deflated)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.'
-                         'org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
-                         'openxmlformats-package.relationships+xml"/><Override PartName="/word/document.xml" '
-                         'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main'
-                         '+xml"/></Types>')
-        archive.writestr("_rels/.rels", '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.'
-                         'org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxml'
-                         'formats.org/officeDocument/2006/relationships/officeDocument" Target="word/document.xml"/>'
-                         '</Relationships>')
-        with archive.open("word/document.xml", "w") as part:
-            if document_xml is not None:
-                part.write(document_xml)
-            else:
-                paragraph = b"<w:p><w:r><w:t>bomb</w:t></w:r></w:p>" * 1000
-                part.write(b'<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
-                           b"<w:body>")
-                for _ in range(xml_bytes // len(paragraph)):
-                    part.write(paragraph)
-                part.write(b"</w:body></w:document>")
-    return path
-
-
+@pytest.mark.processes
 def test_a_docx_bomb_is_refused_by_what_it_expands_to(tmp_path: Path) -> None:
     bomb = docx_with(tmp_path / "bomb.docx", xml_bytes=300 * 2**20)
     assert bomb.stat().st_size < 4 * 2**20  # small on the wire
@@ -269,6 +248,7 @@ def test_a_docx_of_malformed_xml_is_one_clear_line(tmp_path: Path) -> None:
         read_document(docx_with(tmp_path / "broken.docx", b"<w:document><w:body><unclosed"))
 
 
+@pytest.mark.processes
 def test_a_pdf_listing_one_page_thousands_of_times_is_refused(tmp_path: Path) -> None:
     pdf = write_pdf(tmp_path / "one.pdf", ["the only page"])
     body = pdf.read_bytes()

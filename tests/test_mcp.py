@@ -8,54 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.mcpfixtures import SERVER
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.tools.mcp_servers import McpServers, ServerSpec, load_config
 
+pytestmark = pytest.mark.processes  # MCP servers
+
 pytest.importorskip("mcp", reason="MCP servers need the [mcp] extra")
 
-SERVER = '''
-import os, sys
-from mcp.server.mcpserver import MCPServer
-
-server = MCPServer(sys.argv[1])
-
-
-@server.tool()
-def add(a: int, b: int) -> int:
-    """Add two whole numbers."""
-    return a + b
-
-
-@server.tool()
-def echo_env() -> str:
-    """The server's GREETING variable."""
-    return os.environ.get("GREETING", "")
-
-
-@server.tool()
-def fail() -> str:
-    """Always raises."""
-    raise ValueError("no luck")
-
-
-@server.tool()
-def crash() -> str:
-    """Ends the server."""
-    os._exit(3)
-
-
-@server.tool()
-def big(n: int) -> str:
-    """n characters of text."""
-    return "x" * n
-
-
-if len(sys.argv) > 2:  # over HTTP, on 127.0.0.1 only
-    server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
-else:
-    server.run()
-'''
 
 
 @pytest.fixture
@@ -142,7 +103,7 @@ def test_a_server_over_streamable_http(server_script: Path) -> None:
     import subprocess
     import time
 
-    import children
+    from helpers import children
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -223,7 +184,7 @@ def test_a_server_dies_with_glm4_local_however_it_ends(tmp_path: Path, server_sc
     import signal
     import subprocess
 
-    import children
+    from helpers import children
 
     pid_file = tmp_path / "pid"
     script = tmp_path / "server_with_pid.py"

@@ -12,18 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import Server
-from test_all_tools import needs_sandbox
-from webfixtures import serve_site
+from helpers.marks import needs_sandbox
+from helpers.serving import Server
+from helpers.webfixtures import serve_site
 
 pytest.importorskip("selenium", reason="the page tests need Selenium (the [dev] extra)")
-from pagedriver import CHROMEDRIVER, CHROMIUM, WAIT, Page, chromium
+from helpers.pagedriver import CHROMEDRIVER, CHROMIUM, WAIT, Page, chromium
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 CHINESE = "你好，世界！ 北京是中国的首都。"
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="no Chromium and ChromeDriver here "
-                                "(Debian: apt install chromium chromium-driver; .ci/run installs them)")
+pytestmark = [pytest.mark.processes,  # a server and a browser
+              pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="no Chromium and ChromeDriver here "
+                                 "(Debian: apt install chromium chromium-driver; .ci/run installs them)")]
 
 
 @pytest.fixture(scope="module")

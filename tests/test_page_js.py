@@ -18,6 +18,8 @@ from glm4_local.core.families.replies import ToolCall
 from glm4_local.documents.form import Document
 from glm4_local.tools.observation import Observation
 
+pytestmark = pytest.mark.processes  # node, on the page's script tests
+
 JS_TESTS = Path(__file__).parent / "js"
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_chat_cli import invoke
+from helpers.cli import invoke
 
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts, load_runtime
@@ -165,8 +165,9 @@ def test_the_chat_and_the_cache_command(scripted_gguf: Callable[[str], Path], tm
     assert "0 saved prompts" in invoke(["cache"]).stdout
 
 
+@pytest.mark.processes
 def test_serve_keeps_its_slots_prompts_across_a_restart(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
-    from serving import Server
+    from helpers.serving import Server
 
     book = "The quick brown fox jumps over the lazy dog. " * 250
     messages = [{"role": "user", "content": book + "Summarise."}]

@@ -1,5 +1,5 @@
 """`pull`, `list`, `rm` and the first run, against a Hub on 127.0.0.1 that speaks the Hub's file API
-(tests/hubserver.py): community GGUFs made as llama.cpp's converter makes them, a tiny checkpoint, and
+(tests/helpers/hubserver.py): community GGUFs made as llama.cpp's converter makes them, a tiny checkpoint, and
 the faults of real downloads. Each failure is one line, and nothing half-written shows in the store."""
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import children
 import pexpect
 import pytest
-from hubserver import LocalHub
+from helpers import children, factory
+from helpers.hubserver import LocalHub
 
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 from glm4_local.core.errors import Interrupted, StoreError
@@ -280,6 +279,7 @@ def user_env(hub: LocalHub, home: Path) -> dict[str, str]:
                   "HOME": str(home), "COLUMNS": "120", "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.processes
 def test_pull_then_chat_from_another_folder_then_list_and_rm(hub: LocalHub, tmp_path: Path) -> None:
     env = user_env(hub, tmp_path / "home")
     first, other = tmp_path / "a", tmp_path / "b"
@@ -306,6 +306,7 @@ def test_pull_then_chat_from_another_folder_then_list_and_rm(hub: LocalHub, tmp_
     assert sorted(p.name for p in (tmp_path / "home" / "models").iterdir()) == [".partial"]
 
 
+@pytest.mark.processes
 def test_a_disk_that_fills_mid_download_leaves_nothing(hub: LocalHub, tmp_path: Path) -> None:
     env = user_env(hub, tmp_path / "home")
     result = cli("pull", cwd=tmp_path, env=env, limit_bytes=300_000)
@@ -316,6 +317,7 @@ def test_a_disk_that_fills_mid_download_leaves_nothing(hub: LocalHub, tmp_path: 
     assert [p.name for p in (tmp_path / "home" / "models").rglob("*")] == [".partial"]
 
 
+@pytest.mark.processes
 def test_no_network_is_one_line(hub: LocalHub, tmp_path: Path) -> None:
     env = user_env(hub, tmp_path / "home") | {"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
     result = cli("pull", cwd=tmp_path, env=env)
@@ -323,6 +325,7 @@ def test_no_network_is_one_line(hub: LocalHub, tmp_path: Path) -> None:
     assert "cannot reach http://127.0.0.1" in result.stderr and "check the network" in result.stderr
 
 
+@pytest.mark.processes
 def test_what_the_hub_says_reaches_the_terminal_as_text(hub: LocalHub, tmp_path: Path) -> None:
     hub.add("evil/repo", {"a\x1b]52;c;cm0gLXJmIH4=\x07.gguf": b"GGUF"})  # a file name that writes the clipboard
     result = cli("pull", "evil/repo:Q9_9", cwd=tmp_path, env=user_env(hub, tmp_path / "home"))
@@ -330,6 +333,7 @@ def test_what_the_hub_says_reaches_the_terminal_as_text(hub: LocalHub, tmp_path:
     assert "its GGUF files: a\\x1b]52;c;cm0gLXJmIH4=\\x07.gguf" in result.stderr
 
 
+@pytest.mark.processes
 def test_ctrl_c_during_a_pull_keeps_the_part_for_the_next_one(hub: LocalHub, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     hub.faults.hold_after[Q4] = 4096
@@ -358,6 +362,7 @@ def test_ctrl_c_during_a_pull_keeps_the_part_for_the_next_one(hub: LocalHub, tmp
     assert again.stderr.startswith(f"fetching {REPO}/{Q4} (")
 
 
+@pytest.mark.processes
 def test_first_run_in_a_terminal_offers_the_default_model(hub: LocalHub, tmp_path: Path) -> None:
     env = user_env(hub, tmp_path / "home") | {"TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
     child = children.started(pexpect.spawn(sys.executable, ["-m", "glm4_local", "chat"], env=env,
@@ -378,6 +383,7 @@ def test_first_run_in_a_terminal_offers_the_default_model(hub: LocalHub, tmp_pat
     assert (tmp_path / "home" / "models" / Q4).is_file()
 
 
+@pytest.mark.processes
 def test_first_run_elsewhere_is_one_line_naming_the_command(tmp_path: Path) -> None:
     for command in (["chat", "-p", "hi"], ["serve", "--port", "0"]):
         result = subprocess.run([sys.executable, "-m", "glm4_local", *command], capture_output=True, text=True,

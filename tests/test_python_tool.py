@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.marks import SANDBOX, needs_sandbox
 
 from glm4_local.tools.python_tool import DECLINED, TIMED_OUT, PythonTool
-from glm4_local.tools.sandbox import Limits, find_sandbox, python_roots
+from glm4_local.tools.sandbox import Limits, python_roots
+
+pytestmark = pytest.mark.processes  # Jupyter kernels
 
 pytest.importorskip("ipykernel", reason="the python tool needs the [code] extra (jupyter_client, ipykernel)")
-SANDBOX = find_sandbox()
-needs_sandbox = pytest.mark.skipif(SANDBOX is None, reason="no sandbox on this machine (Linux: apt install "
-                                   "bubblewrap; .ci/run installs it)")
 
 
 def png(width: int = 3, height: int = 2) -> bytes:

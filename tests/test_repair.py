@@ -7,9 +7,9 @@ from pathlib import Path
 
 import gguf
 import pytest
+from helpers import factory
 from typer.testing import CliRunner
 
-import factory
 from glm4_local.cli import app
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.gguf.checks import open_gguf
@@ -113,7 +113,7 @@ def test_chat_warns_once_about_an_unrepaired_file(scripted_gguf: Callable[[str],
 @pytest.mark.heavy
 def test_repair_of_a_real_vocabulary_community_gguf_is_exact(real_vocab_gguf: Path, tmp_path: Path) -> None:
     """The GLM-4-9B-Chat GGUFs on the Hub, tokenizer-wise: over a thousand strings differ; after repair none."""
-    from test_tokenizer import corpus_mismatches, corpus_variants, reference_encoder, vocabulary_mismatches
+    from helpers.tokenizers import corpus_mismatches, corpus_variants, reference_encoder, vocabulary_mismatches
 
     from glm4_local.convert.tiktoken_ranks import load_ranks
 
@@ -138,7 +138,7 @@ def test_repair_of_a_byte_flipped_vocabulary_is_one_line_and_writes_nothing(make
                                                                              tmp_path: Path) -> None:
     """A flipped byte in a token string used to make tiktoken panic inside the check: a traceback, and
     the repaired file already published."""
-    import craft
+    from helpers import craft
 
     theirs = factory.write_community_gguf(make_gguf("q8_0"), tmp_path / "community.gguf")
     tokens = list(open_gguf(theirs).get(K.Tokenizer.LIST))
@@ -151,6 +151,7 @@ def test_repair_of_a_byte_flipped_vocabulary_is_one_line_and_writes_nothing(make
     assert sorted(p.name for p in tmp_path.iterdir()) == ["community.gguf", "flipped.gguf"]
 
 
+@pytest.mark.processes
 def test_repair_removes_temporaries_of_killed_runs(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
     import subprocess
     import sys

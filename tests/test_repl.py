@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import children
 import pexpect
 import pytest
+from helpers import children
+
+pytestmark = pytest.mark.processes  # the chat in a pseudo-terminal
 
 PROMPT = "›"  # prompt_toolkit moves the cursor over the space after it
 

@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.marks import SANDBOX, needs_sandbox
 
 from glm4_local.tools.cell import MAX_IMAGES, MAX_KEPT_CHARS, MAX_OUTPUTS, CellResult
 from glm4_local.tools.cgroups import find_cgroups
 from glm4_local.tools.python_tool import PythonTool
-from glm4_local.tools.sandbox import Limits, check_sandbox, find_sandbox
+from glm4_local.tools.sandbox import Limits, check_sandbox
+
+pytestmark = pytest.mark.processes  # sandboxed kernels and programs
 
 pytest.importorskip("ipykernel", reason="the python tool needs the [code] extra (jupyter_client, ipykernel)")
-SANDBOX = find_sandbox()
-needs_sandbox = pytest.mark.skipif(SANDBOX is None, reason="no sandbox on this machine (Linux: apt install "
-                                   "bubblewrap; .ci/run installs it)")
 BOUNDED_WHOLE = SANDBOX is not None and SANDBOX.kind == "bubblewrap" and find_cgroups() is not None
 needs_cgroup = pytest.mark.skipif(not BOUNDED_WHOLE, reason="no cgroup for the sandbox on this machine: its memory "
                                   "is bounded per process only (doctor says so)")

@@ -9,7 +9,9 @@ from typing import Any
 
 import openai
 import pytest
-from serving import Server
+from helpers.serving import Server
+
+pytestmark = pytest.mark.processes  # a real server
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look up the weather",
                                            "parameters": {"type": "object", "properties": {}}}}]

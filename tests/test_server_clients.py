@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import Server
+from helpers.serving import Server
+
+pytestmark = pytest.mark.processes  # a real server
 
 ASK = [{"role": "user", "content": "What is the weather?"}]
 LOOKUP = {"name": "lookup", "description": "Look up the weather", "parameters": {"type": "object", "properties": {}}}

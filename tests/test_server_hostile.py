@@ -15,8 +15,10 @@ from typing import Any
 
 import jsonschema
 import pytest
-from serving import Server
-from test_json_grammar import random_schema
+from helpers.schemas import random_schema
+from helpers.serving import Server
+
+pytestmark = pytest.mark.processes  # a real server
 
 ASK = [{"role": "user", "content": "Answer in JSON."}]
 CRASHERS = [

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import Server
+from helpers.serving import Server
+
+pytestmark = pytest.mark.processes  # a real server
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Berlin"]},

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import Server
-from test_all_tools import needs_sandbox
-from test_browser import write_folder
-from toolscripts import CITED, CODE
+from helpers.marks import needs_sandbox
+from helpers.serving import Server
+from helpers.toolscripts import CITED, CODE
+from helpers.webfixtures import write_folder
 
 from glm4_local.chat.tool_loop import TOO_MANY_CALLS
 from glm4_local.core.errors import Glm4LocalError
@@ -22,6 +22,8 @@ from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.frontends.serve import ServeOptions
 from glm4_local.server.tool_sessions import ToolSessions
 from glm4_local.tools.options import ToolOptions
+
+pytestmark = pytest.mark.processes  # a real server and its kernels
 
 PYTHON = [{"type": "python"}]
 BROWSER = [{"type": "simple_browser"}]
@@ -374,7 +376,7 @@ def test_no_client_can_end_another_clients_conversation(tool_gguf: Callable[[str
 def test_the_documents_route_refuses_a_bomb_at_once(tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     """A small DOCX that expands to 300 MB of XML, and one of malformed XML: one clear 400 each, quickly,
     and the server answers /health meanwhile and stops on SIGTERM."""
-    from test_hostile_input import docx_with
+    from helpers.docfixtures import docx_with
 
     bomb = docx_with(tmp_path / "bomb.docx", xml_bytes=300 * 2**20)
     broken = docx_with(tmp_path / "broken.docx", b"<w:document><w:body><unclosed")

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import factory
 
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 from glm4_local.convert.source import cached_snapshot, hub_cache_dir, resolve_source

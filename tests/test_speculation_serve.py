@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serving import Server
+from helpers import factory
+from helpers.serving import Server
 
-import factory
+pytestmark = pytest.mark.processes  # real servers
 
 # words the tiny BPE vocabulary holds as single tokens: the scripted model recites them in this order,
 # and a user who quotes them gives prompt lookup the passage to draft from

@@ -7,9 +7,9 @@ import random
 from typing import Any
 
 import pytest
+from helpers import factory
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-import factory
 from glm4_local.chat.template import ChatTemplate
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.families.glm4_replies import parse_reply, to_glm_messages

@@ -1,7 +1,4 @@
-"""The chat and the CLI as a person sees them: a pseudo-terminal read through a terminal emulator (pyte).
-
-Each test names the item of the terminal issue it covers.
-"""
+"""The chat and the CLI as a person sees them: a pseudo-terminal read through a terminal emulator (pyte)."""
 
 from __future__ import annotations
 
@@ -10,75 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import children
 import pexpect
-import pyte
 import pytest
+from helpers.terminal import PROMPT, Terminal, chat, saved
 
-ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "›"
-
-
-class Terminal:
-    """A program in a pseudo-terminal of `columns` × `rows`, with what a person would see on screen."""
-
-    def __init__(self, args: list[str], cwd: Path, home: Path, columns: int = 60, rows: int = 24,
-                 program: str = sys.executable, preexec: Callable[[], None] = children.default_signals,
-                 env: dict[str, str] | None = None) -> None:
-        env = {"GLM4_LOCAL_HOME": str(home), "PATH": os.environ["PATH"], "TERM": "xterm", "HOME": str(home),
-               "PYTHONPATH": str(ROOT), "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": str(columns),
-               "LINES": str(rows), **(env or {})}
-        self.screen = pyte.Screen(columns, rows)
-        self.stream = pyte.Stream(self.screen)
-        self.raw = ""
-        self.child = children.started(pexpect.spawn(program, args, env=env, cwd=str(cwd), encoding="utf-8",
-                                                    timeout=30, dimensions=(rows, columns),
-                                                    preexec_fn=preexec))
-
-    def pump(self, seconds: float = 0.2) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                data = self.child.read_nonblocking(65536, timeout=0.05)
-            except pexpect.TIMEOUT:
-                continue
-            except pexpect.EOF:
-                return
-            self.raw += data
-            self.stream.feed(data)
-
-    def wait_for(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.raw:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} never appeared; screen:\n{self.text()}")
-            self.pump(0.1)
-
-    def text(self) -> str:
-        return "\n".join(line.rstrip() for line in self.screen.display)
-
-    def send(self, keys: str) -> None:
-        self.child.send(keys)
+pytestmark = pytest.mark.processes  # the CLI in a pseudo-terminal
 
 
-def chat(model: Path, tmp_path: Path, *args: str, columns: int = 60,
-         preexec: Callable[[], None] = children.default_signals, env: dict[str, str] | None = None) -> Terminal:
-    term = Terminal(["-m", "glm4_local", "chat", str(model), *args], tmp_path, tmp_path, columns=columns,
-                    preexec=preexec, env=env)
-    term.wait_for(PROMPT)
-    return term
-
-
-def saved(home: Path) -> list[dict]:
-    files = sorted((home / "sessions").glob("*.json"))
-    return json.loads(files[-1].read_text())["messages"] if files else []
-
-
-def test_1_a_long_reply_wraps_and_stays_visible(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_a_long_reply_wraps_and_stays_visible(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     term = chat(scripted_gguf("endless"), tmp_path, "--max-tokens", "41")
     term.send("go\r")
     term.wait_for("[cut:")
@@ -88,7 +27,7 @@ def test_1_a_long_reply_wraps_and_stays_visible(scripted_gguf: Callable[[str], P
     assert sum(1 for line in screen.splitlines() if "day" in line) >= 3
 
 
-def test_2_unknown_commands_are_not_sent(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_unknown_commands_are_not_sent(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     term = chat(scripted_gguf("answer"), tmp_path)
     term.send("/foo\r")
     term.wait_for("unknown command /foo; /help lists them")
@@ -99,7 +38,7 @@ def test_2_unknown_commands_are_not_sent(scripted_gguf: Callable[[str], Path], t
     assert saved(tmp_path)[0] == {"role": "user", "content": "/foo"}
 
 
-def test_3_ctrl_c_works_in_a_chat_started_with_ctrl_c_ignored(scripted_gguf: Callable[[str], Path],
+def test_ctrl_c_works_in_a_chat_started_with_ctrl_c_ignored(scripted_gguf: Callable[[str], Path],
                                                                tmp_path: Path) -> None:
     """Started from `nohup` or a background job, a program inherits SIGINT ignored; the chat owns its
     terminal, so it restores Ctrl-C: the reply still stops and the chat goes on."""
@@ -112,7 +51,7 @@ def test_3_ctrl_c_works_in_a_chat_started_with_ctrl_c_ignored(scripted_gguf: Cal
     assert term.child.isalive()
 
 
-def test_3_ctrl_c_at_the_prompt_says_how_to_leave(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_ctrl_c_at_the_prompt_says_how_to_leave(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     term = chat(scripted_gguf("endless"), tmp_path, "--ctx", "max")
     term.send("go on\r")
     term.wait_for("day day day")
@@ -135,7 +74,7 @@ def test_3_ctrl_c_at_the_prompt_says_how_to_leave(scripted_gguf: Callable[[str],
     assert not term.child.isalive() or term.child.expect(pexpect.EOF) == 0
 
 
-def test_4_signs_of_life_while_loading_and_thinking(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_signs_of_life_while_loading_and_thinking(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     term = chat(scripted_gguf("answer"), tmp_path)
     assert "loading" in term.raw
     term.send("hi\r")
@@ -143,7 +82,7 @@ def test_4_signs_of_life_while_loading_and_thinking(scripted_gguf: Callable[[str
     assert "thinking" in term.raw
 
 
-def test_4_quantizing_shows_real_progress(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+def test_quantizing_shows_real_progress(make_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
     term = Terminal(["-m", "glm4_local", "convert", str(make_checkpoint()), "-t", "q4_0", "-o",
                      str(tmp_path / "o.gguf")], tmp_path, tmp_path, columns=140)
     term.wait_for("wrote")
@@ -151,7 +90,7 @@ def test_4_quantizing_shows_real_progress(make_checkpoint: Callable[..., Path], 
     assert any(f"{i}/17 tensors" in term.raw for i in range(1, 17))  # it moved between start and end
 
 
-def test_4_verify_shows_it_is_working(make_gguf: Callable[..., Path], make_checkpoint: Callable[..., Path],
+def test_verify_shows_it_is_working(make_gguf: Callable[..., Path], make_checkpoint: Callable[..., Path],
                                       tmp_path: Path) -> None:
     term = Terminal(["-m", "glm4_local", "verify", str(make_gguf("q8_0")), "--source", str(make_checkpoint())],
                     tmp_path, tmp_path, columns=120)
@@ -159,7 +98,7 @@ def test_4_verify_shows_it_is_working(make_gguf: Callable[..., Path], make_check
     assert "reference forward pass" in term.raw
 
 
-def test_5_cut_replies_are_marked_and_resume_shows_the_last_exchange(scripted_gguf: Callable[[str], Path],
+def test_cut_replies_are_marked_and_resume_shows_the_last_exchange(scripted_gguf: Callable[[str], Path],
                                                                      tmp_path: Path) -> None:
     term = chat(scripted_gguf("endless"), tmp_path, "--max-tokens", "5")
     term.send("go\r")
@@ -171,13 +110,13 @@ def test_5_cut_replies_are_marked_and_resume_shows_the_last_exchange(scripted_gg
     assert "you: go" in again.raw and "day day" in again.text()
 
 
-def test_5_a_full_context_is_marked(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_a_full_context_is_marked(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     term = chat(scripted_gguf("endless"), tmp_path, "--ctx", "64")
     term.send("go\r")
     term.wait_for("[cut: the context is full")
 
 
-def test_6_system_retry_set_and_show(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_system_retry_set_and_show(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     term = chat(scripted_gguf("answer"), tmp_path, "--system", "Be brief.")
     for keys, expected in (("/system\r", "system prompt: Be brief."), ("/retry\r", "nothing to retry yet"),
                            ("/system --clear\r", "system prompt removed"), ("/system\r", "no system prompt"),
@@ -187,7 +126,7 @@ def test_6_system_retry_set_and_show(scripted_gguf: Callable[[str], Path], tmp_p
         term.wait_for(expected)
 
 
-def test_7_tools_in_the_terminal(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_tools_in_the_terminal(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
     term = chat(scripted_gguf("tool"), tmp_path, "--tools", "tools.json", columns=100)
     assert "tools: lookup (you type results)" in term.raw
@@ -208,7 +147,7 @@ def run_cli(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Compl
                           input=stdin, timeout=60, env={**os.environ, "COLUMNS": "100"})
 
 
-def test_8_help_and_messages(tmp_path: Path) -> None:
+def test_help_and_messages(tmp_path: Path) -> None:
     assert run_cli("--version", cwd=tmp_path).stdout.startswith("glm4-local ")
     for command in ("pull", "list", "rm", "convert", "info", "verify", "repair", "eval", "chat", "render", "doctor"):
         text = run_cli(command, "--help", cwd=tmp_path).stdout
@@ -227,7 +166,7 @@ def test_8_help_and_messages(tmp_path: Path) -> None:
     assert "glm4-local pull" in missing.stderr and "nothing to answer" not in missing.stderr
 
 
-def test_9_autosave_has_one_shape(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+def test_autosave_has_one_shape(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     term = chat(scripted_gguf("answer"), tmp_path)
     term.send("hi\r")
     term.wait_for("Sunny day")
@@ -238,7 +177,7 @@ def test_9_autosave_has_one_shape(scripted_gguf: Callable[[str], Path], tmp_path
                                                 "tools": [], "context": 4096}
 
 
-def test_10_piping_the_chat_keeps_the_prompt_on_the_terminal(scripted_gguf: Callable[[str], Path],
+def test_piping_the_chat_keeps_the_prompt_on_the_terminal(scripted_gguf: Callable[[str], Path],
                                                              tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     term = Terminal(["-c", f"{sys.executable} -m glm4_local chat {scripted_gguf('answer')} | tee {out}"],
@@ -253,7 +192,7 @@ def test_10_piping_the_chat_keeps_the_prompt_on_the_terminal(scripted_gguf: Call
 
 
 @pytest.mark.parametrize("shape", ["plain"])
-def test_10_json_usage_counts_every_model_call(scripted_gguf: Callable[[str], Path], tmp_path: Path,
+def test_json_usage_counts_every_model_call(scripted_gguf: Callable[[str], Path], tmp_path: Path,
                                                shape: str) -> None:
     tool = tmp_path / "tool.py"
     tool.write_text(f"#!{sys.executable}\nprint('{{}}')\n")
@@ -268,6 +207,7 @@ def test_10_json_usage_counts_every_model_call(scripted_gguf: Callable[[str], Pa
 STREAM_WORDS = """
 import sys, time
 from rich.console import Console
+from helpers.terminal import PROMPT, ROOT, Terminal, chat, saved
 from glm4_local.frontends.reply_view import ReplyView
 written = 0
 print("start", flush=True)

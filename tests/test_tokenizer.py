@@ -2,49 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import random
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import tiktoken
+from helpers import factory
+from helpers.tokenizers import CORPUS, corpus_mismatches, corpus_variants, reference_encoder, vocabulary_mismatches
 
-import factory
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
 from glm4_local.convert.tiktoken_ranks import load_ranks
-from glm4_local.core.families.glm4 import PATTERN
 from glm4_local.core.llama import door as runtime
-
-CORPUS: dict[str, str] = json.loads((Path(__file__).parent / "data" / "corpus.json").read_text(encoding="utf-8"))
-
-
-def reference_encoder(tokenizer_model: Path) -> tiktoken.Encoding:
-    return tiktoken.Encoding("glm4", pat_str=PATTERN, mergeable_ranks=load_ranks(tokenizer_model),
-                             special_tokens={})
-
-
-def vocabulary_mismatches(llm, encoder: tiktoken.Encoding, ranks: dict[bytes, int]) -> list[tuple[int, str]]:
-    bad = []
-    for token, rank in ranks.items():
-        try:
-            text = token.decode("utf-8")
-        except UnicodeDecodeError:
-            continue  # a fragment of a character: no text can be just this token
-        if runtime.tokenize(llm, text) != encoder.encode_ordinary(text):
-            bad.append((rank, text))
-    return bad
-
-
-def corpus_mismatches(llm, encoder: tiktoken.Encoding, texts: list[str]) -> list[str]:
-    return [t for t in texts if runtime.tokenize(llm, t) != encoder.encode_ordinary(t)]
-
-
-def corpus_variants() -> list[str]:
-    texts = list(CORPUS.values())
-    return texts + [" " + t for t in texts] + ["\n".join(texts), "".join(texts)]
 
 
 def test_corpus_covers_the_languages_it_claims() -> None:
@@ -64,7 +34,7 @@ def test_synthetic_vocabulary_parity(make_gguf: Callable[..., Path], make_checkp
 
 
 def test_real_vocabulary_every_entry(real_vocab_gguf: Path) -> None:
-    import factory
+    from helpers import factory
 
     ranks = load_ranks(factory.REAL_TOKENIZER)
     llm = runtime.load(real_vocab_gguf, vocab_only=True)
@@ -73,7 +43,7 @@ def test_real_vocabulary_every_entry(real_vocab_gguf: Path) -> None:
 
 
 def test_real_vocabulary_multilingual_corpus(real_vocab_gguf: Path) -> None:
-    import factory
+    from helpers import factory
 
     llm = runtime.load(real_vocab_gguf, vocab_only=True)
     assert corpus_mismatches(llm, reference_encoder(factory.REAL_TOKENIZER), corpus_variants()) == []
@@ -96,7 +66,7 @@ def assigned_characters(seed: int, count: int) -> list[str]:
 
 
 def test_real_vocabulary_random_text(real_vocab_gguf: Path) -> None:
-    import factory
+    from helpers import factory
 
     llm = runtime.load(real_vocab_gguf, vocab_only=True)
     encoder = reference_encoder(factory.REAL_TOKENIZER)

@@ -3,7 +3,7 @@
     python tests/data/make_glm4_vocab.py ../shared/glm4-reference/glm-4-9b-chat/tokenizer.model
 
 The file holds only the vocabulary (token texts in GGUF's byte-level form, in rank order, and
-token types): exactly the information of tokenizer.model, which tests/factory.py rebuilds from it
+token types): exactly the information of tokenizer.model, which tests/helpers/factory.py rebuilds from it
 (and checks against the published sha256) so that the exactness tests run on a fresh clone.
 """
 

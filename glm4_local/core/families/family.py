@@ -1,6 +1,6 @@
 """What a model family tells the rest of glm4-local, and the types it tells it in.
 
-A family (one module each, listed in `families.py`) holds every fact about one kind of model: how
+A family (one module each, listed in `registry.py`) holds every fact about one kind of model: how
 its config.json reads, which checkpoint tensors make which GGUF tensors, its llama.cpp architecture,
 tokenizer and special tokens, its chat template and the numpy forward pass `verify` compares with.
 The converter, the header checks, the chat runtime and `doctor` ask the family; none spells a fact.

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 ALPHA = """<html><head><title>Alpha page</title></head><body><nav><a href="/">Home</a> <a href="/beta">Beta</a>
@@ -90,3 +91,16 @@ def serve_site() -> Iterator[Site]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def write_folder(folder: Path) -> Path:
+    """A folder of notes for the folder search backend: Markdown, GB18030 text, HTML, and a photo."""
+    (folder / "notes").mkdir(parents=True)
+    (folder / "rust.md").write_text("# Rust notes\n\nRust has a borrow checker. See [the book](notes/book.md).\n")
+    (folder / "notes" / "book.md").write_text("# The book\n\nOwnership and borrowing, chapter four.\n")
+    (folder / "notes" / "beijing.txt").write_bytes("北京是中国的首都。北京大学很有名。".encode("gb18030"))
+    (folder / "cooking.html").write_text("<html><head><title>Cooking</title></head><body><nav>menu menu</nav>"
+                                         "<p>Pasta needs salted water and patience, says a good recipe.</p></body>"
+                                         "</html>")
+    (folder / "photo.jpg").write_bytes(b"\xff\xd8\xff")  # not a document: not indexed
+    return folder

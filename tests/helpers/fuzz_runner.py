@@ -1,6 +1,6 @@
 """Run many CLI invocations in one child process, one JSON line each, for the fuzz tests.
 
-    python tests/fuzz_runner.py CASES.json
+    python tests/helpers/fuzz_runner.py CASES.json
 
 Each case is a list of CLI arguments. Before each it prints {"start": i}; after it, the exit code,
 stderr, seconds and whether a Python exception escaped. If llama.cpp aborts, the process dies with

@@ -25,11 +25,11 @@ import regex
 from glm4_local.core.families.glm4 import GLM4_9B, PATTERN
 from glm4_local.core.families.glm4 import SPECIAL_TOKENS as DEFAULT_SPECIAL_TOKENS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # GLM4_LOCAL_TESTS_NO_SHARED=1 runs the suite as a fresh clone without ../shared would
 REFERENCE = (ROOT / "no-shared" if os.environ.get("GLM4_LOCAL_TESTS_NO_SHARED")
              else ROOT.parent / "shared" / "glm4-reference") / "glm-4-9b-chat"
-SHIPPED_VOCAB = Path(__file__).parent / "data" / "glm4-9b-chat-vocab.gguf"
+SHIPPED_VOCAB = Path(__file__).parents[1] / "data" / "glm4-9b-chat-vocab.gguf"
 # of GLM-4-9B-Chat's published tokenizer.model (2,623,634 bytes)
 TOKENIZER_SHA256 = "5a493598071550244b2ee7f26118f3edec2150b9dfa967929a99052ac83fe716"
 

@@ -1,6 +1,6 @@
 """Scripted replies for tiny GGUFs: a call of a tool and the answer after its result, or an answer alone.
 
-Each word is one token of the model's vocabulary (tests/factory.py adds them), and the model maps each
+Each word is one token of the model's vocabulary (tests/helpers/factory.py adds them), and the model maps each
 token to the next one whatever the sampling, so a reply is fixed; a word must not repeat in a script.
 """
 
