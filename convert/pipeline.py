@@ -32,6 +32,7 @@ from glm4_local.core.errors import CheckpointError, GGUFFileError, Glm4LocalErro
 from glm4_local.core.families.family import ModelFamily, ModelSpec
 from glm4_local.core.families.registry import family_for_config
 from glm4_local.core.gguf.checks import check_model
+from glm4_local.core.jsonfile import read_text
 from glm4_local.core.llama.door import quantize
 from glm4_local.core.paths import MODELS_DIR
 from glm4_local.core.progress import Progress
@@ -82,16 +83,25 @@ def load_checkpoint(source: str, download: bool = False, name: str | None = None
     shapes = {name: entry.shape for name, entry in tensors.entries.items()}
     plan = plan_tensors(family, spec, shapes, where=str(folder))
     vocab = build_vocabulary(family, tokenizer_path, tokenizer_config, spec.vocab_size)
-    template = tokenizer_config.get("chat_template")
     pad = config.get("pad_token_id")
     info = ModelInfo(
         name=name or model_name(source, folder),
-        chat_template=template if isinstance(template, str) else None,
+        chat_template=checkpoint_template(folder, tokenizer_config),
         temperature=_sampling_default(generation, "temperature", folder / "generation_config.json"),
         top_p=_sampling_default(generation, "top_p", folder / "generation_config.json"),
         pad_token_id=pad if isinstance(pad, int) else None,
     )
     return Checkpoint(folder, family, spec, info, vocab, tensors, plan)
+
+
+def checkpoint_template(folder: Path, tokenizer_config: dict[str, object]) -> str | None:
+    """The checkpoint's own chat template, byte for byte: chat_template.jinja (where transformers now saves
+    it), else tokenizer_config.json's."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return read_text(jinja, CheckpointError)
+    template = tokenizer_config.get("chat_template")
+    return template if isinstance(template, str) else None
 
 
 def _sampling_default(generation: dict[str, object], key: str, where: Path) -> float | None:

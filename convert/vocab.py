@@ -15,6 +15,7 @@ from typing import Any
 
 import gguf
 
+from glm4_local.convert.hf_tokenizer import load_hf_ranks
 from glm4_local.convert.tiktoken_ranks import load_ranks
 from glm4_local.core.errors import CheckpointError
 from glm4_local.core.families.family import ModelFamily
@@ -27,13 +28,14 @@ class TokenizerReader:
     """How one tokenizer file format reads: its file in the checkpoint, and byte token -> rank."""
 
     file_name: str
-    read_ranks: Callable[[Path], dict[bytes, int]]
+    read_ranks: Callable[[Path, ModelFamily], dict[bytes, int]]  # the file, and the family it must fit
     what: str  # for messages
 
 
-# Adding a format (e.g. a Hugging Face tokenizer.json): a module with its reader and one row here.
+# Adding a format: a module with its reader and one row here.
 READERS: dict[str, TokenizerReader] = {
-    "tiktoken": TokenizerReader("tokenizer.model", load_ranks, "a tiktoken vocabulary"),
+    "tiktoken": TokenizerReader("tokenizer.model", lambda path, _: load_ranks(path), "a tiktoken vocabulary"),
+    "tokenizer.json": TokenizerReader("tokenizer.json", load_hf_ranks, "a Hugging Face tokenizer.json"),
 }
 
 
@@ -68,7 +70,7 @@ class GGUFVocabulary:
 def build_vocabulary(family: ModelFamily, tokenizer_path: Path, tokenizer_config: Mapping[str, Any],
                      vocab_size: int) -> GGUFVocabulary:
     """The GGUF vocabulary: ranked tokens, then special tokens, then padding up to vocab_size."""
-    ranks = READERS[family.checkpoint_tokenizer].read_ranks(tokenizer_path)
+    ranks = READERS[family.checkpoint_tokenizer].read_ranks(tokenizer_path, family)
     specials = special_tokens(family, tokenizer_config, len(ranks))
     size = max(vocab_size, len(ranks), max(specials, default=0) + 1)
     if size > vocab_size:

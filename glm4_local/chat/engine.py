@@ -42,6 +42,7 @@ class Turn:
     dropped_turns: int
     prompt_tokens: int = 0
     generated: list[str] = field(default_factory=list)
+    on_reasoning: Callable[[str], None] | None = None  # hears a reasoning model's thoughts as they stream
 
     def display(self) -> Iterator[str]:
         """Streamed text to show: the answer without GLM-4's leading metadata line.
@@ -49,13 +50,19 @@ class Turn:
         Text before the first newline is metadata (a tool name, or empty for an answer); a tool call
         is shown when complete, so only an answer's content streams.
         """
-        reply = self.engine.runtime.vocab.family.replies.stream(self.engine.conversation.tools)
+        engine = self.engine
+        reply = engine.runtime.vocab.family.replies.stream(engine.conversation.tools, engine.template.reply_head)
         for chunk in self.generation.chunks:
             self.generated.append(chunk)
             shown = reply.feed(chunk)
+            if self.on_reasoning and (thought := reply.take_reasoning()):
+                self.on_reasoning(thought)
             if shown:
                 yield shown
-        if rest := reply.end():
+        rest = reply.end()
+        if self.on_reasoning and (thought := reply.take_reasoning()):
+            self.on_reasoning(thought)
+        if rest:
             yield rest
 
     def finish(self, interrupted: bool = False) -> TurnResult:
@@ -236,7 +243,9 @@ class ChatEngine:
         """Add a finished (or interrupted) turn's reply to the conversation; see Turn.finish."""
         stopped_by = turn.generation.stopped_by
         call_ended = not interrupted and stopped_by == self.runtime.vocab.family.call_end_token
-        reply = self.runtime.vocab.family.replies.finish("".join(turn.generated), self.conversation.tools, call_ended)
+        head = self.template.reply_head  # what the prompt already wrote of the reply (GLM-Z1: "\n<think>")
+        reply = self.runtime.vocab.family.replies.finish(head + "".join(turn.generated), self.conversation.tools,
+                                                         call_ended, head)
         message = reply.as_message()
         if interrupted:
             message["interrupted"] = True

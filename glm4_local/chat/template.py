@@ -1,10 +1,12 @@
 """Prompts: the family's messages (see its reply format) -> the model's own Jinja template.
 
 The prompt is rendered by the model's chat template itself (from the GGUF), exactly as transformers
-renders it, so its bytes match the real thing for every model variant. Message contents and metadata
-are swapped for private markers while rendering and put back afterwards; that tells us which spans
-came from the conversation (always tokenized as plain text) and which from the template (whose
-markup, such as <|user|>, becomes special tokens). Typed or pasted text can never open a new role.
+renders it, so its bytes match the real thing for every model variant. Conversation strings are swapped
+for private markers while rendering and put back afterwards; that tells us which spans came from the
+conversation (always tokenized as plain text) and which from the template (whose markup, such as
+<|user|>, becomes special tokens). Typed or pasted text can never open a new role. A message's content
+keeps its own text and only the markup in it is swapped, because templates work on it (GLM-Z1's strips
+it and keeps what follows `</think>`) and must see what transformers' rendering sees.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 from glm4_local.chat.jinja_render import RenderFailure, render_source
@@ -63,6 +65,10 @@ class ChatTemplate:
         types = family.replies.tool_types
         if source:
             return cls(source, family.markup_tokens, origin or "the model's chat template", types)
+        if family.published_template is None:
+            raise TemplateRenderError(f"{origin or 'the model'} carries no chat template, and {family.name} models "
+                                      "have none published here: add the checkpoint's own with `glm4-local repair "
+                                      "MODEL --template chat_template.jinja`")
         return cls(family.published_template, family.markup_tokens, f"{family.name}'s published chat template",
                    types)
 
@@ -73,6 +79,17 @@ class ChatTemplate:
             return _WORKERS.render(self.source, messages, add_generation_prompt)
         except RenderFailure as e:
             raise TemplateRenderError(f"{self.origin} {e}") from None
+
+    @cached_property
+    def reply_head(self) -> str:
+        """Reply text the generation prompt writes after its last markup: GLM-Z1's "\n<think>" (the model
+        reasons first), "" for GLM-4's bare <|assistant|>."""
+        tail: list[str] = []
+        for piece in reversed(self.pieces([{"role": "user", "content": "?"}])):
+            if piece.special:
+                break
+            tail.append(piece.text)
+        return "".join(reversed(tail))
 
     def text(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
         """The prompt string, exactly as transformers' apply_chat_template renders it."""
@@ -103,6 +120,10 @@ class _Markers:
         marker = f"\ue000{self.nonce}:{len(self.originals)}\ue001"
         self.originals[marker] = value
         return marker
+
+    def protect_markup(self, text: str) -> str:
+        """`text` with each markup token in it swapped for a marker (the rest stays text a template can work on)."""
+        return self.markup.sub(lambda m: self.protect(m.group(0)), text)
 
     def protect_all(self, value: Any) -> Any:
         """Every string at any depth, dictionary keys included: user data, never markup."""
@@ -139,6 +160,8 @@ def _guard_message(message: Mapping[str, Any], markers: _Markers, tool_types: tu
     for key, value in message.items():
         if key == "role" and value in ROLES:
             guarded[key] = value
+        elif key == "content" and isinstance(value, str):
+            guarded[key] = markers.protect_markup(value)
         elif key == "tools" and isinstance(value, list):
             guarded[key] = [_protect_tool(t, markers, tool_types) for t in value]
         else:

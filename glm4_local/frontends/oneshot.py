@@ -74,6 +74,8 @@ class Answer:
                 "accepted_tokens": sum(r.timings.accepted_tokens for r in self.results),
             },
         }
+        if reasoning := "\n\n".join(r.reply.reasoning for r in self.results if r.reply.reasoning):
+            shown["reasoning_content"] = reasoning  # a reasoning model's thoughts, apart from the answer
         if self.stopped:
             shown["stopped"] = self.stopped
         return shown
@@ -115,6 +117,9 @@ def _streamed(turn: Turn, out: Writer | None) -> tuple[TurnResult, bool]:
     """The reply streamed to `out`, and whether anything was written."""
     streamed = False
     reading = PromptReading(Console(stderr=True), None) if sys.stderr.isatty() else None
+    if sys.stderr.isatty():  # a reasoning model's thoughts, dimmed, where a person reads them; never on stdout
+        thoughts = Console(stderr=True, highlight=False)
+        turn.on_reasoning = lambda text: thoughts.print(visible(text), style="dim", end="", markup=False)
     turn.generation.on_progress = reading
     with reading or contextlib.nullcontext():
         chunks = turn.display()

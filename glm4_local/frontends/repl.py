@@ -34,7 +34,7 @@ from glm4_local.frontends.attach import Attachments
 from glm4_local.frontends.citations import Citations
 from glm4_local.frontends.reading import PromptReading
 from glm4_local.frontends.repl_commands import Commands
-from glm4_local.frontends.reply_view import ReplyView
+from glm4_local.frontends.reply_view import ReplyView, Thoughts
 from glm4_local.frontends.step_view import show_call, show_results
 from glm4_local.frontends.visible import visible
 from glm4_local.tools.toolbox import Toolbox
@@ -242,7 +242,13 @@ class Repl:
         pattern = self.toolbox.names.citation
         citations = Citations(pattern, self.toolbox.source) if self.toolbox.browser and pattern else None
         try:
-            first = self._first_chunk(chunks, turn)
+            thoughts = Thoughts(self.console) if self.plain is None else None
+            turn.on_reasoning = thoughts
+            try:
+                first = self._first_chunk(chunks, turn)
+            finally:
+                if thoughts:
+                    thoughts.end()
             with ReplyView(self.console, self.plain) as view:
                 for chunk in _chain(first, chunks):
                     view.write(citations.feed(chunk) if citations else chunk)

@@ -18,6 +18,7 @@ from typing import TextIO
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.text import Text
 
 from glm4_local.frontends.visible import visible
 
@@ -77,6 +78,25 @@ class _Unfinished:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Markdown(self.text)
+
+
+class Thoughts:
+    """A reasoning model's thoughts as they stream: dimmed, apart from the answer, a whole line at a time
+    (printed above whatever live display is running: the spinner while the model reasons)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.line = ""
+
+    def __call__(self, text: str) -> None:
+        *lines, self.line = (self.line + visible(text)).split("\n")
+        for line in lines:
+            self.console.print(Text(line, style="dim"), soft_wrap=False)
+
+    def end(self) -> None:
+        if self.line.strip():
+            self.console.print(Text(self.line, style="dim"))
+        self.line = ""
 
 
 class ReplyView:

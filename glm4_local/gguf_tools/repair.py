@@ -83,12 +83,16 @@ def _plan_tokenizer(plan: _Plan, header: GGUFHeader, family: ModelFamily, where:
     plan.set(K.Tokenizer.ADD_BOS, Field(False, V.BOOL), "no BOS token (GLM-4 never saw one)")
 
 
-def _plan_chat(plan: _Plan, header: GGUFHeader, family: ModelFamily, template: str | None) -> None:
+def _plan_chat(plan: _Plan, header: GGUFHeader, family: ModelFamily, template: str | None, where: Path) -> None:
     if template is not None:
         plan.set(K.Tokenizer.CHAT_TEMPLATE, Field(template, V.STRING), "chat template replaced by the given one")
     elif not plan.value(K.Tokenizer.CHAT_TEMPLATE):
         context = int(header.get(K.LLM.CONTEXT_LENGTH.format(arch=family.arch_name), 0) or 0)
-        name, text = family.template_for_context(context)
+        published = family.template_for_context(context)
+        if published is None:
+            raise GGUFFileError(f"{where}: carries no chat template, and {family.name} models have "
+                                "none published here: give the checkpoint's own with --template chat_template.jinja")
+        name, text = published
         plan.set(K.Tokenizer.CHAT_TEMPLATE, Field(text, V.STRING), f"chat template added ({name}'s)")
     for key, default, what in ((K.General.SAMPLING_TEMP, family.default_temperature, "temperature"),
                                (K.General.SAMPLING_TOP_P, family.default_top_p, "top_p")):
@@ -101,7 +105,7 @@ def plan_repair(source: Path, header: GGUFHeader, family: ModelFamily, template:
     """The repaired metadata and what changed (empty when the file is already right)."""
     plan = _Plan(header)
     _plan_tokenizer(plan, header, family, source)
-    _plan_chat(plan, header, family, template)
+    _plan_chat(plan, header, family, template, source)
     return plan.fields, plan.changes
 
 

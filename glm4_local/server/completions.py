@@ -18,6 +18,7 @@ from glm4_local.server.scheduler import Scheduler, TokenStream
 from glm4_local.server.shapes import Envelope, Events, sse, tool_call_object, usage
 
 DISCONNECT_POLL_SECONDS = 0.25
+CONTENT, REASONING = "content", "reasoning"  # the channels of a reply's deltas
 
 
 async def watch(request: Request, abandon: Callable[[], None], over: Callable[[], bool] = lambda: False) -> None:
@@ -43,12 +44,15 @@ class Run:
         self.job, self.tokens = scheduler.submit(plan, asyncio.get_running_loop())
         self._accounted = False  # its tokens counted in the server's metrics (once: finished or abandoned)
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """Content as it comes; ends at the job's end or at a stop string."""
+    async def deltas(self) -> AsyncIterator[tuple[str, str]]:
+        """("content", text) as the reply comes, ("reasoning", text) as a reasoning model thinks; ends at
+        the job's end or at a stop string."""
         async for token in self.tokens:
             text = self.assembler.feed(token)
+            if thought := self.assembler.take_reasoning():
+                yield REASONING, thought
             if text:
-                yield text
+                yield CONTENT, text
             if self.assembler.stopped:
                 self.scheduler.cancel(self.job)
                 return
@@ -65,7 +69,7 @@ class Run:
             self.scheduler.account(self.job)
 
     def usage(self) -> dict[str, Any]:
-        return usage(self.job, self.assembler.counted)
+        return usage(self.job, self.assembler.counted, self.assembler.reasoned)
 
     def abandon(self) -> None:
         """The client is gone (or the response ended early): free the slot now; what was generated until
@@ -79,7 +83,7 @@ class Run:
         """The whole reply's content and outcome (the job stopped if the client leaves meanwhile)."""
         watcher = asyncio.create_task(watch(request, self.abandon, lambda: self.job.done))
         try:
-            content = "".join([text async for text in self.deltas()])
+            content = "".join([text async for channel, text in self.deltas() if channel == CONTENT])
         finally:
             watcher.cancel()
             self.abandon()
@@ -97,6 +101,8 @@ class Run:
             message = {"role": "assistant", "content": None, "function_call": call}
         elif outcome.tool_call:
             message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
+        if outcome.reasoning:  # as llama-server and vLLM return a reasoning model's thoughts
+            message["reasoning_content"] = outcome.reasoning
         return self.envelope.chat(message, reason, self.usage())
 
     # -- streams ------------------------------------------------------------------------------------
@@ -107,8 +113,8 @@ class Run:
         try:
             if not self.plan.raw:
                 yield events.chunk({"role": "assistant", "content": ""})
-            async for text in self.deltas():
-                yield events.chunk(piece(text))
+            async for channel, text in self.deltas():
+                yield events.chunk(piece(text) if channel == CONTENT else {"reasoning_content": text})
             try:
                 outcome = self.outcome()
             except ApiError as e:

@@ -36,7 +36,8 @@ class Plan:
     max_new_tokens: int  # 0: as many as the context allows
     stop_strings: list[str]
     tools: list[dict[str, Any]] | None = None  # tools a reply may call (None: its text is an answer)
-    prefix: str = ""  # reply text already in the prompt (a named tool_choice's function name)
+    prefix: str = ""  # reply text already in the prompt (the template's, e.g. GLM-Z1's "\n<think>"; a named
+    # tool_choice's function name)
     forced_call: bool = False  # the grammar makes the reply a call
     raw: bool = False  # a text completion: no GLM-4 reply structure
     include_usage: bool = False
@@ -141,17 +142,20 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
             where = "tools" if forced else "response_format"
             raise ConstraintError(f"{where}: {problem}", where)
         prompt = runtime.vocab.prompt(facts.template, messages, tools, limit=runtime.n_ctx - 1)
+        head = facts.template.reply_head
     except PromptTooLong as e:
         raise _too_long(e.at_least, runtime.n_ctx, counted_all=False) from None
     except (SchemaError, ConstraintError) as e:
         raise bad_request(str(e), e.param) from None
     except TemplateRenderError as e:
         raise bad_request(str(e), "messages") from None
+    if grammar is not None:  # a shape from the first token: a reasoning model's thoughts are closed first
+        prefix = runtime.vocab.family.replies.skip_reasoning(head) + prefix
     if prefix:
         prompt += tokenize(runtime.vocab.model, prefix)
     options = request.stream_options
     return Plan(prompt, _sampler(defaults, request, grammar),
-                _limit(prompt, request.token_limit(), runtime.n_ctx), request.stop_strings(), tools, prefix,
+                _limit(prompt, request.token_limit(), runtime.n_ctx), request.stop_strings(), tools, head + prefix,
                 forced, include_usage=bool(options and options.include_usage), stream=request.stream,
                 legacy_functions=request.functions is not None)
 

@@ -50,6 +50,7 @@ class Outcome:
     tail: str  # content still to send
     tool_call: ToolCall | None
     finish_reason: str  # stop | length | tool_calls
+    reasoning: str = ""  # a reasoning model's thoughts before the reply (streamed apart, never content)
 
 
 class ReplyAssembler:
@@ -64,6 +65,7 @@ class ReplyAssembler:
         self.reply = None if plan.raw else self.format.stream(plan.tools, plan.prefix)
         self.stops = StopScanner(plan.stop_strings)
         self.fed = 0  # tokens read so far
+        self.reasoned = 0  # of them, tokens of a reasoning model's thoughts
         self.counted: int | None = None  # when a stop string ended the reply: the tokens up to its end
 
     @property
@@ -75,27 +77,34 @@ class ReplyAssembler:
         chunk = self.text_of(token)
         self.fed += 1
         self.text += chunk
+        if self.reply is not None and self.reply.reasoning:
+            self.reasoned += 1
         shown = chunk if self.reply is None else self.reply.feed(chunk)
         sent = self.stops.feed(shown) if shown else ""
         if self.stops.hit and self.counted is None:
             self.counted = self.fed
         return sent
 
+    def take_reasoning(self) -> str:
+        """A reasoning model's thoughts since the last call."""
+        return "" if self.reply is None else self.reply.take_reasoning()
+
     def finish(self, job: Job) -> Outcome:
-        tail = ""
-        if self.reply is not None:
-            tail = self.stops.feed(self.reply.end())
-            if self.reply.held:
-                reply = self._decided(job)
-                if reply.tool_call is not None:
-                    return Outcome("", reply.tool_call, "tool_calls")
-                if job.finish == "length" and reply.partial_call is not None:
-                    return Outcome("", reply.partial_call, "length")  # as OpenAI: the call so far, cut
-                tail = self.text  # not a call after all: the model's text, as it wrote it
+        if self.reply is None:  # raw text completion
+            tail = self.stops.flush()
+            return Outcome(tail, None, "length" if job.finish == "length" and not self.stops.hit else "stop")
+        tail = self.stops.feed(self.reply.end())
+        decided = self._decided(job)
+        if self.reply.held:
+            if decided.tool_call is not None:
+                return Outcome("", decided.tool_call, "tool_calls", decided.reasoning)
+            if job.finish == "length" and decided.partial_call is not None:  # as OpenAI: the call so far, cut
+                return Outcome("", decided.partial_call, "length", decided.reasoning)
+            tail = decided.text  # not a call after all: the model's text, as it wrote it
         tail += self.stops.flush()
         reason = "length" if job.finish == "length" and not self.stops.hit else "stop"
-        return Outcome(tail, None, reason)
+        return Outcome(tail, None, reason, decided.reasoning)
 
     def _decided(self, job: Job) -> Reply:
         call_ended = job.finish == "stop" and (job.stop_token == self.call_end or self.plan.forced_call)
-        return self.format.finish(self.text, self.plan.tools, call_ended)
+        return self.format.finish(self.text, self.plan.tools, call_ended, self.plan.prefix)

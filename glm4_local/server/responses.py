@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from glm4_local.server.completions import Run
+from glm4_local.server.completions import REASONING, Run
 from glm4_local.server.protocol import ApiError, ChatRequest, ResponsesRequest, bad_request, validation_error
 from glm4_local.server.replies import Outcome
 from glm4_local.server.shapes import tool_call_object
@@ -116,6 +116,7 @@ class ResponseShape:
         self.run, self.request, self.model_id = run, request, model_id
         self.id = f"resp_{uuid.uuid4().hex[:24]}"
         self.message_id = f"msg_{uuid.uuid4().hex[:24]}"
+        self.reasoning_id = f"rs_{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.sequence = 0  # events so far, numbered from 1
 
@@ -124,7 +125,8 @@ class ResponseShape:
         used = self.run.usage()
         usage = None if outcome is None else {
             "input_tokens": used["prompt_tokens"], "input_tokens_details": used["prompt_tokens_details"],
-            "output_tokens": used["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens": used["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": used["completion_tokens_details"]["reasoning_tokens"]},
             "total_tokens": used["total_tokens"]}
         return {"id": self.id, "object": "response", "created_at": self.created,
                 "status": "incomplete" if cut else status, "error": None,
@@ -150,8 +152,14 @@ class ResponseShape:
         return {"type": "function_call", "id": f"fc_{call['id'].removeprefix('call_')}", "call_id": call["id"],
                 "name": call["function"]["name"], "arguments": call["function"]["arguments"], "status": status}
 
+    def thoughts(self, text: str, status: str = "completed") -> dict[str, Any]:
+        """A reasoning model's thoughts, as an item of their own (OpenAI's open-weight models' shape)."""
+        return {"type": "reasoning", "id": self.reasoning_id, "status": status, "summary": [],
+                "content": [{"type": "reasoning_text", "text": text}]}
+
     def output(self, text: str, outcome: Outcome) -> list[dict[str, Any]]:
-        items = [self.message(text)] if text or outcome.tool_call is None else []
+        items = [self.thoughts(outcome.reasoning)] if outcome.reasoning else []
+        items += [self.message(text)] if text or outcome.tool_call is None else []
         return items + ([self.call(outcome)] if outcome.tool_call is not None else [])
 
     async def whole(self, request: Request) -> dict[str, Any]:
@@ -163,24 +171,37 @@ class ResponseShape:
         data = json.dumps({"type": kind, "sequence_number": self.sequence, **fields}, ensure_ascii=False)
         return f"event: {kind}\ndata: {data}\n\n".encode()
 
-    def _message_opened(self) -> bytes:
+    def _message_opened(self, index: int) -> bytes:
         part = {"type": "output_text", "text": "", "annotations": []}
-        return (self.event("response.output_item.added", output_index=0, item=self.message("", "in_progress")
+        return (self.event("response.output_item.added", output_index=index, item=self.message("", "in_progress")
                            | {"content": []})
-                + self.event("response.content_part.added", item_id=self.message_id, output_index=0,
+                + self.event("response.content_part.added", item_id=self.message_id, output_index=index,
                              content_index=0, part=part))
 
-    def _text_delta(self, delta: str) -> bytes:
-        return self.event("response.output_text.delta", item_id=self.message_id, output_index=0, content_index=0,
-                          delta=delta)
+    def _text_delta(self, delta: str, index: int) -> bytes:
+        return self.event("response.output_text.delta", item_id=self.message_id, output_index=index,
+                          content_index=0, delta=delta)
 
-    def _message_closed(self, text: str) -> bytes:
+    def _message_closed(self, text: str, index: int) -> bytes:
         part = {"type": "output_text", "text": text, "annotations": []}
-        return (self.event("response.output_text.done", item_id=self.message_id, output_index=0, content_index=0,
-                           text=text)
-                + self.event("response.content_part.done", item_id=self.message_id, output_index=0,
+        return (self.event("response.output_text.done", item_id=self.message_id, output_index=index,
+                           content_index=0, text=text)
+                + self.event("response.content_part.done", item_id=self.message_id, output_index=index,
                              content_index=0, part=part)
-                + self.event("response.output_item.done", output_index=0, item=self.message(text)))
+                + self.event("response.output_item.done", output_index=index, item=self.message(text)))
+
+    def _thoughts_opened(self) -> bytes:
+        return self.event("response.output_item.added", output_index=0, item=self.thoughts("", "in_progress")
+                          | {"content": []})
+
+    def _thought_delta(self, delta: str) -> bytes:
+        return self.event("response.reasoning_text.delta", item_id=self.reasoning_id, output_index=0,
+                          content_index=0, delta=delta)
+
+    def _thoughts_closed(self, text: str) -> bytes:
+        return (self.event("response.reasoning_text.done", item_id=self.reasoning_id, output_index=0,
+                           content_index=0, text=text)
+                + self.event("response.output_item.done", output_index=0, item=self.thoughts(text)))
 
     def _call_events(self, outcome: Outcome, index: int) -> bytes:
         item = self.call(outcome)
@@ -198,31 +219,42 @@ class ResponseShape:
         self.sequence = 0
         yield self.event("response.created", response=self.body("in_progress", [], None))
         yield self.event("response.in_progress", response=self.body("in_progress", [], None))
-        text, opened = "", False
+        text, thought, opened = "", "", False
         try:
-            async for delta in self.run.deltas():
+            async for channel, delta in self.run.deltas():
+                if channel == REASONING:
+                    if not thought:
+                        yield self._thoughts_opened()
+                    thought += delta
+                    yield self._thought_delta(delta)
+                    continue
+                if thought and not opened:
+                    yield self._thoughts_closed(thought)
                 if not opened:
                     opened = True
-                    yield self._message_opened()
+                    yield self._message_opened(1 if thought else 0)
                 text += delta
-                yield self._text_delta(delta)
+                yield self._text_delta(delta, 1 if thought else 0)
             outcome = self.run.outcome()
         except ApiError as e:
             yield self.event("error", code=e.code, message=e.message, param=e.param)
             return
         finally:
             self.run.abandon()
+        index = 1 if thought else 0  # the message's place among the output items
+        if thought and not opened:
+            yield self._thoughts_closed(thought)
         if outcome.tail or (not opened and outcome.tool_call is None):
             if not opened:
                 opened = True
-                yield self._message_opened()
+                yield self._message_opened(index)
             if outcome.tail:
                 text += outcome.tail
-                yield self._text_delta(outcome.tail)
+                yield self._text_delta(outcome.tail, index)
         if opened:
-            yield self._message_closed(text)
+            yield self._message_closed(text, index)
         if outcome.tool_call is not None:
-            yield self._call_events(outcome, 1 if opened else 0)
+            yield self._call_events(outcome, index + 1 if opened else index)
         final = self.body("completed", self.output(text, outcome), outcome)
         kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
         yield self.event(kind, response=final)

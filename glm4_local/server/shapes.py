@@ -12,7 +12,7 @@ from glm4_local.core.families.replies import ToolCall
 from glm4_local.core.llama.decoder import Job
 
 
-def usage(job: Job, completion_tokens: int | None = None) -> dict[str, Any]:
+def usage(job: Job, completion_tokens: int | None = None, reasoning_tokens: int = 0) -> dict[str, Any]:
     """OpenAI's usage of one job; `completion_tokens`, when a stop string ended it, counts the tokens up to
     the one that completed the stop (what the client was sent and the stop itself), not those the decoder
     had already made after it (how many depends on timing and speculation)."""
@@ -23,7 +23,8 @@ def usage(job: Job, completion_tokens: int | None = None) -> dict[str, Any]:
             # OpenAI's fields for tokens proposed ahead of the model (its predicted outputs); here, the
             # drafts of prompt-lookup speculation that the model confirmed, and those it did not
             "completion_tokens_details": {"accepted_prediction_tokens": job.accepted,
-                                          "rejected_prediction_tokens": job.drafted - job.accepted}}
+                                          "rejected_prediction_tokens": job.drafted - job.accepted,
+                                          "reasoning_tokens": min(reasoning_tokens, completion)}}
 
 
 def tool_call_object(call: ToolCall) -> dict[str, Any]:

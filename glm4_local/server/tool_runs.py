@@ -112,15 +112,16 @@ class ToolRun:
 
     # -- the loop ---------------------------------------------------------------------------------------
     async def turns(self) -> AsyncIterator[tuple[str, Any]]:
-        """("content", text) as the answer streams, ("step", STEP) as calls run, then ("end", outcome)."""
+        """("content", text) as the answer streams (and ("reasoning", text) as a reasoning model thinks),
+        ("step", STEP) as calls run, then ("end", outcome)."""
         session = self.session
         assert session is not None
         plan = self.plan
         loop = ToolLoop(lambda name: name in self.served)
         while True:
             run = self.current = self.start(plan)
-            async for text in run.deltas():
-                yield "content", text
+            async for channel, text in run.deltas():
+                yield channel, text
             outcome = run.outcome()
             self.runs.append(run)
             call = loop.next(outcome.tool_call)
@@ -234,6 +235,8 @@ class ToolRun:
                 if kind == "content":
                     content += value
                     yield events.chunk({"content": value})
+                elif kind == "reasoning":
+                    yield events.chunk({"reasoning_content": value})
                 elif kind == "step":
                     yield events.chunk({STEP: value})
                 elif kind == "error":
@@ -282,6 +285,8 @@ class ToolRun:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if outcome.tool_call is not None:
             message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
+        if outcome.reasoning:  # the final answer's thoughts (each step's are in its stream)
+            message["reasoning_content"] = outcome.reasoning
         message |= {STEPS: self.steps, CITATIONS: self._citations(content, session)}
         if self.notice:
             message[NOTICE] = self.notice

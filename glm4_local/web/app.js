@@ -1,7 +1,7 @@
 // The chat page: conversations in the sidebar, one open; a reply streamed from the server's own API.
 import { ConversationStore, exportConversation, parseConversation, userMessage } from "./store.js";
 import { chunksOf, ReplyState } from "./stream.js";
-import { DrawPacer, element, MarkdownView, stepNode, turnsOf, userNode } from "./view.js";
+import { DrawPacer, element, MarkdownView, stepNode, thoughtsNode, turnsOf, userNode } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY = "glm4-local:api-key";
@@ -202,6 +202,7 @@ function drawTurn(node, turn, lastAnswer) {
     node.append(stepNode(turn.call, turn.results, turn.results.flatMap((r) => r.glm4_files || []), fetchFile,
       state.formats));
   } else {
+    if (turn.message.reasoning_content) node.append(thoughtsNode(turn.message.reasoning_content));
     const view = new MarkdownView(turn.message.glm4_citations || {}, state.formats.citation);
     view.update(turn.message.content || "");
     node.append(view.node);
@@ -275,7 +276,15 @@ async function generate() {
   let first = null;
   let interrupted = false;
   let failed = null;
+  const thinking = thoughtsNode("", true);  // a reasoning model's thoughts, open while it thinks
+  thinking.hidden = true;
+  live.prepend(thinking);
   const pacer = new DrawPacer(() => {
+    if (reply.reasoning) {
+      thinking.hidden = false;
+      thinking.querySelector("pre").textContent = reply.reasoning;
+      if (reply.content) thinking.open = false;
+    }
     view.update(reply.content);
     box.scrollTop = box.scrollHeight;
   });

@@ -32,10 +32,12 @@ export async function* chunksOf(response) {
   }
 }
 
-// A reply as it streams: content, tool steps (by index, running then done), citations, usage.
+// A reply as it streams: content, a reasoning model's thoughts, tool steps (by index, running then done),
+// citations, usage.
 export class ReplyState {
   constructor() {
     this.content = "";
+    this.reasoning = "";
     this.steps = [];
     this.citations = {};
     this.usage = null;
@@ -58,8 +60,9 @@ export class ReplyState {
       if (call.function && call.function.name) known.function.name += call.function.name;
       if (call.function && call.function.arguments) known.function.arguments += call.function.arguments;
     }
+    this.reasoning += delta.reasoning_content || "";
     this.content += delta.content || "";
-    return delta.content || "";
+    return (delta.content || "") + (delta.reasoning_content || "");
   }
 
   // the messages the conversation keeps: each step's call and results, then the answer
@@ -69,6 +72,7 @@ export class ReplyState {
       kept.push({ role: "assistant", content: null, tool_calls: this.toolCalls });
     } else if (this.content || !kept.length || interrupted) {
       const answer = { role: "assistant", content: this.content };
+      if (this.reasoning) answer.reasoning_content = this.reasoning;  // shown folded; the model never rereads it
       if (Object.keys(this.citations).length) answer.glm4_citations = this.citations;
       if (interrupted) answer.interrupted = true;
       kept.push(answer);

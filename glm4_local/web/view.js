@@ -164,6 +164,14 @@ export function stepNode(call, results, files, fetchFile, formats, running = fal
   return details;
 }
 
+// a reasoning model's thoughts before its answer: folded, as plain text
+export function thoughtsNode(text, open = false) {
+  const details = element("details", "thoughts");
+  details.open = open;
+  details.append(element("summary", "", "thoughts"), element("pre", "output", text));
+  return details;
+}
+
 // a user message: its documents as chips, its question as text
 export function userNode(message) {
   const node = element("div", "bubble");

@@ -24,6 +24,7 @@ import regex
 
 from glm4_local.core.families.glm4 import GLM4_9B, PATTERN
 from glm4_local.core.families.glm4 import SPECIAL_TOKENS as DEFAULT_SPECIAL_TOKENS
+from helpers import glm4_0414
 
 ROOT = Path(__file__).resolve().parents[2]
 # GLM4_LOCAL_TESTS_NO_SHARED=1 runs the suite as a fresh clone without ../shared would
@@ -262,6 +263,7 @@ class Spec:
     extra_tokens: tuple[str, ...] = ()  # whole words added after the trained merges (single tokens)
     script: tuple[tuple[str, str], ...] | None = None  # (token, next token): a scripted model, see below
     after_observation: str | None = None  # what follows <|assistant|> once an observation is in context
+    template: str = "glm-4-0414"  # layout "glm4" (GLM-4-0414): which chat template (helpers/glm4_0414.py)
 
     def with_(self, **changes: object) -> Spec:
         return replace(self, **changes)
@@ -288,11 +290,15 @@ def build_checkpoint(folder: Path, spec: Spec) -> Path:
     """Write a complete checkpoint folder for `spec` and return it."""
     folder.mkdir(parents=True, exist_ok=True)
     tokens, n_ranks, vocab = vocabulary(spec)
-    if tokens is None:
+    if spec.layout == "glm4":
+        specials = {n_ranks + i: text for i, text in enumerate(DEFAULT_SPECIAL_TOKENS)}
+        glm4_0414.write_files(folder, tokens or real_tokens(), specials, spec.template)
+    elif tokens is None:
         shutil.copyfile(REAL_TOKENIZER, folder / "tokenizer.model")
     else:
         write_tokenizer_model(folder / "tokenizer.model", tokens)
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(n_ranks), ensure_ascii=False))
+    if spec.layout != "glm4":
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(n_ranks), ensure_ascii=False))
     (folder / "generation_config.json").write_text(json.dumps({"temperature": 0.8, "top_p": 0.8}))
     if spec.script is None:
         weights = random_weights(spec.shape, vocab, spec.seed)
@@ -302,6 +308,9 @@ def build_checkpoint(folder: Path, spec: Spec) -> Path:
         weights = scripted_weights(spec, vocab, ids)
     if spec.layout == "glm":
         config = glm_config(spec.shape, vocab, n_ranks)
+    elif spec.layout == "glm4":
+        config = glm4_0414.config(spec.shape, vocab, n_ranks)
+        weights = with_post_norms(spec, weights)
     else:
         config = chatglm_config(spec.shape, vocab, n_ranks)
         weights = to_chatglm_names(weights, spec.shape.n_layer)
@@ -310,10 +319,21 @@ def build_checkpoint(folder: Path, spec: Spec) -> Path:
     return folder
 
 
+def with_post_norms(spec: Spec, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """GLM-4-0414's two extra norms per layer; 1 in a scripted model (whose layers pass values through)."""
+    normed = glm4_0414.with_post_norms(weights, spec.shape.n_layer, spec.shape.n_embd, spec.seed)
+    if spec.script is not None:
+        normed = {k: (np.ones_like(v) if k.endswith(("post_self_attn_layernorm.weight", "post_mlp_layernorm.weight"))
+                      else v) for k, v in normed.items()}
+    return normed
+
+
 def stored_weights(spec: Spec) -> dict[str, np.ndarray]:
     """The float32 values a checkpoint of `spec` holds after rounding to its dtype (HF names)."""
     _, _, vocab = vocabulary(spec)
     weights = random_weights(spec.shape, vocab, spec.seed)
+    if spec.layout == "glm4":
+        weights = with_post_norms(spec, weights)
     if spec.dtype == "bf16":
         return {k: (to_bf16_bits(v).astype(np.uint32) << 16).view(np.float32) for k, v in weights.items()}
     if spec.dtype == "f16":

@@ -160,7 +160,7 @@ class ModelFamily:
     call_end_token: str  # the stop token that ends a tool call (the caller's result comes next)
     replies: ReplyFormat  # how replies are read and calls and results written back
     # chat: the published templates by model name, the first the default; used when a GGUF carries
-    # none, and by `render` without a model
+    # none, and by `render` without a model (empty: the family's templates come from its checkpoints)
     published_templates: Mapping[str, str]
     long_context: tuple[int, str] | None  # (trained context above which, template name to use)
     default_temperature: float  # when a GGUF has no general.sampling.* (the model's generation_config)
@@ -177,11 +177,14 @@ class ModelFamily:
         return gguf.MODEL_ARCH_NAMES[self.arch]
 
     @property
-    def published_template(self) -> str:
-        return next(iter(self.published_templates.values()))
+    def published_template(self) -> str | None:
+        """The default published template (None: the family's come only from their checkpoints)."""
+        return next(iter(self.published_templates.values()), None)
 
-    def template_for_context(self, context_length: int) -> tuple[str, str]:
+    def template_for_context(self, context_length: int) -> tuple[str, str] | None:
         """(name, text) of the published template a model with this trained context was released with."""
+        if not self.published_templates:
+            return None
         if self.long_context and context_length > self.long_context[0]:
             name = self.long_context[1]
         else:

@@ -46,9 +46,7 @@ SUPPORTED = (
     "GLM-4 in the original layout (model_type 'chatglm': glm-4-9b-chat, glm-4-9b-chat-1m, glm-4-9b, "
     "codegeex4-all-9b) or the transformers layout (model_type 'glm', GlmForCausalLM: glm-4-9b-chat-hf)"
 )
-REFUSED = {
-    "glm4": "model_type 'glm4' (GLM-4-0414, Glm4ForCausalLM) is a different architecture",
-}
+REFUSED: dict[str, str] = {}  # GLM-4-0414's "glm4" has a family of its own (glm4_0414.py)
 
 # Original-layout switches that GLM-4 always has; another value means a model llama.cpp's
 # `chatglm` graph would compute differently, so it is refused rather than converted wrongly.
@@ -68,7 +66,7 @@ _MAX_VOCAB = 1 << 22
 
 def spec_from_config(config: Mapping[str, Any], where: str) -> ModelSpec:
     """Both layouts to one set of numbers (the caller has matched `model_type` to this family)."""
-    spec = _from_chatglm(config, where) if config.get("model_type") == LAYOUTS[0] else _from_glm(config, where)
+    spec = _from_chatglm(config, where) if config.get("model_type") == LAYOUTS[0] else hf_spec(config, where)
     spec.validate(where)
     return spec
 
@@ -131,20 +129,21 @@ def _from_chatglm(config: Mapping[str, Any], where: str) -> ModelSpec:
     )
 
 
-def _from_glm(config: Mapping[str, Any], where: str) -> ModelSpec:
+def hf_spec(config: Mapping[str, Any], where: str, layout: str = LAYOUTS[1]) -> ModelSpec:
+    """transformers' GLM config (GlmForCausalLM; Glm4ForCausalLM's reads the same) as `layout`."""
     params = config.get("rope_parameters") or {}
     if not isinstance(params, dict):
         raise CheckpointError(f"{where}: rope_parameters is not an object")
     scaling = params.get("rope_type", "default")
     if scaling not in ("default", None) or config.get("rope_scaling"):
-        raise CheckpointError(f"{where}: rope scaling {scaling!r} is not supported for GLM-4")
+        raise CheckpointError(f"{where}: rope scaling {scaling!r} is not supported for GLM-4 models")
     rope_base = _float({**config, **params}, "rope_theta", where=where, default=_DEFAULT_ROPE_BASE)
     partial = _float({**config, **params}, "partial_rotary_factor", where=where, default=0.5)
     n_head = _int(config, "num_attention_heads", where=where)
     n_embd = _int(config, "hidden_size", where=where)
     head_dim = _int(config, "head_dim", where=where, default=max(1, n_embd // n_head))
     return ModelSpec(
-        layout=LAYOUTS[1],
+        layout=layout,
         n_layer=_int(config, "num_hidden_layers", where=where, high=_MAX_LAYERS),
         n_embd=n_embd,
         n_head=n_head,
@@ -167,8 +166,14 @@ def _from_glm(config: Mapping[str, Any], where: str) -> ModelSpec:
 
 def spec_from_gguf(header: Any, where: str) -> ModelSpec:
     """The hyper-parameters a `chatglm` GGUF declares, each checked as llama.cpp's loader would need."""
+    return header_spec(header, where, ARCH, LAYOUTS[0])
+
+
+def header_spec(header: Any, where: str, arch: str, layout: str) -> ModelSpec:
+    """The hyper-parameters a GGUF of llama.cpp architecture `arch` declares (GLM-4's keys; GLM-4-0414's
+    are the same under `glm4`), each checked as llama.cpp's loader would need."""
     def key(name: str) -> str:
-        return name.format(arch=ARCH)
+        return name.format(arch=arch)
 
     names = {t.name for t in header.tensors}
     tokens = header.get(K.Tokenizer.LIST)
@@ -180,7 +185,7 @@ def spec_from_gguf(header: Any, where: str) -> ModelSpec:
     if gguf_int(header, key(K.Attention.VALUE_LENGTH), where, _MAX_WIDTH, default=head_dim) != head_dim:
         raise GGUFFileError(f"{where}: key and value head sizes differ; GLM-4 has one head size")
     spec = ModelSpec(
-        layout=LAYOUTS[0],
+        layout=layout,
         n_layer=gguf_int(header, key(K.LLM.BLOCK_COUNT), where, max(1, len(names))),
         n_embd=n_embd,
         n_head=n_head,
@@ -192,7 +197,7 @@ def spec_from_gguf(header: Any, where: str) -> ModelSpec:
         rms_eps=gguf_float(header, key(K.Attention.LAYERNORM_RMS_EPS), where),
         rope_base=gguf_float(header, key(K.Rope.FREQ_BASE), where, default=_DEFAULT_ROPE_BASE),
         rope_dim=gguf_int(header, key(K.Rope.DIMENSION_COUNT), where, _MAX_WIDTH, default=head_dim // 2),
-        qkv_bias="blk.0.attn_qkv.bias" in names,
+        qkv_bias=bool({"blk.0.attn_qkv.bias", "blk.0.attn_q.bias"} & names),  # fused, or q, k and v apart
         tied_embeddings="output.weight" not in names,
     )
     spec.validate(where, GGUFFileError)
@@ -261,7 +266,7 @@ TENSORS = TensorTable(
 
 # -- the forward pass, written from the architecture description (not from llama.cpp) --------------
 
-def _rope(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
+def rope(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
     """Rotate adjacent pairs (x[2i], x[2i+1]) of the first rope_dim dims of each head."""
     n_tokens, rot = x.shape[0], spec.rope_dim
     inv_freq = spec.rope_base ** (-np.arange(0, rot, 2, dtype=np.float64) / rot)
@@ -275,35 +280,38 @@ def _rope(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
     shifted = np.exp(x - x.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def _attention(s: ModelSpec, w: WeightSource, h: np.ndarray, bid: int) -> np.ndarray:
+def attention(s: ModelSpec, w: WeightSource, h: np.ndarray, bid: int) -> np.ndarray:
     n = h.shape[0]
-    qkv = h @ w.tensor(f"blk.{bid}.attn_qkv.weight").T
+    # one fused projection (as glm4-local writes), or q, k and v apart (as llama.cpp's converter writes GLM-4-0414)
+    names = ("attn_qkv",) if w.has(f"blk.{bid}.attn_qkv.weight") else ("attn_q", "attn_k", "attn_v")
+    projected = [h @ w.tensor(f"blk.{bid}.{name}.weight").T for name in names]
     if s.qkv_bias:
-        qkv = qkv + w.tensor(f"blk.{bid}.attn_qkv.bias")
-    q = _rope(s, qkv[:, : s.q_rows].reshape(n, s.n_head, s.head_dim))
-    k = _rope(s, qkv[:, s.q_rows : s.q_rows + s.kv_rows].reshape(n, s.n_head_kv, s.head_dim))
+        projected = [p + w.tensor(f"blk.{bid}.{name}.bias") for p, name in zip(projected, names, strict=True)]
+    qkv = np.concatenate(projected, axis=1)
+    q = rope(s, qkv[:, : s.q_rows].reshape(n, s.n_head, s.head_dim))
+    k = rope(s, qkv[:, s.q_rows : s.q_rows + s.kv_rows].reshape(n, s.n_head_kv, s.head_dim))
     v = qkv[:, s.q_rows + s.kv_rows :].reshape(n, s.n_head_kv, s.head_dim)
     group = s.n_head // s.n_head_kv
     k = np.repeat(k, group, axis=1)
     v = np.repeat(v, group, axis=1)
     scores = np.einsum("qhd,khd->hqk", q, k) / np.float32(np.sqrt(s.head_dim))
     scores = scores + np.triu(np.full((n, n), -np.inf, dtype=np.float32), 1)
-    context = np.einsum("hqk,khd->qhd", _softmax(scores), v).reshape(n, s.q_rows)
+    context = np.einsum("hqk,khd->qhd", softmax(scores), v).reshape(n, s.q_rows)
     return context @ w.tensor(f"blk.{bid}.attn_output.weight").T
 
 
-def _mlp(s: ModelSpec, w: WeightSource, h: np.ndarray, bid: int) -> np.ndarray:
+def mlp(s: ModelSpec, w: WeightSource, h: np.ndarray, bid: int) -> np.ndarray:
     gate_up = h @ w.tensor(f"blk.{bid}.ffn_up.weight").T
     gate, up = gate_up[:, : s.n_ff], gate_up[:, s.n_ff :]
     return (gate / (1.0 + np.exp(-gate)) * up) @ w.tensor(f"blk.{bid}.ffn_down.weight").T
 
 
-def _rms_norm(s: ModelSpec, w: WeightSource, x: np.ndarray, name: str) -> np.ndarray:
+def rms_norm(s: ModelSpec, w: WeightSource, x: np.ndarray, name: str) -> np.ndarray:
     variance = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
     return (x / np.sqrt(variance + s.rms_eps)).astype(np.float32) * w.tensor(name)
 
@@ -312,9 +320,9 @@ def forward(spec: ModelSpec, weights: WeightSource, tokens: Sequence[int]) -> np
     """(len(tokens), vocab) float32 logits, position i predicting token i+1; one layer at a time."""
     x = weights.rows("token_embd.weight", np.asarray(tokens))
     for bid in range(spec.n_layer):
-        x = x + _attention(spec, weights, _rms_norm(spec, weights, x, f"blk.{bid}.attn_norm.weight"), bid)
-        x = x + _mlp(spec, weights, _rms_norm(spec, weights, x, f"blk.{bid}.ffn_norm.weight"), bid)
-    x = _rms_norm(spec, weights, x, "output_norm.weight")
+        x = x + attention(spec, weights, rms_norm(spec, weights, x, f"blk.{bid}.attn_norm.weight"), bid)
+        x = x + mlp(spec, weights, rms_norm(spec, weights, x, f"blk.{bid}.ffn_norm.weight"), bid)
+    x = rms_norm(spec, weights, x, "output_norm.weight")
     head = "output.weight" if weights.has("output.weight") else "token_embd.weight"
     return np.concatenate([x @ block.T for block in weights.row_blocks(head)], axis=1)
 

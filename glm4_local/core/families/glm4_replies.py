@@ -49,6 +49,10 @@ class ReplyText:
     def held(self) -> bool:
         return self.mode == "held"
 
+    @property
+    def reasoning(self) -> bool:
+        return False  # GLM-4-9B does not reason aloud
+
     def feed(self, chunk: str) -> str:
         if self.mode == "text":
             return chunk
@@ -69,6 +73,9 @@ class ReplyText:
 
     def end(self) -> str:
         return self.head if self.mode is None else ""
+
+    def take_reasoning(self) -> str:
+        return ""
 
 
 def parse_reply(generated: str, tools: Tools | None) -> Reply:
@@ -152,8 +159,11 @@ class Glm4Replies:
     def stream(self, tools: Tools | None, prefix: str = "") -> ReplyText:
         return ReplyText(tools, prefix)
 
-    def finish(self, generated: str, tools: Tools | None, call_ended: bool) -> Reply:
-        return finish_reply(generated, tools, call_ended)
+    def finish(self, text: str, tools: Tools | None, call_ended: bool, prompted: str = "") -> Reply:
+        return finish_reply(text, tools, call_ended)
+
+    def skip_reasoning(self, prefix: str) -> str:
+        return ""
 
     def template_messages(self, messages: Sequence[Mapping[str, Any]], tools: Tools | None) -> list[Message]:
         return to_glm_messages(messages, tools)

@@ -11,8 +11,9 @@ from typing import Any
 from glm4_local.core.errors import CheckpointError, GGUFFileError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.glm4 import GLM4_9B
+from glm4_local.core.families.glm4_0414 import GLM4_0414
 
-FAMILIES: tuple[ModelFamily, ...] = (GLM4_9B,)
+FAMILIES: tuple[ModelFamily, ...] = (GLM4_9B, GLM4_0414)
 
 
 def supported_checkpoints() -> str:

@@ -62,24 +62,35 @@ class Reply:
     metadata: str | None = None  # set when a call-looking reply is kept as the model wrote it
     content: str = ""  # with metadata: the rest of the reply
     partial_call: ToolCall | None = None  # a call of a known tool that was not finished (cut off, bad JSON)
+    reasoning: str = ""  # what a reasoning model thought before the reply (never fed back to it)
 
     def as_message(self) -> Message:
-        """The assistant message that records this reply in the conversation."""
+        """The assistant message that records this reply in the conversation (its reasoning as
+        `reasoning_content`, as llama-server and vLLM return it)."""
         if self.tool_call is not None:
-            return self.tool_call.as_message()
-        if self.metadata is not None:
-            return {"role": "assistant", "metadata": self.metadata, "content": self.content}
-        return {"role": "assistant", "content": self.text}
+            message = self.tool_call.as_message()
+        elif self.metadata is not None:
+            message = {"role": "assistant", "metadata": self.metadata, "content": self.content}
+        else:
+            message = {"role": "assistant", "content": self.text}
+        return message | ({"reasoning_content": self.reasoning} if self.reasoning else {})
 
 
 class ReplyStream(Protocol):
-    """A reply as it streams: what to show of each chunk now."""
+    """A reply as it streams: what to show of each chunk now; reasoning apart (take_reasoning)."""
 
     @property
     def held(self) -> bool:
         """The reply may be a call: nothing of it is shown until it is finished."""
 
+    @property
+    def reasoning(self) -> bool:
+        """The model is still reasoning (what it writes now is thought, not reply)."""
+
     def feed(self, chunk: str) -> str: ...
+
+    def take_reasoning(self) -> str:
+        """Reasoning written since the last call ("" for a family that does not reason)."""
 
     def end(self) -> str:
         """What is left to show once the reply is over."""
@@ -94,11 +105,18 @@ class ReplyFormat(Protocol):
 
     def valid_function_name(self, name: str) -> bool: ...
 
-    def stream(self, tools: Tools | None, prefix: str = "") -> ReplyStream: ...
+    def stream(self, tools: Tools | None, prefix: str = "") -> ReplyStream:
+        """`prefix`: reply text the prompt already holds (what the template's generation prompt writes after
+        its last markup, e.g. GLM-Z1's `\n<think>`, and any text prefilled to force a shape)."""
 
-    def finish(self, generated: str, tools: Tools | None, call_ended: bool) -> Reply:
+    def skip_reasoning(self, prefix: str) -> str:
+        """Text that, prefilled after `prefix`, ends the reasoning it opened: for replies a grammar holds to
+        a shape from their first token ("" for a family that does not reason)."""
+
+    def finish(self, text: str, tools: Tools | None, call_ended: bool, prompted: str = "") -> Reply:
         """The reply, decided: a call only if it is well formed and `call_ended` (the model ended it
-        as a call, or a grammar forced it); else text."""
+        as a call, or a grammar forced it); else text. `text`: the whole reply, beginning with
+        `prompted`, the part of it the prompt already held (see stream)."""
 
     def template_messages(self, messages: Sequence[Mapping[str, Any]], tools: Tools | None) -> list[Message]:
         """OpenAI-style messages (calls, tool results and a user message's `documents` included) as the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gguf
 
 from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.families.registry import FAMILIES
 from glm4_local.core.gguf.bpe import missing_splits
 from glm4_local.core.gguf.header import GGUFHeader
 
@@ -23,15 +24,36 @@ def pre_tokenizer_problem(reader: GGUFHeader, family: ModelFamily) -> str | None
 
 def quick_problems(reader: GGUFHeader, family: ModelFamily) -> list[str]:
     """What a glance at the header shows wrong (cheap enough to run before every chat)."""
-    problems = [p for p in [pre_tokenizer_problem(reader, family)] if p]
+    found = (pre_tokenizer_problem(reader, family), eos_problem(reader, family), template_problem(reader, family))
+    problems = [p for p in found if p]
     if reader.get(K.Tokenizer.EOM_ID) is None:
         problems.append(f"no end-of-message token, so other llama.cpp runtimes do not stop on {family.eom_token}")
     return problems
 
 
+def eos_problem(reader: GGUFHeader, family: ModelFamily) -> str | None:
+    """An end-of-sequence id that is another token (community GGUFs of GLM-4-0414 disagree on it)."""
+    tokens = reader.get(K.Tokenizer.LIST) or []
+    eos = reader.get(K.Tokenizer.EOS_ID)
+    if not isinstance(eos, int) or not 0 <= eos < len(tokens) or tokens[eos] == family.eos_token:
+        return None
+    return f"the end-of-sequence id {eos} is {tokens[eos]}, not {family.eos_token}"
+
+
+def template_problem(reader: GGUFHeader, family: ModelFamily) -> str | None:
+    """A chat template published for another family (some GLM-4-0414 GGUFs carry GLM-4-9B-Chat's)."""
+    template = reader.get(K.Tokenizer.CHAT_TEMPLATE)
+    for other in FAMILIES:
+        if other is not family and template in other.published_templates.values():
+            return (f"its chat template is {other.name}'s, not this model's (the checkpoint's own goes in with "
+                    "--template chat_template.jinja)")
+    return None
+
+
 def tokenizer_warnings(reader: GGUFHeader, family: ModelFamily, specials: dict[str, int]) -> list[str]:
-    """Settings known to make llama.cpp tokenize differently from the family's own tokenizer."""
-    warnings = [p for p in [pre_tokenizer_problem(reader, family)] if p]
+    """Settings known to make llama.cpp tokenize (or prompt, or stop) differently from the family's own model."""
+    found = (pre_tokenizer_problem(reader, family), eos_problem(reader, family), template_problem(reader, family))
+    warnings = [p for p in found if p]
     if reader.get(K.Tokenizer.ADD_BOS):
         warnings.append(f"adds a BOS token, which {family.name} never saw in training")
     tokens = reader.get(K.Tokenizer.LIST) or []
