@@ -12,7 +12,7 @@ from pathlib import Path
 from glm4_local.core.errors import SourceError, SourceNotCachedError
 
 # What a conversion needs from a repo; never code (*.py) and never pickles.
-DOWNLOAD_PATTERNS = ("*.safetensors", "*.json", "tokenizer.model")
+DOWNLOAD_PATTERNS = ("*.safetensors", "*.json", "tokenizer.model", "chat_template.jinja")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -139,7 +139,7 @@ def test_a_search_backend_that_is_down_is_an_error_observation(tmp_path: Path) -
 
 
 def test_zim_backend(tmp_path: Path) -> None:
-    zimfixtures = pytest.importorskip("zimfixtures")
+    zimfixtures = pytest.importorskip("helpers.zimfixtures")
     pytest.importorskip("libzim")
     backend = open_backend(f"zim:{zimfixtures.write_zim(tmp_path / 'mini-wiki.zim')}", tmp_path / "index")
     browser = Browser(backend)

@@ -17,7 +17,7 @@ from glm4_local.chat.context_plan import ContextTooLarge, compute_bytes, plan_co
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.core.families.glm4 import GLM4_9B
-from glm4_local.core.llama import door
+from glm4_local.core.llama import device, door
 from glm4_local.core.llama.device import Memory
 
 GiB = 2**30
@@ -117,7 +117,7 @@ def test_the_cli_prints_the_plan_and_refuses_what_does_not_fit(scripted_gguf: Ca
     assert result.exit_code == 0 and "(auto: the most that fits, trained 4,096)" in result.stderr
     assert "of RAM left" in result.stderr
     assert "flash attention" not in result.stderr  # the whole context fits without it (faster on a CPU)
-    monkeypatch.setattr(context_plan, "ram", lambda: (64 * 2**20, 64 * 2**20))  # a 64 MiB machine
+    monkeypatch.setattr(device, "ram", lambda: (64 * 2**20, 64 * 2**20))  # a 64 MiB machine
     one_line_error(invoke(["chat", model, "-p", "hi", "--ctx", "max"]), "4,096 tokens needs", "of RAM is free")
 
 

@@ -15,6 +15,7 @@ import pexpect
 import pytest
 from helpers import factory
 from helpers.cli import invoke, one_line_error
+from helpers.glm4_0414 import Z1
 
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.convert.pipeline import load_checkpoint
@@ -33,12 +34,6 @@ REAL_CONFIGS = {  # the published configs' numbers (../shared/glm4-reference/glm
     "32b": {"hidden_size": 6144, "num_hidden_layers": 61, "num_attention_heads": 48, "num_key_value_heads": 8,
             "intermediate_size": 23040},
 }
-# GLM-Z1 scripted: the prompt ends "<think>", the model thinks "Hmm", closes, answers (one token each)
-Z1 = {"extra_tokens": (">\n", "Hmm", "</", "think", "Sunny", " day"), "template": "glm-z1-0414",
-      "script": ((">", "Hmm"), ("Hmm", "</"), ("</", "think"), ("think", ">\n"), (">\n", "Sunny"), ("Sunny", " day"),
-                 (" day", "<|user|>"))}
-
-
 @pytest.mark.parametrize("size", REAL_CONFIGS)
 def test_the_published_configs_read_as_their_models(size: str) -> None:
     config = {"model_type": "glm4", "architectures": ["Glm4ForCausalLM"], "vocab_size": 151552, "head_dim": 128,
@@ -116,7 +111,7 @@ def test_a_function_call_and_the_answer_after_its_result(make_gguf: Callable[...
 
 
 def test_glm_z1_thinks_apart_from_its_answer(make_gguf: Callable[..., Path]) -> None:
-    result = invoke(["chat", str(make_gguf("f32", dtype="f32", layout="glm4", **Z1)), "-p", "hi", "--json"])
+    result = invoke(["chat", str(make_gguf("f32", dtype="f32", **Z1)), "-p", "hi", "--json"])
     assert result.exit_code == 0, result.stderr
     answer = json.loads(result.stdout)
     assert (answer["content"], answer["reasoning_content"]) == ("Sunny day", "Hmm")
@@ -145,7 +140,7 @@ def test_serve_calls_a_function_and_streams_glm_z1s_thoughts_apart(make_gguf: Ca
             "Sunny day"
     finally:
         server.stop()
-    server = Server(make_gguf("f32", dtype="f32", layout="glm4", **Z1), tmp_path / "z1")
+    server = Server(make_gguf("f32", dtype="f32", **Z1), tmp_path / "z1")
     try:
         client = server.client()
         ask = [{"role": "user", "content": "hi"}]
@@ -178,7 +173,7 @@ def test_serve_calls_a_function_and_streams_glm_z1s_thoughts_apart(make_gguf: Ca
 def test_glm_z1s_thoughts_show_dimmed_in_the_terminal(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
     from helpers.terminal import chat, saved
 
-    term = chat(make_gguf("f32", dtype="f32", layout="glm4", **Z1), tmp_path)
+    term = chat(make_gguf("f32", dtype="f32", **Z1), tmp_path)
     term.send("hi\r")
     term.wait_for("Sunny day")
     screen = term.text()

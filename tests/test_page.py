@@ -345,3 +345,20 @@ def test_a_refused_key_and_a_file_that_is_no_conversation_are_said(page: Page, s
     page.upload("import", notes)
     page.until("document.getElementById('status').textContent.includes('notes.txt')")
     assert page.texts("#status") == ["notes.txt is not a conversation glm4-local saved (not JSON)"]
+
+
+def test_glm_z1s_thoughts_are_folded_above_its_answer(page: Page, served: Callable[..., Server],
+                                                     make_gguf: Callable[..., Path]) -> None:
+    from helpers.glm4_0414 import Z1
+
+    server = served(make_gguf("f32", dtype="f32", **Z1))
+    page.open(server)
+    page.send("hi")
+    page.replied(1)
+    assert page.answers() == ["Sunny day"]
+    assert page.texts(".message.answer details.thoughts pre") == ["Hmm"]
+    assert page.script("return document.querySelector('.message.answer details.thoughts').open") is False
+    saved = page.script("return JSON.parse(localStorage.getItem('glm4-local:conversation:' + "
+                        "JSON.parse(localStorage.getItem('glm4-local:conversations'))[0]))")
+    assert {k: v for k, v in saved["messages"][-1].items() if not k.startswith("glm4_")} == {
+        "role": "assistant", "content": "Sunny day", "reasoning_content": "Hmm"}

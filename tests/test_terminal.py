@@ -207,7 +207,6 @@ def test_json_usage_counts_every_model_call(scripted_gguf: Callable[[str], Path]
 STREAM_WORDS = """
 import sys, time
 from rich.console import Console
-from helpers.terminal import PROMPT, ROOT, Terminal, chat, saved
 from glm4_local.frontends.reply_view import ReplyView
 written = 0
 print("start", flush=True)

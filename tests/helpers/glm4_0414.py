@@ -60,6 +60,11 @@ TEMPLATE = """[gMASK]<sop>
 {%- endfor %}
 {% if add_generation_prompt %}<|assistant|>{% endif %}"""
 TEMPLATES = {"glm-4-0414": TEMPLATE, "glm-z1-0414": Z1_TEMPLATE}
+# make_gguf's fields for a scripted GLM-Z1: the prompt ends "<think>", the model thinks "Hmm", closes its
+# thoughts and answers "Sunny day" (each word one token; ">\n" ends "</think>" as one pre-token)
+Z1 = {"layout": "glm4", "extra_tokens": (">\n", "Hmm", "</", "think", "Sunny", " day"), "template": "glm-z1-0414",
+      "script": ((">", "Hmm"), ("Hmm", "</"), ("</", "think"), ("think", ">\n"), (">\n", "Sunny"),
+                 ("Sunny", " day"), (" day", "<|user|>"))}
 
 
 def config(s: Shape, vocab: int, first_special: int) -> dict:

@@ -46,7 +46,7 @@ SUPPORTED = (
     "GLM-4 in the original layout (model_type 'chatglm': glm-4-9b-chat, glm-4-9b-chat-1m, glm-4-9b, "
     "codegeex4-all-9b) or the transformers layout (model_type 'glm', GlmForCausalLM: glm-4-9b-chat-hf)"
 )
-REFUSED: dict[str, str] = {}  # GLM-4-0414's "glm4" has a family of its own (glm4_0414.py)
+REFUSED: dict[str, str] = {}  # GLM-4-0414's model type has a family of its own (glm4_0414.py)
 
 # Original-layout switches that GLM-4 always has; another value means a model llama.cpp's
 # `chatglm` graph would compute differently, so it is refused rather than converted wrongly.

@@ -1,6 +1,6 @@
 """The GLM-4-0414 family: GLM-4-9B-0414, GLM-Z1-9B-0414 (reasoning) and their 32B siblings.
 
-transformers' `Glm4ForCausalLM` (`model_type` "glm4"), llama.cpp's `glm4` architecture: GLM-4-9B-Chat-hf's
+transformers' `Glm4ForCausalLM` (its `model_type` is llama.cpp's architecture name, `glm4`): GLM-4-9B-Chat-hf's
 layers plus two RMSNorms each, one after attention and one after the MLP, both before their residual
 add; grouped-query attention with q/k/v biases, interleaved rotary embeddings on half of each head, a
 fused gate/up projection. The tokenizer is a Hugging Face `tokenizer.json` (byte-level BPE, GLM-4's
@@ -18,7 +18,6 @@ import numpy as np
 
 from glm4_local.core.families import glm4
 from glm4_local.core.families.family import (
-    Hyperparams,
     ModelFamily,
     ModelSpec,
     Part,
@@ -31,7 +30,7 @@ from glm4_local.core.families.glm4_0414_replies import GLM4_0414_REPLIES
 T = gguf.MODEL_TENSOR
 F = gguf.LlamaFileType
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GLM4]
-LAYOUT = "glm4"  # config.json model_type
+LAYOUT = ARCH  # config.json's model_type: the same name
 SUPPORTED = ("GLM-4-0414 (model_type 'glm4', Glm4ForCausalLM: GLM-4-9B-0414, GLM-Z1-9B-0414, GLM-4-32B-0414, "
              "GLM-Z1-32B-0414)")
 
@@ -114,15 +113,16 @@ GLM4_0414 = ModelFamily(
     # GLM-4's own ranks, split by GLM-4's regex, looked up whole first (as tiktoken did, and as the
     # conversion of those ranks to tokenizer.json keeps): llama.cpp's `glm4` pre-tokenizer
     tokenizer_model="gpt2",
-    pre_tokenizer="glm4",
+    pre_tokenizer=glm4.GLM4_9B.pre_tokenizer,
     pre_tokenizer_pattern=glm4.PATTERN,
-    special_tokens=glm4.SPECIAL_TOKENS,  # the same ids; a checkpoint's tokenizer.json lists its own
-    eos_token="<|endoftext|>",
-    eot_token="<|user|>",
-    eom_token="<|observation|>",
-    stop_tokens=("<|endoftext|>", "<|user|>", "<|observation|>"),  # generation_config's eos_token_id
-    markup_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
-    call_end_token="<|observation|>",
+    # GLM-4-9B-Chat's special tokens at the same ids, the same end-of-generation set and template markup
+    special_tokens=glm4.SPECIAL_TOKENS,  # a checkpoint's tokenizer.json lists its own
+    eos_token=glm4.GLM4_9B.eos_token,
+    eot_token=glm4.GLM4_9B.eot_token,
+    eom_token=glm4.GLM4_9B.eom_token,
+    stop_tokens=glm4.GLM4_9B.stop_tokens,  # generation_config's eos_token_id
+    markup_tokens=glm4.GLM4_9B.markup_tokens,
+    call_end_token=glm4.GLM4_9B.call_end_token,
     replies=GLM4_0414_REPLIES,
     # no template is published here: the checkpoint's own goes into the GGUF (`repair --template` adds one)
     published_templates={},
@@ -134,8 +134,8 @@ GLM4_0414 = ModelFamily(
         "[gMASK]<sop><|user|>\n请用一句话介绍长城。<|assistant|>\n",
         "[gMASK]<sop><|system|>\nYou translate English to Chinese.<|user|>\nGood morning, 朋友!<|assistant|>\n<think>",
     ),
-    # GLM-4-9B-0414: GLM-4-9B-Chat's shapes with two norms more per layer (a few MB)
-    flagship=Hyperparams(context_length=131072, n_layer=40, n_head_kv=2, head_dim=128, n_head=32),
-    flagship_parameters=9.40e9,
+    # GLM-4-9B-0414: GLM-4-9B-Chat's shapes and context with two norms more per layer (a few MB)
+    flagship=glm4.GLM4_9B.flagship,
+    flagship_parameters=glm4.GLM4_9B.flagship_parameters,
     flagship_bits_per_weight=glm4.GLM4_9B.flagship_bits_per_weight,
 )
