@@ -309,7 +309,7 @@ def build_checkpoint(folder: Path, spec: Spec) -> Path:
     if spec.layout == "glm":
         config = glm_config(spec.shape, vocab, n_ranks)
     elif spec.layout == "glm4":
-        config = glm4_0414.config(spec.shape, vocab, n_ranks)
+        config = glm_config(spec.shape, vocab, n_ranks) | glm4_0414.CONFIG_CHANGES
         weights = with_post_norms(spec, weights)
     else:
         config = chatglm_config(spec.shape, vocab, n_ranks)

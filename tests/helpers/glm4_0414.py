@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from glm4_local.core.families.glm4 import PATTERN
 from glm4_local.core.gguf.bpe import byte_to_unicode
-
-if TYPE_CHECKING:
-    from helpers.factory import Shape
 
 Z1_TEMPLATE = (Path(__file__).parents[1] / "data" / "glm-z1-0414-chat_template.jinja").read_text(encoding="utf-8")
 TEMPLATE = """[gMASK]<sop>
@@ -67,16 +63,9 @@ Z1 = {"layout": "glm4", "extra_tokens": (">\n", "Hmm", "</", "think", "Sunny", "
                  ("Sunny", " day"), (" day", "<|user|>"))}
 
 
-def config(s: Shape, vocab: int, first_special: int) -> dict:
-    return {
-        "architectures": ["Glm4ForCausalLM"], "model_type": "glm4", "vocab_size": vocab,
-        "hidden_size": s.n_embd, "intermediate_size": s.n_ff, "num_hidden_layers": s.n_layer,
-        "num_attention_heads": s.n_head, "num_key_value_heads": s.n_head_kv, "head_dim": s.head_dim,
-        "hidden_act": "silu", "max_position_embeddings": s.context, "rms_norm_eps": 1e-05,
-        "attention_bias": True, "tie_word_embeddings": False, "attention_dropout": 0.0,
-        "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default"},
-        "pad_token_id": first_special, "eos_token_id": [first_special, first_special + 7, first_special + 9],
-    }
+# Glm4ForCausalLM's config.json: GLM-4-9B-Chat-hf's (factory.glm_config) with these changes
+CONFIG_CHANGES = {"architectures": ["Glm4ForCausalLM"], "model_type": "glm4", "rms_norm_eps": 1e-05,
+                  "attention_dropout": 0.0}
 
 
 def with_post_norms(weights: dict[str, np.ndarray], n_layer: int, n_embd: int, seed: int) -> dict[str, np.ndarray]:
