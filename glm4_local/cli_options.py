@@ -94,6 +94,8 @@ RUNTIME = OptionGroup("runtime", RUNTIME_OPTIONS, runtime_options_of)
 
 
 def _field_type(owner: type, item: dataclasses.Field[Any]) -> Any:
+    """A field's annotation as a type: our own dataclasses' annotations are strings (postponed evaluation),
+    resolved in their module."""
     hint = item.type
     return eval(hint, vars(sys.modules[owner.__module__])) if isinstance(hint, str) else hint
 

@@ -216,3 +216,29 @@ def test_community_ggufs_of_0414_models_are_flagged_and_repaired(make_gguf: Call
     one_line_error(invoke(["repair", str(plain), "-o", str(tmp_path / "x.gguf")]), "no chat template",
                    "--template")
     one_line_error(invoke(["chat", str(plain), "-p", "hi"]), "no chat template", "--template")
+
+
+@pytest.mark.parametrize(("prompted", "generated", "reasoning", "streamed", "call"), [
+    ("\n<think>", "Let me think</think>\nIt is 42.", "Let me think", "It is 42.", None),  # GLM-Z1 reasoning
+    ("\n<think>", "Hm</think>add\n{\"a\": 1}", "Hm", "", ("add", '{"a": 1}')),  # then a call
+    ("\n<think></think>add\n", '{"a": 1}', "", "", ("add", '{"a": 1}')),  # tool_choice: thoughts closed first
+    ("\n<think></think>", '\n{"x": 1}', "", '{"x": 1}', None),  # response_format: the same
+    ("", "\nIt is <think>42</think>.", "", "It is <think>42</think>.", None),  # GLM-4-9B-0414: no reasoning
+    ("\n<think>", "cut off while thin", "cut off while thin", "", None),
+])
+def test_the_reply_format_reads_thoughts_apart(prompted: str, generated: str, reasoning: str, streamed: str,
+                                               call: tuple[str, str] | None) -> None:
+    replies = GLM4_0414.replies
+    tools = [{"type": "function", "function": {"name": "add"}}]
+    stream = replies.stream(tools, prompted)
+    shown, thought = "", ""
+    for i in range(0, len(generated), 3):  # in pieces that split "</think>"
+        shown += stream.feed(generated[i:i + 3])
+        thought += stream.take_reasoning()
+    shown += stream.end()
+    thought += stream.take_reasoning()
+    reply = replies.finish(prompted + generated, tools, True, prompted)
+    assert (thought, reply.reasoning) == (reasoning, reasoning)
+    assert shown == streamed  # a call is held whole, never shown as text
+    assert (reply.tool_call.name, reply.tool_call.arguments) == call if call else reply.tool_call is None
+    assert replies.skip_reasoning("\n<think>") == "</think>" and replies.skip_reasoning("") == ""

@@ -72,8 +72,8 @@ class ToolLoop:
     def converse(self, engine: ChatEngine, turn: Turn, show: Callable[[Turn], TurnResult],
                  run: Callable[[ToolCall], Results | None]) -> Ending:
         """The loop in a chat (the terminal's and the one-shot answer's): `show` streams a reply to its
-        end, `run` runs a call (None: it was cancelled). Every call the loop ends on is answered in the
-        conversation, so it stays well formed."""
+        end, `run` runs a call (None: it was cancelled). A call the loop refuses or the user cancels is
+        answered in the conversation, so it stays well formed; one handed back waits for its result."""
         while True:
             result = show(turn)
             call = self.next(result.reply.tool_call, result.interrupted)

@@ -89,10 +89,10 @@ class Glm4_0414Replies:
         return ReasoningReply(tools, prefix)
 
     def finish(self, text: str, tools: Tools | None, call_ended: bool, prompted: str = "") -> Reply:
-        if not opens_reasoning(prompted):
+        start = prompted.rfind(THINK_OPEN)  # the prompt opened the thoughts (and may have closed them: a shape)
+        if start < 0:
             return glm4_replies.finish_reply(text, tools, call_ended)
-        body = text[text.rfind(THINK_OPEN, 0, len(prompted)) + len(THINK_OPEN):]
-        reasoning, closed, rest = body.partition(THINK_CLOSE)
+        reasoning, closed, rest = text[start + len(THINK_OPEN):].partition(THINK_CLOSE)
         if not closed:
             return Reply("", reasoning=reasoning)  # cut off while reasoning: no answer yet
         return replace(glm4_replies.finish_reply(rest, tools, call_ended), reasoning=reasoning)
