@@ -138,6 +138,8 @@ def test_serve_calls_a_function_and_streams_glm_z1s_thoughts_apart(make_gguf: Ca
                   {"role": "tool", "tool_call_id": call.id, "content": "42"}]
         assert client.chat.completions.create(model="m", messages=follow, tools=tools).choices[0].message.content == \
             "Sunny day"
+        status, body = server.json("POST", "/v1/chat/completions", {"messages": ask, "tools": [{"type": "python"}]})
+        assert status == 400 and "'python' is not a tool this model was trained with" in body["error"]["message"]
     finally:
         server.stop()
     server = Server(make_gguf("f32", dtype="f32", **Z1), tmp_path / "z1")

@@ -127,6 +127,15 @@ def _constraint(request: ChatRequest, choice: ToolChoice, tools: list[dict[str, 
     return answer_grammar(replies, form.json_schema.schema_), "", False
 
 
+def _trained_tools(tools: list[dict[str, Any]], trained: tuple[str, ...], field: str) -> None:
+    """A built-in tool type the model's template does not know (GLM-4's `python` offered to GLM-4-0414) is
+    refused by name, not rendered as a nameless function."""
+    for i, tool in enumerate(tools):
+        if tool["type"] not in trained:
+            raise bad_request(f"{field}[{i}].type: {tool['type']!r} is not a tool this model was trained with "
+                              f"(it knows {', '.join(trained)})", f"{field}[{i}].type")
+
+
 def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, defaults: SamplerSettings) -> Plan:
     """What to generate for a chat completion; ApiError 400 for anything malformed or impossible."""
     request.refuse_unsupported()
@@ -135,6 +144,7 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
         offered, choice = _tools_and_choice(request)
         field = "functions" if request.functions is not None else "tools"
         tools = check_tools(offered, field) if offered else None
+        _trained_tools(tools or [], runtime.vocab.family.replies.tool_types, field)
         if choice == "none":
             tools = None  # not offered, so never called
         grammar, prefix, forced = _constraint(request, choice, tools, runtime.vocab.family.replies)
