@@ -84,8 +84,12 @@ class ChatTemplate:
     def reply_head(self) -> str:
         """Reply text the generation prompt writes after its last markup: GLM-Z1's "\n<think>" (the model
         reasons first), "" for GLM-4's bare <|assistant|>."""
+        try:
+            pieces = self.pieces([{"role": "user", "content": "?"}])
+        except TemplateRenderError:  # a template that wants more than one user message: it says so when used
+            return ""
         tail: list[str] = []
-        for piece in reversed(self.pieces([{"role": "user", "content": "?"}])):
+        for piece in reversed(pieces):
             if piece.special:
                 break
             tail.append(piece.text)

@@ -12,9 +12,13 @@ export function newId() {
 }
 
 export function titleOf(messages) {
-  const first = messages.find((m) => m.role === "user" && typeof m.content === "string" && m.content.trim());
+  const asked = (m) => m.role === "user" && ((typeof m.content === "string" && m.content.trim()) ||
+    (Array.isArray(m.documents) && m.documents.length));
+  const first = messages.find(asked);
   if (!first) return "New conversation";
-  const question = first.content.trim().split("\n")[0];
+  // the question's first line, or the first document's name when it came alone
+  const question = (typeof first.content === "string" && first.content.trim().split("\n")[0]) ||
+    String(first.documents[0].name);
   return question.length > 60 ? `${question.slice(0, 57)}…` : question;
 }
 

@@ -77,6 +77,7 @@ test("documents go with the message as data, as the terminal sends them", () => 
   if (process.env.GLM4_USER_MESSAGE) assert.deepEqual(message, JSON.parse(process.env.GLM4_USER_MESSAGE));  // Python's
   assert.deepEqual(userMessage("q", []), { role: "user", content: "q" });
   assert.equal(titleOf([message]), "what?");
+  assert.equal(titleOf([userMessage("", docs)]), "a.md");  // a document sent alone is named by it
 });
 
 test("server-sent events: split across reads, steps and citations gathered", () => {
