@@ -125,3 +125,12 @@ def test_doctor_says_what_the_million_token_variant_needs() -> None:
     shown = invoke(["doctor"]).stdout
     assert "1,048,576-token variant (-1m): its KV cache takes 80.0 GiB f16 / 42.5 GiB q8_0 / 22.5 GiB q4_0" in shown
     assert "here, with Q4_K_M weights: up to" in shown
+
+
+def test_the_device_says_whether_flash_attention_is_worth_it_where_both_fit() -> None:
+    plenty = 1024 * GiB
+    slower = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"), Memory(plenty))
+    faster = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"),
+                          Memory(plenty, flash_attention_slower=False))
+    assert slower.n_ctx == faster.n_ctx == FLAGSHIP.context_length
+    assert (slower.options.flash_attention, faster.options.flash_attention) == (False, True)

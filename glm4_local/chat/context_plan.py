@@ -77,15 +77,15 @@ def plan_context(family: ModelFamily, h: Hyperparams, weights_bytes: int, option
     if memory.free is None:
         return plan(min(h.context_length, 8192), options.flash_attention)  # nothing to size by: the default
     room = memory.free * MARGIN
-    # flash attention only where it buys context: on a CPU it reads long prompts slower (measured:
-    # 0.80× at 16K tokens), but without it the scores buffer, not the KV cache, is what runs out first
+    # where flash attention costs speed (the device says), it is taken only where it buys context: without
+    # it the scores buffer, not the KV cache, is what runs out first
     choices = [True] if options.flash_attention else [False, True]
     found = [(best, flash) for flash in choices
              if (best := _largest(lambda n, f=flash: plan(n, f).needed <= room, h.context_length)) is not None]
     if not found:
         raise ContextTooLarge(f"the model's weights ({_gib(weights_bytes)}) leave no room for a context in "
                               f"the {_gib(memory.free)} of {memory.kind} free")
-    n_ctx, flash = max(found, key=lambda c: (c[0], not c[1]))
+    n_ctx, flash = max(found, key=lambda c: (c[0], c[1] != memory.flash_attention_slower))
     return plan(n_ctx, flash)
 
 

@@ -27,6 +27,9 @@ class Memory:
 
     free: int | None
     kind: str = "RAM"
+    # whether flash attention costs speed there: measured on a CPU (a 16K-token prompt read at 0.80×); on
+    # a GPU assumed the same until it is measured (so the choice is as on a CPU)
+    flash_attention_slower: bool = True
 
 
 @dataclass(frozen=True)
