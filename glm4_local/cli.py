@@ -282,7 +282,8 @@ def chat(
 \b
 Then point any OpenAI client at it: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).
 Open http://127.0.0.1:8000/ in a browser to chat. Routes: /v1/chat/completions (tools, tool_choice,
-response_format, streaming), /v1/completions, /v1/responses, /v1/models, /health, /metrics.
+response_format, streaming), /v1/completions, /v1/responses, /v1/models, /health, /metrics; and
+Ollama's /api/chat, /api/generate, /api/tags, /api/show, /api/ps (--port 11434 for apps that expect Ollama).
 Each of the --parallel slots has --ctx tokens of context.""")
 @with_options(RUNTIME, SERVE, TOOLS)
 def serve(

@@ -28,6 +28,7 @@ from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.completions import Run
 from glm4_local.server.guard import BrowserGuard, same_origin
 from glm4_local.server.metrics import prometheus_text
+from glm4_local.server.ollama_routes import ollama_error, ollama_routes
 from glm4_local.server.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
 from glm4_local.server.page_routes import file_url, page_routes
 from glm4_local.server.plan import Plan, chat_plan, completion_plan
@@ -110,6 +111,10 @@ def decode_json(body: bytes) -> Any:
         raise bad_request(f"the body is not valid JSON ({e})") from None
 
 
+def reader(model: type[Model]) -> Callable[[Any], Model]:
+    return lambda body: parse(model, body)
+
+
 def parse(model: type[Model], body: Any) -> Model:
     if not isinstance(body, dict):
         raise bad_request("the body must be a JSON object")
@@ -122,14 +127,15 @@ def parse(model: type[Model], body: Any) -> Model:
 def create_app(state: ServerState) -> Starlette:
     config = state.options
 
-    def route(handler: Handler, open_route: bool = False) -> Handler:
+    def route(handler: Handler, open_route: bool = False, errors: Callable[[ApiError], Response] = error_response
+              ) -> Handler:
         async def guarded(request: Request) -> Response:
             try:
                 if not open_route:
                     _authorize(request, config.api_key)
                 return await handler(request)
             except ApiError as e:
-                return error_response(e)
+                return errors(e)
             except ClientDisconnect:  # gone while sending its body: nobody to answer, nothing to log
                 return Response(status_code=400)
 
@@ -162,12 +168,14 @@ def create_app(state: ServerState) -> Starlette:
 
     large_requests = asyncio.Semaphore(LARGE_AT_ONCE)
 
-    async def planned(request: Request, shape: type[Model], make_plan: Callable[[Model], Plan]) -> tuple[Model, Plan]:
-        """The request read, checked and planned (rendering and tokenizing in a worker thread: a custom
-        template runs in a child process); large bodies a few at a time, so their memory stays bounded."""
+    async def planned(request: Request, read: Callable[[Any], Model], make_plan: Callable[[Model], Plan]
+                      ) -> tuple[Model, Plan]:
+        """The request read (`read`: the decoded body to the request), checked and planned (rendering and
+        tokenizing in a worker thread: a custom template runs in a child process); large bodies a few at a
+        time, so their memory stays bounded."""
         body = await read_body(request, config.max_body, config.client_timeout)
         async with large_requests if len(body) > LARGE_BODY else contextlib.nullcontext():
-            asked = parse(shape, decode_json(body))
+            asked = read(decode_json(body))
             return asked, await run_in_threadpool(make_plan, asked)
 
     async def chat_completions(request: Request) -> Response:
@@ -176,7 +184,7 @@ def create_app(state: ServerState) -> Starlette:
         def make_plan(chat: ChatRequest) -> Plan:
             return chat_plan(chat, loaded.runtime, loaded.facts, loaded.defaults)
 
-        asked, plan = await planned(request, ChatRequest, make_plan)
+        asked, plan = await planned(request, reader(ChatRequest), make_plan)
         if state.tools is None or not state.tools.runs_any(plan.tools):
             return await run(request, plan, loaded)
         _refuse_other_pages(request)
@@ -193,7 +201,7 @@ def create_app(state: ServerState) -> Starlette:
 
     async def completions(request: Request) -> Response:
         loaded = state.model()
-        _, plan = await planned(request, CompletionRequest,
+        _, plan = await planned(request, reader(CompletionRequest),
                                 lambda text: completion_plan(text, loaded.runtime, loaded.defaults))
         return await run(request, plan, loaded)
 
@@ -205,7 +213,7 @@ def create_app(state: ServerState) -> Starlette:
 
     async def responses(request: Request) -> Response:
         loaded = state.model()
-        asked, plan = await planned(request, ResponsesRequest, lambda asked: responses_plan(asked, loaded))
+        asked, plan = await planned(request, reader(ResponsesRequest), lambda asked: responses_plan(asked, loaded))
         shape = ResponseShape(Run(plan, loaded.runtime, loaded.scheduler, state.model_id), asked, state.model_id)
         logged(request, shape.run.usage)
         if asked.stream:
@@ -241,6 +249,8 @@ def create_app(state: ServerState) -> Starlette:
         *(Route(prefix + path, route(handler), methods=[method]) for prefix in ("/v1", "") for path, handler, method
           in api),
         *page_routes(route, state, document_tokens, read_json, context_tokens),
+        *ollama_routes(lambda handler: route(handler, errors=ollama_error), state, planned, read_json,
+                       lambda run, lines: EventStream(run, lines, media_type="application/x-ndjson")),
     ]
     middleware = [Middleware(RequestLog, writer=state.request_log)] if state.request_log else []
     middleware.append(Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins))
@@ -260,14 +270,14 @@ def _refuse_other_pages(request: Request) -> None:
 
 
 class EventStream(StreamingResponse):
-    """A run's server-sent events; however the response ends (done, client gone before or while
-    streaming, shutdown), its job is stopped and its slot freed, and `closing` (if given) awaited. A client
-    that leaves is noticed at once, not at the next event sent: while a prompt is read or a tool runs,
+    """A run's stream (server-sent events, or Ollama's JSON lines); however the response ends (done, client
+    gone before or while streaming, shutdown), its job is stopped and its slot freed, and `closing` (if
+    given) awaited. A client that leaves is noticed at once, not at the next event sent: while a prompt is read or a tool runs,
     nothing is sent for a long time (Starlette listens for it only under ASGI before 2.4)."""
 
     def __init__(self, run: Run | ToolRun, events: AsyncIterator[bytes] | None = None,
-                 closing: Callable[[], Awaitable[None]] | None = None) -> None:
-        super().__init__(events or run.events(), media_type="text/event-stream",
+                 closing: Callable[[], Awaitable[None]] | None = None, media_type: str = "text/event-stream") -> None:
+        super().__init__(events or run.events(), media_type=media_type,
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.run = run
         self.closing = closing

@@ -159,7 +159,7 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
         raise bad_request(str(e), e.param) from None
     except TemplateRenderError as e:
         raise bad_request(str(e), "messages") from None
-    if grammar is not None:  # a shape from the first token: a reasoning model's thoughts are closed first
+    if grammar is not None or request.think is False:  # a shape from the first token, or no thoughts asked for
         prefix = runtime.vocab.family.replies.skip_reasoning(head) + prefix
     if prefix:
         prompt += tokenize(runtime.vocab.model, prefix)

@@ -116,6 +116,7 @@ class ChatRequest(SamplingFields):
     parallel_tool_calls: bool | None = None  # GLM-4 makes one call per turn either way
     top_logprobs: Whole | None = None
     conversation_id: str | None = None  # glm4-local's own: whose tool state (kernel, pages) a request uses
+    think: bool | None = None  # glm4-local's own (Ollama's `think`): false closes a reasoning model's thoughts
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
