@@ -272,8 +272,8 @@ def _refuse_other_pages(request: Request) -> None:
 class EventStream(StreamingResponse):
     """A run's stream (server-sent events, or Ollama's JSON lines); however the response ends (done, client
     gone before or while streaming, shutdown), its job is stopped and its slot freed, and `closing` (if
-    given) awaited. A client that leaves is noticed at once, not at the next event sent: while a prompt is read or a tool runs,
-    nothing is sent for a long time (Starlette listens for it only under ASGI before 2.4)."""
+    given) awaited. A client that leaves is noticed at once, not at the next event sent: while a prompt is
+    read or a tool runs, nothing is sent for a long time (Starlette listens for it only under ASGI before 2.4)."""
 
     def __init__(self, run: Run | ToolRun, events: AsyncIterator[bytes] | None = None,
                  closing: Callable[[], Awaitable[None]] | None = None, media_type: str = "text/event-stream") -> None:
