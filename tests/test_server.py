@@ -249,3 +249,23 @@ def test_a_missing_model_or_busy_port_is_one_line(tmp_path: Path, answer_server:
                                 timeout=60, cwd=tmp_path)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert result.stderr.startswith("glm4-local: error:"), result.stderr
+
+
+def test_a_request_without_max_tokens_gets_the_servers_cap(scripted_gguf: Callable[[str], Path],
+                                                          tmp_path: Path) -> None:
+    """Apps send background requests (titles, tags) with no max_tokens: a model that does not stop is cut at
+    --default-max-tokens, not at the end of the context."""
+    server = Server(scripted_gguf("endless"), tmp_path, "--ctx", "256", "--default-max-tokens", "7")
+    try:
+        client = server.client()
+        capped = client.chat.completions.create(model="m", messages=ASK)
+        assert (capped.choices[0].finish_reason, capped.usage.completion_tokens) == ("length", 7)
+        asked = client.chat.completions.create(model="m", messages=ASK, max_tokens=12)
+        assert asked.usage.completion_tokens == 12
+        text = client.completions.create(model="m", prompt="go")
+        assert text.usage.completion_tokens == 7
+        status, body = server.json("POST", "/api/chat", {"messages": ASK, "stream": False,
+                                                          "options": {"num_predict": -1}})  # Ollama: until full
+        assert status == 200 and body["eval_count"] + body["prompt_eval_count"] == 256
+    finally:
+        server.stop()

@@ -182,7 +182,7 @@ def create_app(state: ServerState) -> Starlette:
         loaded = state.model()
 
         def make_plan(chat: ChatRequest) -> Plan:
-            return chat_plan(chat, loaded.runtime, loaded.facts, loaded.defaults)
+            return chat_plan(chat, loaded.runtime, loaded.facts, loaded.defaults, config.default_max_tokens)
 
         asked, plan = await planned(request, reader(ChatRequest), make_plan)
         if state.tools is None or not state.tools.runs_any(plan.tools):
@@ -202,12 +202,14 @@ def create_app(state: ServerState) -> Starlette:
     async def completions(request: Request) -> Response:
         loaded = state.model()
         _, plan = await planned(request, reader(CompletionRequest),
-                                lambda text: completion_plan(text, loaded.runtime, loaded.defaults))
+                                lambda text: completion_plan(text, loaded.runtime, loaded.defaults,
+                                                             config.default_max_tokens))
         return await run(request, plan, loaded)
 
     def responses_plan(asked: ResponsesRequest, loaded: Loaded) -> Plan:
         try:
-            return chat_plan(chat_request(asked), loaded.runtime, loaded.facts, loaded.defaults)
+            return chat_plan(chat_request(asked), loaded.runtime, loaded.facts, loaded.defaults,
+                             config.default_max_tokens)
         except ApiError as e:
             raise renamed(e) from None
 

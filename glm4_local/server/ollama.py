@@ -24,6 +24,7 @@ from glm4_local.server.protocol import ApiError, ChatRequest, CompletionRequest,
 from glm4_local.server.replies import Outcome
 from glm4_local.server.shapes import tool_call_object
 
+UNTIL_FULL = 2**31 - 1  # as many tokens as the context has room for
 API_VERSION = "0.12.0"  # the version of Ollama's API these routes answer as (what /api/version says)
 # options -> the chat request's sampling fields (num_predict: max_tokens, -1 or -2 for none)
 _OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
@@ -54,7 +55,7 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     for name, value in options.items():
         if name in _OPTIONS:
             if name == "num_predict" and isinstance(value, int) and value < 0:
-                continue  # -1: until the context is full, -2: the same here
+                value = UNTIL_FULL  # -1: until the context is full (not the server's default cap); -2: the same
             fields[_OPTIONS[name]] = value
         elif name not in _IGNORED_OPTIONS:
             raise bad_request(f"options.{name}: not an option this server knows", f"options.{name}")

@@ -22,6 +22,7 @@ Streamed = Callable[[Run, AsyncIterator[bytes]], Response]
 
 class OllamaState(Protocol):
     model_id: str
+    options: Any  # the server's ServeOptions (default_max_tokens)
 
     def model(self) -> Any: ...  # the loaded model (facts, runtime, scheduler, defaults); 503 while it loads
 
@@ -36,6 +37,9 @@ def ollama_routes(route: Callable[[Handler], Handler], state: OllamaState, plann
     """`route` guards a handler (key, errors in Ollama's shape); `planned` reads, checks and plans a request;
     `streamed` sends a run's lines as newline-delimited JSON."""
 
+    def limit() -> int:
+        return state.options.default_max_tokens
+
     async def replied(request: Request, plan: Plan, chat: bool) -> Response:
         loaded = state.model()
         reply = ollama.OllamaReply(Run(plan, loaded.runtime, loaded.scheduler, state.model_id), state.model_id, chat)
@@ -46,7 +50,7 @@ def ollama_routes(route: Callable[[Handler], Handler], state: OllamaState, plann
     async def chat(request: Request) -> Response:
         loaded = state.model()
         _, plan = await planned(request, ollama.chat_request,
-                                lambda asked: chat_plan(asked, loaded.runtime, loaded.facts, loaded.defaults))
+                                lambda asked: chat_plan(asked, loaded.runtime, loaded.facts, loaded.defaults, limit()))
         return await replied(request, plan, chat=True)
 
     async def generate(request: Request) -> Response:
@@ -54,8 +58,8 @@ def ollama_routes(route: Callable[[Handler], Handler], state: OllamaState, plann
 
         def make_plan(asked: Any) -> Plan:
             if isinstance(asked, CompletionRequest):
-                return completion_plan(asked, loaded.runtime, loaded.defaults)
-            return chat_plan(asked, loaded.runtime, loaded.facts, loaded.defaults)
+                return completion_plan(asked, loaded.runtime, loaded.defaults, limit())
+            return chat_plan(asked, loaded.runtime, loaded.facts, loaded.defaults, limit())
 
         _, plan = await planned(request, ollama.generate_request, make_plan)
         return await replied(request, plan, chat=False)

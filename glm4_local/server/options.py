@@ -14,6 +14,7 @@ DEFAULT_CLIENT_TIMEOUT = 30.0  # seconds for a request's headers, and again for 
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_IDLE_SECONDS = 15 * 60.0
 DEFAULT_MAX_CONVERSATIONS = 32
+DEFAULT_MAX_TOKENS = 4096  # a reply's cap when the request sets none
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class ServeOptions:
     tool_conversations: int = field(default=DEFAULT_MAX_CONVERSATIONS, metadata=flag(
         "--tool-conversations", "Conversations whose tools (a kernel each) may exist at once; past it a new one "
         "is refused (503) until one ends.", "N", min=1))
+    default_max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata=flag(
+        "--default-max-tokens", "Most tokens in a reply when a request sets no max_tokens (apps send background "
+        "requests without one); 0: as many as the context holds.", "N", min=0))
     quiet: bool = field(default=False, metadata=flag(
         "--quiet", "No line per request on stderr (who, route, status, tokens, time).", None, "-q"))
     tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)

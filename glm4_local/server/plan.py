@@ -136,8 +136,10 @@ def _trained_tools(tools: list[dict[str, Any]], trained: tuple[str, ...], field:
                               f"(it knows {', '.join(trained)})", f"{field}[{i}].type")
 
 
-def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, defaults: SamplerSettings) -> Plan:
-    """What to generate for a chat completion; ApiError 400 for anything malformed or impossible."""
+def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, defaults: SamplerSettings,
+              default_limit: int = 0) -> Plan:
+    """What to generate for a chat completion; ApiError 400 for anything malformed or impossible.
+    `default_limit`: the most tokens a reply gets when the request sets none (0: the context's room)."""
     request.refuse_unsupported()
     try:
         messages = _messages(request)
@@ -165,7 +167,8 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
         prompt += tokenize(runtime.vocab.model, prefix)
     options = request.stream_options
     return Plan(prompt, _sampler(defaults, request, grammar),
-                _limit(prompt, request.token_limit(), runtime.n_ctx), request.stop_strings(), tools, head + prefix,
+                _limit(prompt, request.token_limit() or default_limit, runtime.n_ctx), request.stop_strings(), tools,
+                head + prefix,
                 forced, include_usage=bool(options and options.include_usage), stream=request.stream,
                 legacy_functions=request.functions is not None)
 
@@ -178,8 +181,10 @@ def _token_prompt(tokens: list[int], runtime: ChatRuntime) -> list[int]:
     return tokens
 
 
-def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: SamplerSettings) -> Plan:
-    """A raw prompt, tokenized with its markup (the caller writes the whole prompt)."""
+def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: SamplerSettings,
+                    default_limit: int = 0) -> Plan:
+    """A raw prompt, tokenized with its markup (the caller writes the whole prompt); `default_limit` as for
+    chat_plan."""
     request.refuse_unsupported()
     if request.echo or request.suffix:
         raise bad_request("echo and suffix are not supported", "echo" if request.echo else "suffix")
@@ -194,6 +199,6 @@ def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: 
         except PromptTooLong as e:
             raise _too_long(e.at_least, runtime.n_ctx, "prompt", counted_all=False) from None
     options = request.stream_options
-    return Plan(prompt, _sampler(defaults, request, None), _limit(prompt, request.max_tokens, runtime.n_ctx, "prompt"),
-                request.stop_strings(), raw=True, include_usage=bool(options and options.include_usage),
-                stream=request.stream)
+    limit = _limit(prompt, request.max_tokens or default_limit, runtime.n_ctx, "prompt")
+    return Plan(prompt, _sampler(defaults, request, None), limit, request.stop_strings(), raw=True,
+                include_usage=bool(options and options.include_usage), stream=request.stream)
