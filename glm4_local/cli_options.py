@@ -28,9 +28,10 @@ from glm4_local.tools.options import ToolOptions
 
 ModelArg = Annotated[str | None, typer.Argument(help="GGUF path or name in ./models or $GLM4_LOCAL_MODELS "
                                                 "(default: the newest there).")]
-Ctx = Annotated[str, typer.Option("--ctx", help=f"Context tokens (per conversation; default {DEFAULT_CTX}, or "
-                                  "what a resumed conversation was held in), 'max' for the model's trained context, "
-                                  "or 'auto' for the most that fits this machine's memory.", show_default=False)]
+Ctx = Annotated[str, typer.Option("--ctx", help=f"Context tokens (per conversation; default {DEFAULT_CTX:,} or the "
+                                  "most that fits this machine's memory, or what a resumed conversation was held in), "
+                                  "'max' for the model's trained context, or 'auto' for the most that fits.",
+                                  show_default=False)]
 GpuLayers = Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
 Batch = Annotated[int, typer.Option("--batch", help="Prompt batch size.")]

@@ -107,7 +107,7 @@ def test_unknown_memory_refuses_nothing() -> None:
     plan = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="max"), Memory(None))
     assert plan.n_ctx == 131072 and plan.free_after is None
     auto = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"), Memory(None))
-    assert auto.n_ctx == 8192
+    assert auto.n_ctx == 32768
 
 
 def test_the_cli_prints_the_plan_and_refuses_what_does_not_fit(scripted_gguf: Callable[[str], Path],
@@ -134,3 +134,16 @@ def test_the_device_says_whether_flash_attention_is_worth_it_where_both_fit() ->
                           Memory(plenty, flash_attention_slower=False))
     assert slower.n_ctx == faster.n_ctx == FLAGSHIP.context_length
     assert (slower.options.flash_attention, faster.options.flash_attention) == (False, True)
+
+
+
+def test_the_default_context_is_the_most_that_fits_up_to_32k() -> None:
+    """Apps send prompts of 8K tokens and more (Open WebUI's first message with its tools: 8,259), so the default
+    is 32K; where that does not fit it is the most that does, never a refusal. A context asked for is refused."""
+    default = kv_options("f16", ctx=32768, ctx_given=False)
+    roomy = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, default, Memory(64 * GiB))
+    assert (roomy.n_ctx, roomy.auto) == (32768, False)
+    tight = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, default, Memory(8 * GiB))
+    assert 8259 < tight.n_ctx < 32768 and tight.auto and tight.needed <= 8 * GiB * context_plan.MARGIN
+    with pytest.raises(ContextTooLarge):
+        plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, replace(default, ctx_given=True), Memory(8 * GiB))

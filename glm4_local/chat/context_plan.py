@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import gguf
 
-from glm4_local.chat.options import MIN_CTX, RuntimeOptions
+from glm4_local.chat.options import DEFAULT_CTX, MIN_CTX, RuntimeOptions
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import Hyperparams, ModelFamily
 from glm4_local.core.llama.device import Memory
@@ -60,40 +60,49 @@ def compute_bytes(h: Hyperparams, n_ctx: int, batch: int, flash_attn: bool) -> i
 
 def plan_context(family: ModelFamily, h: Hyperparams, weights_bytes: int, options: RuntimeOptions,
                  memory: Memory, slots: int = 1) -> ContextPlan:
-    """The context the options ask for (or, for "auto", the most that fits), checked against `memory`."""
+    """The context the options ask for (or, for "auto", the most that fits), checked against `memory`. The
+    default context (not asked for) is a ceiling: where it does not fit, the most that does is taken."""
     auto = options.ctx == "auto"
 
-    def plan(n_ctx: int, flash: bool) -> ContextPlan:
+    def plan(n_ctx: int, flash: bool, fitted: bool = auto) -> ContextPlan:
         kv = slots * family.kv_cache_bytes(h, n_ctx, options.cache_type_k, options.cache_type_v)
         compute = compute_bytes(h, n_ctx * slots, options.batch, flash)
         chosen = replace(options, ctx=n_ctx, flash_attn=flash)
-        return ContextPlan(n_ctx, slots, kv, compute, weights_bytes, memory, chosen, auto)
+        return ContextPlan(n_ctx, slots, kv, compute, weights_bytes, memory, chosen, fitted)
 
     if not auto:
         chosen = plan(options.context_size(h.context_length), options.flash_attention)
-        if memory.free is not None and chosen.needed > memory.free * MARGIN:
+        if memory.free is None or chosen.needed <= memory.free * MARGIN:
+            return chosen
+        if options.ctx_given:
             raise ContextTooLarge(_too_large(chosen, family, h, weights_bytes, options, memory, slots))
-        return chosen
-    if memory.free is None:
-        return plan(min(h.context_length, 8192), options.flash_attention)  # nothing to size by: the default
+        return _most_that_fits(plan, options, memory, weights_bytes, ceiling=chosen.n_ctx)
+    if memory.free is None:  # nothing to size by: the default
+        return plan(min(h.context_length, DEFAULT_CTX), options.flash_attention)
+    return _most_that_fits(plan, options, memory, weights_bytes, ceiling=h.context_length)
+
+
+def _most_that_fits(plan: Callable[..., ContextPlan], options: RuntimeOptions, memory: Memory, weights_bytes: int,
+                    ceiling: int) -> ContextPlan:
+    assert memory.free is not None
     room = memory.free * MARGIN
     # where flash attention costs speed (the device says), it is taken only where it buys context: without
     # it the scores buffer, not the KV cache, is what runs out first
     choices = [True] if options.flash_attention else [False, True]
     found = [(best, flash) for flash in choices
-             if (best := _largest(lambda n, f=flash: plan(n, f).needed <= room, h.context_length)) is not None]
+             if (best := _largest(lambda n, f=flash: plan(n, f).needed <= room, ceiling)) is not None]
     if not found:
         raise ContextTooLarge(f"the model's weights ({_gib(weights_bytes)}) leave no room for a context in "
                               f"the {_gib(memory.free)} of {memory.kind} free")
     n_ctx, flash = max(found, key=lambda c: (c[0], c[1] != memory.flash_attention_slower))
-    return plan(n_ctx, flash)
+    return plan(n_ctx, flash, True)
 
 
-def _largest(fits: Callable[[int], bool], trained: int) -> int | None:
-    """The largest context (a multiple of STEP, or the trained one) for which `fits` holds."""
-    if fits(trained):
-        return trained
-    low, high = 0, trained // STEP  # fits(low * STEP) holds (or low is 0), fits(high * STEP) does not
+def _largest(fits: Callable[[int], bool], ceiling: int) -> int | None:
+    """The largest context (a multiple of STEP, or the ceiling) for which `fits` holds."""
+    if fits(ceiling):
+        return ceiling
+    low, high = 0, ceiling // STEP  # fits(low * STEP) holds (or low is 0), fits(high * STEP) does not
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle * STEP) else (low, middle)

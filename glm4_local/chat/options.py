@@ -15,7 +15,7 @@ import gguf
 from glm4_local.core.llama.door import CACHE_TYPES
 from glm4_local.core.llama.speculation import SpeculationSettings
 
-DEFAULT_CTX = 8192
+DEFAULT_CTX = 32768  # or the most that fits the machine (the context plan): apps send prompts of 8K+
 MIN_CTX = 64
 DEFAULT_BATCH = 512
 
