@@ -134,3 +134,19 @@ def test_a_prompt_batch_stops_inside_llama_cpp_and_leaves_the_cache_as_it_was(ma
     while decoder.has_work():  # the same job goes on from where the cache really is
         decoder.step()
     assert job.generated == whole.generated and job.prompt_done == len(prompt)
+
+
+def test_a_watched_reply_gets_the_next_free_slot_before_background_work(make_gguf: Callable[..., Path]) -> None:
+    """Apps send their title and tag requests (not streamed) with the one a person watches (streamed): when
+    the slots are short, the watched one goes first; among equals, first come first served."""
+    decoder = runtime(make_gguf("f32"), slots=1, ctx=256).decoder
+    busy = Job([1, 2, 3], SamplerSettings(), 3, frozenset())
+    title, tags = (Job([4, 5, 6], SamplerSettings(), 3, frozenset(), watched=False) for _ in range(2))
+    chat = Job([7, 8, 9], SamplerSettings(), 3, frozenset())
+    started: list[Job] = []
+    for job in (busy, title, tags, chat):
+        decoder.submit(job)
+    while decoder.has_work():
+        decoder.step()
+        started += [j for j in (busy, title, tags, chat) if j.started_at and j not in started]
+    assert started == [busy, chat, title, tags]

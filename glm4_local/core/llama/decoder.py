@@ -219,7 +219,9 @@ class Decoder:
             with self._lock:
                 if not free or not self._waiting:
                     return
-                job = self._waiting.popleft()
+                # a reply someone watches first (an app's background requests, titles and tags, wait), else in turn
+                job = next((j for j in self._waiting if j.watched), self._waiting[0])
+                self._waiting.remove(job)
             self._assign(job, free)
 
     @staticmethod

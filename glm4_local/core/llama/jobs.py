@@ -41,6 +41,7 @@ class Job:
     cancelled: bool = False
     drafted: int = 0  # tokens proposed by prompt lookup, and of those, accepted (speculation)
     accepted: int = 0
+    watched: bool = True  # someone reads it as it comes (a stream): it gets a free slot before those nobody does
 
     @property
     def done(self) -> bool:
