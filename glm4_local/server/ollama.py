@@ -26,14 +26,14 @@ from glm4_local.server.shapes import tool_call_object
 
 UNTIL_FULL = 2**31 - 1  # as many tokens as the context has room for
 API_VERSION = "0.12.0"  # the version of Ollama's API these routes answer as (what /api/version says)
-# options -> the chat request's sampling fields (num_predict: max_tokens, -1 or -2 for none)
+# options -> the chat request's sampling fields (num_predict: max_tokens; -1 and -2: the context's room)
 _OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
             "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
             "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop", "num_predict": "max_tokens"}
-# accepted and left alone: the server's --ctx, --parallel and threads hold for every request
+# how to load the model, accepted and left alone: the server's own flags (--ctx, --threads, ...) hold for every
+# request; a sampling option not above is refused by name (it would otherwise sample differently unsaid)
 _IGNORED_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "num_thread", "num_keep", "use_mmap", "use_mlock",
-                              "numa", "low_vram", "main_gpu", "repeat_last_n", "typical_p", "tfs_z", "mirostat",
-                              "mirostat_eta", "mirostat_tau", "penalize_newline"})
+                              "numa", "low_vram", "main_gpu"})
 
 
 def now() -> str:
