@@ -138,3 +138,23 @@ def test_responses_api_refuses_what_it_cannot_do(tool_server: Server) -> None:
                         ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0].role")]:
         status, error = tool_server.json("POST", "/v1/responses", body)
         assert status == 400 and error["error"]["param"] == param, error
+
+
+def test_a_list_of_prompts_is_run_as_a_batch_a_choice_each(random_server: Server) -> None:
+    """As lm-evaluation-harness sends them with --batch_size > 1: texts or token ids, whole or streamed."""
+    client = random_server.client()
+    prompts = ["The weather", "北京", "def f(x):"]
+    alone = [client.completions.create(model="m", prompt=p, max_tokens=6, temperature=0).choices[0].text
+             for p in prompts]
+    together = client.completions.create(model="m", prompt=prompts, max_tokens=6, temperature=0)
+    assert [c.index for c in together.choices] == [0, 1, 2] and [c.text for c in together.choices] == alone
+    assert together.usage.completion_tokens == 18
+    streamed = ["", "", ""]
+    for chunk in client.completions.create(model="m", prompt=prompts, max_tokens=6, temperature=0, stream=True):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == alone
+    ids = client.completions.create(model="m", prompt=[[5, 6, 7], [8, 9]], max_tokens=2, temperature=0)
+    assert len(ids.choices) == 2 and ids.usage.prompt_tokens == 5
+    status, body = random_server.json("POST", "/v1/completions", {"prompt": ["x"] * 65, "max_tokens": 1})
+    assert status == 400 and "at most 64" in body["error"]["message"]

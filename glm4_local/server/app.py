@@ -25,13 +25,14 @@ from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.llama.sampling import SamplerSettings
+from glm4_local.server.batch import Batch
 from glm4_local.server.completions import Run
 from glm4_local.server.guard import BrowserGuard, same_origin
 from glm4_local.server.metrics import prometheus_text
 from glm4_local.server.ollama_routes import ollama_error, ollama_routes
 from glm4_local.server.options import DEFAULT_CLIENT_TIMEOUT, ServeOptions
 from glm4_local.server.page_routes import file_url, page_routes
-from glm4_local.server.plan import Plan, chat_plan, completion_plan
+from glm4_local.server.plan import Plan, chat_plan, completion_plans
 from glm4_local.server.protocol import (
     ApiError,
     ChatRequest,
@@ -201,10 +202,16 @@ def create_app(state: ServerState) -> Starlette:
 
     async def completions(request: Request) -> Response:
         loaded = state.model()
-        _, plan = await planned(request, reader(CompletionRequest),
-                                lambda text: completion_plan(text, loaded.runtime, loaded.defaults,
-                                                             config.default_max_tokens))
-        return await run(request, plan, loaded)
+        _, plans = await planned(request, reader(CompletionRequest),
+                                 lambda text: completion_plans(text, loaded.runtime, loaded.defaults,
+                                                               config.default_max_tokens))
+        if len(plans) == 1:
+            return await run(request, plans[0], loaded)
+        batch = Batch(plans, lambda p: Run(p, loaded.runtime, loaded.scheduler, state.model_id), state.model_id)
+        logged(request, batch.usage)
+        if plans[0].stream:
+            return EventStream(batch, batch.events())
+        return JSONResponse(await batch.response(request))
 
     def responses_plan(asked: ResponsesRequest, loaded: Loaded) -> Plan:
         try:
@@ -277,7 +284,7 @@ class EventStream(StreamingResponse):
     given) awaited. A client that leaves is noticed at once, not at the next event sent: while a prompt is
     read or a tool runs, nothing is sent for a long time (Starlette listens for it only under ASGI before 2.4)."""
 
-    def __init__(self, run: Run | ToolRun, events: AsyncIterator[bytes] | None = None,
+    def __init__(self, run: Run | ToolRun | Batch, events: AsyncIterator[bytes] | None = None,
                  closing: Callable[[], Awaitable[None]] | None = None, media_type: str = "text/event-stream") -> None:
         super().__init__(events or run.events(), media_type=media_type,
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from glm4_local.server import ollama
 from glm4_local.server.completions import Run
-from glm4_local.server.plan import Plan, chat_plan, completion_plan
+from glm4_local.server.plan import Plan, chat_plan, completion_plans
 from glm4_local.server.protocol import ApiError, CompletionRequest, bad_request
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -58,7 +58,7 @@ def ollama_routes(route: Callable[[Handler], Handler], state: OllamaState, plann
 
         def make_plan(asked: Any) -> Plan:
             if isinstance(asked, CompletionRequest):
-                return completion_plan(asked, loaded.runtime, loaded.defaults, limit())
+                return completion_plans(asked, loaded.runtime, loaded.defaults, limit())[0]
             return chat_plan(asked, loaded.runtime, loaded.facts, loaded.defaults, limit())
 
         _, plan = await planned(request, ollama.generate_request, make_plan)

@@ -181,14 +181,25 @@ def _token_prompt(tokens: list[int], runtime: ChatRuntime) -> list[int]:
     return tokens
 
 
-def completion_plan(request: CompletionRequest, runtime: ChatRuntime, defaults: SamplerSettings,
-                    default_limit: int = 0) -> Plan:
-    """A raw prompt, tokenized with its markup (the caller writes the whole prompt); `default_limit` as for
-    chat_plan."""
+MAX_PROMPTS = 64  # prompts in one text completion request, run together
+
+
+def completion_plans(request: CompletionRequest, runtime: ChatRuntime, defaults: SamplerSettings,
+                     default_limit: int = 0) -> list[Plan]:
+    """A plan for each of the request's prompts (a list of prompts is run as a batch, a choice each)."""
     request.refuse_unsupported()
     if request.echo or request.suffix:
         raise bad_request("echo and suffix are not supported", "echo" if request.echo else "suffix")
-    given = request.the_prompt()
+    prompts = request.prompts()
+    if len(prompts) > MAX_PROMPTS:
+        raise bad_request(f"prompt: {len(prompts)} prompts; at most {MAX_PROMPTS} in one request", "prompt")
+    return [completion_plan(request, given, runtime, defaults, default_limit) for given in prompts]
+
+
+def completion_plan(request: CompletionRequest, given: str | list[int], runtime: ChatRuntime,
+                    defaults: SamplerSettings, default_limit: int = 0) -> Plan:
+    """A raw prompt, tokenized with its markup (the caller writes the whole prompt); `default_limit` as for
+    chat_plan."""
     if not given:
         raise bad_request("prompt: empty", "prompt")
     if isinstance(given, list):

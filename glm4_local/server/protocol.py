@@ -127,16 +127,15 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
 
-    def the_prompt(self) -> str | list[int]:
-        """The one prompt: its text, or its token ids."""
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, each its text or its token ids: one, or a list of them (run as a batch)."""
         if isinstance(self.prompt, str):
-            return self.prompt
-        if self.prompt and all(isinstance(t, int) for t in self.prompt):
-            return list(self.prompt)  # type: ignore[arg-type]
-        if len(self.prompt) != 1:
-            raise bad_request("prompt: one prompt per request (a string, a list of token ids, or a list of one "
-                              "of those)", "prompt")
-        return self.prompt[0]  # type: ignore[return-value]
+            return [self.prompt]
+        if not self.prompt:
+            raise bad_request("prompt: empty", "prompt")
+        if all(isinstance(t, int) for t in self.prompt):
+            return [list(self.prompt)]  # type: ignore[arg-type]
+        return list(self.prompt)  # type: ignore[arg-type]
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none", "json-or-python"})

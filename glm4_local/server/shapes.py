@@ -53,18 +53,21 @@ class Envelope:
         return {**self._base("chat.completion"), "choices": [choice], "usage": used}
 
     def text(self, text: str, finish_reason: str, used: dict[str, Any]) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._base("text_completion"), "choices": [choice], "usage": used}
+        return self.texts([{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}], used)
+
+    def texts(self, choices: list[dict[str, Any]], used: dict[str, Any]) -> dict[str, Any]:
+        return {**self._base("text_completion"), "choices": choices, "usage": used}
 
     def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None,
-              with_usage: bool = False) -> dict[str, Any]:
-        """A stream chunk: a chat delta (dict) or completion text (str)."""
+              with_usage: bool = False, index: int = 0) -> dict[str, Any]:
+        """A stream chunk: a chat delta (dict) or completion text (str), of choice `index`."""
         if isinstance(piece, dict):
             body = self._base("chat.completion.chunk")
-            choice: dict[str, Any] = {"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish_reason}
+            choice: dict[str, Any] = {"index": index, "delta": piece, "logprobs": None,
+                                      "finish_reason": finish_reason}
         else:
             body = self._base("text_completion")
-            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": piece, "logprobs": None, "finish_reason": finish_reason}
         body["choices"] = [choice]
         if with_usage:
             body["usage"] = None
@@ -91,8 +94,8 @@ class Events:
     envelope: Envelope
     with_usage: bool
 
-    def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None) -> bytes:
-        return sse(self.envelope.chunk(piece, finish_reason, self.with_usage))
+    def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None, index: int = 0) -> bytes:
+        return sse(self.envelope.chunk(piece, finish_reason, self.with_usage, index))
 
     def ending(self, used: dict[str, Any]) -> list[bytes]:
         """What closes the stream: the usage chunk, when it was asked for, and [DONE]."""
