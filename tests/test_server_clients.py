@@ -158,3 +158,22 @@ def test_a_list_of_prompts_is_run_as_a_batch_a_choice_each(random_server: Server
     assert len(ids.choices) == 2 and ids.usage.prompt_tokens == 5
     status, body = random_server.json("POST", "/v1/completions", {"prompt": ["x"] * 65, "max_tokens": 1})
     assert status == 400 and "at most 64" in body["error"]["message"]
+
+
+def test_the_tokenizer_routes_give_the_models_own_tokens(random_server: Server) -> None:
+    """llama.cpp's server's shapes and vLLM's: a text as /v1/completions reads it, messages as chat renders them."""
+    text = "[gMASK]<sop><|user|>\nHello, 世界<|assistant|>"
+    status, found = random_server.json("POST", "/tokenize", {"content": text})
+    assert status == 200 and found["count"] == len(found["tokens"]) and found["max_model_len"] == 1024
+    assert random_server.json("POST", "/detokenize", {"tokens": found["tokens"]})[1]["content"] == text
+    completion = random_server.client().completions.create(model="m", prompt=text, max_tokens=1)
+    assert completion.usage.prompt_tokens == found["count"]  # the prompt /v1/completions reads
+    pieces = random_server.json("POST", "/v1/tokenize", {"prompt": text, "with_pieces": True})[1]["tokens"]
+    assert [p["id"] for p in pieces] == found["tokens"] and "".join(p["piece"] for p in pieces) == text
+    ask = [{"role": "user", "content": "Hello"}]
+    chat = random_server.client().chat.completions.create(model="m", messages=ask, max_tokens=1)
+    assert random_server.json("POST", "/tokenize", {"messages": ask})[1]["count"] == chat.usage.prompt_tokens
+    for bad in ({"tokens": [-1]}, {"tokens": "x"}, {"tokens": [10**9]}):
+        status, body = random_server.json("POST", "/detokenize", bad)
+        assert status == 400 and "token ids from 0 to" in body["error"]["message"]
+    assert random_server.json("POST", "/tokenize", {"text": "x"})[0] == 400

@@ -44,6 +44,7 @@ from glm4_local.server.protocol import (
 from glm4_local.server.request_log import LineWriter, RequestLog, RequestUsage
 from glm4_local.server.responses import ResponseShape, chat_request, renamed
 from glm4_local.server.scheduler import Scheduler
+from glm4_local.server.tokenizer_routes import tokenizer_routes
 from glm4_local.server.tool_runs import ToolRun, total_usage
 from glm4_local.server.tool_sessions import ToolSessions
 
@@ -258,6 +259,7 @@ def create_app(state: ServerState) -> Starlette:
         *(Route(prefix + path, route(handler), methods=[method]) for prefix in ("/v1", "") for path, handler, method
           in api),
         *page_routes(route, state, document_tokens, read_json, context_tokens),
+        *tokenizer_routes(route, state.model, read_json),
         *ollama_routes(lambda handler: route(handler, errors=ollama_error), state, planned, read_json,
                        lambda run, lines: EventStream(run, lines, media_type="application/x-ndjson")),
     ]

@@ -1,0 +1,65 @@
+"""The model's own tokenization over HTTP, in the shapes clients probe: llama.cpp's server (`/tokenize`
+{"content"} and `/detokenize` {"tokens"}) and vLLM's (`{"prompt"}` or `{"messages"}`, with "count" and
+"max_model_len"). A text is tokenized as /v1/completions tokenizes a prompt (its markup becomes special
+tokens); messages as a chat request renders them (template, tools)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from glm4_local.chat.schema import SchemaError, check_messages, check_tools
+from glm4_local.core.llama.door import token_piece
+from glm4_local.server.protocol import bad_request
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _tokens(body: dict[str, Any], loaded: Any) -> list[int]:
+    runtime = loaded.runtime
+    if isinstance(body.get("messages"), list):
+        try:
+            messages = check_messages(body["messages"], "messages")
+            tools = check_tools(body["tools"], "tools") if body.get("tools") else None
+        except SchemaError as e:
+            raise bad_request(str(e), e.param) from None
+        return runtime.vocab.prompt(loaded.facts.template, messages, tools)
+    text = body.get("content", body.get("prompt"))
+    if not isinstance(text, str):
+        raise bad_request("send {\"content\": TEXT} (or vLLM's \"prompt\" or \"messages\")", "content")
+    return runtime.vocab.text_tokens(text, special=True)
+
+
+def tokenizer_routes(route: Callable[[Handler], Handler], model: Callable[[], Any],
+                     read_json: Callable[[Request], Awaitable[Any]]) -> list[BaseRoute]:
+    """`model()`: the loaded model (503 while it loads)."""
+
+    async def tokenize(request: Request) -> Response:
+        body, loaded = await read_json(request), model()
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object")
+        tokens = await run_in_threadpool(_tokens, body, loaded)
+        found: dict[str, Any] = {"tokens": tokens, "count": len(tokens), "max_model_len": loaded.runtime.n_ctx}
+        if body.get("with_pieces"):
+            pieces = [token_piece(loaded.runtime.vocab.model, t, special=True) for t in tokens]
+            found["tokens"] = [{"id": t, "piece": p.decode("utf-8", errors="replace")} for t, p in
+                               zip(tokens, pieces, strict=True)]
+        return JSONResponse(found)
+
+    async def detokenize(request: Request) -> Response:
+        body, loaded = await read_json(request), model()
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        n_vocab = loaded.runtime.decoder.n_vocab
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < n_vocab for t in tokens):
+            raise bad_request(f"tokens: a list of token ids from 0 to {n_vocab - 1}", "tokens")
+        model_ = loaded.runtime.vocab.model
+        text = b"".join(token_piece(model_, t, special=True) for t in tokens).decode("utf-8", errors="replace")
+        return JSONResponse({"content": text, "prompt": text})
+
+    return [Route(prefix + path, route(handler), methods=["POST"]) for prefix in ("", "/v1")
+            for path, handler in (("/tokenize", tokenize), ("/detokenize", detokenize))]
