@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import children, factory, toolscripts
+from helpers.serving import Server
 
 from glm4_local.convert.outtypes import OUT_TYPES
 from glm4_local.convert.pipeline import convert
@@ -118,3 +119,12 @@ def tool_gguf(make_gguf: Callable[..., Path]) -> Callable[[str], Path]:
         return make_gguf("f32", dtype="f32", **toolscripts.gguf_fields(name))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def random_server(make_gguf: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real server on random tiny weights, 1,024 tokens of context, one per test module (a module may
+    define its own, with other flags)."""
+    server = Server(make_gguf("f32"), tmp_path_factory.mktemp("serve"), "--ctx", "1024")
+    yield server
+    server.stop()

@@ -28,13 +28,6 @@ def tool_server(make_gguf: Callable[..., Path], tmp_path_factory: pytest.TempPat
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def random_server(make_gguf: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(make_gguf("f32"), tmp_path_factory.mktemp("o"), "--ctx", "1024")
-    yield server
-    server.stop()
-
-
 def client(server: Server) -> object:
     return ollama.Client(host=f"http://127.0.0.1:{server.port}")
 

@@ -26,13 +26,6 @@ def tool_server(scripted_gguf: Callable[[str], Path], tmp_path_factory: pytest.T
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def random_server(make_gguf: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(make_gguf("f32"), tmp_path_factory.mktemp("serve"), "--ctx", "1024")
-    yield server
-    server.stop()
-
-
 def test_legacy_functions_are_offered_and_answered_as_function_call(tool_server: Server) -> None:
     client = tool_server.client()
     reply = client.chat.completions.create(model="m", messages=ASK, functions=[LOOKUP])

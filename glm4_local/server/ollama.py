@@ -216,9 +216,12 @@ def model_entry(facts: ModelFacts, name: str) -> dict[str, Any]:
     bytes: hashing gigabytes to list one model would take a minute."""
     stat = facts.path.stat()
     digest = hashlib.sha256(f"{facts.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    modified = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat().replace("+00:00", "Z")
-    return {"name": name, "model": name, "modified_at": modified, "size": stat.st_size, "digest": digest,
-            "details": details(facts)}
+    return {"name": name, "model": name, "modified_at": _modified(stat.st_mtime), "size": stat.st_size,
+            "digest": digest, "details": details(facts)}
+
+
+def _modified(mtime: float) -> str:
+    return datetime.fromtimestamp(mtime, UTC).isoformat().replace("+00:00", "Z")
 
 
 def show(facts: ModelFacts, n_ctx: int) -> dict[str, Any]:
@@ -230,4 +233,4 @@ def show(facts: ModelFacts, n_ctx: int) -> dict[str, Any]:
     capabilities = ["completion", "tools"] + (["thinking"] if reasons else [])
     return {"modelfile": "", "parameters": f"num_ctx {n_ctx}", "template": facts.template.source,
             "details": details(facts), "model_info": info, "capabilities": capabilities,
-            "modified_at": model_entry(facts, "")["modified_at"]}
+            "modified_at": _modified(facts.path.stat().st_mtime)}
