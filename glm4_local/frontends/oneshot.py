@@ -16,6 +16,7 @@ from glm4_local.chat.engine import ChatEngine, Turn, TurnResult
 from glm4_local.chat.tool_loop import Results, ToolLoop
 from glm4_local.core.families.replies import ToolCall
 from glm4_local.frontends.reading import PromptReading
+from glm4_local.frontends.reply_view import Thoughts
 from glm4_local.frontends.visible import visible
 from glm4_local.tools.observation import Step
 from glm4_local.tools.toolbox import Toolbox
@@ -117,14 +118,17 @@ def _streamed(turn: Turn, out: Writer | None) -> tuple[TurnResult, bool]:
     """The reply streamed to `out`, and whether anything was written."""
     streamed = False
     reading = PromptReading(Console(stderr=True), None) if sys.stderr.isatty() else None
-    if sys.stderr.isatty():  # a reasoning model's thoughts, dimmed, where a person reads them; never on stdout
-        thoughts = Console(stderr=True, highlight=False)
-        turn.on_reasoning = lambda text: thoughts.print(visible(text), style="dim", end="", markup=False)
+    # a reasoning model's thoughts, dimmed, where a person reads them (as the terminal chat shows them); never
+    # on stdout
+    thoughts = Thoughts(Console(stderr=True, highlight=False)) if sys.stderr.isatty() else None
+    turn.on_reasoning = thoughts
     turn.generation.on_progress = reading
     with reading or contextlib.nullcontext():
         chunks = turn.display()
         first = next(chunks, None)
     turn.generation.on_progress = None
+    if thoughts:
+        thoughts.end()
     for chunk in itertools.chain([first] if first is not None else [], chunks):
         streamed = True
         if out:
