@@ -19,6 +19,7 @@ from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.core.families.glm4 import GLM4_9B
 from glm4_local.core.llama import device, door
 from glm4_local.core.llama.device import Memory
+from glm4_local.frontends.model_plan import plan_model, plan_serving
 
 GiB = 2**30
 Q = gguf.GGMLQuantizationType
@@ -147,3 +148,18 @@ def test_the_default_context_is_the_most_that_fits_up_to_32k() -> None:
     assert 8259 < tight.n_ctx < 32768 and tight.auto and tight.needed <= 8 * GiB * context_plan.MARGIN
     with pytest.raises(ContextTooLarge):
         plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, replace(default, ctx_given=True), Memory(8 * GiB))
+
+
+def test_serve_takes_as_many_slots_as_memory_holds_each_at_the_full_context(scripted_gguf: Callable[[str], Path],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default up to three slots (a watched reply never waits behind an app's background requests), but
+    never at the cost of any request's context: where memory holds fewer, fewer; where one, one."""
+    path, options = scripted_gguf("answer"), RuntimeOptions(threads=2, ctx_given=False)  # as serve starts
+    needed = {n: plan_model(path, options, print, slots=n).context.needed for n in (1, 2, 3)}
+    full = plan_model(path, options, print, slots=1).n_ctx
+    for available, slots in ((needed[3], 3), (needed[2], 2), (needed[1], 1)):
+        room = int(available / context_plan.MARGIN) + 1
+        monkeypatch.setattr(device, "ram", lambda room=room: (room, room))
+        plan = plan_serving(path, options, print, 0, 3)
+        assert (plan.context.slots, plan.n_ctx) == (slots, full)
+    assert plan_serving(path, options, print, 5, 3).context.slots == 5  # asked for: as asked

@@ -155,7 +155,7 @@ def test_api_key(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
         assert refused.value.body["code"] == "invalid_api_key"
         for path in ("/v1/models", "/metrics"):
             assert server.request("GET", path)[0] == 401
-        assert server.json("GET", "/health") == (200, {"status": "ok", "slots": 1, "slots_busy": 0, "queued": 0,
+        assert server.json("GET", "/health") == (200, {"status": "ok", "slots": 3, "slots_busy": 0, "queued": 0,
                                                    "reading_prompts": []})
         reply = server.client("s3cret").chat.completions.create(model="m", messages=ASK)
         assert reply.choices[0].message.content == "Sunny day"
@@ -176,7 +176,7 @@ def test_api_key(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     ({"messages": ASK, "max_tokens": 0}, "max_tokens"),
     ({"messages": ASK, "max_tokens": True}, "max_tokens"),
     ({"messages": ASK, "n": 2}, "n"),
-    ({"messages": ASK, "logprobs": True}, "logprobs"),
+    ({"messages": ASK, "logprobs": 3}, "logprobs"),
     ({"messages": ASK, "tools": [{"type": "function"}]}, "tools[0].function"),
     ({"messages": ASK, "tool_choice": "maybe"}, "tool_choice"),
     ({"messages": ASK, "stop": [1]}, "stop"),

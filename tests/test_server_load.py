@@ -36,7 +36,8 @@ def random_server(make_gguf: Callable[..., Path], tmp_path_factory: pytest.TempP
 @pytest.fixture(scope="module")
 def endless_server(scripted_gguf: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[Server]:
-    server = Server(scripted_gguf("endless"), tmp_path_factory.mktemp("serve"), "--ctx", "65536", "--max-queue", "1")
+    server = Server(scripted_gguf("endless"), tmp_path_factory.mktemp("serve"), "--ctx", "65536", "--max-queue", "1",
+                    "--parallel", "1")
     yield server
     server.stop()
 

@@ -134,6 +134,22 @@ def test_seeded_sampling_draws_the_same_tokens_with_and_without_speculation(pass
 
 
 # -- how jobs end ----------------------------------------------------------------------------------------
+def test_log_probabilities_of_accepted_drafts_equal_those_decoded_one_by_one(passage_gguf: Path) -> None:
+    """Each accepted token's log-probability is read from its own row of the verifying batch's logits."""
+    plain, fast = runtime(passage_gguf, OFF), runtime(passage_gguf, SpeculationSettings())
+    passage, assistant, user, _ = passage_ids(fast)
+    prompt = [7, 8, *passage, user, 9, assistant]
+    expected = Job(prompt, GREEDY, 100, frozenset({user}), top_logprobs=2)
+    got = Job(prompt, GREEDY, 100, frozenset({user}), top_logprobs=2)
+    run_all(plain.decoder, [expected])
+    run_all(fast.decoder, [got])
+    assert got.accepted > 20 and got.generated == expected.generated
+    assert [e.token for e in got.logprobs] == [*got.generated, user]  # the stop token is scored too
+    for mine, theirs in zip(got.logprobs, expected.logprobs, strict=True):
+        assert mine.logprob == pytest.approx(theirs.logprob, abs=2e-3)
+        assert [t for t, _ in mine.top] == [t for t, _ in theirs.top]
+
+
 def test_a_stop_token_inside_an_accepted_draft_ends_the_reply_there(passage_gguf: Path) -> None:
     """The prompt holds the passage followed by <|user|>, so the draft carries the stop token: the
     reply ends at it, and the stop token is neither emitted nor kept in the slot's cache."""

@@ -95,6 +95,10 @@ class Vocabulary:
         """The text of whole tokens (a character cut off at the end is dropped)."""
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="ignore")
 
+    def marked_text(self, tokens: Sequence[int]) -> str:
+        """The text of tokens with their markup written out (what tokenizing it with markup reads back)."""
+        return b"".join(token_piece(self.model, t, special=True) for t in tokens).decode("utf-8", errors="replace")
+
     def detokenizer(self) -> Callable[[int], str]:
         """Token → text for one reply: a character split across tokens comes out whole once complete
         (bytes of one cut off at the end are dropped, never shown as U+FFFD)."""

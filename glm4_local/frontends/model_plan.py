@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from glm4_local.chat.context_plan import ContextPlan, kv_type_name, plan_context
+from glm4_local.chat.context_plan import ContextPlan, ContextTooLarge, kv_type_name, plan_context
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.core.gguf.problems import REPAIR, quick_problems
@@ -47,6 +47,24 @@ class ModelPlan:
         free = "" if plan.free_after is None else f"; {size_text(plan.free_after)} of {plan.memory.kind} left"
         return f"context {self.n_ctx:,} tokens ({how}trained {trained:,}), KV cache {size_text(self.kv_cache_bytes)} " \
                f"{kv}{flash}{free}"
+
+
+def plan_serving(path: Path, runtime: RuntimeOptions, warn: Callable[[str], None], slots: int,
+                 most: int) -> ModelPlan:
+    """plan_model for `slots` slots; 0: the most, up to `most`, that each get the context one slot alone
+    would, with the same attention (more slots never cost a request its context or its speed), else one."""
+    alone = plan_model(path, runtime, warn, slots=slots or 1)
+    if slots:
+        return alone
+    for count in range(most, 1, -1):
+        try:
+            shared = plan_context(alone.facts.family, alone.facts.hparams, alone.context.weights_bytes, runtime,
+                                  alone.context.memory, count)
+        except ContextTooLarge:
+            continue
+        if shared.n_ctx >= alone.n_ctx and shared.options.flash_attention == alone.options.flash_attention:
+            return ModelPlan(alone.facts, shared)
+    return alone
 
 
 def plan_model(path: Path, runtime: RuntimeOptions, warn: Callable[[str], None], slots: int = 1) -> ModelPlan:

@@ -14,10 +14,11 @@ from typing import Any
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import load_runtime, model_sampling
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.frontends.model_plan import plan_model, size_text
+from glm4_local.core.llama.embedder import Embedder, embedding_header
+from glm4_local.frontends.model_plan import plan_serving, size_text
 from glm4_local.frontends.tool_setup import server_tools
 from glm4_local.server.app import Loaded, ServerState, create_app
-from glm4_local.server.options import LOCAL_HOSTS, ServeOptions
+from glm4_local.server.options import AUTO_SLOTS, LOCAL_HOSTS, ServeOptions
 from glm4_local.server.request_log import LineWriter
 from glm4_local.server.scheduler import Scheduler
 from glm4_local.server.timeouts import MAX_CONNECTIONS, timed_protocol
@@ -36,7 +37,9 @@ def listen(host: str, port: int) -> socket.socket:
     """The bound socket (port 0: a free one), or one clear error."""
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        # TCP named as the protocol: asyncio turns Nagle's algorithm off only on sockets that say so, and with it
+        # on, every reply after a connection's first waits for the client's delayed ACK (40 ms on Linux)
+        sock = socket.socket(info[0], socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
     except OSError as e:
@@ -82,7 +85,9 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     """Serve until Ctrl-C or SIGTERM; Glm4LocalError if the model cannot be loaded or the port bound."""
     import uvicorn
 
-    plan = plan_model(model_path, runtime, warn, slots=options.parallel)
+    plan = plan_serving(model_path, runtime, warn, options.parallel, AUTO_SLOTS)
+    if options.embedding_model is not None:
+        embedding_header(options.embedding_model)  # a file that is none is refused before the port is taken
     facts = plan.facts
     if warning := exposure_warning(options.host, options.api_key):
         warn(warning)
@@ -101,7 +106,7 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
                                                     http=timed_protocol(options.client_timeout),
                                                     limit_concurrency=MAX_CONNECTIONS))
     say(f"serving {facts.path.name} as \"{state.model_id}\" on {url_of(sock, options.host)} "
-        f"({options.parallel} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
+        f"({plan.context.slots} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
         f"{size_text(plan.kv_cache_bytes)}); loading…")
     if tools is not None:
         say(_tools_line(tools))
@@ -109,10 +114,13 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
 
     def load() -> None:
         try:
-            loaded = load_runtime(facts, plan.options, slots=options.parallel)
+            loaded = load_runtime(facts, plan.options, slots=plan.context.slots)
+            embedder = Embedder(options.embedding_model, runtime.threads) if options.embedding_model else None
+            if embedder is not None:
+                say(f"embeddings: {embedder.name} ({embedder.dimensions} dimensions)")
             scheduler = Scheduler(loaded, options.max_queue)
             scheduler.start()
-            state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts))
+            state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts), embedder)
             say("ready")
         except Exception as e:  # the server must stop with the reason, never serve "loading" forever
             state.error = str(e) if isinstance(e, Glm4LocalError) else f"could not load the model ({e!r})"
@@ -128,6 +136,8 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
         if state.loaded is not None:
             state.loaded.scheduler.stop()
             state.loaded.runtime.decoder.close()
+            if state.loaded.embedder is not None:
+                state.loaded.embedder.close()
         if tools is not None:
             tools.close()
         if state.request_log is not None:

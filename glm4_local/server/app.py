@@ -24,9 +24,11 @@ from starlette.routing import Route
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts
 from glm4_local.core.families.family import ModelFamily
+from glm4_local.core.llama.embedder import Embedder
 from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.batch import Batch
 from glm4_local.server.completions import Run
+from glm4_local.server.embeddings import embedding_routes
 from glm4_local.server.guard import BrowserGuard, same_origin
 from glm4_local.server.metrics import prometheus_text
 from glm4_local.server.ollama_routes import ollama_error, ollama_routes
@@ -60,6 +62,7 @@ class Loaded:
     runtime: ChatRuntime
     scheduler: Scheduler
     defaults: SamplerSettings  # the GGUF's sampling defaults
+    embedder: Embedder | None = None  # serve --embedding-model
 
 
 @dataclass
@@ -260,6 +263,7 @@ def create_app(state: ServerState) -> Starlette:
           in api),
         *page_routes(route, state, document_tokens, read_json, context_tokens),
         *tokenizer_routes(route, state.model, read_json),
+        *embedding_routes(route, state.model, state.model_id, read_json),
         *ollama_routes(lambda handler: route(handler, errors=ollama_error), state, planned, read_json,
                        lambda run, lines: EventStream(run, lines, media_type="application/x-ndjson")),
     ]

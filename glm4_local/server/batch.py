@@ -44,9 +44,8 @@ class Batch:
         try:
             choices = []
             for index, run in enumerate(self.runs):
-                text = "".join([t async for channel, t in run.deltas() if channel == CONTENT])
-                outcome = run.outcome()
-                choices.append({"index": index, "text": text + outcome.tail, "logprobs": None,
+                text, outcome = await run.gather()
+                choices.append({"index": index, "text": text, "logprobs": run.whole_logprobs(text, outcome),
                                 "finish_reason": outcome.finish_reason})
         finally:
             watcher.cancel()
@@ -60,14 +59,14 @@ class Batch:
         try:
             for index, run in enumerate(self.runs):
                 async for channel, text in run.deltas():
-                    if channel == CONTENT:
-                        yield events.chunk(text, index=index)
+                    yield events.chunk(text, index=index, logprobs=run.logprobs(channel, text))
                 try:
                     outcome = run.outcome()
                 except ApiError as e:
                     yield sse(e.body())
                     return
-                yield events.chunk(outcome.tail, outcome.finish_reason, index=index)
+                yield events.chunk(outcome.tail, outcome.finish_reason, index=index,
+                                   logprobs=run.logprobs(CONTENT, outcome.tail, final=True))
             for event in events.ending(self.usage()):
                 yield event
         finally:

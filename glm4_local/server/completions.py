@@ -11,6 +11,8 @@ from starlette.requests import Request
 
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.core.llama.decoder import Job
+from glm4_local.core.llama.logprobs import TokenLogprob
+from glm4_local.server.logprob_shapes import TokenNames
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 from glm4_local.server.replies import Outcome, ReplyAssembler
@@ -18,7 +20,7 @@ from glm4_local.server.scheduler import Scheduler, TokenStream
 from glm4_local.server.shapes import Envelope, Events, sse, tool_call_object, usage
 
 DISCONNECT_POLL_SECONDS = 0.25
-CONTENT, REASONING = "content", "reasoning"  # the channels of a reply's deltas
+CONTENT, REASONING, ECHO = "content", "reasoning", "echo"  # the channels of a reply's deltas
 
 
 async def watch(request: Request, abandon: Callable[[], None], over: Callable[[], bool] = lambda: False) -> None:
@@ -43,11 +45,19 @@ class Run:
         self.tokens: TokenStream
         self.job, self.tokens = scheduler.submit(plan, asyncio.get_running_loop())
         self._accounted = False  # its tokens counted in the server's metrics (once: finished or abandoned)
+        self.names = None if plan.top_logprobs is None else TokenNames(runtime.vocab.model)
+        self._scored = 0  # of the job's log-probabilities, how many the client was given
+        self._offset = 0  # characters of a text completion's choice given so far
 
     async def deltas(self) -> AsyncIterator[tuple[str, str]]:
         """("content", text) as the reply comes, ("reasoning", text) as a reasoning model thinks; ends at
-        the job's end or at a stop string."""
+        the job's end or at a stop string. A text completion that echoes its prompt begins with ("echo",
+        prompt) once the prompt is read (its log-probabilities known)."""
+        echoed = not self.plan.echo
         async for token in self.tokens:
+            if not echoed:
+                echoed = True
+                yield ECHO, self.plan.echo_text
             text = self.assembler.feed(token)
             if thought := self.assembler.take_reasoning():
                 yield REASONING, thought
@@ -56,6 +66,34 @@ class Run:
             if self.assembler.stopped:
                 self.scheduler.cancel(self.job)
                 return
+        if not echoed:
+            yield ECHO, self.plan.echo_text
+
+    # -- log-probabilities --------------------------------------------------------------------------
+    def _scores(self, final: bool) -> list[TokenLogprob]:
+        """Scores of the tokens behind the text given since the last call: not a reasoning model's thoughts,
+        nothing past a stop string; at the end of a text completion, the stop token that ended it too (as
+        vLLM gives it: a harness reading the last entry as the generated one needs it there)."""
+        fed, counted = self.assembler.fed, self.assembler.counted
+        end = counted if counted is not None else len(self.job.logprobs) if final and self.plan.raw else fed
+        start = max(self._scored, self.assembler.reasoned)
+        self._scored = max(self._scored, end)
+        return self.job.logprobs[start:end]
+
+    def logprobs(self, channel: str, text: str, final: bool = False) -> dict[str, Any] | None:
+        """The log-probabilities behind the piece `text` of the choice (None when not asked for)."""
+        if self.names is None or channel == REASONING:
+            return None
+        if channel == ECHO:
+            scored: list[TokenLogprob | None] = [None, *self.job.prompt_logprobs]
+            tokens = self.job.prompt[: len(scored)]
+        else:
+            scored = list(self._scores(final))
+            tokens = [s.token for s in scored if s is not None]
+        offset, self._offset = self._offset, self._offset + len(text)
+        if self.plan.raw:
+            return self.names.legacy(scored, tokens, offset)
+        return {"content": self.names.entries([s for s in scored if s is not None]), "refusal": None}
 
     def outcome(self) -> Outcome:
         if self.job.finish == "error":
@@ -80,20 +118,39 @@ class Run:
 
     # -- whole responses ----------------------------------------------------------------------------
     async def collect(self, request: Request) -> tuple[str, Outcome]:
-        """The whole reply's content and outcome (the job stopped if the client leaves meanwhile)."""
+        """The whole reply's content (after its echoed prompt) and outcome (the job stopped if the client leaves
+        meanwhile)."""
         watcher = asyncio.create_task(watch(request, self.abandon, lambda: self.job.done))
         try:
-            content = "".join([text async for channel, text in self.deltas() if channel == CONTENT])
+            return await self.gather()
         finally:
             watcher.cancel()
             self.abandon()
+
+    async def gather(self) -> tuple[str, Outcome]:
+        """The whole reply's content and outcome, as collect() gives them, without watching the client."""
+        text = "".join([text async for channel, text in self.deltas() if channel != REASONING])
         outcome = self.outcome()
-        return content + outcome.tail, outcome
+        return text + outcome.tail, outcome
+
+    def whole_logprobs(self, text: str, outcome: Outcome) -> dict[str, Any] | None:
+        """The log-probabilities of a whole choice `text` (none for a reply that became a tool call)."""
+        if self.names is None:
+            return None
+        if not self.plan.raw:
+            found = self.logprobs(CONTENT, text, final=True)
+            return found if outcome.tool_call is None else {"content": None, "refusal": None}
+        echo = self.plan.echo_text if self.plan.echo else ""
+        head = self.logprobs(ECHO, echo) if self.plan.echo else None
+        rest = self.logprobs(CONTENT, text[len(echo):], final=True)
+        assert rest is not None
+        return rest if head is None else {key: head[key] + rest[key] for key in rest}
 
     async def response(self, request: Request) -> dict[str, Any]:
         content, outcome = await self.collect(request)
+        logprobs = self.whole_logprobs(content, outcome)
         if self.plan.raw:
-            return self.envelope.text(content, outcome.finish_reason, self.usage())
+            return self.envelope.text(content, outcome.finish_reason, self.usage(), logprobs)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         reason = self.finish_reason(outcome)
         if outcome.tool_call and self.plan.legacy_functions:
@@ -103,7 +160,7 @@ class Run:
             message = {"role": "assistant", "content": None, "tool_calls": [tool_call_object(outcome.tool_call)]}
         if outcome.reasoning:  # as llama-server and vLLM return a reasoning model's thoughts
             message["reasoning_content"] = outcome.reasoning
-        return self.envelope.chat(message, reason, self.usage())
+        return self.envelope.chat(message, reason, self.usage(), logprobs)
 
     # -- streams ------------------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[bytes]:
@@ -114,15 +171,19 @@ class Run:
             if not self.plan.raw:
                 yield events.chunk({"role": "assistant", "content": ""})
             async for channel, text in self.deltas():
-                yield events.chunk(piece(text) if channel == CONTENT else {"reasoning_content": text})
+                shown = {"reasoning_content": text} if channel == REASONING else piece(text)
+                yield events.chunk(shown, logprobs=self.logprobs(channel, text))
             try:
                 outcome = self.outcome()
             except ApiError as e:
                 yield sse(e.body())
                 return
             for delta in self.closing_deltas(outcome):
-                yield events.chunk(delta)
-            yield events.chunk(piece(None), self.finish_reason(outcome))
+                text = delta if isinstance(delta, str) else delta.get("content")
+                yield events.chunk(delta, logprobs=None if text is None else self.logprobs(CONTENT, text, final=True))
+            scored = outcome.tool_call is None and self.names is not None  # what is left: e.g. the stop token
+            yield events.chunk(piece(None), self.finish_reason(outcome),
+                               logprobs=self.logprobs(CONTENT, "", final=True) if scored else None)
             for event in events.ending(self.usage()):
                 yield event
         finally:

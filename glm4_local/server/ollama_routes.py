@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from glm4_local.server import ollama
 from glm4_local.server.completions import Run
+from glm4_local.server.embeddings import ollama_embed
 from glm4_local.server.plan import Plan, chat_plan, completion_plans
 from glm4_local.server.protocol import ApiError, CompletionRequest, bad_request
 
@@ -90,10 +91,14 @@ def ollama_routes(route: Callable[[Handler], Handler], state: OllamaState, plann
         return JSONResponse({"status": "success"})  # the one it serves is here already
 
     async def embed(request: Request) -> Response:
-        raise bad_request(f"{state.model_id} is a chat model, not an embedding model, and this server has no "
-                          "embedding model", "model")
+        body = await read_json(request)
+        return JSONResponse(await ollama_embed(body, state.model(), state.model_id, legacy=False))
+
+    async def embeddings(request: Request) -> Response:
+        body = await read_json(request)
+        return JSONResponse(await ollama_embed(body, state.model(), state.model_id, legacy=True))
 
     api = [("/api/chat", chat, "POST"), ("/api/generate", generate, "POST"), ("/api/tags", tags, "GET"),
            ("/api/ps", running, "GET"), ("/api/show", show, "POST"), ("/api/version", version, "GET"),
-           ("/api/pull", pull, "POST"), ("/api/embed", embed, "POST"), ("/api/embeddings", embed, "POST")]
+           ("/api/pull", pull, "POST"), ("/api/embed", embed, "POST"), ("/api/embeddings", embeddings, "POST")]
     return [Route(path, route(handler), methods=[method]) for path, handler, method in api]

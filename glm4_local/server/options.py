@@ -4,6 +4,7 @@ field (the command line builds its flags from them, cli_options.SERVE_OPTIONS), 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.tools.options import ToolOptions, flag
@@ -15,6 +16,8 @@ DEFAULT_MAX_QUEUE = 64
 DEFAULT_IDLE_SECONDS = 15 * 60.0
 DEFAULT_MAX_CONVERSATIONS = 32
 DEFAULT_MAX_TOKENS = 4096  # a reply's cap when the request sets none
+AUTO_SLOTS = 3  # slots `serve` takes by default where memory holds each the context one slot would get: a
+# reply someone watches never waits behind an app's background requests (titles, tags, follow-ups)
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,9 @@ class ServeOptions:
     port: int = field(default=8000, metadata=flag("--port", "Port (0: any free one).", min=0, max=65535))
     api_key: str | None = field(default=None, metadata=flag(
         "--api-key", "Require 'Authorization: Bearer KEY' on every route but /health.", envvar="GLM4_LOCAL_API_KEY"))
-    parallel: int = field(default=1, metadata=flag(
-        "--parallel", "Requests decoded together (each slot keeps its own context and prompt cache).", min=1,
-        max=64))
+    parallel: int = field(default=0, metadata=flag(
+        "--parallel", f"Requests decoded together (each slot keeps its own context and prompt cache); 0: up to "
+        f"{AUTO_SLOTS} where memory holds each the full context, else 1.", min=0, max=64))
     max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata=flag(
         "--max-queue", "Requests that may wait for a slot; more get 503 with Retry-After.", min=1))
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=flag(
@@ -48,13 +51,16 @@ class ServeOptions:
     default_max_tokens: int = field(default=DEFAULT_MAX_TOKENS, metadata=flag(
         "--default-max-tokens", "Most tokens in a reply when a request sets no max_tokens (apps send background "
         "requests without one); 0: as many as the context holds.", "N", min=0))
+    embedding_model: Path | None = field(default=None, metadata=flag(
+        "--embedding-model", "An embedding GGUF (e.g. bge-m3) to answer /v1/embeddings and Ollama's /api/embed with; "
+        "GLM-4 itself makes no embeddings.", "FILE"))
     quiet: bool = field(default=False, metadata=flag(
         "--quiet", "No line per request on stderr (who, route, status, tokens, time).", None, "-q"))
     tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)
 
     def __post_init__(self) -> None:
-        if self.parallel < 1:
-            raise Glm4LocalError(f"parallel slots must be at least 1, not {self.parallel}")
+        if self.parallel < 0:
+            raise Glm4LocalError(f"parallel slots must be at least 1 (0: as many as fit), not {self.parallel}")
         if not self.client_timeout > 0:
             raise Glm4LocalError(f"the client timeout must be positive, not {self.client_timeout}")
         if not self.max_body_mb > 0:

@@ -43,6 +43,9 @@ class Plan:
     include_usage: bool = False
     stream: bool = False
     legacy_functions: bool = False  # asked with `functions`: a call comes back as `function_call`
+    top_logprobs: int | None = None  # None: no log-probabilities; else each token's and this many alternatives
+    echo: bool = False  # a text completion that begins with its prompt (and its tokens' log-probabilities)
+    echo_text: str = ""  # the prompt as the choice's text begins with it
 
 
 def _sampler(defaults: SamplerSettings, fields: SamplingFields, grammar: str | None) -> SamplerSettings:
@@ -170,7 +173,7 @@ def chat_plan(request: ChatRequest, runtime: ChatRuntime, facts: ModelFacts, def
                 _limit(prompt, request.token_limit() or default_limit, runtime.n_ctx), request.stop_strings(), tools,
                 head + prefix,
                 forced, include_usage=bool(options and options.include_usage), stream=request.stream,
-                legacy_functions=request.functions is not None)
+                legacy_functions=request.functions is not None, top_logprobs=request.logprob_alternatives())
 
 
 def _token_prompt(tokens: list[int], runtime: ChatRuntime) -> list[int]:
@@ -188,8 +191,9 @@ def completion_plans(request: CompletionRequest, runtime: ChatRuntime, defaults:
                      default_limit: int = 0) -> list[Plan]:
     """A plan for each of the request's prompts (a list of prompts is run as a batch, a choice each)."""
     request.refuse_unsupported()
-    if request.echo or request.suffix:
-        raise bad_request("echo and suffix are not supported", "echo" if request.echo else "suffix")
+    if request.suffix:
+        raise bad_request("suffix: GLM-4 does not fill in the middle; send the text before it as the prompt",
+                          "suffix")
     prompts = request.prompts()
     if len(prompts) > MAX_PROMPTS:
         raise bad_request(f"prompt: {len(prompts)} prompts; at most {MAX_PROMPTS} in one request", "prompt")
@@ -204,7 +208,9 @@ def completion_plan(request: CompletionRequest, given: str | list[int], runtime:
         raise bad_request("prompt: empty", "prompt")
     if isinstance(given, list):
         prompt = _token_prompt(given, runtime)
+        text = runtime.vocab.marked_text(prompt) if request.echo else ""
     else:
+        text = given
         try:
             prompt = runtime.vocab.text_tokens(given, runtime.n_ctx - 1, special=True)
         except PromptTooLong as e:
@@ -212,4 +218,5 @@ def completion_plan(request: CompletionRequest, given: str | list[int], runtime:
     options = request.stream_options
     limit = _limit(prompt, request.max_tokens or default_limit, runtime.n_ctx, "prompt")
     return Plan(prompt, _sampler(defaults, request, None), limit, request.stop_strings(), raw=True,
-                include_usage=bool(options and options.include_usage), stream=request.stream)
+                include_usage=bool(options and options.include_usage), stream=request.stream,
+                top_logprobs=request.logprob_alternatives(), echo=request.echo, echo_text=text)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20  # alternatives per token (OpenAI's limit; vLLM's default)
 
 
 class ApiError(Exception):
@@ -99,8 +100,6 @@ class SamplingFields(_Strict):
             raise bad_request("n: only 1 choice per request is supported; send several requests instead", "n")
         if self.best_of not in (None, 1):
             raise bad_request("best_of is not supported", "best_of")
-        if self.logprobs:
-            raise bad_request("logprobs are not supported by this server", "logprobs")
         if self.logit_bias:
             raise bad_request("logit_bias is not supported by this server", "logit_bias")
 
@@ -121,11 +120,33 @@ class ChatRequest(SamplingFields):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprob_alternatives(self) -> int | None:
+        """None: no log-probabilities asked for; else how many alternatives each token lists."""
+        if self.logprobs is not None and not isinstance(self.logprobs, bool):
+            raise bad_request("logprobs: true or false (top_logprobs says how many alternatives)", "logprobs")
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise bad_request(f"top_logprobs: from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs")
+        if not self.logprobs:
+            if self.top_logprobs:
+                raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+            return None
+        return self.top_logprobs or 0
+
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[Whole] | list[list[Whole]]  # text, or token ids (as OpenAI's API allows)
     echo: bool = False
     suffix: str | None = None
+
+    def logprob_alternatives(self) -> int | None:
+        """None: no log-probabilities asked for; else how many alternatives each token lists (the legacy
+        `logprobs` is that number)."""
+        if self.logprobs is None or self.logprobs is False:
+            return None
+        count = int(self.logprobs)
+        if not 0 <= count <= MAX_TOP_LOGPROBS:
+            raise bad_request(f"logprobs: from 0 to {MAX_TOP_LOGPROBS}", "logprobs")
+        return count
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts, each its text or its token ids: one, or a list of them (run as a batch)."""
@@ -187,3 +208,20 @@ class ResponsesRequest(_Strict):
     previous_response_id: str | None = None
     parallel_tool_calls: bool | None = None
     seed: Whole | None = None
+    top_logprobs: Whole | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    include: list[str] | None = None
+    metadata: dict[str, str] | None = None  # the caller's labels, given back with the response
+
+    def logprob_alternatives(self) -> int | None:
+        """None unless the output text's log-probabilities are included; else alternatives per token."""
+        for i, name in enumerate(self.include or []):
+            if name not in RESPONSE_INCLUDES:
+                raise bad_request(f"include[{i}]: {name!r} is not something this server can include (it can: "
+                                  f"{', '.join(RESPONSE_INCLUDES)})", "include")
+        return (self.top_logprobs or 0) if OUTPUT_LOGPROBS in (self.include or []) else None
+
+
+OUTPUT_LOGPROBS = "message.output_text.logprobs"
+# what `include` may name: the output's log-probabilities; reasoning as encrypted content is asked by clients
+# that keep no state (the Agents SDK), and there is none to give: the reasoning item carries the text itself
+RESPONSE_INCLUDES = (OUTPUT_LOGPROBS, "reasoning.encrypted_content")

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from glm4_local.server.completions import REASONING, Run
+from glm4_local.server.completions import CONTENT, REASONING, Run
 from glm4_local.server.protocol import ApiError, ChatRequest, ResponsesRequest, bad_request, validation_error
 from glm4_local.server.replies import Outcome
 from glm4_local.server.shapes import tool_call_object
@@ -89,6 +89,8 @@ def chat_request(request: ResponsesRequest) -> ChatRequest:
                                                                           "schema": form.schema_}}
     elif form is not None:
         body["response_format"] = {"type": form.type}
+    if (alternatives := request.logprob_alternatives()) is not None:
+        body |= {"logprobs": True, "top_logprobs": alternatives}
     for chat_field, value in (("temperature", request.temperature), ("top_p", request.top_p),
                               ("max_tokens", request.max_output_tokens), ("seed", request.seed)):
         if value is not None:
@@ -119,6 +121,7 @@ class ResponseShape:
         self.reasoning_id = f"rs_{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.sequence = 0  # events so far, numbered from 1
+        self.scores: list[dict[str, Any]] = []  # the output text's log-probabilities, when included
 
     def body(self, status: str, output: list[dict[str, Any]], outcome: Outcome | None) -> dict[str, Any]:
         cut = outcome is not None and outcome.finish_reason == "length"
@@ -136,7 +139,7 @@ class ResponseShape:
                 "previous_response_id": None, "temperature": self.request.temperature,
                 "top_p": self.request.top_p, "tool_choice": self.request.tool_choice or "auto",
                 "tools": self.request.tools or [], "text": {"format": self._format()}, "usage": usage,
-                "metadata": {}}
+                "top_logprobs": self.request.top_logprobs, "metadata": self.request.metadata or {}}
 
     def _format(self) -> dict[str, Any]:
         form = self.request.text.format if self.request.text else None
@@ -144,7 +147,10 @@ class ResponseShape:
 
     def message(self, text: str, status: str = "completed") -> dict[str, Any]:
         return {"type": "message", "id": self.message_id, "status": status, "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+                "content": [self._part(text)]}
+
+    def _part(self, text: str) -> dict[str, Any]:
+        return {"type": "output_text", "text": text, "annotations": [], "logprobs": self.scores}
 
     def call(self, outcome: Outcome, status: str = "completed") -> dict[str, Any]:
         assert outcome.tool_call is not None
@@ -164,7 +170,15 @@ class ResponseShape:
 
     async def whole(self, request: Request) -> dict[str, Any]:
         text, outcome = await self.run.collect(request)
+        self._scored(CONTENT, text, final=True)
         return self.body("completed", self.output(text, outcome), outcome)
+
+    def _scored(self, channel: str, text: str, final: bool = False) -> list[dict[str, Any]]:
+        """The log-probability entries behind `text`, kept for the output text part too."""
+        found = self.run.logprobs(channel, text, final)
+        entries = (found or {}).get("content") or []
+        self.scores += entries
+        return entries
 
     def event(self, kind: str, **fields: Any) -> bytes:
         self.sequence += 1
@@ -172,20 +186,20 @@ class ResponseShape:
         return f"event: {kind}\ndata: {data}\n\n".encode()
 
     def _message_opened(self, index: int) -> bytes:
-        part = {"type": "output_text", "text": "", "annotations": []}
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         return (self.event("response.output_item.added", output_index=index, item=self.message("", "in_progress")
                            | {"content": []})
                 + self.event("response.content_part.added", item_id=self.message_id, output_index=index,
                              content_index=0, part=part))
 
-    def _text_delta(self, delta: str, index: int) -> bytes:
+    def _text_delta(self, delta: str, index: int, final: bool = False) -> bytes:
         return self.event("response.output_text.delta", item_id=self.message_id, output_index=index,
-                          content_index=0, delta=delta)
+                          content_index=0, delta=delta, logprobs=self._scored(CONTENT, delta, final))
 
     def _message_closed(self, text: str, index: int) -> bytes:
-        part = {"type": "output_text", "text": text, "annotations": []}
+        part = self._part(text)
         return (self.event("response.output_text.done", item_id=self.message_id, output_index=index,
-                           content_index=0, text=text)
+                           content_index=0, text=text, logprobs=self.scores)
                 + self.event("response.content_part.done", item_id=self.message_id, output_index=index,
                              content_index=0, part=part)
                 + self.event("response.output_item.done", output_index=index, item=self.message(text)))
@@ -250,7 +264,7 @@ class ResponseShape:
                 yield self._message_opened(index)
             if outcome.tail:
                 text += outcome.tail
-                yield self._text_delta(outcome.tail, index)
+                yield self._text_delta(outcome.tail, index, final=True)
         if opened:
             yield self._message_closed(text, index)
         if outcome.tool_call is not None:

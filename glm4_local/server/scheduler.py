@@ -113,7 +113,8 @@ class Scheduler:
         """Queue a job for `plan`; ApiError 503 (Retry-After) when the waiting queue is full."""
         stream = TokenStream(loop, self._outbox)
         job = Job(plan.prompt, plan.sampler, plan.max_new_tokens, frozenset(self.runtime.vocab.stop_ids),
-                  on_token=stream.on_token, on_done=stream.on_done, watched=plan.stream)
+                  on_token=stream.on_token, on_done=stream.on_done, watched=plan.stream,
+                  top_logprobs=plan.top_logprobs, echo_logprobs=plan.echo and plan.top_logprobs is not None)
         with self._admit:
             if self._stopping:
                 raise ApiError(503, "the server is shutting down", "server_error")

@@ -48,26 +48,28 @@ class Envelope:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": None}
 
-    def chat(self, message: dict[str, Any], finish_reason: str, used: dict[str, Any]) -> dict[str, Any]:
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    def chat(self, message: dict[str, Any], finish_reason: str, used: dict[str, Any],
+             logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
         return {**self._base("chat.completion"), "choices": [choice], "usage": used}
 
-    def text(self, text: str, finish_reason: str, used: dict[str, Any]) -> dict[str, Any]:
-        return self.texts([{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}], used)
+    def text(self, text: str, finish_reason: str, used: dict[str, Any],
+             logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.texts([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}], used)
 
     def texts(self, choices: list[dict[str, Any]], used: dict[str, Any]) -> dict[str, Any]:
         return {**self._base("text_completion"), "choices": choices, "usage": used}
 
     def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None,
-              with_usage: bool = False, index: int = 0) -> dict[str, Any]:
+              with_usage: bool = False, index: int = 0, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         """A stream chunk: a chat delta (dict) or completion text (str), of choice `index`."""
         if isinstance(piece, dict):
             body = self._base("chat.completion.chunk")
-            choice: dict[str, Any] = {"index": index, "delta": piece, "logprobs": None,
+            choice: dict[str, Any] = {"index": index, "delta": piece, "logprobs": logprobs,
                                       "finish_reason": finish_reason}
         else:
             body = self._base("text_completion")
-            choice = {"index": index, "text": piece, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "text": piece, "logprobs": logprobs, "finish_reason": finish_reason}
         body["choices"] = [choice]
         if with_usage:
             body["usage"] = None
@@ -94,8 +96,9 @@ class Events:
     envelope: Envelope
     with_usage: bool
 
-    def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None, index: int = 0) -> bytes:
-        return sse(self.envelope.chunk(piece, finish_reason, self.with_usage, index))
+    def chunk(self, piece: dict[str, Any] | str, finish_reason: str | None = None, index: int = 0,
+              logprobs: dict[str, Any] | None = None) -> bytes:
+        return sse(self.envelope.chunk(piece, finish_reason, self.with_usage, index, logprobs))
 
     def ending(self, used: dict[str, Any]) -> list[bytes]:
         """What closes the stream: the usage chunk, when it was asked for, and [DONE]."""

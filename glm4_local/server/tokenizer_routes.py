@@ -1,13 +1,15 @@
 """The model's own tokenization over HTTP, in the shapes clients probe: llama.cpp's server (`/tokenize`
 {"content"} and `/detokenize` {"tokens"}) and vLLM's (`{"prompt"}` or `{"messages"}`, with "count" and
-"max_model_len"). A text is tokenized as /v1/completions tokenizes a prompt (its markup becomes special
-tokens); messages as a chat request renders them (template, tools)."""
+"max_model_len"; `GET /tokenizer_info`, which lm-evaluation-harness asks before it tokenizes anything).
+A text is tokenized as /v1/completions tokenizes a prompt (its markup becomes special tokens); messages as
+a chat request renders them (template, tools)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import gguf
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -35,6 +37,24 @@ def _tokens(body: dict[str, Any], loaded: Any) -> list[int]:
     return runtime.vocab.text_tokens(text, special=True)
 
 
+def _token_name(loaded: Any, key: str) -> str | None:
+    """The markup of the token the GGUF names under `key` (its end-of-text token, ...), if it names one."""
+    token = loaded.facts.header.get(key)
+    if not isinstance(token, int) or not 0 <= token < loaded.runtime.decoder.n_vocab:
+        return None
+    return loaded.runtime.vocab.marked_text([token])
+
+
+def tokenizer_info(loaded: Any) -> dict[str, Any]:
+    """vLLM's /tokenizer_info: the special tokens by their markup, the chat template, the context."""
+    keys = gguf.Keys.Tokenizer
+    return {"tokenizer_class": f"GGUF {loaded.facts.header.get(keys.MODEL, 'unknown')} tokenizer",
+            "eos_token": _token_name(loaded, keys.EOS_ID), "bos_token": _token_name(loaded, keys.BOS_ID),
+            "pad_token": _token_name(loaded, keys.PAD_ID), "unk_token": _token_name(loaded, keys.UNK_ID),
+            "chat_template": loaded.facts.template.source, "model_max_length": loaded.runtime.n_ctx,
+            "vocab_size": loaded.runtime.decoder.n_vocab}
+
+
 def tokenizer_routes(route: Callable[[Handler], Handler], model: Callable[[], Any],
                      read_json: Callable[[Request], Awaitable[Any]]) -> list[BaseRoute]:
     """`model()`: the loaded model (503 while it loads)."""
@@ -57,9 +77,12 @@ def tokenizer_routes(route: Callable[[Handler], Handler], model: Callable[[], An
         n_vocab = loaded.runtime.decoder.n_vocab
         if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < n_vocab for t in tokens):
             raise bad_request(f"tokens: a list of token ids from 0 to {n_vocab - 1}", "tokens")
-        model_ = loaded.runtime.vocab.model
-        text = b"".join(token_piece(model_, t, special=True) for t in tokens).decode("utf-8", errors="replace")
+        text = loaded.runtime.vocab.marked_text(tokens)
         return JSONResponse({"content": text, "prompt": text})
 
-    return [Route(prefix + path, route(handler), methods=["POST"]) for prefix in ("", "/v1")
-            for path, handler in (("/tokenize", tokenize), ("/detokenize", detokenize))]
+    async def info(request: Request) -> Response:
+        return JSONResponse(tokenizer_info(model()))
+
+    return [*(Route(prefix + path, route(handler), methods=["POST"]) for prefix in ("", "/v1")
+              for path, handler in (("/tokenize", tokenize), ("/detokenize", detokenize))),
+            *(Route(prefix + "/tokenizer_info", route(info), methods=["GET"]) for prefix in ("", "/v1"))]

@@ -25,19 +25,25 @@ import gguf
 
 from glm4_local.core.llama.device import ContextSettings
 from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
+from glm4_local.core.llama.logprobs import logprob_at
 from glm4_local.core.llama.prompt_cache import MIN_GAIN_TOKENS, MIN_SAVED_TOKENS, PromptDiskCache, read_state
 from glm4_local.core.llama.sampling import DecodeError, Sampler
 from glm4_local.core.llama.speculation import Drafter, SpeculationSettings, StepCosts
 
 __all__ = ["DecodeAborted", "Decoder", "Job"]
 
+ECHO_CHUNK = 256  # prompt tokens a batch reads of a job scoring its prompt: each keeps a row of logits (the
+# vocabulary's floats, 0.6 MB for GLM-4), so a 2,048-token batch would hold 1.2 GB of them
+
 
 @dataclass(eq=False)
 class _Added:
-    """What one slot put into a batch: `tokens` from its pending ones, then its `draft`; `output`: the
-    batch index of the first logits it asked for (None while a prompt is still being read)."""
+    """What one slot put into a batch: `tokens` from its pending ones (from batch index `start`), then its
+    `draft`; `output`: the batch index of the first logits it samples from (None while a prompt is still
+    being read)."""
 
     slot: Slot
+    start: int
     tokens: int
     output: int | None
     draft: list[int] = field(default_factory=list)
@@ -196,6 +202,8 @@ class Decoder:
             self._break_even = self.step_costs.break_even(sum(entry.output is not None for entry in added))
         for entry in added:
             slot = entry.slot
+            if slot.job is not None and slot.job.echo_logprobs:
+                self._score_prompt(entry)
             slot.cached += slot.pending[: entry.tokens]
             del slot.pending[: entry.tokens]
             if slot.job is not None and not slot.job.first_token_at:
@@ -238,10 +246,12 @@ class Decoder:
     def _assign(self, job: Job, free: list[Slot]) -> None:
         slot = self._choose(free, job.prompt)
         keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)  # the last one gives logits
+        if job.echo_logprobs:
+            keep = 0  # every prompt token is scored, so every one is read
         self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
         del slot.cached[keep:]
         slot.on_disk = min(slot.on_disk, keep)
-        if self.disk is not None and len(job.prompt) - 1 - keep >= MIN_GAIN_TOKENS:
+        if self.disk is not None and not job.echo_logprobs and len(job.prompt) - 1 - keep >= MIN_GAIN_TOKENS:
             keep = self._load_from_disk(slot, job.prompt, keep)
         try:
             slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling)
@@ -285,7 +295,8 @@ class Decoder:
         for slot in busy:
             if n >= budget:
                 break
-            take = min(len(slot.pending), budget - n)
+            scored = slot.job.echo_logprobs  # type: ignore[union-attr]
+            take = min(len(slot.pending), budget - n, ECHO_CHUNK if scored else budget)
             tokens = slot.pending[:take]
             output = n + take - 1 if take == len(slot.pending) else None
             draft = self._draft(slot, budget - n - take) if output is not None else []
@@ -295,8 +306,8 @@ class Decoder:
                 batch.pos[n + i] = position + i
                 batch.n_seq_id[n + i] = 1
                 batch.seq_id[n + i][0] = slot.seq
-                batch.logits[n + i] = output is not None and n + i >= output
-            added.append(_Added(slot, take, output, draft))
+                batch.logits[n + i] = scored or (output is not None and n + i >= output)
+            added.append(_Added(slot, n, take, output, draft))
             n += take + len(draft)
         batch.n_tokens = n
         return added
@@ -334,10 +345,24 @@ class Decoder:
         if not job.generated:
             job.first_token_at = now
         job.last_token_at = now
-        for token in tokens:
+        for i, token in enumerate(tokens):
+            if job.top_logprobs is not None:
+                job.logprobs.append(logprob_at(self._ll, self.ctx, entry.output + i, self.n_vocab, token,
+                                               job.top_logprobs))
             if not self._take(slot, job, token):
                 return
         slot.pending = [tokens[-1]]
+
+    def _score_prompt(self, entry: _Added) -> None:
+        """The log-probability of each prompt token the batch's logits predict (the token after each one read)."""
+        slot, job = entry.slot, entry.slot.job
+        assert job is not None
+        first = len(slot.cached)  # the prompt position of the batch's first token of this slot
+        for i in range(entry.tokens):
+            following = first + i + 1
+            if following < len(job.prompt):
+                job.prompt_logprobs.append(logprob_at(self._ll, self.ctx, entry.start + i, self.n_vocab,
+                                                      job.prompt[following], job.top_logprobs or 0))
 
     def _take(self, slot: Slot, job: Job, token: int) -> bool:
         """Give the job one token; False when that ended it."""

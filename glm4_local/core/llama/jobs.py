@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from glm4_local.core.llama.logprobs import TokenLogprob
 from glm4_local.core.llama.sampling import Sampler, SamplerSettings
 from glm4_local.core.llama.speculation import Drafter
 
@@ -42,6 +43,11 @@ class Job:
     drafted: int = 0  # tokens proposed by prompt lookup, and of those, accepted (speculation)
     accepted: int = 0
     watched: bool = True  # someone reads it as it comes (a stream): it gets a free slot before those nobody does
+    top_logprobs: int | None = None  # None: no log-probabilities; else each sampled token's (the stop token
+    # that ends the job too), with this many likeliest alternatives, in `logprobs`, before on_token hears it
+    echo_logprobs: bool = False  # the prompt's tokens' too, in `prompt_logprobs` (the prompt is read whole)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # of prompt[1:] (the first has none)
 
     @property
     def done(self) -> bool:

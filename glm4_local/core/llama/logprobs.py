@@ -1,0 +1,37 @@
+"""Log-probabilities as the model gives them: the log-softmax of llama.cpp's logits at one position, before
+any sampler (temperature, penalties, a grammar) changes them, so that an evaluation scores the model itself.
+One of the modules of core/llama/, the only ones reading llama.cpp's buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAX_TOP_LOGPROBS = 20  # alternatives a position may list (OpenAI's limit)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability where it stands, and the `top` likeliest tokens there, likeliest first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def logprob_at(ll: Any, ctx: Any, index: int, n_vocab: int, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability under the logits of batch output `index`, with the `top` likeliest."""
+    logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+    shift = float(logits.max())
+    # summed in float64: 151,552 float32 terms lose digits an evaluation compares
+    log_total = shift + math.log(float(np.exp(logits - shift).sum(dtype=np.float64)))
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        picked = np.argpartition(-logits, min(top, n_vocab) - 1)[:top]
+        picked = picked[np.argsort(-logits[picked], kind="stable")]
+        best = tuple((int(t), float(logits[t]) - log_total) for t in picked)
+    return TokenLogprob(token, float(logits[token]) - log_total, best)
