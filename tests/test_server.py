@@ -269,3 +269,31 @@ def test_a_request_without_max_tokens_gets_the_servers_cap(scripted_gguf: Callab
         assert status == 200 and body["eval_count"] + body["prompt_eval_count"] == 256
     finally:
         server.stop()
+
+
+def test_accepted_connections_send_small_replies_at_once() -> None:
+    """Nagle's algorithm is off on every connection the server accepts (asyncio turns it off only on a
+    socket made as TCP): with it on, each reply after a keep-alive connection's first waited for the
+    client's delayed ACK, 40 ms a request (lm-eval's tokenizer calls took 85 ms each)."""
+    import asyncio
+    import socket
+
+    from glm4_local.frontends.serve import listen
+
+    listening = listen("127.0.0.1", 0)
+    delays: list[int] = []
+
+    async def run() -> None:
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            delays.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=listening)
+        _, writer = await asyncio.open_connection(*listening.getsockname()[:2])
+        while not delays:
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+
+    asyncio.run(run())
+    assert delays == [1]
