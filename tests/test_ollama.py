@@ -82,7 +82,7 @@ def test_errors_name_what_they_refuse(tool_server: Server) -> None:
     for call, expected in [
         (lambda: ours.chat(model="m", messages=[{"role": "user", "content": "x"}], options={"mirostat_x": 1}),
          "options.mirostat_x: not an option this server knows"),
-        (lambda: ours.embed(model="m", input="x"), "not an embedding model"),
+        (lambda: ours.embed(model="m", input="x"), "makes no embeddings; start the server with --embedding-model"),
         (lambda: ours.generate(model="m", prompt="x", suffix="y"), "suffix: fill-in-the-middle"),
         (lambda: ours.pull("glm-5"), "this server serves 'tiny-f32'"),
     ]:

@@ -392,3 +392,9 @@ def test_the_documents_route_refuses_a_bomb_at_once(tool_gguf: Callable[[str], P
     finally:
         code, output = server.stop()
     assert code == 0 and "Traceback" not in output, output
+
+
+def test_logprobs_are_refused_where_the_servers_tools_take_part(python_server: Server) -> None:
+    status, _, body = python_server.request("POST", "/v1/chat/completions", {
+        "messages": ASK, "tools": PYTHON, "logprobs": True, "conversation_id": "conv-logprobs"})
+    assert status == 400 and json.loads(body)["error"]["param"] == "logprobs"

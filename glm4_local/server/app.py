@@ -192,6 +192,9 @@ def create_app(state: ServerState) -> Starlette:
         asked, plan = await planned(request, reader(ChatRequest), make_plan)
         if state.tools is None or not state.tools.runs_any(plan.tools):
             return await run(request, plan, loaded)
+        if plan.top_logprobs is not None:  # the reply is several of the model's, with tool output between
+            raise bad_request("logprobs: not given for a reply the server's own tools take part in; ask without "
+                              "them, or offer the tools as functions the client runs", "logprobs")
         _refuse_other_pages(request)
         tool_run = ToolRun(asked, plan, make_plan, lambda p: Run(p, loaded.runtime, loaded.scheduler, state.model_id),
                            state.tools, state.model_id, file_url)
