@@ -29,6 +29,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def binary_env(binary: Path) -> dict[str, str]:
+    """The environment to run a binary the build script copied: its shared libraries (libllama-server-impl,
+    libggml, ...) lie beside it, where the build tree's run path no longer points."""
+    paths = [str(binary.parent), *filter(None, os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep))]
+    return {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(paths)}
+
+
 class LlamaServer:
     """A llama-server process serving `model`; `port` answers the OpenAI-style API like ours."""
 
@@ -37,7 +44,7 @@ class LlamaServer:
         command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                    "--no-webui", "--no-warmup", "-lv", "1", *args]
         self._log = open(log or os.devnull, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=binary_env(binary))
         try:
             self._wait_ready()
         except BaseException:

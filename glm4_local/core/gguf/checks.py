@@ -29,13 +29,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _string_array(header: GGUFHeader, key: str) -> bool:
+    """The field is an array of strings, as its GGUF type says (the reader gave each item as text)."""
+    return header.field_types.get(key) == (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
+
+
 def check_tokenizer_arrays(header: GGUFHeader, family: ModelFamily, where: str) -> None:
     model = header.get(K.Tokenizer.MODEL)
     if model != family.tokenizer_model:
         raise GGUFFileError(f"{where}: tokenizer model {model!r} is not {family.name}'s "
                             f"({family.tokenizer_model!r})")
     tokens, types = header.get(K.Tokenizer.LIST), header.get(K.Tokenizer.TOKEN_TYPE)
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+    if not isinstance(tokens, list) or not tokens or not _string_array(header, K.Tokenizer.LIST):
         raise GGUFFileError(f"{where}: {K.Tokenizer.LIST} is not a list of token texts")
     if not isinstance(types, list) or len(types) != len(tokens) or not set(types) <= _TOKEN_TYPES:
         raise GGUFFileError(f"{where}: {K.Tokenizer.TOKEN_TYPE} does not give a valid type for each of the "
@@ -44,8 +49,8 @@ def check_tokenizer_arrays(header: GGUFHeader, family: ModelFamily, where: str) 
     if scores is not None and (not isinstance(scores, list) or len(scores) != len(tokens)):
         raise GGUFFileError(f"{where}: {K.Tokenizer.SCORES} does not give a score for each token")
     merges = header.get(K.Tokenizer.MERGES)
-    if merges is not None and not (isinstance(merges, list)
-                                   and all(isinstance(m, str) and " " in m[1:-1] for m in merges)):
+    if merges is not None and not (isinstance(merges, list) and _string_array(header, K.Tokenizer.MERGES)
+                                   and all(" " in m[1:-1] for m in merges)):
         raise GGUFFileError(f"{where}: {K.Tokenizer.MERGES} is not a list of 'left right' pairs")
     for key in SPECIAL_ID_KEYS:
         value = header.get(key)

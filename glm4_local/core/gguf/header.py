@@ -8,6 +8,7 @@ corrupt file into ValueError.
 
 from __future__ import annotations
 
+import codecs
 import mmap
 import struct
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 
 V = gguf.GGUFValueType
 _MAX_ARRAY_DEPTH = 8
+_LENGTH = struct.Struct("<Q")  # a string's byte length
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _SCALARS: dict[int, str] = {
     V.UINT8: "<B", V.INT8: "<b", V.UINT16: "<H", V.INT16: "<h", V.UINT32: "<I", V.INT32: "<i",
@@ -87,6 +89,24 @@ class _Cursor:
     def string(self) -> str:
         return bytes(self.take(self.scalar("<Q"))).decode("utf-8", errors="replace")
 
+    def strings(self, count: int) -> list[str]:
+        """`count` strings in a row: GLM-4's 470,000 vocabulary strings and merges in one tight loop (a
+        tenth of the time of a call per string, which made every start wait a second)."""
+        data, pos, end = self.data, self.pos, len(self.data)
+        length, decode = _LENGTH.unpack_from, codecs.utf_8_decode
+        out: list[str] = [""] * count
+        for i in range(count):
+            if pos + 8 > end:
+                raise ValueError(f"header runs past the end of the file (at byte {pos})")
+            (n,) = length(data, pos)
+            pos += 8
+            if n > end - pos:
+                raise ValueError(f"header runs past the end of the file (at byte {pos})")
+            out[i] = decode(data[pos : pos + n], "replace", True)[0]
+            pos += n
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype == V.STRING:
             return self.string()
@@ -99,6 +119,8 @@ class _Cursor:
                 return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
             if count > len(self.data):
                 raise ValueError(f"array of {count} items cannot fit in the file")
+            if item_type == V.STRING:
+                return self.strings(count)
             return [self.value(item_type, depth + 1) for _ in range(count)]
         if vtype not in _SCALARS:
             raise ValueError(f"unknown value type {vtype}")
