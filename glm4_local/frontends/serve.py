@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.setup import ModelFacts, load_runtime, model_sampling
 from glm4_local.core.errors import Glm4LocalError
-from glm4_local.core.llama.embedder import Embedder, embedding_header
+from glm4_local.core.llama.embedder import Embedder
 from glm4_local.frontends.model_plan import ModelPlan, plan_serving, size_text
 from glm4_local.server.options import AUTO_SLOTS, LOCAL_HOSTS, ServeOptions
 
@@ -117,16 +117,18 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
           warn: Callable[[str], None]) -> None:
     """Serve until Ctrl-C or SIGTERM; Glm4LocalError if the model cannot be loaded or the port bound."""
     plan = plan_serving(model_path, runtime, warn, options.parallel, AUTO_SLOTS)
-    if options.embedding_model is not None:
-        embedding_header(options.embedding_model)  # a file that is none is refused before the port is taken
+    # loaded first, alone: llama-cpp-python silences the whole process while a Llama loads
+    embedder = Embedder(options.embedding_model, runtime.threads) if options.embedding_model else None
     loading = _Loading(plan.facts, plan.options, plan.context.slots)
     try:
-        _serve_while_loading(plan, loading, runtime, options, say, warn)
+        _serve_while_loading(plan, loading, embedder, options, say, warn)
     finally:
         loading.discard()
+        if embedder is not None:
+            embedder.close()
 
 
-def _serve_while_loading(plan: ModelPlan, loading: _Loading, runtime: RuntimeOptions, options: ServeOptions,
+def _serve_while_loading(plan: ModelPlan, loading: _Loading, embedder: Embedder | None, options: ServeOptions,
                          say: Callable[[str], None], warn: Callable[[str], None]) -> None:
     # the server's modules, imported while llama.cpp reads the model
     import uvicorn
@@ -160,17 +162,12 @@ def _serve_while_loading(plan: ModelPlan, loading: _Loading, runtime: RuntimeOpt
     if tools is not None:
         say(_tools_line(tools))
     say(f"chat page: {url_of(sock, options.host, '/')}")
+    if embedder is not None:
+        say(f"embeddings: {embedder.name} ({embedder.dimensions} dimensions)")
 
     def load() -> None:
         try:
             loaded = loading.take()
-            try:
-                embedder = Embedder(options.embedding_model, runtime.threads) if options.embedding_model else None
-            except BaseException:
-                loaded.decoder.close()
-                raise
-            if embedder is not None:
-                say(f"embeddings: {embedder.name} ({embedder.dimensions} dimensions)")
             scheduler = Scheduler(loaded, options.max_queue)
             scheduler.start()
             state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts), embedder)
@@ -189,8 +186,6 @@ def _serve_while_loading(plan: ModelPlan, loading: _Loading, runtime: RuntimeOpt
         if state.loaded is not None:
             state.loaded.scheduler.stop()
             state.loaded.runtime.decoder.close()
-            if state.loaded.embedder is not None:
-                state.loaded.embedder.close()
         if tools is not None:
             tools.close()
         if state.request_log is not None:

@@ -122,7 +122,10 @@ def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int =
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
     params.use_mmap, params.use_mlock = use_mmap, use_mlock
     with _loading(path, header):
-        return LlamaModel(path_model=str(path), params=params, verbose=False)
+        # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
+        # it loads, which swallows what other threads print meanwhile (serve loads as it starts); llama.cpp's
+        # own log comes to capture_logs() either way
+        return LlamaModel(path_model=str(path), params=params, verbose=True)
 
 
 @contextmanager
