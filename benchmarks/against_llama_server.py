@@ -1,15 +1,16 @@
 """`glm4-local serve` against llama.cpp's own `llama-server` on the same GGUF, threads and slots, rounds
 interleaved; every figure a ratio measured in this run.
 
-1. plain decoding: aggregate tokens/s of 1 and 4 concurrent greedy requests of 128 tokens on a q8_0 model
-   with GLM-4's real 151,552-token vocabulary (4 layers × 512; `--big`: also 12 × 1024), both servers
-   at their defaults, and llama-server with flash attention off;
+1. plain decoding: aggregate tokens/s of 1, 4 and 8 concurrent greedy requests of 128 tokens on q8_0
+   models with GLM-4's real 151,552-token vocabulary (4 layers × 512 and 12 × 1024; `--small`: the first
+   alone), both servers at their defaults, and each with flash attention off; every cell where glm4-local
+   at its defaults is below llama-server at its defaults is named;
 2. speculation (prompt lookup): a scripted model that repeats a 120-token passage of its prompt, and a
    random model asked to continue text already in its prompt; glm4-local with `--speculate auto` and
    `off`, llama-server with `--spec-type ngram-simple` and without.
 
     bash benchmarks/build_llama_server.sh             # once; optional step, ~8 minutes on 2 cores
-    python benchmarks/against_llama_server.py [--llama-server PATH] [--rounds 3] [--big] [--only plain|spec]
+    python benchmarks/against_llama_server.py [--llama-server PATH] [--rounds 3] [--small] [--only plain|spec]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from glm4_local.convert.pipeline import convert
 
 THREADS = 2
 SLOTS = 4
+WIDTHS = (1, 4, 8)  # concurrent requests (8: twice the slots, half of them waiting at a time)
 SLOT_CTX = 1024
 TOKENS = 128
 SMALL = factory.Shape(n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=1536, context=8192)
@@ -105,14 +107,19 @@ def plain(binary: Path, folder: Path, shapes: list[factory.Shape], rounds: int) 
         model = convert(str(folder / name), OUT_TYPES["q8_0"], output=folder / f"{name}-q8_0.gguf").path
         servers = {"glm4-local": ours(model, folder), "llama-server": theirs(binary, model),
                    "llama-server -fa off": theirs(binary, model, "-fa", "off"),
-                   "glm4-local --flash-attn": ours(model, folder, "--flash-attn"),
+                   "glm4-local --no-flash-attn": ours(model, folder, "--no-flash-attn"),
                    "glm4-local --speculate off": ours(model, folder, "--speculate", "off")}
-        result = compare(servers, stories, [1, SLOTS], rounds, TOKENS)
-        for width in (1, SLOTS):
-            base = result[("glm4-local", width)]
-            line = ", ".join(f"{n} {result[(n, width)]:.1f} tok/s" for n in servers)
-            ratios = ", ".join(f"glm4-local/{n} {base / result[(n, width)]:.2f}" for n in list(servers)[1:3])
-            print(f"{name}, {width} stream(s): {line}; {ratios}")
+        result = compare(servers, stories, list(WIDTHS), rounds, TOKENS)
+        short = []
+        for width in WIDTHS:
+            ratio = result[("glm4-local", width)] / result[("llama-server", width)]
+            off = result[("glm4-local --no-flash-attn", width)] / result[("llama-server -fa off", width)]
+            line = ", ".join(f"{n} {result[(n, width)]:.1f}" for n in servers)
+            print(f"{name}, {width} stream(s), tok/s: {line}; glm4-local/llama-server {ratio:.2f} (defaults), "
+                  f"{off:.2f} (both without flash attention)")
+            if ratio < 1.0:
+                short.append(f"{name} × {width}")
+        print(f"{name}: below llama-server at defaults: {', '.join(short) or 'none'}")
 
 
 def passage_words(real: bool) -> tuple[str, ...]:
@@ -213,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--llama-server", type=Path, default=DEFAULT_BINARY)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--big", action="store_true")
+    parser.add_argument("--small", action="store_true", help="only the 4 × 512 model")
     parser.add_argument("--only", choices=("plain", "spec"))
     args = parser.parse_args()
     if not args.llama_server.is_file() and args.only != "spec":
@@ -225,7 +232,7 @@ def main() -> None:
             if not factory.REAL_TOKENIZER.is_file():
                 print("plain: skipped (GLM-4's tokenizer.model not found in ../shared)")
             else:
-                plain(args.llama_server, folder, [SMALL, BIG] if args.big else [SMALL], args.rounds)
+                plain(args.llama_server, folder, [SMALL] if args.small else [SMALL, BIG], args.rounds)
         if args.only in (None, "spec"):
             speculation(args.llama_server if args.llama_server.is_file() else None, folder, args.rounds)
 

@@ -35,8 +35,9 @@ Ctx = Annotated[str, typer.Option("--ctx", help=f"Context tokens (per conversati
 GpuLayers = Annotated[str, typer.Option("--gpu-layers", help="Layers to offload: N, 'all' or 'auto'.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
 Batch = Annotated[int, typer.Option("--batch", help="Prompt batch size.")]
-FlashAttn = Annotated[bool, typer.Option("--flash-attn", help="Use flash attention (less memory for long "
-                                         "contexts; helps most on GPUs).")]
+FlashAttn = Annotated[bool | None, typer.Option("--flash-attn/--no-flash-attn", help="Flash attention (less "
+                                                "memory for long contexts; default: on where the machine runs it "
+                                                "no slower, as llama-server's 'auto').", show_default=False)]
 CacheTypeK = Annotated[str, typer.Option("--cache-type-k", metavar="TYPE", help="KV cache type for keys: "
                                          + ", ".join(CACHE_TYPES))]
 CacheTypeV = Annotated[str, typer.Option("--cache-type-v", metavar="TYPE", help="KV cache type for values: "
@@ -60,13 +61,13 @@ def _option(name: str, annotation: object, default: object) -> inspect.Parameter
 RUNTIME_OPTIONS: tuple[inspect.Parameter, ...] = (
     _option("ctx", Ctx, ""), _option("gpu_layers", GpuLayers, "auto"),
     _option("threads", Threads, None), _option("batch", Batch, DEFAULT_BATCH),
-    _option("flash_attn", FlashAttn, False), _option("cache_type_k", CacheTypeK, "f16"),
+    _option("flash_attn", FlashAttn, None), _option("cache_type_k", CacheTypeK, "f16"),
     _option("cache_type_v", CacheTypeV, "f16"), _option("mlock", Mlock, False), _option("no_mmap", NoMmap, False),
     _option("speculate", Speculate, "auto"), _option("draft_max", DraftMax, DEFAULT_DRAFT_MAX),
 )
 
 
-def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: int, flash_attn: bool,
+def runtime_options_of(ctx: str, gpu_layers: str, threads: int | None, batch: int, flash_attn: bool | None,
                        cache_type_k: str, cache_type_v: str, mlock: bool, no_mmap: bool, speculate: str,
                        draft_max: int) -> RuntimeOptions:
     """How chat and serve run a model, from their shared options (RUNTIME_OPTIONS)."""

@@ -117,7 +117,9 @@ def test_the_cli_prints_the_plan_and_refuses_what_does_not_fit(scripted_gguf: Ca
     result = invoke(["chat", model, "-p", "hi", "--ctx", "auto", "-v"])
     assert result.exit_code == 0 and "(auto: the most that fits, trained 4,096)" in result.stderr
     assert "of RAM left" in result.stderr
-    assert "flash attention" not in result.stderr  # the whole context fits without it (faster on a CPU)
+    assert ", flash attention" in result.stderr  # on unless asked otherwise: no slower here, and less memory
+    off = invoke(["chat", model, "-p", "hi", "--ctx", "auto", "-v", "--no-flash-attn"])
+    assert off.exit_code == 0 and "flash attention" not in off.stderr
     monkeypatch.setattr(device, "ram", lambda: (64 * 2**20, 64 * 2**20))  # a 64 MiB machine
     one_line_error(invoke(["chat", model, "-p", "hi", "--ctx", "max"]), "4,096 tokens needs", "of RAM is free")
 
@@ -130,11 +132,28 @@ def test_doctor_says_what_the_million_token_variant_needs() -> None:
 
 def test_the_device_says_whether_flash_attention_is_worth_it_where_both_fit() -> None:
     plenty = 1024 * GiB
-    slower = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"), Memory(plenty))
-    faster = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"),
-                          Memory(plenty, flash_attention_slower=False))
+    slower = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"),
+                          Memory(plenty, flash_attention_slower=True))
+    faster = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"), Memory(plenty))
     assert slower.n_ctx == faster.n_ctx == FLAGSHIP.context_length
     assert (slower.options.flash_attention, faster.options.flash_attention) == (False, True)
+
+
+def test_flash_attention_follows_the_device_unless_asked() -> None:
+    """Not asked: as the device says (on, where it is no slower); asked off: off, even where on would buy
+    context; asked on, or a quantized V cache: on."""
+    tight = Memory(int((Q4_K_M_WEIGHTS + 5 * GiB) / context_plan.MARGIN))
+    for memory, asked, expected in ((Memory(None), None, True), (Memory(None, flash_attention_slower=True), None,
+                                                                  False), (Memory(None), False, False),
+                                    (Memory(None, flash_attention_slower=True), True, True)):
+        plan = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx=8192, flash_attn=asked), memory)
+        assert plan.options.flash_attention is expected
+    off = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto", flash_attn=False), tight)
+    on = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("f16", ctx="auto"), tight)
+    assert not off.options.flash_attention and on.options.flash_attention and off.n_ctx < on.n_ctx
+    quantized = plan_context(GLM4_9B, FLAGSHIP, Q4_K_M_WEIGHTS, kv_options("q8_0", ctx=8192, flash_attn=False),
+                             Memory(None))
+    assert quantized.options.flash_attention
 
 
 

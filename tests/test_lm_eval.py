@@ -90,7 +90,7 @@ def expected_score(server: Server, context: str, continuation: str) -> tuple[flo
     context_tokens = tokenize(server, context)
     continuation_tokens = tokenize(server, context + continuation)[len(context_tokens):]
     tokens = context_tokens + continuation_tokens
-    rows = reference_logprobs(Path(server.process.args[4]), tokens)  # type: ignore[index]
+    rows = reference_logprobs(Path(server.process.args[4]), tokens, server.flash_attention)  # type: ignore[index]
     at = range(len(context_tokens) - 1, len(tokens) - 1)
     score = sum(float(rows[i][tokens[i + 1]]) for i in at)
     return score, all(int(rows[i].argmax()) == tokens[i + 1] for i in at)

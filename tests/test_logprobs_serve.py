@@ -35,7 +35,7 @@ def test_an_echoed_prompt_is_scored_as_lm_eval_reads_it(random_server: Server) -
     lp = choice.logprobs
     assert len(lp.tokens) == len(PROMPT) + 1 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     generated = [token_ids(model_path(random_server))[lp.tokens[-1].encode()]]
-    reference = reference_logprobs(model_path(random_server), PROMPT + generated)
+    reference = reference_logprobs(model_path(random_server), PROMPT + generated, random_server.flash_attention)
     for i in range(1, len(PROMPT) + 1):
         token = (PROMPT + generated)[i]
         assert lp.token_logprobs[i] == pytest.approx(reference[i - 1][token], abs=TOLERANCE)
@@ -89,7 +89,7 @@ def test_chat_logprobs_are_the_models_and_the_stream_gives_the_same(random_serve
     prompt = tokens_of(random_server, MESSAGES)
     ids = token_ids(model_path(random_server))
     generated = [ids[bytes(e.bytes)] for e in entries]
-    reference = reference_logprobs(model_path(random_server), prompt + generated)
+    reference = reference_logprobs(model_path(random_server), prompt + generated, random_server.flash_attention)
     for i, entry in enumerate(entries):
         assert entry.logprob == pytest.approx(reference[len(prompt) - 1 + i][generated[i]], abs=TOLERANCE)
     streamed = []

@@ -70,15 +70,16 @@ def plan_context(family: ModelFamily, h: Hyperparams, weights_bytes: int, option
         chosen = replace(options, ctx=n_ctx, flash_attn=flash)
         return ContextPlan(n_ctx, slots, kv, compute, weights_bytes, memory, chosen, fitted)
 
+    flash = options.flash_attention if options.flash_attn is not None else not memory.flash_attention_slower
     if not auto:
-        chosen = plan(options.context_size(h.context_length), options.flash_attention)
+        chosen = plan(options.context_size(h.context_length), flash or options.flash_needed)
         if memory.free is None or chosen.needed <= memory.free * MARGIN:
             return chosen
         if options.ctx_given:
             raise ContextTooLarge(_too_large(chosen, family, h, weights_bytes, options, memory, slots))
         return _most_that_fits(plan, options, memory, weights_bytes, ceiling=chosen.n_ctx)
     if memory.free is None:  # nothing to size by: the default
-        return plan(min(h.context_length, DEFAULT_CTX), options.flash_attention)
+        return plan(min(h.context_length, DEFAULT_CTX), flash or options.flash_needed)
     return _most_that_fits(plan, options, memory, weights_bytes, ceiling=h.context_length)
 
 
@@ -88,7 +89,7 @@ def _most_that_fits(plan: Callable[..., ContextPlan], options: RuntimeOptions, m
     room = memory.free * MARGIN
     # where flash attention costs speed (the device says), it is taken only where it buys context: without
     # it the scores buffer, not the KV cache, is what runs out first
-    choices = [True] if options.flash_attention else [False, True]
+    choices = [True] if options.flash_attention else [False] if options.flash_attn is False else [False, True]
     found = [(best, flash) for flash in choices
              if (best := _largest(lambda n, f=flash: plan(n, f).needed <= room, ceiling)) is not None]
     if not found:

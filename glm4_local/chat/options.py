@@ -61,7 +61,8 @@ class RuntimeOptions:
     gpu_layers: GpuLayers = "auto"
     threads: int | None = None
     batch: int = DEFAULT_BATCH
-    flash_attn: bool = False
+    flash_attn: bool | None = None  # None: as the context plan decides (on where the device says it is no
+    # slower, as llama-server's "auto"); outside a plan, off
     cache_type_k: gguf.GGMLQuantizationType = CACHE_TYPES["f16"]
     cache_type_v: gguf.GGMLQuantizationType = CACHE_TYPES["f16"]
     mlock: bool = False
@@ -80,6 +81,11 @@ class RuntimeOptions:
 
     @property
     def flash_attention(self) -> bool:
-        """Asked for, or needed: llama.cpp keeps a quantized V cache only with flash attention."""
-        return self.flash_attn or self.cache_type_v not in (CACHE_TYPES["f16"], CACHE_TYPES["f32"])
+        """Asked for (or decided by the plan), or needed: llama.cpp keeps a quantized V cache only with flash
+        attention."""
+        return bool(self.flash_attn) or self.flash_needed
+
+    @property
+    def flash_needed(self) -> bool:
+        return self.cache_type_v not in (CACHE_TYPES["f16"], CACHE_TYPES["f32"])
 

@@ -158,7 +158,7 @@ def _serve_while_loading(plan: ModelPlan, loading: _Loading, embedder: Embedder 
                                                     limit_concurrency=MAX_CONNECTIONS))
     say(f"serving {facts.path.name} as \"{state.model_id}\" on {url_of(sock, options.host)} "
         f"({plan.context.slots} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
-        f"{size_text(plan.kv_cache_bytes)}); loading…")
+        f"{size_text(plan.kv_cache_bytes)}{', flash attention' if plan.options.flash_attention else ''}); loading…")
     if tools is not None:
         say(_tools_line(tools))
     say(f"chat page: {url_of(sock, options.host, '/')}")

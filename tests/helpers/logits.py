@@ -10,11 +10,13 @@ import numpy as np
 TOLERANCE = 2e-3  # batched and single-sequence float32 sums differ in their last digits
 
 
-def reference_logprobs(path: Path, tokens: list[int]) -> np.ndarray:
-    """log-softmax over the vocabulary at every position of `tokens`, by llama-cpp-python's own Llama."""
+def reference_logprobs(path: Path, tokens: list[int], flash: bool = False) -> np.ndarray:
+    """log-softmax over the vocabulary at every position of `tokens`, by llama-cpp-python's own Llama (with
+    flash attention or without, as the server compared with runs)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), n_ctx=len(tokens) + 8, logits_all=True, verbose=False, n_threads=2)
+    llm = llama_cpp.Llama(str(path), n_ctx=len(tokens) + 8, logits_all=True, verbose=False, n_threads=2,
+                          flash_attn=flash)
     try:
         llm.eval(tokens)
         logits = np.array(llm.scores[: len(tokens)], dtype=np.float64)

@@ -60,6 +60,11 @@ class Server:
             self.output.append(line)
 
     @property
+    def flash_attention(self) -> bool:
+        """Whether it runs with flash attention (its start-up line says so)."""
+        return any(line.startswith("serving ") and ", flash attention)" in line for line in self.output)
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 

@@ -27,9 +27,12 @@ class Memory:
 
     free: int | None
     kind: str = "RAM"
-    # whether flash attention costs speed there: measured on a CPU (a 16K-token prompt read at 0.80×); on
-    # a GPU assumed the same until it is measured (so the choice is as on a CPU)
-    flash_attention_slower: bool = True
+    # whether flash attention costs speed there. Measured on a 2-core CPU (benchmarks/flash_attention.py,
+    # GLM-4's vocabulary and head shape): prompts read 1.05-1.57× faster with it at 512-8,192 tokens, decoding
+    # 0.93-1.02×, and `serve` with 4 slots 1.05-1.3× faster; its distributions differ from attention without
+    # it by half of what q8_0 itself costs (KL 0.9-1.2e-3 against 1.8-2.1e-3). On a GPU assumed the same
+    # until measured. So: on, as llama-server's "auto" does
+    flash_attention_slower: bool = False
 
 
 @dataclass(frozen=True)
