@@ -111,6 +111,7 @@ def test_the_context_plan_line_wraps_between_words(scripted_gguf: Callable[[str]
     start = next(i for i, line in enumerate(lines) if line.startswith(model.name))
     words = lines[start].split() + lines[start + 1].split()
     assert len(lines[start]) > 60 and words[0] == model.name + ":", lines[start:start + 2]  # it did wrap
-    for word in ("context", "4,096", "tokens", "(trained", "4,096),", "KV", "cache", "f16;", "of", "RAM", "left"):
+    for word in ("context", "4,096", "tokens", "(trained", "4,096),", "KV", "cache", "f16,", "flash", "attention;",
+                 "of", "RAM", "left"):
         assert word in words, (word, lines[start:start + 2])  # whole: cut between words, not inside one
     leave(term)
