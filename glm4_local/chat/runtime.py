@@ -83,6 +83,7 @@ class Vocabulary:
                                                                            *family.markup_tokens))}
         self.stop_ids = {self.special_ids[t]: t for t in family.stop_tokens}
         self._pieces: dict[int, bytes] = {}  # token -> its bytes; a dict lookup beats a ctypes call per token
+        self._marked: dict[int, bytes] = {}  # token -> its bytes with markup written out
 
     def piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -95,9 +96,16 @@ class Vocabulary:
         """The text of whole tokens (a character cut off at the end is dropped)."""
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="ignore")
 
+    def marked_piece(self, token: int) -> bytes:
+        """A token's bytes with markup written out (`<|user|>`, not nothing)."""
+        piece = self._marked.get(token)
+        if piece is None:
+            piece = self._marked[token] = token_piece(self.model, token, special=True)
+        return piece
+
     def marked_text(self, tokens: Sequence[int]) -> str:
         """The text of tokens with their markup written out (what tokenizing it with markup reads back)."""
-        return b"".join(token_piece(self.model, t, special=True) for t in tokens).decode("utf-8", errors="replace")
+        return b"".join(self.marked_piece(t) for t in tokens).decode("utf-8", errors="replace")
 
     def detokenizer(self) -> Callable[[int], str]:
         """Token → text for one reply: a character split across tokens comes out whole once complete

@@ -45,7 +45,7 @@ class Run:
         self.tokens: TokenStream
         self.job, self.tokens = scheduler.submit(plan, asyncio.get_running_loop())
         self._accounted = False  # its tokens counted in the server's metrics (once: finished or abandoned)
-        self.names = None if plan.top_logprobs is None else TokenNames(runtime.vocab.model)
+        self.names = None if plan.top_logprobs is None else TokenNames(runtime.vocab)
         self._scored = 0  # of the job's log-probabilities, how many the client was given
         self._offset = 0  # characters of a text completion's choice given so far
 
@@ -84,16 +84,14 @@ class Run:
         """The log-probabilities behind the piece `text` of the choice (None when not asked for)."""
         if self.names is None or channel == REASONING:
             return None
-        if channel == ECHO:
-            scored: list[TokenLogprob | None] = [None, *self.job.prompt_logprobs]
-            tokens = self.job.prompt[: len(scored)]
-        else:
-            scored = list(self._scores(final))
-            tokens = [s.token for s in scored if s is not None]
         offset, self._offset = self._offset, self._offset + len(text)
+        if channel == ECHO:  # the prompt's first token has no score: nothing came before it
+            prompt_scores = self.job.prompt_logprobs
+            return self.names.legacy([None, *prompt_scores], self.job.prompt[: len(prompt_scores) + 1], offset)
+        scored = self._scores(final)
         if self.plan.raw:
-            return self.names.legacy(scored, tokens, offset)
-        return {"content": self.names.entries([s for s in scored if s is not None]), "refusal": None}
+            return self.names.legacy(scored, [s.token for s in scored], offset)
+        return {"content": self.names.entries(scored), "refusal": None}
 
     def outcome(self) -> Outcome:
         if self.job.finish == "error":

@@ -13,22 +13,15 @@ import codecs
 from collections.abc import Sequence
 from typing import Any
 
-from glm4_local.core.llama.door import token_piece
+from glm4_local.chat.runtime import Vocabulary
 from glm4_local.core.llama.logprobs import TokenLogprob
 
 
 class TokenNames:
-    """Each token's name and bytes, as log-probabilities show them (cached: a vocabulary is fixed)."""
+    """Each token's name and bytes, as log-probabilities show them (the vocabulary's markup pieces)."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self._pieces: dict[int, bytes] = {}
-
-    def piece(self, token: int) -> bytes:
-        found = self._pieces.get(token)
-        if found is None:
-            found = self._pieces[token] = token_piece(self.model, token, special=True)
-        return found
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.piece = vocab.marked_piece
 
     def name(self, token: int) -> str:
         return self.piece(token).decode("utf-8", errors="backslashreplace")

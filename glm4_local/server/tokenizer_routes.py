@@ -16,7 +16,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from glm4_local.chat.schema import SchemaError, check_messages, check_tools
-from glm4_local.core.llama.door import token_piece
 from glm4_local.server.protocol import bad_request
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -66,7 +65,7 @@ def tokenizer_routes(route: Callable[[Handler], Handler], model: Callable[[], An
         tokens = await run_in_threadpool(_tokens, body, loaded)
         found: dict[str, Any] = {"tokens": tokens, "count": len(tokens), "max_model_len": loaded.runtime.n_ctx}
         if body.get("with_pieces"):
-            pieces = [token_piece(loaded.runtime.vocab.model, t, special=True) for t in tokens]
+            pieces = [loaded.runtime.vocab.marked_piece(t) for t in tokens]
             found["tokens"] = [{"id": t, "piece": p.decode("utf-8", errors="replace")} for t, p in
                                zip(tokens, pieces, strict=True)]
         return JSONResponse(found)
