@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -80,11 +81,16 @@ def test_slow_failing_and_missing_tools_are_observations(tmp_path: Path) -> None
     assert flooded["error"] == "the tool exited with status 1" and flooded["stderr"].endswith("END")
 
 
+def chat_calling(model: Path, tool: str, folder: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`chat -p --json` with a model that calls `lookup`, answered by the program whose source is `tool`."""
+    write_tool(folder / "lookup_tool.py", tool)
+    (folder / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
+    return cli("chat", str(model), "-p", "weather?", "--tools", "tools.json", "--tool-exec", "lookup_tool.py",
+               "--json", *flags, cwd=folder)
+
+
 def test_a_failing_tool_does_not_end_the_chat(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
-    write_tool(tmp_path / "slow.py", "import time; time.sleep(60)")
-    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
-    result = cli("chat", str(scripted_gguf("tool")), "-p", "weather?", "--tools", "tools.json", "--tool-exec",
-                 "slow.py", "--tool-timeout", "0.5", "--json", cwd=tmp_path)
+    result = chat_calling(scripted_gguf("tool"), "import time; time.sleep(60)", tmp_path, "--tool-timeout", "0.5")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["content"] == "Sunny day"
 
@@ -92,10 +98,7 @@ def test_a_failing_tool_does_not_end_the_chat(scripted_gguf: Callable[[str], Pat
 def test_a_tool_printing_more_than_the_context_holds_is_cut_and_the_chat_goes_on(
         scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     """40 KB of output used to end the chat ("needs 40438 tokens of context"): now what fits is sent."""
-    write_tool(tmp_path / "loud.py", "print('weather report ' * 2000)")
-    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {"name": "lookup"}}]))
-    result = cli("chat", str(scripted_gguf("tool")), "-p", "weather?", "--tools", "tools.json", "--tool-exec",
-                 "loud.py", "--ctx", "1024", "--json", cwd=tmp_path)
+    result = chat_calling(scripted_gguf("tool"), "print('weather report ' * 2000)", tmp_path, "--ctx", "1024")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["content"] == "Sunny day"
     assert "was cut to the" in result.stderr and "fit the context" in result.stderr
