@@ -11,6 +11,7 @@ A benchmark then starts it on a free 127.0.0.1 port with `LlamaServer(binary, mo
 from __future__ import annotations
 
 import http.client
+import importlib.metadata
 import json
 import os
 import socket
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT = 120.0
-DEFAULT_BINARY = Path(os.environ.get("LLAMA_SERVER", "/tmp/llama-server-build/llama-server"))
+_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+DEFAULT_BINARY = Path(os.environ.get("LLAMA_SERVER") or _CACHE / "glm4-local" /
+                      f"llama-server-{importlib.metadata.version('llama-cpp-python')}" / "llama-server")
 
 
 def free_port() -> int:

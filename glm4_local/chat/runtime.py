@@ -11,8 +11,9 @@ from typing import Any
 from glm4_local.chat.template import ChatTemplate, Piece, merged_text
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
-from glm4_local.core.llama.decoder import DecodeAborted, Decoder, Job
+from glm4_local.core.llama.decoder import DecodeAborted, Job
 from glm4_local.core.llama.door import token_piece, tokenize
+from glm4_local.core.llama.jobs import Decoding
 from glm4_local.core.llama.sampling import SamplerSettings
 
 
@@ -155,7 +156,7 @@ class ChatRuntime:
     turn evaluates only its new tokens. The chat steps the decoder itself; the server steps it from a
     worker thread."""
 
-    def __init__(self, vocab: Vocabulary, decoder: Decoder, kv_bytes_per_token: float = 0.0,
+    def __init__(self, vocab: Vocabulary, decoder: Decoding, kv_bytes_per_token: float = 0.0,
                  trained_ctx: int | None = None) -> None:
         self.vocab = vocab
         self.decoder = decoder
@@ -202,7 +203,7 @@ class ChatRuntime:
             _record_timings(job, gen, cut, self.vocab.stop_ids)
 
 
-def _step_interruptibly(decoder: Decoder) -> None:
+def _step_interruptibly(decoder: Decoding) -> None:
     """decoder.step() in a helper thread while this one waits, so Ctrl-C (which Python delivers only to
     the main thread, and only between its own instructions) arrives at once and aborts the batch."""
     failure: list[BaseException] = []

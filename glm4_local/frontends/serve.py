@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +62,15 @@ def _tools_line(tools: ToolSessions) -> str:
             "conversations at once)")
 
 
+def _engines_line(runtime: ChatRuntime) -> str:
+    from glm4_local.server.engine_pool import EnginePool
+
+    pool = runtime.decoder
+    assert isinstance(pool, EnginePool)
+    return "; ".join(f"{e['url']} ({e['slots']} slot(s) × {e['slot_context']:,} tokens)" if e["status"] == "ok"
+                     else f"{e['url']} (out: {e['problem']})" for e in pool.status())
+
+
 def _quiet_exit_server(config: object) -> object:
     """A uvicorn server that stops on SIGINT/SIGTERM and returns (uvicorn re-raises the signal after its
     shutdown, which would skip freeing the model and exit by signal)."""
@@ -83,17 +94,16 @@ class _Loading:
     known: llama.cpp reads without holding Python's lock, so the server's modules import and the port is
     bound meanwhile (launch → /health 200 1.09 → 1.01 s on a small model with GLM-4's vocabulary)."""
 
-    def __init__(self, facts: ModelFacts, options: RuntimeOptions, slots: int) -> None:
+    def __init__(self, load: Callable[[], ChatRuntime]) -> None:
         self._runtime: ChatRuntime | None = None
         self._error: BaseException | None = None
         self._taken = False
-        self._thread = threading.Thread(target=self._load, args=(facts, options, slots), name="glm4-local-loader",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._load, args=(load,), name="glm4-local-loader", daemon=True)
         self._thread.start()
 
-    def _load(self, facts: ModelFacts, options: RuntimeOptions, slots: int) -> None:
+    def _load(self, load: Callable[[], ChatRuntime]) -> None:
         try:
-            self._runtime = load_runtime(facts, options, slots=slots)
+            self._runtime = load()
         except BaseException as e:  # given to whoever takes the result
             self._error = e
 
@@ -116,20 +126,52 @@ class _Loading:
 def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say: Callable[[str], None],
           warn: Callable[[str], None]) -> None:
     """Serve until Ctrl-C or SIGTERM; Glm4LocalError if the model cannot be loaded or the port bound."""
-    plan = plan_serving(model_path, runtime, warn, options.parallel, AUTO_SLOTS)
+    load: Callable[[], ChatRuntime]
+    if options.engines:
+        facts = _engine_front(model_path, runtime, warn)
+        decoding = f"decoding on {len(options.engines)} engine(s): {', '.join(options.engines)}"
+        load = functools.partial(_engine_runtime, facts, options, warn)
+    else:
+        plan = plan_serving(model_path, runtime, warn, options.parallel, AUTO_SLOTS)
+        facts, decoding = plan.facts, _local_decoding(plan)
+        load = functools.partial(load_runtime, plan.facts, plan.options, slots=plan.context.slots)
     # loaded first, alone: llama-cpp-python silences the whole process while a Llama loads
     embedder = Embedder(options.embedding_model, runtime.threads) if options.embedding_model else None
-    loading = _Loading(plan.facts, plan.options, plan.context.slots)
+    loading = _Loading(load)
     try:
-        _serve_while_loading(plan, loading, embedder, options, say, warn)
+        _serve_while_loading(facts, decoding, loading, embedder, options, say, warn)
     finally:
         loading.discard()
         if embedder is not None:
             embedder.close()
 
 
-def _serve_while_loading(plan: ModelPlan, loading: _Loading, embedder: Embedder | None, options: ServeOptions,
-                         say: Callable[[str], None], warn: Callable[[str], None]) -> None:
+def _local_decoding(plan: ModelPlan) -> str:
+    return (f"{plan.context.slots} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
+            f"{size_text(plan.kv_cache_bytes)}{', flash attention' if plan.options.flash_attention else ''}")
+
+
+# what the engines' own flags decide when serve decodes on engines: these are not used then
+_ENGINE_DECIDES = {"ctx_given": "--ctx", "gpu_layers": "--gpu-layers", "flash_attn": "--flash-attn",
+                   "cache_type_k": "--cache-type-k", "cache_type_v": "--cache-type-v", "prompt_cache": "--cache-dir",
+                   "speculation": "--speculate", "mlock": "--mlock", "mmap": "--no-mmap", "batch": "--batch"}
+
+
+def _engine_front(model_path: Path, runtime: RuntimeOptions, warn: Callable[[str], None]) -> ModelFacts:
+    defaults = replace(RuntimeOptions(), ctx_given=False, prompt_cache_bytes=runtime.prompt_cache_bytes)
+    if unused := [flag for name, flag in _ENGINE_DECIDES.items() if getattr(runtime, name) != getattr(defaults, name)]:
+        warn(f"{', '.join(unused)} not used with --engine: each engine's own llama-server flags decide them")
+    return ModelFacts.read(model_path)
+
+
+def _engine_runtime(facts: ModelFacts, options: ServeOptions, warn: Callable[[str], None]) -> ChatRuntime:
+    from glm4_local.server.engine_pool import engine_runtime
+
+    return engine_runtime(facts, list(options.engines), options.engine_key, warn)
+
+
+def _serve_while_loading(facts: ModelFacts, decoding: str, loading: _Loading, embedder: Embedder | None,
+                         options: ServeOptions, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
     # the server's modules, imported while llama.cpp reads the model
     import uvicorn
 
@@ -139,7 +181,6 @@ def _serve_while_loading(plan: ModelPlan, loading: _Loading, embedder: Embedder 
     from glm4_local.server.scheduler import Scheduler
     from glm4_local.server.timeouts import MAX_CONNECTIONS, timed_protocol
 
-    facts = plan.facts
     if warning := exposure_warning(options.host, options.api_key):
         warn(warning)
     tools = server_tools(options.tools, facts.family.replies.built_in, options.tool_idle,
@@ -156,9 +197,7 @@ def _serve_while_loading(plan: ModelPlan, loading: _Loading, embedder: Embedder 
                                                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
                                                     http=timed_protocol(options.client_timeout),
                                                     limit_concurrency=MAX_CONNECTIONS))
-    say(f"serving {facts.path.name} as \"{state.model_id}\" on {url_of(sock, options.host)} "
-        f"({plan.context.slots} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
-        f"{size_text(plan.kv_cache_bytes)}{', flash attention' if plan.options.flash_attention else ''}); loading…")
+    say(f"serving {facts.path.name} as \"{state.model_id}\" on {url_of(sock, options.host)} ({decoding}); loading…")
     if tools is not None:
         say(_tools_line(tools))
     say(f"chat page: {url_of(sock, options.host, '/')}")
@@ -171,6 +210,8 @@ def _serve_while_loading(plan: ModelPlan, loading: _Loading, embedder: Embedder 
             scheduler = Scheduler(loaded, options.max_queue)
             scheduler.start()
             state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts), embedder)
+            if options.engines:
+                say(f"engines: {_engines_line(loaded)}")
             say("ready")
         except Exception as e:  # the server must stop with the reason, never serve "loading" forever
             state.error = str(e) if isinstance(e, Glm4LocalError) else f"could not load the model ({e!r})"

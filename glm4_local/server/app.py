@@ -29,6 +29,7 @@ from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.server.batch import Batch
 from glm4_local.server.completions import Run
 from glm4_local.server.embeddings import embedding_routes
+from glm4_local.server.engine_pool import EnginePool
 from glm4_local.server.guard import BrowserGuard, same_origin
 from glm4_local.server.metrics import prometheus_text
 from glm4_local.server.ollama_routes import ollama_error, ollama_routes
@@ -152,8 +153,13 @@ def create_app(state: ServerState) -> Starlette:
             return JSONResponse(status, status_code=503)
         decoder = state.loaded.runtime.decoder
         reading = [{"done": done, "total": total} for done, total in decoder.reading()]
-        return JSONResponse({"status": "ok", "slots": decoder.slot_count, "slots_busy": decoder.active,
-                             "queued": decoder.queued, "reading_prompts": reading})
+        body = {"status": "ok", "slots": decoder.slot_count, "slots_busy": decoder.active, "queued": decoder.queued,
+                "reading_prompts": reading}
+        if isinstance(decoder, EnginePool):
+            body["engines"] = decoder.status()
+            if not decoder.slot_count:  # every engine is out: nothing can be answered now
+                return JSONResponse({**body, "status": "error", "error": "no engine is answering"}, status_code=503)
+        return JSONResponse(body)
 
     def model_object() -> dict[str, Any]:
         return {"id": state.model_id, "object": "model", "created": int(state.started), "owned_by": "glm4-local"}

@@ -95,7 +95,9 @@ class Run:
 
     def outcome(self) -> Outcome:
         if self.job.finish == "error":
-            raise ApiError(500, f"generation failed: {self.job.error}", "server_error")
+            status = self.job.error_status
+            raise ApiError(status, f"generation failed: {self.job.error}", "server_error" if status >= 500
+                           else "invalid_request_error")
         self._account()
         return self.assembler.finish(self.job)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from glm4_local.server.engine_pool import EnginePool
 from glm4_local.server.scheduler import Scheduler
 
 PREFIX = "glm4_local"
@@ -36,4 +37,30 @@ def prometheus_text(scheduler: Scheduler | None) -> str:
     reading = decoder.reading()
     metric("prompt_tokens_reading", "gauge", "Prompt tokens still to read, over the requests reading theirs",
            sum(total - done for done, total in reading))
+    if isinstance(decoder, EnginePool):
+        lines.extend(_engine_lines(decoder))
     return "\n".join(lines) + "\n"
+
+
+ENGINE_METRICS = (  # name, kind, help, the field of the engine's status
+    ("engine_up", "gauge", "1 while the engine is in use, 0 while it is out", "status"),
+    ("engine_busy", "gauge", "Requests running on the engine now", "busy"),
+    ("engine_requests_total", "counter", "Requests sent to the engine", "requests"),
+    ("engine_failures_total", "counter", "Times the engine was taken out", "failures"),
+)
+
+
+def _engine_lines(pool: EnginePool) -> list[str]:
+    """Per engine (`serve --engine`), labelled with its address."""
+    lines: list[str] = []
+    engines = pool.status()
+    for name, kind, help_text, key in ENGINE_METRICS:
+        lines.extend([f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} {kind}"])
+        for engine in engines:
+            value = (engine[key] == "ok") if key == "status" else engine[key]
+            lines.append(f'{PREFIX}_{name}{{engine="{_label(engine["url"])}"}} {value:g}')
+    return lines
+
+
+def _label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

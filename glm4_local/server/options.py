@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.tools.options import ToolOptions, flag
@@ -18,6 +19,20 @@ DEFAULT_MAX_CONVERSATIONS = 32
 DEFAULT_MAX_TOKENS = 4096  # a reply's cap when the request sets none
 AUTO_SLOTS = 3  # slots `serve` takes by default where memory holds each the context one slot would get: a
 # reply someone watches never waits behind an app's background requests (titles, tags, follow-ups)
+
+
+def engine_url_problem(url: str) -> str | None:
+    """What is wrong with an engine's address (None: nothing)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "an engine is named by its http:// address, e.g. http://gpu-box:8080"
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        return "name the engine's address alone (no path: /completion and the others are llama-server's own)"
+    try:
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
+    return None
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,13 @@ class ServeOptions:
     embedding_model: Path | None = field(default=None, metadata=flag(
         "--embedding-model", "An embedding GGUF (e.g. bge-m3) to answer /v1/embeddings and Ollama's /api/embed with; "
         "GLM-4 itself makes no embeddings.", "FILE"))
+    engines: tuple[str, ...] = field(default=(), metadata=flag(
+        "--engine", "A llama.cpp llama-server (http://HOST:PORT) running this same GGUF, to decode on instead of "
+        "this machine (repeatable: conversations go to the engine holding their prefix, else the least loaded).",
+        "URL"))
+    engine_key: str | None = field(default=None, metadata=flag(
+        "--engine-key", "The API key the engines were started with (llama-server --api-key).",
+        envvar="GLM4_LOCAL_ENGINE_KEY"))
     quiet: bool = field(default=False, metadata=flag(
         "--quiet", "No line per request on stderr (who, route, status, tokens, time).", None, "-q"))
     tools: ToolOptions = field(default_factory=ToolOptions)  # what the server runs for its clients (the page's tools)
@@ -75,6 +97,12 @@ class ServeOptions:
         if self.tools.any and self.host not in LOCAL_HOSTS and self.api_key is None:
             raise Glm4LocalError(f"--python, --browser and --mcp run code and fetch pages for whoever can reach "
                                  f"the server: on --host {self.host} they need --api-key")
+        if self.engine_key is not None and not (self.engine_key.isascii() and self.engine_key.isprintable()
+                                                and self.engine_key.strip()):
+            raise Glm4LocalError("the engines' API key must be printable ASCII")
+        for url in self.engines:
+            if problem := engine_url_problem(url):
+                raise Glm4LocalError(f"--engine {url}: {problem}")
         if not self.tool_idle > 0:
             raise Glm4LocalError(f"--tool-idle must be positive, not {self.tool_idle}")
         if self.tool_conversations < 1:

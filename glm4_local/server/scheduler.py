@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.core.llama.decoder import Job
 from glm4_local.core.llama.sampling import DecodeError
+from glm4_local.server.engine_pool import EnginesDown
 from glm4_local.server.options import DEFAULT_MAX_QUEUE
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
@@ -125,6 +126,9 @@ class Scheduler:
                                "server_error", code="server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
             try:
                 self.decoder.submit(job)
+            except EnginesDown as e:
+                raise ApiError(503, str(e), "server_error", code="engines_down",
+                               headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
             except DecodeError as e:
                 raise ApiError(400, str(e)) from None
         self.counters.requests += 1

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -28,6 +27,8 @@ class Server:
         self.output: list[str] = []
         self.port = 0
         self._drain: threading.Thread | None = None
+        self._said = threading.Condition()  # a line came, or the output ended
+        self._ended = False
         try:
             self._wait_ready()
         except BaseException:
@@ -35,29 +36,29 @@ class Server:
             raise
 
     def _wait_ready(self) -> None:
+        """Until it says "ready" (its output is read as it comes, by a thread of its own, so it never fills the
+        pipe, and lines that arrive together are each seen)."""
+        self._drain = threading.Thread(target=self._read_rest, daemon=True)
+        self._drain.start()
         deadline = time.monotonic() + READY_TIMEOUT
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.5)
-            if not ready:
-                continue
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited:\n" + "".join(self.output))
-            self.output.append(line)
-            if match := re.search(r"http://127\.0\.0\.1:(\d+)/v1", line):
-                self.port = int(match.group(1))
-            if line.strip() == "ready":
-                # from now on its output (a line per request) is read as it comes, so it never fills the pipe
-                self._drain = threading.Thread(target=self._read_rest, daemon=True)
-                self._drain.start()
-                return
-        raise RuntimeError("server not ready in time:\n" + "".join(self.output))
+        with self._said:
+            while not any(line.strip() == "ready" for line in self.output):
+                if self._ended:
+                    raise RuntimeError("server exited:\n" + "".join(self.output))
+                if not self._said.wait(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError("server not ready in time:\n" + "".join(self.output))
 
     def _read_rest(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.output.append(line)
+            with self._said:
+                self.output.append(line)
+                if not self.port and (match := re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)):
+                    self.port = int(match.group(1))
+                self._said.notify_all()
+        with self._said:
+            self._ended = True
+            self._said.notify_all()
 
     @property
     def flash_attention(self) -> bool:

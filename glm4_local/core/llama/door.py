@@ -113,14 +113,15 @@ def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_
 
 
 def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int = 0, use_mmap: bool = True,
-               use_mlock: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
-    """The weights and vocabulary alone (no context): for decoder.py's contexts. GGUFFileError as load()."""
+               use_mlock: bool = False, vocab_only: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
+    """The weights and vocabulary alone (no context): for decoder.py's contexts; `vocab_only`: the vocabulary
+    alone (a front whose engines hold the weights). GGUFFileError as load()."""
     import llama_cpp
     from llama_cpp._internals import LlamaModel
 
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
-    params.use_mmap, params.use_mlock = use_mmap, use_mlock
+    params.use_mmap, params.use_mlock, params.vocab_only = use_mmap, use_mlock, vocab_only
     with _loading(path, header):
         # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
         # it loads, which swallows what other threads print meanwhile (serve loads as it starts); llama.cpp's

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from glm4_local.core.llama.logprobs import TokenLogprob
 from glm4_local.core.llama.sampling import Sampler, SamplerSettings
@@ -33,6 +34,7 @@ class Job:
     finish: str | None = None  # "stop" | "length" | "cancelled" | "error"
     stop_token: int | None = None  # the stop token that ended it
     error: str | None = None
+    error_status: int = 500  # the HTTP status a server answers an error with (503: no engine could run it)
     evaluated_tokens: int = 0  # prompt tokens computed (the rest came from the cache)
     prompt_done: int = 0  # of those, how many are computed so far (progress while a long prompt is read)
     submitted_at: float = field(default_factory=time.perf_counter)
@@ -73,3 +75,33 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+class Decoding(Protocol):
+    """What runs jobs, as the chat, the scheduler and the server's routes use it: the Decoder here, or the
+    server's pool of engines elsewhere (`serve --engine`)."""
+
+    slot_ctx: int  # tokens of context one job has
+    n_vocab: int
+    decode_calls: int  # for /metrics: llama_decode calls and what they carried (0 where they are not seen)
+    decoded_tokens: int
+    decode_seconds: float
+    drafted_tokens: int
+    accepted_tokens: int
+
+    @property
+    def slot_count(self) -> int: ...
+    @property
+    def active(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
+    def submit(self, job: Job) -> None: ...
+    def cancel(self, job: Job) -> None: ...
+    def cancel_all(self) -> None: ...
+    def release_cancelled(self) -> None: ...
+    def abort(self, message: str) -> None: ...
+    def prepare(self) -> bool: ...
+    def step(self, abortable: bool = False) -> bool: ...
+    def request_abort(self) -> None: ...
+    def reading(self) -> list[tuple[int, int]]: ...
+    def close(self) -> None: ...
