@@ -106,22 +106,27 @@ def main() -> None:
         folder = Path(tmp)
         factory.build_checkpoint(folder / "model", factory.Spec(dtype="bf16", shape=SMALL, real_tokenizer=True))
         model = convert(str(folder / "model"), OUT_TYPES["q8_0"], output=folder / "model-q8_0.gguf").path
-        engines = [engine(args.llama_server, model, args.threads) for _ in range(2)]
-        one = Server(model, folder, "--engine", f"http://127.0.0.1:{engines[0].port}")
-        two = Server(model, folder, "--engine", f"http://127.0.0.1:{engines[0].port}", "--engine", f"http://127.0.0.1:{engines[1].port}")
-        cases = {"llama-server alone": alone(engines[0], prompts_of(model)), "front + 1 engine": fronted(one),
-                 "front + 2 engines": fronted(two)}
-        rates: dict[str, list[float]] = {name: [] for name in cases}
+        running: list[LlamaServer | Server] = []
+        rates: dict[str, list[float]] = {}
         try:
+            for _ in range(2):
+                running.append(engine(args.llama_server, model, args.threads))
+            engines = [server for server in running if isinstance(server, LlamaServer)]
+            urls = [f"http://127.0.0.1:{server.port}" for server in engines]
+            one = Server(model, folder, "--engine", urls[0])
+            running.append(one)
+            two = Server(model, folder, "--engine", urls[0], "--engine", urls[1])
+            running.append(two)
+            cases = {"llama-server alone": alone(engines[0], prompts_of(model)), "front + 1 engine": fronted(one),
+                     "front + 2 engines": fronted(two)}
+            rates = {name: [] for name in cases}
             for ask in cases.values():  # warm-up: prompts cached in the slots, as in use
                 ask(0)
             for _ in range(args.rounds):
                 for name, ask in cases.items():
                     rates[name].append(rate(ask))
         finally:
-            one.stop()
-            two.stop()
-            for server in engines:
+            for server in reversed(running):
                 server.stop()
     median = {name: statistics.median(values) for name, values in rates.items()}
     base = median["llama-server alone"]

@@ -63,6 +63,28 @@ def test_a_continued_prompt_goes_back_to_its_slot_and_reuses_it(make_gguf: Calla
     assert follow_up.evaluated_tokens == 3 + 1  # the new tokens, and the reply's last token (never fed)
 
 
+def test_a_prefix_another_slot_holds_is_shared_not_read_again(make_gguf: Callable[..., Path]) -> None:
+    """Users with the same long system prompt: a new job in a free slot takes the shared prefix from the slot
+    that holds it (running or done), and answers as it does alone."""
+    path = make_gguf("f32")
+    system = [(7 * i) % 250 + 1 for i in range(120)]
+    prompts = [[*system, 11, 12, 13], [*system, 21, 22], [*system[:60], 31, 32, 33]]
+    alone = []
+    for prompt in prompts:
+        job = Job(prompt, SamplerSettings(), 12, frozenset())
+        run_all(runtime(path, slots=1, ctx=512).decoder, [job])
+        alone.append(job.generated)
+    rt = runtime(path, slots=3, ctx=512)
+    first = Job(prompts[0], SamplerSettings(), 12, frozenset())
+    rt.decoder.submit(first)
+    rt.decoder.step()  # its prompt read; it is still generating when the others come
+    others = [Job(p, SamplerSettings(), 12, frozenset()) for p in prompts[1:]]
+    run_all(rt.decoder, others)
+    assert first.evaluated_tokens == len(prompts[0])
+    assert [j.evaluated_tokens for j in others] == [2, 3]  # only what follows the prefix shared
+    assert [first.generated, *(j.generated for j in others)] == alone
+
+
 def test_cancelling_frees_the_slot_and_drops_waiting_jobs(make_gguf: Callable[..., Path]) -> None:
     rt = runtime(make_gguf("f32"), slots=1, ctx=256)
     running, waiting = (Job([1, 2, 3, 4], SamplerSettings(), 0, frozenset()) for _ in range(2))

@@ -306,10 +306,6 @@ class EnginePool:
         except ec.EngineRefused as e:
             self._fail(job, str(e), 400)
             return True
-        except ec.EngineMismatch as e:
-            self._take_out(engine, f"runs another model: {e}")
-            self._fail(job, f"the engine at {engine.url} {e}", 502)
-            return True
         finally:
             engine.inflight.discard(job)
             stop = self._stops.pop(job, None)

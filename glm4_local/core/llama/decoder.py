@@ -34,6 +34,7 @@ __all__ = ["DecodeAborted", "Decoder", "Job"]
 
 ECHO_CHUNK = 256  # prompt tokens a batch reads of a job scoring its prompt: each keeps a row of logits (the
 # vocabulary's floats, 0.6 MB for GLM-4), so a 2,048-token batch would hold 1.2 GB of them
+SHARE_MIN_TOKENS = 32  # a prefix another slot holds is shared with a new job from this many tokens more on
 
 
 @dataclass(eq=False)
@@ -67,7 +68,7 @@ class Decoder:
         params.n_seq_max = slots
         # with one buffer for all sequences, jobs are held to `slot_ctx` tokens each, so the slots' caches
         # together never outgrow it
-        params.kv_unified = settings.kv_unified
+        params.kv_unified = self.kv_unified = settings.kv_unified
         params.n_batch = max(1, min(settings.n_batch, slot_ctx * slots))
         params.n_ubatch = max(1, min(settings.n_ubatch, params.n_batch))
         params.n_threads = params.n_threads_batch = settings.threads
@@ -251,6 +252,8 @@ class Decoder:
         self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
         del slot.cached[keep:]
         slot.on_disk = min(slot.on_disk, keep)
+        if not job.echo_logprobs:
+            keep = self._share(slot, job.prompt, keep)
         if self.disk is not None and not job.echo_logprobs and len(job.prompt) - 1 - keep >= MIN_GAIN_TOKENS:
             keep = self._load_from_disk(slot, job.prompt, keep)
         try:
@@ -265,6 +268,23 @@ class Decoder:
         job.evaluated_tokens = len(slot.pending)
         limit = self.slot_ctx - len(job.prompt)
         job.max_new_tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else limit
+
+    def _share(self, slot: Slot, prompt: list[int], keep: int) -> int:
+        """Copy into the slot the longest prefix of the prompt another slot holds (users with the same system
+        prompt and tools), when that beats what it keeps; the tokens now kept. In the one buffer all slots
+        share, a copy only marks the cells as the slot's too: nothing is read again, nothing duplicated."""
+        if not self.kv_unified:
+            return keep
+        limit = len(prompt) - 1  # the last one gives logits
+        shared = {id(s): min(common_prefix(s.cached, prompt), limit) for s in self._slots if s is not slot}
+        donor = max((s for s in self._slots if s is not slot), key=lambda s: shared[id(s)], default=None)
+        if donor is None or shared[id(donor)] < keep + SHARE_MIN_TOKENS:
+            return keep
+        count = shared[id(donor)]
+        self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
+        self._ll.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, 0, count)
+        slot.cached, slot.on_disk = donor.cached[:count], 0
+        return count
 
     def _load_from_disk(self, slot: Slot, prompt: list[int], keep: int) -> int:
         """Fill the slot from the disk entry sharing the longest prefix with the prompt, when that beats
