@@ -13,8 +13,8 @@ needs, it is named), rounds interleaved, every figure a ratio measured in this r
    (Chat Completions with `tools`); llama-server cannot parse GLM-4-9B's calls, so its client renders GLM-4's
    prompts and reads the calls from the text (raw `/completion` on token ids), the best it allows.
 
-Models: q8_0, 4 layers × 512, GLM-4's real 151,552-token vocabulary (jobs 1–3; from ../shared), the tiny test
-vocabulary for the scripted tool loop (job 4).
+Models: q8_0, 4 layers × 512, GLM-4's real 151,552-token vocabulary (from ../shared): scripted (jobs 1, 4) or
+random (2, 3).
 
     bash benchmarks/build_llama_server.sh             # once, ~8 minutes on 2 cores
     python benchmarks/workloads.py [--llama-server PATH] [--rounds 3] [--only 1,2,3,4]
@@ -23,6 +23,7 @@ vocabulary for the scripted tool loop (job 4).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from against_llama_server import SMALL, complete, passage_script, passage_words
-from helpers import factory, toolscripts
+from helpers import factory
 from helpers.serving import Server
 from llama_server import DEFAULT_BINARY, LlamaServer
 
@@ -50,6 +51,8 @@ DOCUMENT_TOKENS = 2000
 CONVERSATION_TOKENS = 6000
 SYSTEM_TOKENS = 2000
 CALLS = 5
+# a model that calls GLM-4's code interpreter again after every result, in tokens of GLM-4's own vocabulary
+LOOP = tuple(itertools.pairwise(["<|assistant|>", "python", "\n", "print", "(", "1", ")", "<|observation|>"]))
 
 
 def build(folder: Path, name: str, spec: factory.Spec) -> Path:
@@ -180,7 +183,7 @@ def job_shared_system(binary: Path, model: Path, folder: Path, rounds: int) -> N
 
 
 def job_agent(binary: Path, folder: Path, rounds: int) -> None:
-    model = build(folder, "loop", factory.Spec(dtype="f32", shape=SMALL, **toolscripts.gguf_fields("loop")))
+    model = build(folder, "loop", factory.Spec(dtype="f32", shape=SMALL, real_tokenizer=True, script=LOOP))
     facts, vocab = vocabulary(model)
     tools = [{"type": "python"}]  # GLM-4's code interpreter, its calls handed to the client (no --python)
     asked = [{"role": "user", "content": "Work it out step by step with the tool."}]
@@ -207,11 +210,14 @@ def job_agent(binary: Path, folder: Path, rounds: int) -> None:
                     "tool_calls": [{"id": f"c{i}", "type": "function", "function": function}]}
             messages += [call, {"role": "tool", "tool_call_id": f"c{i}", "content": f"{i}"}]
 
-    seconds: dict[str, list[float]] = {"glm4-local": [], "llama-server": []}
+    names = ("glm4-local", "llama-server", "llama-server --spec-type ngram-simple")
+    seconds: dict[str, list[float]] = {name: [] for name in names}
     servers: dict[str, tuple[Any, Callable[[Any], None]]] = {}
     try:
         servers["glm4-local"] = (Server(model, folder), ours)
         servers["llama-server"] = (LlamaServer(binary, model, *THREADS), theirs)
+        servers["llama-server --spec-type ngram-simple"] = (
+            LlamaServer(binary, model, *THREADS, "--spec-type", "ngram-simple"), theirs)
         for server, run in servers.values():
             run(server)  # warm up
         for _ in range(rounds):
@@ -221,7 +227,7 @@ def job_agent(binary: Path, folder: Path, rounds: int) -> None:
         for server, _ in servers.values():
             server.stop()
     report(f"4. a tool-calling agent loop of {CALLS} calls with their observations", seconds, "glm4-local",
-           ["llama-server"])
+           ["llama-server", "llama-server --spec-type ngram-simple"])
 
 
 def main() -> None:
