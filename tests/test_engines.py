@@ -90,7 +90,8 @@ def test_replies_through_an_engine_are_the_local_decoders(real_vocab_gguf: Path,
 def test_tool_calls_come_back_parsed_and_results_go_on(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
     model = scripted_gguf("tool")
     engine = LlamaServer(model, tmp_path / "llama-server.log", slots=1)
-    server = front(model, tmp_path / "front", engine)
+    server = front(model, tmp_path / "front", engine, args=("--ctx", "4096", "--parallel", "2"))
+    assert any("--ctx, --parallel not used with --engine" in line for line in server.output), server.output
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
     asked = [{"role": "user", "content": "weather?"}]
     client = server.client()

@@ -128,7 +128,7 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
     """Serve until Ctrl-C or SIGTERM; Glm4LocalError if the model cannot be loaded or the port bound."""
     load: Callable[[], ChatRuntime]
     if options.engines:
-        facts = _engine_front(model_path, runtime, warn)
+        facts = _engine_front(model_path, runtime, options, warn)
         decoding = f"decoding on {len(options.engines)} engine(s): {', '.join(options.engines)}"
         load = functools.partial(_engine_runtime, facts, options, warn)
     else:
@@ -157,9 +157,12 @@ _ENGINE_DECIDES = {"ctx_given": "--ctx", "gpu_layers": "--gpu-layers", "flash_at
                    "speculation": "--speculate", "mlock": "--mlock", "mmap": "--no-mmap", "batch": "--batch"}
 
 
-def _engine_front(model_path: Path, runtime: RuntimeOptions, warn: Callable[[str], None]) -> ModelFacts:
+def _engine_front(model_path: Path, runtime: RuntimeOptions, options: ServeOptions,
+                  warn: Callable[[str], None]) -> ModelFacts:
     defaults = replace(RuntimeOptions(), ctx_given=False, prompt_cache_bytes=runtime.prompt_cache_bytes)
-    if unused := [flag for name, flag in _ENGINE_DECIDES.items() if getattr(runtime, name) != getattr(defaults, name)]:
+    unused = [flag for name, flag in _ENGINE_DECIDES.items() if getattr(runtime, name) != getattr(defaults, name)]
+    unused += ["--parallel"] if options.parallel != ServeOptions().parallel else []
+    if unused:
         warn(f"{', '.join(unused)} not used with --engine: each engine's own llama-server flags decide them")
     return ModelFacts.read(model_path)
 
