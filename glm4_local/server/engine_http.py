@@ -96,7 +96,7 @@ async def post(url: str, path: str, body: bytes, headers: dict[str, str], connec
                                          limit=MAX_LINE)
     try:
         reader, writer = await asyncio.wait_for(connecting, connect_seconds)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not yet the built-in TimeoutError on Python 3.10
         raise StreamCut(f"no connection in {connect_seconds:g} s") from None
     try:
         lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}", "Content-Type: application/json",
