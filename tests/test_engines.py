@@ -123,6 +123,20 @@ def test_a_named_tool_choice_holds_the_engines_reply_to_the_schema(fronted: Serv
         jsonschema.validate(json.loads(call.function.arguments), SCHEMA)
 
 
+def test_the_other_routes_answer_through_an_engine(fronted: Server) -> None:
+    """Responses, text completions, Ollama's chat and the tokenizer: the same front, whatever decodes."""
+    status, body = fronted.json("POST", "/v1/responses", {"input": "你好", "max_output_tokens": 4, "temperature": 0})
+    assert status == 200 and body["usage"]["output_tokens"] == 4, body
+    status, body = fronted.json("POST", "/v1/completions", {"prompt": ["Hello", "Bonjour"], "max_tokens": 3,
+                                                            "temperature": 0})
+    assert status == 200 and [c["finish_reason"] for c in body["choices"]] == ["length"] * 2, body
+    status, body = fronted.json("POST", "/api/chat", {"model": "m", "messages": CHINESE, "stream": False,
+                                                      "options": {"num_predict": 3, "temperature": 0}})
+    assert status == 200 and body["done"] and body["eval_count"] == 3, body
+    status, body = fronted.json("POST", "/tokenize", {"content": "你好"})
+    assert status == 200 and body["tokens"], body
+
+
 def test_log_probabilities_are_refused_through_engines_saying_why(fronted: Server) -> None:
     status, body = fronted.json("POST", "/v1/chat/completions", {"messages": CHINESE, "logprobs": True,
                                                                  "max_tokens": 2})
