@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from functools import cache, lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Template, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+if TYPE_CHECKING:  # jinja2 itself is imported when a template is first rendered: most runs never render one
+    from jinja2 import Template
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_OUTPUT_CHARS = 32 * 1024 * 1024  # a prompt for a million-token context is a few MB
 
@@ -29,6 +30,9 @@ def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separ
 
 @cache
 def _environment() -> ImmutableSandboxedEnvironment:
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
 
@@ -41,6 +45,8 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 @lru_cache(maxsize=8)
 def _compiled(source: str) -> Template:
+    from jinja2 import TemplateError
+
     try:
         return _environment().from_string(source)
     except TemplateError as e:
@@ -52,6 +58,8 @@ def _compiled(source: str) -> Template:
 def render_source(source: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool,
                   limit: int = MAX_OUTPUT_CHARS) -> str:
     """The rendered prompt; RenderFailure for a template that fails, or whose output passes `limit`."""
+    from jinja2 import TemplateError
+
     template = _compiled(source)
     chunks: list[str] = []
     size = 0
