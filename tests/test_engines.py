@@ -44,7 +44,7 @@ def random_model(make_gguf: Callable[..., Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(random_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    server = LlamaServer(random_model, tmp_path_factory.mktemp("engine") / "llama-server.log")
+    server = LlamaServer(random_model, tmp_path_factory.mktemp("engine") / "llama-server.log", shared=True)
     yield server
     server.kill()
 

@@ -44,11 +44,13 @@ def free_port() -> int:
 
 
 class LlamaServer:
-    """llama-server serving `model` with `slots` slots of `slot_ctx` tokens each."""
+    """llama-server serving `model` with `slots` slots of `slot_ctx` tokens each. Ended with the test that
+    started it, unless `shared` (a fixture of wider scope, which kills it itself)."""
 
     def __init__(self, model: Path, log: Path, slots: int = 2, slot_ctx: int = 2048, port: int | None = None,
-                 *args: str) -> None:
+                 *args: str, shared: bool = False) -> None:
         self.model, self.log, self.slots, self.slot_ctx, self.args = model, log, slots, slot_ctx, args
+        self.shared = shared
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -64,7 +66,9 @@ class LlamaServer:
         command = [str(path), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui",
                    "-np", str(self.slots), "-c", str(self.slots * self.slot_ctx), "-t", "2", "--no-warmup", *self.args]
         with open(self.log, "ab") as log:
-            self.process = children.started(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if not self.shared:
+            children.started(self.process)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
