@@ -46,6 +46,9 @@ def test_split_finds_exactly_the_count_of_tokens_or_none(index: PieceIndex) -> N
     assert index.split(data, 3) == [byte_token(index, b) for b in data]
     assert index.split(data, 4) is None  # no token is empty
     assert index.split(b"", 0) == []
+    assert index.split(b"x" * 10_000, 10**9) is None  # an engine's count past the bytes: not searched at all
+    long_text = b"\xff" + b"x" * 10_000  # past what is searched: a token per byte, the bytes kept
+    assert index.cover(long_text) == [byte_token(index, 0xFF)] + [byte_token(index, ord("x"))] * 10_000
 
 
 def test_bytes_that_are_no_utf8_keep_their_text_as_the_engine_sent_it(index: PieceIndex) -> None:

@@ -25,6 +25,8 @@ RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
 SAMPLERS = ["penalties", "top_k", "top_p", "min_p", "temperature"]  # our decoder's chain, in its order
 PING_SECONDS = 5  # the engine writes a comment this often while a stream is silent (after its first token)
 CHECK_CHUNK = 8192  # token ids per /tokenize call when comparing vocabularies
+SPLIT_BYTES = 256  # text left out of a stream longer than this is not searched for its exact tokens (the search
+# grows with the square of it; a character cut across tokens is at most 4 bytes, a run of them rarely 20)
 CONNECT_SECONDS = 5.0
 REQUEST_SECONDS = 30.0  # for the short calls (/props, /tokenize); a stream has no overall limit
 HEALTH_SECONDS = 10.0  # an engine that takes longer to answer /health is not answering
@@ -55,7 +57,6 @@ class EngineFacts:
     slots: int
     slot_ctx: int  # tokens of context each slot has
     n_vocab: int
-    model: str
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:
@@ -103,7 +104,7 @@ async def engine_facts(client: httpx.AsyncClient, url: str) -> EngineFacts:
     try:
         meta = models["data"][0]["meta"]
         return EngineFacts(int(props["total_slots"]), int(props["default_generation_settings"]["n_ctx"]),
-                           int(meta["n_vocab"]), str(models["data"][0].get("id", "")))
+                           int(meta["n_vocab"]))
     except (KeyError, IndexError, TypeError, ValueError):
         raise EngineError("does not describe itself as llama-server does (/props, /v1/models)") from None
 
@@ -162,7 +163,10 @@ class PieceIndex:
         self.longest = max(map(len, self.ids), default=1)
 
     def cover(self, data: bytes) -> list[int]:
-        """Tokens whose bytes make `data`, longest first (every byte is a token of a byte-level vocabulary)."""
+        """Tokens whose bytes make `data`, longest first (every byte is a token of a byte-level vocabulary); past
+        SPLIT_BYTES a token per byte, so that what an engine sends costs time in proportion to its length."""
+        if len(data) > SPLIT_BYTES:
+            return [token for token in (self.ids.get(data[i:i + 1]) for i in range(len(data))) if token is not None]
         tokens, position = [], 0
         while position < len(data):
             for end in range(min(len(data), position + self.longest), position, -1):
@@ -175,7 +179,9 @@ class PieceIndex:
         return tokens
 
     def split(self, data: bytes, count: int) -> list[int] | None:
-        """`count` tokens whose bytes make `data` (None: there are none)."""
+        """`count` tokens whose bytes make `data` (None: there are none, or `data` is too long to search)."""
+        if count > len(data) or len(data) > SPLIT_BYTES:  # no token is empty; an engine's count is not trusted
+            return None
         reached: list[dict[int, tuple[int, int]]] = [{0: (0, -1)}]  # per tokens used: position -> (from, token)
         for _ in range(count):
             following: dict[int, tuple[int, int]] = {}

@@ -173,9 +173,6 @@ class EnginePool:
     def queued(self) -> int:
         return len(self._unsent) + sum(max(0, len(e.inflight) - e.slots) for e in self.engines)
 
-    def has_work(self) -> bool:
-        return bool(self._jobs)
-
     def reading(self) -> list[tuple[int, int]]:
         return []  # engines do not tell how far they have read a prompt
 
