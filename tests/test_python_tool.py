@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import struct
+import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
@@ -219,3 +221,32 @@ def test_a_planted_link_does_not_make_the_picture_land_outside(tmp_path: Path) -
         assert not target.exists() and observation.image.read_bytes() == png()
     finally:
         tool.close()
+
+
+@needs_sandbox
+def test_a_kernel_outlives_the_thread_that_started_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server runs tool calls on worker threads that end after 10 s idle. The sandbox ends its child
+    when the thread that forked it ends (PR_SET_PDEATHSIG): a conversation's variables were lost with it.
+    And an asyncio loop made for a call into the kernel client and left open is closed by the garbage
+    collector, which may close its sockets first and print `Exception ignored in BaseEventLoop.__del__`
+    into the server's output (it did, in CI): no call makes one."""
+    import asyncio
+    import contextvars
+
+    made: list[object] = []
+    new_event_loop = asyncio.new_event_loop
+    monkeypatch.setattr(asyncio, "new_event_loop", lambda: made.append(1) or new_event_loop())
+    tool = PythonTool(tmp_path / "data", SANDBOX, timeout=20)
+    outputs: list[str] = []
+    try:
+        for code in ("kept = 'yes'", "print(kept)", "print(kept * 2)"):  # the first starts the kernel
+            thread = threading.Thread(target=contextvars.copy_context().run,
+                                      args=(lambda code=code: outputs.append(run(tool, code)),))
+            thread.start()
+            thread.join()
+            assert tool.kernel.process is not None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                tool.kernel.process.wait(timeout=0.5)  # PR_SET_PDEATHSIG's kill, had the thread's end sent it
+    finally:
+        tool.close()
+    assert outputs == ["", "yes\n", "yesyes\n"] and made == []

@@ -243,6 +243,8 @@ class EnginePool:
             self._call(self._shutdown(), 10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+        if not self._thread.is_alive():  # closed here, not by the garbage collector (which may print a traceback)
+            self._loop.close()
 
     async def _shutdown(self) -> None:
         tasks = [*self._tasks.values(), *self._watchers]

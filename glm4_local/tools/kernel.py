@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from glm4_local.core.errors import Glm4LocalError
 from glm4_local.tools.cell import CellResult
 from glm4_local.tools.extras import needs
 from glm4_local.tools.sandbox import Launch
+from glm4_local.tools.spawner import SpawnInterrupted, spawn
 
 START_TIMEOUT = 30.0
 INTERRUPT_GRACE = 5.0  # seconds an interrupted cell has to stop before the kernel is killed
@@ -46,29 +47,6 @@ KERNEL_ARGS = ("-I", "-m", "ipykernel_launcher", "--IPKernelApp.ignore_cwd=True"
 SETUP_CELL = "import os as _o, sys as _s\n_s.path.append(_o.getcwd())\ndel _o, _s"
 Launcher = Callable[[Sequence[str], Path, Path], Launch]  # (argv, data folder, socket folder) -> how to start it
 Check = Callable[[], "str | None"]  # asked while a cell runs: a reason to end the kernel, or None
-
-
-@contextlib.contextmanager
-def _sigint_held() -> Iterator[Callable[[Callable[[], None] | None], Callable[[], None] | None]]:
-    """Hold Ctrl-C back from this thread while a child is forked, and hand it over once it is: Python runs
-    its at-fork hooks (logging's lock) in the parent, and a KeyboardInterrupt raised inside one is printed
-    and dropped, losing the user's Ctrl-C. Yields what makes the child's setup restore the signal mask."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield lambda setup: setup
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-
-    def child_setup(setup: Callable[[], None] | None) -> Callable[[], None]:
-        def run() -> None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # the kernel is interrupted by SIGINT
-            if setup is not None:
-                setup()
-        return run
-
-    try:
-        yield child_setup
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a Ctrl-C held meanwhile arrives now
 
 
 class KernelError(Glm4LocalError):
@@ -123,11 +101,13 @@ class Kernel:
             raise KernelError(f"cannot prepare the sandbox for the python kernel: {e}") from e
         log = open(self.ipc_dir / "kernel.log", "wb")  # noqa: SIM115 (kept by the child)
         try:
-            with _sigint_held() as child_setup:
-                self.process = subprocess.Popen(self.launch.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                                cwd=self.data_dir, env=self.launch.env, start_new_session=True,
-                                                pass_fds=self.launch.pass_fds,
-                                                preexec_fn=child_setup(self.launch.preexec))
+            self.process = spawn(self.launch.argv, self.launch.preexec, stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=log, cwd=self.data_dir, env=self.launch.env, start_new_session=True,
+                                 pass_fds=self.launch.pass_fds)
+        except SpawnInterrupted as e:
+            self.process = e.process
+            self.close()
+            raise
         except OSError as e:
             self.close()
             raise KernelError(f"cannot start the python kernel: {e.strerror}") from e
@@ -140,19 +120,31 @@ class Kernel:
         self.context.setsockopt(zmq.LINGER, 0)
         self.client = client_class(connection_file=connection, context=self.context)
         self.client.load_connection_file()
-        self.client.start_channels()
+        self.client.start_channels(stdin=False, hb=False)  # no input asked; alive is the process's state
         self._watch_output()
         self._wait_ready()
         self.client.execute(SETUP_CELL, silent=True, store_history=False)
 
     def _wait_ready(self) -> None:
+        """Until the kernel answers a kernel_info request and its output socket is connected (a message
+        arrives on it), then its start-up output is dropped. The channels' own blocking calls, here and
+        below: the client's get_*_msg and wait_for_ready run each in an asyncio loop made for the thread
+        and left open, and the server's worker threads come and go (the garbage collector closing such a
+        loop may find its sockets closed first, and prints a traceback)."""
         deadline = time.monotonic() + START_TIMEOUT
+        asked: set[str] = set()
         while time.monotonic() < deadline:
             if not self.alive:
                 raise KernelError(f"the python kernel exited at start: {self._log_tail()}")
-            with contextlib.suppress(RuntimeError, queue.Empty):
-                self.client.wait_for_ready(timeout=0.25)
-                return
+            asked.add(self.client.kernel_info())
+            with contextlib.suppress(queue.Empty):
+                reply = self.client.shell_channel.get_msg(timeout=0.5)
+                if reply.get("parent_header", {}).get("msg_id") in asked:
+                    self.client.iopub_channel.get_msg(timeout=0.5)
+                    with contextlib.suppress(queue.Empty):
+                        while True:
+                            self.client.iopub_channel.get_msg(timeout=POLL)
+                    return
         self.close()
         raise KernelError(f"the python kernel did not start within {START_TIMEOUT:g} s")
 
@@ -206,7 +198,7 @@ class Kernel:
                 return  # the "idle" status was lost (a message dropped for its size): the reply is enough
             result.lost += self._disconnections()
             try:
-                message = self.client.get_iopub_msg(timeout=min(deadline - now, POLL))
+                message = self.client.iopub_channel.get_msg(timeout=min(deadline - now, POLL))
             except queue.Empty:
                 replied = replied or self._replied(msg_id)
                 if not self.alive:
@@ -248,7 +240,7 @@ class Kernel:
         """Now, if the shell channel has the cell's execute_reply (read without waiting)."""
         with contextlib.suppress(queue.Empty):
             while True:
-                reply = self.client.get_shell_msg(timeout=0)
+                reply = self.client.shell_channel.get_msg(timeout=0)
                 if reply.get("parent_header", {}).get("msg_id") == msg_id:
                     return time.monotonic()
         return None
@@ -278,7 +270,7 @@ class Kernel:
         deadline = time.monotonic() + INTERRUPT_GRACE
         while time.monotonic() < deadline:
             try:
-                message = self.client.get_iopub_msg(timeout=POLL)
+                message = self.client.iopub_channel.get_msg(timeout=POLL)
             except queue.Empty:
                 continue
             if (message["msg_type"] == "status" and message["content"].get("execution_state") == "idle"

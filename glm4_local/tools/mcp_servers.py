@@ -254,6 +254,8 @@ class McpServers:
         """A call in progress is abandoned by the caller; the server keeps running."""
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return
         for server in self.servers:
             self._stop(server)
 
@@ -270,3 +272,5 @@ class McpServers:
             asyncio.run_coroutine_threadsafe(finish(), self.loop).result(20)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
+        if not self.thread.is_alive():  # closed here, not by the garbage collector (which may print a traceback)
+            self.loop.close()
