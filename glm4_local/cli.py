@@ -259,13 +259,13 @@ def chat(
     *, runtime: RuntimeOptions, tools: ToolOptions,
 ) -> None:
     """Chat with GLM-4 in the terminal (or answer once with -p / piped input)."""
-    from glm4_local.frontends.commands import prompt_cache_dir, start_chat, with_prompt_cache
+    from glm4_local.frontends.commands import prompt_cache_dir, start_chat
     from glm4_local.tools.program import ToolRunner
 
     sampling = {"temperature": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p,
                 "repeat_penalty": repeat_penalty, "seed": seed}
     runner = run(ToolRunner.for_path, tool_exec, tool_timeout) if tool_exec else None
-    runtime = with_prompt_cache(runtime, prompt_cache_dir(), cache_size)
+    runtime = runtime.with_prompt_cache(prompt_cache_dir(), cache_size)
     tool_options = replace(tools, python=tools.python or tools.unconfined, program=runner)
     with stopped_like_ctrl_c():  # a closed terminal or `kill` ends the tools (kernel, servers, files) too
         run(start_chat, model, runtime, sampling, max_tokens=max_tokens, system=system, prompt=prompt,
@@ -296,11 +296,10 @@ def serve(
     *, runtime: RuntimeOptions, serving: ServeOptions, tools: ToolOptions,
 ) -> None:
     """Serve GLM-4 over an OpenAI-compatible HTTP API, with GLM-4's own function calling, and a chat page at /."""
-    from glm4_local.frontends.commands import with_prompt_cache
     from glm4_local.frontends.serve import serve as serve_model
     from glm4_local.frontends.store_view import model_or_first_pull
 
-    runtime = with_prompt_cache(runtime, cache_dir, cache_size)
+    runtime = runtime.with_prompt_cache(cache_dir, cache_size)
     with user_errors(on_interrupt="stopped"):
         options = replace(serving, tools=tools)
         serve_model(model_or_first_pull(model, err), runtime, options,

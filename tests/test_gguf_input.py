@@ -97,3 +97,49 @@ def test_eval_ctx_is_bounded_by_the_trained_context(make_gguf: Callable[..., Pat
     model = make_gguf("f32")
     one_line_error(cli("eval", str(model), "--reference", str(model), "--ctx", "2000000"),
                    "2,000,000 tokens is more than the")
+
+
+# -- long string arrays (a vocabulary, merges): walked at start, decoded when read ------------------
+
+def test_long_string_arrays_read_as_the_lists_they_hold(scripted_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    from glm4_local.core.gguf.header import LAZY_MIN, StringArray, read_gguf_header
+
+    kinds = ["a b", "é x", "中 文", "x y z", "", " ", "  ", " x", "x ", "é ", "\udcff b", "a\udcff", "ab",
+             "\U0001f600 \U0001f600"]
+    items = [f"{kinds[i % len(kinds)]}" for i in range(LAZY_MIN + 7)]
+    pairs = [f"{i} {i}" for i in range(LAZY_MIN)]
+    path = craft.craft(scripted_gguf("answer"), tmp_path / "m.gguf", {
+        "x.items": (V.ARRAY, items, V.STRING), "x.pairs": (V.ARRAY, pairs, V.STRING),
+        "x.last_bad": (V.ARRAY, [*pairs, "nospace"], V.STRING), "x.first_bad": (V.ARRAY, ["x ", *pairs], V.STRING)})
+    header = read_gguf_header(path)
+    expected = [s.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for s in items]
+    walked = header.strings("x.items")
+    assert isinstance(walked, StringArray) and len(walked) == len(items)
+    assert [walked[i] for i in (0, 5, 10, 11, -1)] == [expected[i] for i in (0, 5, 10, 11, -1)]
+    assert header.get("x.items") == expected and walked == expected and walked[2:4] == expected[2:4]
+    for key, inside in (("x.items", False), ("x.pairs", True), ("x.last_bad", False), ("x.first_bad", False)):
+        array = header.strings(key)
+        assert isinstance(array, StringArray)
+        assert array.each_has_inside(b" ") is inside == all(" " in s[1:-1] for s in header.get(key))
+    assert [s for s in expected if " " in s[1:-1]] == [s for i, s in enumerate(expected)
+                                                       if StringArray.each_has_inside(_one(walked, i), b" ")]
+
+
+def _one(array: object, index: int) -> object:
+    """The item at `index` of a StringArray as a StringArray of one."""
+    from glm4_local.core.gguf.header import StringArray
+
+    assert isinstance(array, StringArray)
+    start, length = array._starts[index : index + 1], array._lengths[index : index + 1]
+    return StringArray(array._region, start, length)
+
+
+def test_one_merge_without_its_space_in_a_long_list_is_refused(scripted_gguf: Callable[[str], Path],
+                                                              tmp_path: Path) -> None:
+    from glm4_local.core.gguf.header import LAZY_MIN, read_gguf_header
+
+    source = scripted_gguf("answer")
+    merges = read_gguf_header(source).get(K.Tokenizer.MERGES)
+    long = [*merges, *(f"{i} {i}" for i in range(LAZY_MIN)), "nospace"]  # as long as a real list: the walked path
+    path = craft.craft(source, tmp_path / "bad.gguf", {K.Tokenizer.MERGES: (V.ARRAY, long, V.STRING)})
+    one_line_error(cli("chat", str(path), "-p", "hi"), "bad.gguf")

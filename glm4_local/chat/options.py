@@ -6,7 +6,7 @@ ValueError with a message that names no command-line flag), then hand them to `o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -88,4 +88,8 @@ class RuntimeOptions:
     @property
     def flash_needed(self) -> bool:
         return self.cache_type_v not in (CACHE_TYPES["f16"], CACHE_TYPES["f32"])
+
+    def with_prompt_cache(self, folder: Path | None, gib: float) -> RuntimeOptions:
+        """These options keeping long prompts' KV state in `folder`, up to `gib` GiB (0: none)."""
+        return replace(self, prompt_cache=folder if gib > 0 else None, prompt_cache_bytes=int(gib * 2**30))
 

@@ -175,10 +175,6 @@ def prompt_cache_dir() -> Path:
     return data_home() / "cache" / "prompts"
 
 
-def with_prompt_cache(options: RuntimeOptions, folder: Path | None, gib: float) -> RuntimeOptions:
-    return replace(options, prompt_cache=folder if gib > 0 else None, prompt_cache_bytes=int(gib * 2**30))
-
-
 def show_prompt_cache(folder: Path, clear: bool, out: Console) -> None:
     """`glm4-local cache`: each saved prompt (size, last used), or remove them all."""
     entries = entries_on_disk(folder)

@@ -34,7 +34,7 @@ class Field:
 
 def fields_of(header: GGUFHeader) -> dict[str, Field]:
     """A header's metadata as Fields, in file order."""
-    return {key: Field(value, *header.field_types[key]) for key, value in header.fields.items()}
+    return {key: Field(header.get(key), *header.field_types[key]) for key in header.fields}
 
 
 def _header_writer(dest: Path, header: GGUFHeader, fields: Mapping[str, Field]) -> gguf.GGUFWriter:

@@ -176,8 +176,8 @@ def header_spec(header: Any, where: str, arch: str, layout: str) -> ModelSpec:
         return name.format(arch=arch)
 
     names = {t.name for t in header.tensors}
-    tokens = header.get(K.Tokenizer.LIST)
-    if not isinstance(tokens, list) or not tokens:
+    tokens = header.strings(K.Tokenizer.LIST)
+    if not tokens:
         raise GGUFFileError(f"{where}: {K.Tokenizer.LIST} is missing or empty")
     n_embd = gguf_int(header, key(K.LLM.EMBEDDING_LENGTH), where, _MAX_WIDTH)
     n_head = gguf_int(header, key(K.Attention.HEAD_COUNT), where, n_embd)

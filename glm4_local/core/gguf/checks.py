@@ -7,6 +7,7 @@ The tokenizer arrays, the special-token ids, every hyper-parameter (through the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import gguf
 from glm4_local.core.errors import GGUFFileError
 from glm4_local.core.families.family import ModelFamily, ModelSpec
 from glm4_local.core.families.registry import require_family
-from glm4_local.core.gguf.header import GGUFHeader, read_gguf_header
+from glm4_local.core.gguf.header import GGUFHeader, StringArray, read_gguf_header
 
 K = gguf.Keys
 SPECIAL_ID_KEYS = (K.Tokenizer.BOS_ID, K.Tokenizer.EOS_ID, K.Tokenizer.EOT_ID, K.Tokenizer.EOM_ID,
@@ -34,13 +35,20 @@ def _string_array(header: GGUFHeader, key: str) -> bool:
     return header.field_types.get(key) == (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
 
 
+def _pairs(merges: Sequence[str]) -> bool:
+    """Every merge is 'left right': a space after its first character and before its last."""
+    if isinstance(merges, StringArray):
+        return merges.each_has_inside(b" ")
+    return all(" " in m[1:-1] for m in merges)
+
+
 def check_tokenizer_arrays(header: GGUFHeader, family: ModelFamily, where: str) -> None:
     model = header.get(K.Tokenizer.MODEL)
     if model != family.tokenizer_model:
         raise GGUFFileError(f"{where}: tokenizer model {model!r} is not {family.name}'s "
                             f"({family.tokenizer_model!r})")
-    tokens, types = header.get(K.Tokenizer.LIST), header.get(K.Tokenizer.TOKEN_TYPE)
-    if not isinstance(tokens, list) or not tokens or not _string_array(header, K.Tokenizer.LIST):
+    tokens, types = header.strings(K.Tokenizer.LIST), header.get(K.Tokenizer.TOKEN_TYPE)
+    if not tokens or not _string_array(header, K.Tokenizer.LIST):
         raise GGUFFileError(f"{where}: {K.Tokenizer.LIST} is not a list of token texts")
     if not isinstance(types, list) or len(types) != len(tokens) or not set(types) <= _TOKEN_TYPES:
         raise GGUFFileError(f"{where}: {K.Tokenizer.TOKEN_TYPE} does not give a valid type for each of the "
@@ -48,9 +56,9 @@ def check_tokenizer_arrays(header: GGUFHeader, family: ModelFamily, where: str) 
     scores = header.get(K.Tokenizer.SCORES)
     if scores is not None and (not isinstance(scores, list) or len(scores) != len(tokens)):
         raise GGUFFileError(f"{where}: {K.Tokenizer.SCORES} does not give a score for each token")
-    merges = header.get(K.Tokenizer.MERGES)
-    if merges is not None and not (isinstance(merges, list) and _string_array(header, K.Tokenizer.MERGES)
-                                   and all(" " in m[1:-1] for m in merges)):
+    merges = header.strings(K.Tokenizer.MERGES)
+    if K.Tokenizer.MERGES in header.fields and not (merges is not None and _string_array(header, K.Tokenizer.MERGES)
+                                                    and _pairs(merges)):
         raise GGUFFileError(f"{where}: {K.Tokenizer.MERGES} is not a list of 'left right' pairs")
     for key in SPECIAL_ID_KEYS:
         value = header.get(key)

@@ -33,7 +33,7 @@ def quick_problems(reader: GGUFHeader, family: ModelFamily) -> list[str]:
 
 def eos_problem(reader: GGUFHeader, family: ModelFamily) -> str | None:
     """An end-of-sequence id that is another token (community GGUFs of GLM-4-0414 disagree on it)."""
-    tokens = reader.get(K.Tokenizer.LIST) or []
+    tokens = reader.strings(K.Tokenizer.LIST) or []
     eos = reader.get(K.Tokenizer.EOS_ID)
     if not isinstance(eos, int) or not 0 <= eos < len(tokens) or tokens[eos] == family.eos_token:
         return None
