@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TextIO
 
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.text import Text
 
 from glm4_local.frontends.visible import visible
@@ -70,6 +69,13 @@ def keys_not_echoed(stream: TextIO | None) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
+def _markdown(text: str) -> RenderableType:
+    # imported here: markdown-it and pygments are 45 ms of a start, and piped output never draws Markdown
+    from rich.markdown import Markdown
+
+    return Markdown(text)
+
+
 class _Unfinished:
     """The block being written, parsed as Markdown only when the display refreshes, not per token."""
 
@@ -77,7 +83,7 @@ class _Unfinished:
         self.text = ""
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield Markdown(self.text)
+        yield _markdown(self.text)
 
 
 class Thoughts:
@@ -133,7 +139,7 @@ class ReplyView:
         finished, self.unfinished.text = split_finished(text)
         assert self.live is not None
         for block in finished:
-            self.live.console.print(Markdown(block))
+            self.live.console.print(_markdown(block))
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
@@ -151,4 +157,4 @@ class ReplyView:
         finally:
             self.quiet_keys.close()
         if pending.strip():
-            self.console.print(Markdown(pending))
+            self.console.print(_markdown(pending))
