@@ -70,7 +70,7 @@ def keys_not_echoed(stream: TextIO | None) -> Iterator[None]:
 
 
 def _markdown(text: str) -> RenderableType:
-    # imported here: markdown-it and pygments are 45 ms of a start, and piped output never draws Markdown
+    # imported when first needed: markdown-it and pygments are 45 ms of a start, and piped output never draws it
     from rich.markdown import Markdown
 
     return Markdown(text)
@@ -118,6 +118,7 @@ class ReplyView:
 
     def __enter__(self) -> ReplyView:
         if self.plain is None:
+            _markdown("")  # imported now, not first by the display's refresh thread while the reply streams
             self.quiet_keys.enter_context(keys_not_echoed(sys.stdin))
             self.live = Live(self.unfinished, console=self.console, refresh_per_second=10, transient=True,
                              vertical_overflow="visible")
