@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from glm4_local.core.llama import door
+
 READY_TIMEOUT = 120.0
 _CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 DEFAULT_BINARY = Path(os.environ.get("LLAMA_SERVER") or _CACHE / "glm4-local" /
@@ -46,6 +48,8 @@ class LlamaServer:
         self.port = free_port()
         command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                    "--no-webui", "--no-warmup", "-lv", "1", *args]
+        if not door.cpu_repacking()[0]:  # its weights where glm4-local keeps ours (its AMX buffer may crash here)
+            command.append("--no-repack")
         self._log = open(log or os.devnull, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=binary_env(binary))
         try:

@@ -3,9 +3,12 @@ the loader ask."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import factory
 
 from glm4_local.core.llama import door
 from glm4_local.core.llama.device import Device, Memory, ram, this_machine
@@ -40,3 +43,42 @@ def test_this_machine_is_what_llama_cpp_says() -> None:
     assert (settings.n_batch, settings.n_ubatch, settings.threads, settings.kv_unified) == (512, 512, here.cores, True)
     total, available = ram()
     assert total and (available is None or 0 < available <= total)
+
+
+@pytest.mark.parametrize(("info", "chosen", "repacking"), [
+    ("CPU : AVX2 = 1 | AVX512 = 1 | REPACK = 1", None, True),
+    ("CPU : AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1", None, False),  # llama.cpp's AMX buffer would come first
+    ("CPU : AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1", "1", True),
+    ("CPU : AVX2 = 1 | REPACK = 1", "off", False),
+])
+def test_weight_repacking_is_off_on_amx_cpus_unless_asked(monkeypatch: pytest.MonkeyPatch, info: str,
+                                                          chosen: str | None, repacking: bool) -> None:
+    monkeypatch.setattr(door, "system_info", lambda: info)
+    if chosen is None:
+        monkeypatch.delenv(door.REPACK_ENV, raising=False)
+    else:
+        monkeypatch.setenv(door.REPACK_ENV, chosen)
+    door.cpu_repacking.cache_clear()
+    try:
+        assert door.cpu_repacking()[0] is repacking
+    finally:
+        door.cpu_repacking.cache_clear()
+
+
+@pytest.mark.parametrize("chosen", ["0", "1"])
+def test_llama_cpp_puts_the_weights_where_the_choice_says(make_gguf: Callable[..., Path],
+                                                          monkeypatch: pytest.MonkeyPatch, chosen: str) -> None:
+    """Loaded, not run (a q8_0 decode in llama.cpp's AMX buffer is what crashes where it crashes)."""
+    if "REPACK = 1" not in door.system_info():
+        pytest.skip("this llama.cpp build has no extra CPU buffer types")
+    model = make_gguf("q8_0", shape=factory.Shape(n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512))
+    monkeypatch.setenv(door.REPACK_ENV, chosen)
+    door.cpu_repacking.cache_clear()
+    lines: list[str] = []
+    try:
+        with door.listening(lines.append):
+            door.load_model(model)
+    finally:
+        door.cpu_repacking.cache_clear()
+    extra = [line for line in lines if re.search(r"\b(AMX|CPU_REPACK) model buffer size", line)]
+    assert bool(extra) is (chosen == "1")

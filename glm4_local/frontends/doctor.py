@@ -47,6 +47,7 @@ class Report:
     sandbox_bounds: list[str]  # which limits hold there, and how
     extras: dict[str, list[str]]  # optional feature -> its packages, with versions or "missing"
     model_contexts: str | None = None  # for the model found: the largest context per KV type
+    cpu_repacking: str = "on"  # whether llama.cpp's extra CPU weight buffers are used, and why
 
 
 def collect() -> Report:
@@ -56,7 +57,7 @@ def collect() -> Report:
                   list(device.cpu_features), total, available, os.cpu_count() or 1,
                   device.threads(RuntimeOptions().threads), _free_disk(store_dir()), searched(),
                   sessions_dir(), *_sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
-                  _model_contexts(available or total))
+                  _model_contexts(available or total), door.cpu_repacking()[1])
 
 
 def _model_contexts(free: int | None) -> str | None:
@@ -156,6 +157,7 @@ def render(report: Report) -> list[str]:
     lines = [
         f"llama-cpp-python  {report.llama_cpp_python} on {platform.system()} {platform.machine()}",
         f"CPU features      {' '.join(report.cpu_features) or 'none reported'}",
+        f"Weight repacking  {report.cpu_repacking}",
         f"GPU offload       {'yes (' + ', '.join(report.backends) + ')' if report.gpu_offload else 'no (CPU only)'}",
     ]
     if report.ram_total:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from glm4_local.core.llama import door
 from helpers import children
 
 READY_TIMEOUT = 60.0
@@ -65,6 +66,8 @@ class LlamaServer:
                                                                              os.environ.get("LD_LIBRARY_PATH")]))}
         command = [str(path), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui",
                    "-np", str(self.slots), "-c", str(self.slots * self.slot_ctx), "-t", "2", "--no-warmup", *self.args]
+        if not door.cpu_repacking()[0]:  # llama-server's weights where ours are (its AMX buffer may crash here)
+            command.append("--no-repack")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         if not self.shared:

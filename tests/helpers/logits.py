@@ -15,6 +15,9 @@ def reference_logprobs(path: Path, tokens: list[int], flash: bool = False) -> np
     flash attention or without, as the server compared with runs)."""
     import llama_cpp
 
+    from glm4_local.core.llama.door import llama_defaults_follow_repacking
+
+    llama_defaults_follow_repacking()  # the weights where the decoder under test keeps them
     llm = llama_cpp.Llama(str(path), n_ctx=len(tokens) + 8, logits_all=True, verbose=False, n_threads=2,
                           flash_attn=flash)
     try:

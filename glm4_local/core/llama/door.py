@@ -8,6 +8,7 @@ llama-cpp-python `Llama` (or, for the decoder, `LlamaModel`) objects.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import threading
@@ -35,6 +36,8 @@ _errors: list[str] = []
 _listeners: list[Callable[[str], None]] = []  # see every log line while registered (e.g. quantizer progress)
 _log_callback = None  # kept referenced: llama.cpp holds a raw pointer to it
 _QUANTIZED_TENSOR = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")  # the quantizer's "[  12/ 284] blk.0..." lines
+REPACK_ENV = "GLM4_LOCAL_CPU_REPACK"  # 1/on or 0/off: weights in llama.cpp's extra CPU buffers, or not
+_YES, _NO = ("1", "on", "yes", "true"), ("0", "off", "no", "false")
 
 
 def capture_logs() -> list[str]:
@@ -83,6 +86,37 @@ def system_info() -> str:
     return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
 
 
+@functools.cache
+def cpu_repacking() -> tuple[bool, str]:
+    """Whether llama.cpp may keep weights in its extra CPU buffer types (rows repacked for the CPU's matrix
+    instructions; AMX tiles where the CPU has AMX), and why. Off where the CPU has AMX: llama.cpp then puts
+    q4/q8 weights in its AMX buffer first, and its AMX matrix product segfaults at the first decode on some of
+    these machines (ggml-org/llama.cpp#20824: every q8_0 model on a Sapphire Rapids VM here, llama-server's
+    too), a crash no error message can follow. $GLM4_LOCAL_CPU_REPACK (1 or 0) decides instead."""
+    chosen = os.environ.get(REPACK_ENV, "").strip().lower()
+    if chosen in _YES + _NO:
+        return chosen in _YES, f"${REPACK_ENV}={chosen}"
+    if re.search(r"\bAMX_INT8 = 1\b", system_info()):
+        return False, f"off on this AMX CPU (llama.cpp's AMX kernels crash on some; ${REPACK_ENV}=1 turns it on)"
+    return True, "on"
+
+
+@functools.cache
+def llama_defaults_follow_repacking() -> None:
+    """llama-cpp-python's `Llama` takes no option for llama.cpp's extra CPU buffers: the model defaults it
+    asks for are wrapped, once, to follow cpu_repacking() (as load_model's do)."""
+    from llama_cpp import llama_cpp
+
+    original = llama_cpp.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = cpu_repacking()[0]
+        return params
+
+    llama_cpp.llama_model_default_params = defaults
+
+
 def gpu_offload_available() -> bool:
     import llama_cpp
 
@@ -104,6 +138,7 @@ def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_
     if exact_cache:
         type_k = type_v = Q.F32
     cache = {name: int(t) for name, t in (("type_k", type_k), ("type_v", type_v)) if t is not None}
+    llama_defaults_follow_repacking()
     with _loading(path, header), _without_chat_formatters():
         return Llama(
             model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
@@ -122,6 +157,7 @@ def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int =
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
     params.use_mmap, params.use_mlock, params.vocab_only = use_mmap, use_mlock, vocab_only
+    params.use_extra_bufts = cpu_repacking()[0]
     with _loading(path, header):
         # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
         # it loads, which swallows what other threads print meanwhile (serve loads as it starts); llama.cpp's
