@@ -398,3 +398,18 @@ def test_logprobs_are_refused_where_the_servers_tools_take_part(python_server: S
     status, _, body = python_server.request("POST", "/v1/chat/completions", {
         "messages": ASK, "tools": PYTHON, "logprobs": True, "conversation_id": "conv-logprobs"})
     assert status == 400 and json.loads(body)["error"]["param"] == "logprobs"
+
+
+def test_stopping_the_server_while_a_cell_runs_ends_its_stream_without_a_traceback(
+        tool_gguf: Callable[[str], Path], tmp_path: Path) -> None:
+    """Past the 3 s the server gives running requests to finish as it stops, a stream still waiting on its
+    cell is cancelled: uvicorn says so in a line, and nothing prints a traceback."""
+    if needs_sandbox.args[0]:
+        pytest.skip(needs_sandbox.kwargs["reason"])
+    server = Server(tool_gguf("sleep"), tmp_path, "--python", "--python-timeout", "90")
+    try:
+        connection, _ = _stream_until_running(server, "staying")  # the client stays while its cell sleeps
+    finally:
+        code, output = server.stop()
+    connection.close()
+    assert code == 0 and "CancelledError" not in output and "Traceback" not in output, output

@@ -44,7 +44,7 @@ from glm4_local.server.protocol import (
     bad_request,
     validation_error,
 )
-from glm4_local.server.request_log import LineWriter, RequestLog, RequestUsage
+from glm4_local.server.request_log import EndsWhenStopped, LineWriter, RequestLog, RequestUsage
 from glm4_local.server.responses import ResponseShape, chat_request, renamed
 from glm4_local.server.scheduler import Scheduler
 from glm4_local.server.tokenizer_routes import tokenizer_routes
@@ -276,7 +276,9 @@ def create_app(state: ServerState) -> Starlette:
         *ollama_routes(lambda handler: route(handler, errors=ollama_error), state, planned, read_json,
                        lambda run, lines: EventStream(run, lines, media_type="application/x-ndjson")),
     ]
-    middleware = [Middleware(RequestLog, writer=state.request_log)] if state.request_log else []
+    middleware = [Middleware(EndsWhenStopped)]
+    if state.request_log:
+        middleware.append(Middleware(RequestLog, writer=state.request_log))
     middleware.append(Middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins))
     if config.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),

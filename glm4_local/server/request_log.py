@@ -6,6 +6,7 @@ event loop; lines past the bound are dropped and counted.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -88,3 +89,19 @@ class RequestLog:
             client = scope.get("client") or ("-", 0)
             self.writer.put(f"{client[0]} {scope['method']} {scope['path']} {status[0] or '-'}{_tokens(usage)} · "
                             f"{time.monotonic() - started:.2f} s")
+
+
+class EndsWhenStopped:
+    """ASGI middleware: a request the server cancels as it stops, past the seconds it gives running requests
+    (a stream waiting on a tool's cell, a long reply), ends there. Uvicorn says so in one line; the traceback
+    it would print of the cancellation tells a user nothing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http":
+                raise
