@@ -15,7 +15,13 @@ from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.core.llama.decoder import Decoder, Job
 from glm4_local.core.llama.sampling import SamplerSettings
-from glm4_local.core.llama.speculation import Drafter, SpeculationSettings, StepCosts, speculation_of
+from glm4_local.core.llama.speculation import (
+    Acceptance,
+    Drafter,
+    SpeculationSettings,
+    StepCosts,
+    speculation_of,
+)
 
 OFF = SpeculationSettings("off")
 WORDS = tuple(f" w{i:02d}" for i in range(40))  # a passage the scripted model recites, word by word
@@ -67,16 +73,51 @@ def test_a_draft_is_what_followed_the_latest_longest_match() -> None:
     assert Drafter([1, 2, 1, 2], SpeculationSettings("auto", 2)).draft(10) == [1, 2]  # length ≤ draft_max
 
 
-def test_drafts_that_keep_failing_pause_drafting_and_accepted_ones_grow_it() -> None:
+def costing(share: float) -> Callable[[int], float]:
+    """Drafted tokens that each cost `share` of what an accepted one saves (1 s)."""
+    return lambda k: share * k
+
+
+def test_a_draft_runs_while_its_tokens_are_kept_often_enough() -> None:
     drafter = Drafter([1, 2, 1, 2] * 8, SpeculationSettings("auto", 16))
-    first = len(drafter.draft(100))
-    drafter.record(first, first)
-    assert len(drafter.draft(100)) == min(16, 2 * first)
-    for _ in range(3):  # three drafts in a row of which nothing was accepted
+    assert drafter.acceptance.p == 0.75 and len(drafter.draft(100)) == 8  # 0.75^8 ≥ MIN_WORTH > 0.75^9
+    drafter.record(8, 8)
+    assert len(drafter.draft(100)) == 16  # taken whole: as long as allowed
+    p = drafter.acceptance.p
+    worth = len(drafter.draft(100, 1.0, costing(0.9)))  # each drafted token must be kept 90% of the time
+    assert 0 < worth < 16 and p**worth >= 0.9 > p ** (worth + 1)
+
+
+def test_drafts_that_keep_failing_become_shadows_until_the_text_repeats_again() -> None:
+    drafter = Drafter([1, 2, 1, 2] * 8, SpeculationSettings("auto", 16))
+    for _ in range(3):  # three drafts in a row whose first token was wrong, where a token must earn half
         drafter.record(4, 0)
-    assert drafter.draft(100) == []  # paused
-    drafter.extend([1, 2] * 8)
-    assert drafter.draft(100)  # drafting again after the pause
+    assert drafter.draft(100, 1.0, costing(0.5)) == [] and drafter.shadow == [1, 2] * 8  # not sent: scored later
+    assert drafter.draft(100, 1.0, costing(0.5)) == [] and drafter.shadow == [1, 2] * 8  # one shadow at a time
+    drafter.extend([1, 2] * 8)  # it would have been accepted whole
+    assert drafter.shadow == [] and drafter.draft(100, 1.0, costing(0.5))[:2] == [1, 2]  # sent again
+
+
+def test_a_shadow_that_misses_is_scored_at_the_first_token_it_got_wrong() -> None:
+    drafter = Drafter([5, 6, 7, 8, 5, 6], SpeculationSettings(), Acceptance(0.0, 1.0))
+    assert drafter.draft(100) == [] and drafter.shadow == [7, 8, 5, 6] * 4
+    drafter.extend([7, 8, 9])
+    assert drafter.shadow == []
+    # from the prior (0 hits, 4 misses): two hits, then a miss, each older token worth 0.9 of the next
+    hits, misses = (1.0 * 0.9 + 1.0) * 0.9, 4.0 * 0.9**3 + 1.0
+    assert drafter.acceptance.p == pytest.approx(hits / (hits + misses))
+
+
+def test_a_new_job_starts_from_what_its_decoders_drafts_earned() -> None:
+    shared = Acceptance()
+    assert Drafter([1, 2, 1, 2], SpeculationSettings(), shared).draft(4) == [1, 2, 1, 2]  # nothing seen yet
+    for _ in range(60):
+        shared.score(0, missed=True)  # matched continuations lately wrong from their first token
+    newcomer = Drafter([1, 2, 1, 2], SpeculationSettings(), shared)
+    assert newcomer.draft(4) == [] and newcomer.shadow == [1, 2, 1, 2]
+    drafter = Drafter([1, 2] * 8, SpeculationSettings(), Acceptance(9.0, 1.0))  # right 90% of the time
+    assert len(drafter.draft(16, 1.0, costing(0.5))) == 6  # 0.9^6 ≥ 0.5 > 0.9^7
+    assert drafter.draft(16, 1.0, costing(0.95)) == [] and drafter.shadow  # not even one pays
 
 
 def test_the_cli_words_for_speculation() -> None:
@@ -104,6 +145,34 @@ def test_random_model_greedy_tokens_are_identical_with_and_without_speculation(m
     assert fast.decoder.drafted_tokens > 0 and plain.decoder.drafted_tokens == 0
 
 
+class ComputeBound(StepCosts):
+    """Steps that cost 4 ms a token and nothing more, whatever this machine took."""
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        super().observe(tokens, 0.004 * tokens)
+
+
+def test_where_drafts_cannot_pay_none_is_sent_and_the_tokens_are_unchanged(make_gguf: Callable[..., Path]) -> None:
+    """Step costs of a compute-bound CPU (a drafted token costs what a plain one does) and drafts that earned
+    half lately: every draft of four random sequences decoding together stays a shadow."""
+    path = make_gguf("f32")
+    rng = random.Random(5)
+    jobs = []
+    for _ in range(8):
+        phrase = [rng.randrange(1, 300) for _ in range(rng.randrange(3, 8))]
+        jobs.append(Job(phrase * 4, GREEDY, 40, frozenset()))
+    plain, fast = runtime(path, OFF, slots=4), runtime(path, SpeculationSettings(), slots=4)
+    fast.decoder.step_costs = ComputeBound()
+    for n in (1, 2, 4, 8, 3):
+        fast.decoder.step_costs.observe(n, 0.0)
+    fast.decoder.acceptance.hits = fast.decoder.acceptance.misses = 2.0
+    expected, got = copies(jobs), copies(jobs)
+    run_all(plain.decoder, expected)
+    run_all(fast.decoder, got)
+    assert [outcome(j) for j in got] == [outcome(j) for j in expected]
+    assert fast.decoder.drafted_tokens == 0 and fast.decoder.acceptance.hits != 2.0  # shadows were scored
+
+
 def test_a_recited_passage_is_accepted_in_few_steps_and_identical(passage_gguf: Path) -> None:
     plain, fast = runtime(passage_gguf, OFF), runtime(passage_gguf, SpeculationSettings())
     passage, assistant, user, newline = passage_ids(fast)
@@ -116,6 +185,21 @@ def test_a_recited_passage_is_accepted_in_few_steps_and_identical(passage_gguf: 
     assert outcome(got) == outcome(expected) == ([newline, *passage], "stop", user, None)
     assert got.accepted >= len(passage) - 4  # (what the draft held after the stop token counts as rejected)
     assert fast.decoder.decode_calls - calls <= 8  # the prompt, then drafts of 8 and 16 (not 41 steps)
+
+
+def test_a_reply_that_starts_in_shadow_drafts_once_it_repeats_its_prompt(passage_gguf: Path) -> None:
+    """A decoder whose drafts earned nothing lately starts the next reply with shadows; the recited
+    passage earns its drafts back within two shadows, and the tokens are those decoded one by one."""
+    plain, fast = runtime(passage_gguf, OFF), runtime(passage_gguf, SpeculationSettings())
+    fast.decoder.acceptance.hits, fast.decoder.acceptance.misses = 0.0, 4.0
+    passage, assistant, user, newline = passage_ids(fast)
+    prompt = [7, 8, *passage, user, 9, assistant]
+    expected, got = Job(prompt, GREEDY, 100, frozenset({user})), Job(prompt, GREEDY, 100, frozenset({user}))
+    run_all(plain.decoder, [expected])
+    calls = fast.decoder.decode_calls
+    run_all(fast.decoder, [got])
+    assert outcome(got) == outcome(expected) == ([newline, *passage], "stop", user, None)
+    assert got.accepted > 0 and fast.decoder.decode_calls - calls <= 1 + 1 + 8 + 16 + 2  # prompt, shadows, sent
 
 
 def test_seeded_sampling_draws_the_same_tokens_with_and_without_speculation(passage_gguf: Path) -> None:
@@ -235,13 +319,28 @@ def test_off_never_drafts(passage_gguf: Path) -> None:
     assert job.drafted == 0 and plain.decoder.decode_calls == len(job.generated) + 1
 
 
-def test_step_costs_say_when_a_drafted_token_pays_for_itself() -> None:
-    """Bound by reading the weights (a laptop's 9B), a drafted token costs little against a token of a
-    plain step; bound by compute (a tiny model on two cores, four sequences), it costs nearly as much."""
+def test_step_costs_are_learnt_per_size_and_say_how_long_a_draft_pays() -> None:
+    """Bound by reading the weights (a laptop's 9B), a drafted token costs little against the step a lone
+    sequence saves; on 2 cores a fifth row costs 70% more than four (the matrix kernel changes); with several
+    sequences a saved step is worth only the row it no longer adds."""
     memory_bound, compute_bound = StepCosts(), StepCosts()
-    assert memory_bound.break_even(1) == 0.0  # nothing learnt yet: drafts are tried
+    assert memory_bound.cost(3) is None and memory_bound.extra(1, 4) == 0.0  # nothing learnt yet: drafts are tried
     for n in (1, 2, 5, 9, 1, 3, 17, 4):
         memory_bound.observe(n, 0.100 + 0.002 * n)
-        compute_bound.observe(4 * n, 0.001 + 0.004 * 4 * n)
-    assert memory_bound.break_even(1) == pytest.approx(0.002 / 0.102)
-    assert compute_bound.break_even(4) == pytest.approx(0.004 / (0.001 / 4 + 0.004))
+    assert memory_bound.cost(12) == pytest.approx(0.124)  # a size not seen: the line through those seen
+    for n, seconds in ((1, 0.035), (2, 0.050), (3, 0.051), (4, 0.057), (5, 0.096), (6, 0.090), (8, 0.078)):
+        compute_bound.observe(n, seconds)
+    assert compute_bound.extra(4, 1) == pytest.approx(0.039) and compute_bound.extra(4, 4) == pytest.approx(0.021)
+
+    def worth(acceptance: Acceptance, costs: StepCosts, sequences: int) -> int:
+        return acceptance.worth(16, costs.saved(sequences), lambda k: costs.extra(sequences, k))
+
+    assert compute_bound.saved(1) == 0.035  # alone: the whole step
+    assert compute_bound.saved(4) == pytest.approx(0.006)  # one of four: what its row adds (57 against 51 ms)
+    half, copying = Acceptance(1.0, 1.0), Acceptance(19.0, 1.0)  # right half the time; 95%
+    assert worth(half, memory_bound, 1) == 3  # then a token would be kept less than MIN_WORTH of the time
+    assert worth(half, compute_bound, 1) == 2  # a third token is nearly free (51 against 50 ms)
+    assert worth(copying, compute_bound, 1) == 16
+    assert worth(copying, compute_bound, 2) == 6  # 2 to 8 rows cost 28 ms; the 5.1 kept save 77
+    assert worth(half, compute_bound, 4) == 0 and worth(half, memory_bound, 4) == 0
+    assert worth(copying, memory_bound, 4) == 0  # a row costs what it saves: only latency would gain

@@ -28,7 +28,7 @@ from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
 from glm4_local.core.llama.logprobs import logprob_at
 from glm4_local.core.llama.prompt_cache import MIN_GAIN_TOKENS, MIN_SAVED_TOKENS, PromptDiskCache, read_state
 from glm4_local.core.llama.sampling import DecodeError, Sampler
-from glm4_local.core.llama.speculation import Drafter, SpeculationSettings, StepCosts
+from glm4_local.core.llama.speculation import Acceptance, Drafter, SpeculationSettings, StepCosts
 
 __all__ = ["DecodeAborted", "Decoder", "Job"]
 
@@ -95,7 +95,7 @@ class Decoder:
         self.drafted_tokens = 0  # speculation: tokens proposed by prompt lookup, and of those, accepted
         self.accepted_tokens = 0
         self.step_costs = StepCosts()  # what a drafted token costs here, against what an accepted one saves
-        self._break_even = 0.0
+        self.acceptance = Acceptance()  # what drafts earned lately, where a new job's drafting starts
         self._changed = False
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
         self._abort = threading.Event()  # set from another thread: the llama_decode under way stops
@@ -199,8 +199,6 @@ class Decoder:
             self._fail(added, f"llama.cpp could not evaluate the batch (code {status})")
             return True
         now = time.perf_counter()
-        if any(entry.draft for entry in added):
-            self._break_even = self.step_costs.break_even(sum(entry.output is not None for entry in added))
         for entry in added:
             slot = entry.slot
             if slot.job is not None and slot.job.echo_logprobs:
@@ -263,7 +261,7 @@ class Decoder:
             self._end(job, "error")
             return
         slot.job, slot.pending = job, job.prompt[keep:]
-        slot.drafter = Drafter(job.prompt, self.speculation) if self.speculation.enabled else None
+        slot.drafter = Drafter(job.prompt, self.speculation, self.acceptance) if self.speculation.enabled else None
         slot.used_at = job.started_at = time.perf_counter()
         job.evaluated_tokens = len(slot.pending)
         limit = self.slot_ctx - len(job.prompt)
@@ -312,14 +310,18 @@ class Decoder:
         added = []
         busy = sorted((s for s in self._slots if s.job is not None and s.pending),
                       key=lambda s: (len(s.pending) > 1, s.job.started_at))  # type: ignore[union-attr]
-        for slot in busy:
+        generating = sum(len(slot.pending) == 1 for slot in busy)
+        saved = self.step_costs.saved(generating) if self.speculation.enabled else 0.0
+        for order, slot in enumerate(busy):
             if n >= budget:
                 break
             scored = slot.job.echo_logprobs  # type: ignore[union-attr]
             take = min(len(slot.pending), budget - n, ECHO_CHUNK if scored else budget)
             tokens = slot.pending[:take]
             output = n + take - 1 if take == len(slot.pending) else None
-            draft = self._draft(slot, budget - n - take) if output is not None else []
+            # the step's size without further drafts: what is placed, and one token of each generating slot left
+            planned = n + take + max(0, generating - order - 1)
+            draft = self._draft(slot, budget - n - take, saved, planned) if output is not None else []
             position = len(slot.cached)
             for i, token in enumerate(tokens + draft):
                 batch.token[n + i] = token
@@ -332,14 +334,16 @@ class Decoder:
         batch.n_tokens = n
         return added
 
-    def _draft(self, slot: Slot, budget: int) -> list[int]:
+    def _draft(self, slot: Slot, budget: int, saved: float, planned: int) -> list[int]:
         """Prompt-lookup draft for a generating slot: never past max_new_tokens, the slot's context or
-        the batch, and cut at the first token its grammar refuses."""
+        the batch, as long as it pays in a step of `planned` tokens where an accepted token saves `saved`
+        seconds, and cut at the first token its grammar refuses."""
         job = slot.job
         if slot.drafter is None or job is None or not job.generated:
             return []
         room = min(job.max_new_tokens - len(job.generated) - 1, self.slot_ctx - len(slot.cached) - 2, budget)
-        draft = slot.drafter.draft(room)
+        costs = self.step_costs
+        draft = slot.drafter.draft(room, saved, lambda k: costs.extra(planned, k))
         if draft and slot.sampler is not None and slot.sampler.grammar is not None:
             draft = draft[: slot.sampler.grammar_allows(draft)]
         return draft
@@ -361,7 +365,7 @@ class Decoder:
             self.drafted_tokens += len(draft)
             self.accepted_tokens += accepted
             if slot.drafter is not None:
-                slot.drafter.record(len(draft), accepted, self._break_even)
+                slot.drafter.record(len(draft), accepted)
         if not job.generated:
             job.first_token_at = now
         job.last_token_at = now

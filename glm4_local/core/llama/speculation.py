@@ -11,13 +11,23 @@ without the draft, renormalised) and needs no extra random draw: each emitted to
 chain from the same logits as without speculation, so greedy output is identical token for token and a
 seeded sampled one draws the same sequence. Grammar, penalties and stops see exactly the tokens emitted.
 
-Auto: a draft length that doubles while drafts are taken whole and falls to what was accepted otherwise;
-when the moving average of the share accepted falls below MIN_RATE, no drafting for a pause that doubles
-each time (up to MAX_PAUSE tokens), so text that does not repeat itself costs (almost) nothing.
+Auto: a drafted token is worth sending only if it is accepted often enough to pay for its row. The k-th
+token of a draft is kept when all before it were, so with p the chance that a matched continuation's next
+token is right (estimated from this job's recent drafts, shadows included) it is kept with probability
+p^k and then saves the sequence a step; the draft's length is the one with the most expected gain against
+what the extra rows add to this step, both from what steps of each size cost here (StepCosts: on 2 cores a
+4-sequence step of 5 tokens can cost 70% more than one of 4, on a GPU nearly nothing). A step saved is worth
+the whole step to a sequence decoding alone; with several, aggregate speed counts, and a sequence that
+ends sooner takes only its row out of the steps the others still take (measured: drafts valued at a
+sequence's share of the step cost 4-8 streams 5-10% of their speed on random text).
+With none worth sending the continuation is kept as a shadow, scored against the tokens the sequence then
+generates at the cost of a lookup, so drafting resumes within a few tokens of a reply starting to quote its
+document, and text that does not repeat costs nothing. A job starts from what its decoder's recent drafts earned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +35,10 @@ import numpy as np
 NGRAM_MAX = 4
 NGRAM_MIN = 2
 DEFAULT_DRAFT_MAX = 16
-RATE_WEIGHT = 0.3  # of the latest draft in the moving average of acceptance
-MIN_RATE = 0.4  # below it drafting pauses: from the start, three drafts in a row of which nothing was accepted
-FIRST_PAUSE = 16  # tokens
-MAX_PAUSE = 512
+MEMORY = 0.9  # per drafted token scored: a job's estimate follows its last ~10 (a new reply can change fast)
+SHARED_MEMORY = 0.98  # the decoder-wide estimate follows its last ~50
+PRIOR = 4.0  # drafted tokens' worth of the decoder-wide estimate a new job starts from
+MIN_WORTH = 0.1  # a drafted token kept less often than this is never sent, whatever the step costs say
 
 
 @dataclass(frozen=True)
@@ -55,18 +65,54 @@ def speculation_of(mode: str, draft_max: int = DEFAULT_DRAFT_MAX) -> Speculation
     return SpeculationSettings(mode, draft_max)
 
 
+class Acceptance:
+    """How often the next token of a matched continuation was right: accepted tokens (hits) against drafts
+    that ended in a rejected token (misses), sums that forget old tokens at `memory` per token scored."""
+
+    def __init__(self, hits: float = 3.0, misses: float = 1.0, memory: float = SHARED_MEMORY) -> None:
+        self.hits, self.misses, self.memory = hits, misses, memory
+
+    @property
+    def p(self) -> float:
+        return self.hits / (self.hits + self.misses) if self.hits + self.misses > 0 else 1.0
+
+    def score(self, accepted: int, missed: bool) -> None:
+        for _ in range(accepted):
+            self.hits = self.memory * self.hits + 1.0
+            self.misses *= self.memory
+        if missed:
+            self.hits *= self.memory
+            self.misses = self.memory * self.misses + 1.0
+
+    def worth(self, limit: int, saved: float, extra_cost: Callable[[int], float]) -> int:
+        """The draft length (0 to `limit`) with the most expected gain: its k-th token is kept with
+        probability p^k and then saves `saved` seconds; k drafted tokens add extra_cost(k) to the step.
+        Never a token kept less often than MIN_WORTH."""
+        best, best_gain, kept, gained = 0, 0.0, 1.0, 0.0
+        for k in range(1, limit + 1):
+            kept *= self.p
+            if kept < MIN_WORTH:
+                break
+            gained += kept * saved
+            gain = gained - extra_cost(k)
+            if gain > best_gain:
+                best, best_gain = k, gain
+        return best
+
+
 class Drafter:
     """One job's context (prompt + generated) and its drafting state."""
 
-    def __init__(self, prompt: list[int], settings: SpeculationSettings) -> None:
+    def __init__(self, prompt: list[int], settings: SpeculationSettings, shared: Acceptance | None = None) -> None:
         self.draft_max = settings.draft_max
-        self.length = min(8, self.draft_max)  # the next draft's length, adapted to acceptance
+        self._shared = shared or Acceptance()
+        prior = self._shared.p
+        self.acceptance = Acceptance(PRIOR * prior, PRIOR * (1 - prior), MEMORY)
+        self.shadow: list[int] = []  # a draft not sent, scored against the tokens that follow
+        self._shadow_hits = 0
         self._tokens = np.empty(max(64, 2 * len(prompt)), dtype=np.int32)
         self._n = 0
         self.extend(prompt)
-        self.rate = 1.0  # the share of drafted tokens accepted, a moving average over drafts
-        self.pause = FIRST_PAUSE
-        self.paused_until = 0  # a context length: no drafting before it
 
     def extend(self, tokens: list[int]) -> None:
         end = self._n + len(tokens)
@@ -76,16 +122,32 @@ class Drafter:
             self._tokens = grown
         self._tokens[self._n : end] = tokens
         self._n = end
+        for token in tokens:
+            if not self.shadow:
+                break
+            hit = token == self.shadow[self._shadow_hits]
+            self._shadow_hits += hit
+            if hit and self._shadow_hits < len(self.shadow):
+                continue
+            self.record(len(self.shadow), self._shadow_hits)  # what sending it would have earned
+            self.shadow, self._shadow_hits = [], 0
 
-    def draft(self, room: int) -> list[int]:
-        """Up to min(length, room) tokens likely to follow the context; [] when paused or nothing matches."""
-        limit = min(self.length, room)
-        if limit <= 0 or self._n < self.paused_until:
+    def draft(self, room: int, saved: float = 1.0, extra_cost: Callable[[int], float] = lambda k: 0.0) -> list[int]:
+        """The tokens likely to follow the context worth sending (see the module's doc; never more than
+        `room` or draft_max); [] when nothing matches or none is worth it, and then the continuation
+        becomes the shadow, if none is being scored."""
+        limit = min(self.draft_max, room)
+        if limit <= 0 or self.shadow:
             return []
         start = self._latest_match(self._tokens[: self._n])
         if start is None:
             return []
-        return np.resize(self._tokens[start : self._n], limit).tolist()  # a copy at that offset repeats itself
+        continuation = np.resize(self._tokens[start : self._n], limit).tolist()  # a copy at that offset repeats
+        worth = self.acceptance.worth(limit, saved, extra_cost)
+        if worth:
+            return continuation[:worth]
+        self.shadow = continuation
+        return []
 
     @staticmethod
     def _latest_match(history: np.ndarray) -> int | None:
@@ -103,45 +165,54 @@ class Drafter:
                 best = int(found[-1])
         return None if best is None else best + 1
 
-    def record(self, drafted: int, accepted: int, min_rate: float = 0.0) -> None:
-        """Adapt to how much of a draft of `drafted` tokens was accepted; drafting pauses when the share
-        accepted falls below MIN_RATE or `min_rate` (what a drafted token must earn to pay for itself)."""
-        if accepted == drafted:
-            self.length = min(self.draft_max, max(2 * self.length, 1))
-        else:
-            self.length = max(1, accepted + 1)
-        self.rate = (1 - RATE_WEIGHT) * self.rate + RATE_WEIGHT * accepted / max(drafted, 1)
-        if self.rate >= max(MIN_RATE, min_rate):
-            if accepted:
-                self.pause = FIRST_PAUSE
-            return
-        self.paused_until = self._n + self.pause
-        self.pause = min(2 * self.pause, MAX_PAUSE)
-        self.rate = (1 + max(MIN_RATE, min_rate)) / 2  # a fresh, shorter chance after the pause
+    def record(self, drafted: int, accepted: int) -> None:
+        """Score a draft (sent or shadow) of which the first `accepted` of `drafted` tokens were right."""
+        missed = accepted < drafted
+        self.acceptance.score(accepted, missed)
+        self._shared.score(accepted, missed)
 
 
 class StepCosts:
-    """What a token costs in a generating step, learnt from the steps themselves: seconds ≈ base +
-    per_token × tokens, a least-squares fit that forgets old steps. A drafted token costs `per_token`;
-    accepted, it saves a token of a step without drafts (seconds / tokens of that step), so drafting
-    pays only while the share accepted exceeds their ratio: on a GPU or for a 9B on a laptop (bound by
-    reading the weights) a few percent, on a small CPU model decoding several sequences nearly all."""
+    """What a generating step of n tokens costs here, learnt from the steps themselves: a moving average per
+    size, and for sizes not seen yet a least-squares line (seconds ≈ base + per token × n) through the recent
+    steps. A line alone misleads: matrix kernels change with the batch (2 cores, 12 × 1024 q8_0: 4 tokens
+    57 ms, 5 tokens 96 ms, 8 tokens 78 ms), and a draft that tips the step over such a step costs its all."""
 
-    def __init__(self, memory: float = 0.97) -> None:
-        self.memory = memory
-        self._sums = np.zeros(5)  # weight, n, n², t, n·t
+    def __init__(self, memory: float = 0.9, line_memory: float = 0.97) -> None:
+        self.memory, self.line_memory = memory, line_memory
+        self._mean: dict[int, float] = {}
+        self._sums = np.zeros(5)  # of the line: weight, n, n², t, n·t
+        self._line: tuple[float, float] | None = None  # base, per token
 
     def observe(self, tokens: int, seconds: float) -> None:
-        self._sums = self.memory * self._sums + np.array([1.0, tokens, tokens**2, seconds, tokens * seconds])
-
-    def break_even(self, sequences: int) -> float:
-        """The share of drafted tokens that must be accepted for drafts to pay, with `sequences` generating;
-        0 until steps of different sizes have been seen."""
-        w, n, nn, t, nt = self._sums
+        old = self._mean.get(tokens)
+        self._mean[tokens] = seconds if old is None else self.memory * old + (1 - self.memory) * seconds
+        self._sums = self.line_memory * self._sums + np.array([1.0, tokens, tokens**2, seconds, tokens * seconds])
+        w, n, nn, t, nt = self._sums.tolist()
         spread = w * nn - n * n
-        if w < 4 or spread <= 1e-9 * max(w * nn, 1.0):
-            return 0.0
-        per_token = (w * nt - n * t) / spread
-        base = (t - per_token * n) / w
-        plain_token = base / max(sequences, 1) + per_token  # a token of a step without drafts
-        return float(min(1.0, max(0.0, per_token / plain_token))) if plain_token > 0 else 0.0
+        if w >= 4 and spread > 1e-9 * max(w * nn, 1.0):
+            per_token = (w * nt - n * t) / spread
+            self._line = ((t - per_token * n) / w, per_token)
+
+    def cost(self, tokens: int) -> float | None:
+        """Seconds a step of `tokens` tokens takes; None until a step of that size or a line is known."""
+        known = self._mean.get(tokens)
+        if known is not None:
+            return known
+        return None if self._line is None else self._line[0] + self._line[1] * tokens
+
+    def extra(self, tokens: int, more: int) -> float:
+        """What `more` tokens add to a step of `tokens`; 0 while either size is unknown."""
+        before, after = self.cost(tokens), self.cost(tokens + more)
+        return 0.0 if before is None or after is None else max(0.0, after - before)
+
+    def saved(self, sequences: int) -> float:
+        """What a generating sequence's accepted drafted token saves: to a sequence decoding alone the step
+        it no longer needs; with several, only what its row adds to a step (the others do not end sooner,
+        and a request waiting for its slot would be read the sooner only while the queue lasts). 1 while
+        unknown (then only the extra cost's 0 matters: drafts are tried)."""
+        plain = self.cost(sequences)
+        if plain is None or sequences <= 0:
+            return 1.0
+        fewer = self.cost(sequences - 1) if sequences > 1 else 0.0
+        return max(0.0, plain - fewer) if fewer is not None else plain / sequences
