@@ -187,7 +187,9 @@ class Decoder:
         seconds = time.perf_counter() - started
         self.decode_seconds += seconds
         self.decode_calls += 1
-        if all(entry.output is not None for entry in added):  # a generating step: no prompt in it
+        if all(entry.tokens == 1 and entry.output is not None for entry in added):
+            # a generating step, every row's logits computed (as a draft's are): what drafts are weighed by; a
+            # prompt's tokens cost far less (one row of logits), so steps reading one are not counted
             self.step_costs.observe(self.batch.n_tokens, seconds)
         self.decoded_tokens += self.batch.n_tokens
         if status == 2 and self._abort.is_set():
