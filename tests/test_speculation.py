@@ -16,6 +16,8 @@ from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.core.llama.decoder import Decoder, Job
 from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.core.llama.speculation import (
+    NGRAM_MAX,
+    NGRAM_MIN,
     Acceptance,
     Drafter,
     SpeculationSettings,
@@ -71,6 +73,29 @@ def test_a_draft_is_what_followed_the_latest_longest_match() -> None:
     assert Drafter([7, 7, 7, 7], SpeculationSettings()).draft(6) == [7] * 6  # a copy runs on into itself
     assert Drafter([1, 2, 3, 4, 3], SpeculationSettings()).draft(4) == []  # one token is no match
     assert Drafter([1, 2, 1, 2], SpeculationSettings("auto", 2)).draft(10) == [1, 2]  # length ≤ draft_max
+
+
+def test_drafts_follow_the_latest_longest_match_as_the_context_grows() -> None:
+    """The drafter's index of earlier n-grams, kept up as tokens come in runs of any length, finds what a scan
+    of the whole context finds (small vocabularies: matches everywhere, of every length)."""
+
+    def scanned(tokens: list[int], limit: int) -> list[int]:
+        for n in range(NGRAM_MAX, NGRAM_MIN - 1, -1):
+            for end in range(len(tokens) - 2, n - 2, -1):  # earlier occurrences, the latest first
+                if len(tokens) > n and tokens[end - n + 1 : end + 1] == tokens[-n:]:
+                    follows = tokens[end + 1 :]
+                    return [follows[i % len(follows)] for i in range(limit)]
+        return []
+
+    rng = random.Random(7)
+    for vocabulary in (2, 3, 5, 40):
+        tokens = [rng.randrange(vocabulary) for _ in range(rng.randrange(1, 12))]
+        drafter = Drafter(tokens, SpeculationSettings("auto", 6), Acceptance(1.0, 0.0))  # p = 1: drafts sent whole
+        for _ in range(60):
+            assert drafter.draft(6) == scanned(tokens, 6)
+            more = [rng.randrange(vocabulary) for _ in range(rng.randrange(1, 5))]
+            drafter.extend(more)
+            tokens += more
 
 
 def costing(share: float) -> Callable[[int], float]:

@@ -181,7 +181,7 @@ def _serve_while_loading(facts: ModelFacts, decoding: str, loading: _Loading, em
     from glm4_local.frontends.tool_setup import server_tools
     from glm4_local.server.app import Loaded, ServerState, create_app
     from glm4_local.server.request_log import LineWriter
-    from glm4_local.server.scheduler import Scheduler
+    from glm4_local.server.scheduler import HAND_OVER_SECONDS, Scheduler
     from glm4_local.server.timeouts import MAX_CONNECTIONS, timed_protocol
 
     if warning := exposure_warning(options.host, options.api_key):
@@ -210,7 +210,8 @@ def _serve_while_loading(facts: ModelFacts, decoding: str, loading: _Loading, em
     def load() -> None:
         try:
             loaded = loading.take()
-            scheduler = Scheduler(loaded, options.max_queue)
+            # tokens from engines come over HTTP, no llama_decode here waits on the event loop: handed over at once
+            scheduler = Scheduler(loaded, options.max_queue, 0.0 if options.engines else HAND_OVER_SECONDS)
             scheduler.start()
             state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts), embedder)
             if options.engines:
