@@ -60,7 +60,9 @@ def timed_stream(server: Server, messages: list[dict[str, str]], max_tokens: int
 
 
 def http_against_bare(path: Path, workdir: Path, n_tokens: int, rounds: int, threads: int) -> dict[str, float]:
-    server = Server(path, workdir, "--ctx", str(CTX), "--threads", str(threads))
+    # without speculation, as the bare loop: this measures what HTTP and the server add to decoding (the scripted
+    # model's reply repeats itself, which speculation would turn into a 2x "gain" over the bare loop)
+    server = Server(path, workdir, "--ctx", str(CTX), "--threads", str(threads), "--speculate", "off")
     baseline = BareDecoder(path, CTX, threads)
     messages = [{"role": "user", "content": QUESTION}]
     try:
