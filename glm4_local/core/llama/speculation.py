@@ -111,8 +111,9 @@ class Drafter:
         self._shadow_hits = 0
         self._tokens: list[int] = []
         # per n-gram size (NGRAM_MAX down to NGRAM_MIN): n tokens → where their latest occurrence ends, for the
-        # n-grams ending before the last token (a lookup then finds only earlier occurrences); a dict's lookup
-        # per token, where a scan of the context cost ~40 µs a token (2% of a small model's step)
+        # n-grams ending before the last token (a lookup then finds only earlier occurrences): ~2 µs a token at
+        # any length, where a scan of the context cost ~10 µs at 150 tokens and grew with it; ~400 bytes a
+        # token of context (1% of GLM-4-9B's f16 KV cache)
         self._latest: list[dict[tuple[int, ...], int]] = [{} for _ in NGRAM_SIZES]
         self.extend(prompt)
 
