@@ -69,9 +69,9 @@ def test_weight_repacking_is_off_on_amx_cpus_unless_asked(monkeypatch: pytest.Mo
 def test_llama_cpp_puts_the_weights_where_the_choice_says(make_gguf: Callable[..., Path],
                                                           monkeypatch: pytest.MonkeyPatch, chosen: str) -> None:
     """Loaded, not run (a q8_0 decode in llama.cpp's AMX buffer is what crashes where it crashes). q4_0: the type
-    llama.cpp repacks on AVX2, NEON and AMX alike (q8_0 it leaves alone on AVX2 without AMX)."""
+    llama.cpp repacks on AVX2, ARM's dot products and AMX alike (q8_0 it leaves alone on AVX2 without AMX)."""
     info = door.system_info()
-    if "REPACK = 1" not in info or not re.search(r"\b(AVX2|NEON|AMX_INT8) = 1", info):
+    if "REPACK = 1" not in info or not re.search(r"\b(AVX2|DOTPROD|MATMUL_INT8|AMX_INT8) = 1", info):
         pytest.skip("this llama.cpp build or CPU has no extra CPU buffer for q4_0 weights")
     model = make_gguf("q4_0", shape=factory.Shape(n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512))
     monkeypatch.setenv(door.REPACK_ENV, chosen)
