@@ -4,7 +4,7 @@ interleaved; every figure a ratio measured in this run.
 1. plain decoding: aggregate tokens/s of 1, 4 and 8 concurrent greedy requests of 128 tokens on q8_0
    models with GLM-4's real 151,552-token vocabulary (4 layers × 512 and 12 × 1024; `--small`: the first
    alone), both servers at their defaults, and each with flash attention off; every cell where glm4-local
-   at its defaults is below llama-server at its defaults is named;
+   at its defaults is below llama-server at its defaults is named (ratios: medians of the rounds' ratios);
 2. speculation (prompt lookup): a scripted model that repeats a 120-token passage of its prompt, and a
    random model asked to continue text already in its prompt; glm4-local with `--speculate auto` and
    `off`, llama-server with `--spec-type ngram-simple` and without.
@@ -79,8 +79,8 @@ def rate(ask: Ask, prompts: list[list[dict[str, str]]], n: int) -> float:
 
 
 def compare(servers: dict[str, tuple[Callable[[], object], Ask]], prompts: Callable[[int], list[list[dict[str, str]]]],
-            widths: list[int], rounds: int, n: int) -> dict[tuple[str, int], float]:
-    """Median tokens/s per (server, width), rounds interleaved across servers so noise hits all alike."""
+            widths: list[int], rounds: int, n: int) -> dict[tuple[str, int], list[float]]:
+    """Tokens/s of each round per (server, width), rounds interleaved across servers so noise hits all alike."""
     rates: dict[tuple[str, int], list[float]] = {}
     try:
         for _, ask in servers.values():
@@ -92,7 +92,13 @@ def compare(servers: dict[str, tuple[Callable[[], object], Ask]], prompts: Calla
     finally:
         for stop, _ in servers.values():
             stop()
-    return {key: statistics.median(values) for key, values in rates.items()}
+    return rates
+
+
+def paired(ours: list[float], theirs: list[float]) -> float:
+    """The median of the rounds' ratios: each round's two measurements are seconds apart, so the machine's
+    drift over the run (±20% here in minutes) cancels, where a ratio of medians would keep it."""
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
 
 
 def stories(width: int) -> list[list[dict[str, str]]]:
@@ -112,11 +118,13 @@ def plain(binary: Path, folder: Path, shapes: list[factory.Shape], rounds: int) 
         result = compare(servers, stories, list(WIDTHS), rounds, TOKENS)
         short = []
         for width in WIDTHS:
-            ratio = result[("glm4-local", width)] / result[("llama-server", width)]
-            off = result[("glm4-local --no-flash-attn", width)] / result[("llama-server -fa off", width)]
-            line = ", ".join(f"{n} {result[(n, width)]:.1f}" for n in servers)
-            print(f"{name}, {width} stream(s), tok/s: {line}; glm4-local/llama-server {ratio:.2f} (defaults), "
-                  f"{off:.2f} (both without flash attention)")
+            ratio = paired(result[("glm4-local", width)], result[("llama-server", width)])
+            off = paired(result[("glm4-local --no-flash-attn", width)], result[("llama-server -fa off", width)])
+            plain_only = paired(result[("glm4-local --speculate off", width)], result[("llama-server", width)])
+            line = ", ".join(f"{n} {statistics.median(result[(n, width)]):.1f}" for n in servers)
+            print(f"{name}, {width} stream(s), tok/s (medians): {line}; glm4-local/llama-server {ratio:.3f} "
+                  f"(defaults), {off:.2f} (both without flash attention), {plain_only:.2f} "
+                  "(glm4-local --speculate off; each a median of the rounds' ratios)")
             if ratio < 1.0:
                 short.append(f"{name} × {width}")
         print(f"{name}: below llama-server at defaults: {', '.join(short) or 'none'}")
