@@ -41,6 +41,7 @@ def test_this_machine_is_what_llama_cpp_says() -> None:
     assert here.cores >= 1 and here.threads() == here.cores and here.threads(3) == 3
     settings = here.context_settings(512, None)
     assert (settings.n_batch, settings.n_ubatch, settings.threads, settings.kv_unified) == (512, 512, here.cores, True)
+    assert not here.context_settings(512, 2, slots=4).kv_unified  # several slots: a KV buffer each, as llama-server
     total, available = ram()
     assert total and (available is None or 0 < available <= total)
 

@@ -130,6 +130,37 @@ def test_a_hostile_entry_is_never_loaded_and_never_stops_the_chat(model: Path, t
     assert cleared.exit_code == 0 and "removed" in cleared.stdout, cleared.stdout + cleared.stderr
 
 
+def answer_in_slot(model: Path, folder: Path, prompt: list[int], slots: int, slot: int) -> Job:
+    """One greedy answer in slot `slot` of a fresh runtime of `slots` slots (a KV buffer each when several, one
+    when alone), its disk cache in `folder`."""
+    options = RuntimeOptions(ctx=4096, threads=2, prompt_cache=folder)
+    decoder = load_runtime(ModelFacts.read(model), options, slots=slots).decoder
+    assert decoder.kv_unified == (slots == 1)
+    before = [Job([1 + i, 2, 3], GREEDY, 1, frozenset()) for i in range(slot)]  # the slots before it, used
+    job = Job(list(prompt), GREEDY, 12, frozenset())
+    for batch in (before, [job]):
+        for queued in batch:
+            decoder.submit(queued)
+        while decoder.has_work():
+            decoder.step()
+    assert decoder.disk is not None
+    decoder.disk.close()
+    decoder.close()
+    return job
+
+
+@pytest.mark.parametrize(("written", "read"), [((1, 0), (4, 2)), ((4, 3), (1, 0)), ((4, 1), (3, 2))])
+def test_an_entry_loads_whatever_kv_layout_wrote_it(model: Path, tmp_path: Path, written: tuple[int, int],
+                                                     read: tuple[int, int]) -> None:
+    """A chat (one slot, one KV buffer) and a server (a buffer a slot) keep their entries in one layout, so each
+    loads what the other saved, into any slot, and answers as from the prompt read."""
+    prompt = long_prompt()
+    first = answer_in_slot(model, tmp_path, prompt, *written)
+    assert first.evaluated_tokens == len(prompt) and len(entries_on_disk(tmp_path)) == 1
+    again = answer_in_slot(model, tmp_path, prompt, *read)
+    assert again.evaluated_tokens == 1 and again.generated == first.generated
+
+
 def test_another_models_entries_are_not_used(model: Path, make_gguf: Callable[..., Path], tmp_path: Path) -> None:
     prompt = long_prompt()
     answer(model, tmp_path, prompt)

@@ -62,6 +62,21 @@ def test_24_concurrent_clients_get_exactly_their_answers(random_server: Server) 
     assert after["glm4_local_slots_busy"] == 0 and after["glm4_local_queue_waiting"] == 0
 
 
+def test_one_kv_buffer_for_all_slots_answers_the_same(random_server: Server, make_gguf: Callable[..., Path],
+                                                      tmp_path: Path) -> None:
+    """`--kv-unified` (llama-server's flag): the slots share one KV buffer instead of a buffer each, said at
+    start-up; concurrent clients get what the default layout gives them."""
+    assert not any("one KV buffer" in line for line in random_server.output)
+    shared = Server(make_gguf("f32"), tmp_path, "--ctx", "2048", "--parallel", "4", "--kv-unified")
+    try:
+        assert any(line.startswith("serving ") and "one KV buffer for all slots" in line for line in shared.output)
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda i: ask(shared, i), range(8)))
+    finally:
+        shared.stop()
+    assert together == [ask(random_server, i) for i in range(8)]
+
+
 def check_weather(arguments: dict[str, Any]) -> None:
     assert set(arguments) == {"city", "days"} and arguments["city"] in ("Paris", "Berlin")
     assert isinstance(arguments["days"], int)

@@ -82,14 +82,15 @@ def prompt_cache(facts: ModelFacts, options: RuntimeOptions, notify: Callable[[s
 
 
 def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
-                 notify: Callable[[str], None] = lambda message: None) -> ChatRuntime:
-    """The model and a decoder of `slots` sequences, each with the context the options give."""
+                 notify: Callable[[str], None] = lambda message: None, shared_kv: bool = False) -> ChatRuntime:
+    """The model and a decoder of `slots` sequences, each with the context the options give (and a KV buffer
+    of its own unless `shared_kv`)."""
     n_ctx = options.context_size(facts.hparams.context_length)
     device = this_machine()
     model = door.load_model(facts.path, header=facts.header, n_gpu_layers=device.gpu_layers(options.gpu_layers),
                             use_mmap=options.mmap, use_mlock=options.mlock)
     vocab = Vocabulary(model, facts.family)
-    settings = device.context_settings(options.batch, options.threads)
+    settings = device.context_settings(options.batch, options.threads, 1 if shared_kv else slots)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, settings=settings,
                       flash_attn=options.flash_attention, type_k=options.cache_type_k, type_v=options.cache_type_v,
                       disk=prompt_cache(facts, options, notify, vocab), speculation=options.speculation)

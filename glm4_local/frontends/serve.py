@@ -133,8 +133,9 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
         load = functools.partial(_engine_runtime, facts, options, warn)
     else:
         plan = plan_serving(model_path, runtime, warn, options.parallel, AUTO_SLOTS)
-        facts, decoding = plan.facts, _local_decoding(plan)
-        load = functools.partial(load_runtime, plan.facts, plan.options, slots=plan.context.slots)
+        facts, decoding = plan.facts, _local_decoding(plan, options.kv_unified)
+        load = functools.partial(load_runtime, plan.facts, plan.options, slots=plan.context.slots,
+                                 shared_kv=options.kv_unified)
     # loaded first, alone: llama-cpp-python silences the whole process while a Llama loads
     embedder = Embedder(options.embedding_model, runtime.threads) if options.embedding_model else None
     loading = _Loading(load)
@@ -146,9 +147,10 @@ def serve(model_path: Path, runtime: RuntimeOptions, options: ServeOptions, say:
             embedder.close()
 
 
-def _local_decoding(plan: ModelPlan) -> str:
+def _local_decoding(plan: ModelPlan, shared_kv: bool) -> str:
+    shared = ", one KV buffer for all slots" if shared_kv and plan.context.slots > 1 else ""
     return (f"{plan.context.slots} slot(s) × {plan.n_ctx:,} tokens of context, KV cache "
-            f"{size_text(plan.kv_cache_bytes)}{', flash attention' if plan.options.flash_attention else ''}")
+            f"{size_text(plan.kv_cache_bytes)}{shared}{', flash attention' if plan.options.flash_attention else ''}")
 
 
 # what the engines' own flags decide when serve decodes on engines: these are not used then

@@ -45,6 +45,10 @@ class ServeOptions:
     parallel: int = field(default=0, metadata=flag(
         "--parallel", f"Requests decoded together (each slot keeps its own context and prompt cache); 0: up to "
         f"{AUTO_SLOTS} where memory holds each the full context, else 1.", min=0, max=64))
+    kv_unified: bool = field(default=False, metadata=flag(
+        "--kv-unified", "One KV buffer for all slots (llama-server's --kv-unified): a new request takes a prefix "
+        "another slot holds without copying it. Default: a buffer per slot, each slot's attention over its own "
+        "cells only (faster).", None))
     max_queue: int = field(default=DEFAULT_MAX_QUEUE, metadata=flag(
         "--max-queue", "Requests that may wait for a slot; more get 503 with Retry-After.", min=1))
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=flag(

@@ -1,8 +1,9 @@
 """Continuous batching on llama.cpp: many sequences decoded together, each sampled by llama.cpp's sampler chain.
 
-One context holds `slots` sequences, each with up to `slot_ctx` tokens in the shared KV cache. Every `step()` is one
-`llama_decode` whose batch carries the next token of every sequence that is generating, then chunks
-of prompts waiting to be evaluated; each sequence is then sampled by its own C sampler chain. Behind
+One context holds `slots` sequences, each with up to `slot_ctx` tokens in a KV buffer of its own (or, asked for,
+one buffer they share). Every `step()` is one `llama_decode` whose batch carries the next token of every
+sequence that is generating, then chunks of prompts waiting to be evaluated (laid out as core/llama/
+batch_layout.py says); each sequence is then sampled by its own C sampler chain. Behind
 a generating sequence's token the batch may carry a prompt-lookup draft (core/llama/speculation.py):
 the tokens the model confirms are kept, the rest leave the KV cache before the step ends. A job
 goes to the free slot whose cache shares the longest prefix with its prompt (when that reuses most of
@@ -18,11 +19,11 @@ import collections
 import contextlib
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import gguf
 
+from glm4_local.core.llama.batch_layout import Placed, Planned, fillers, lay_out
 from glm4_local.core.llama.device import ContextSettings
 from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
 from glm4_local.core.llama.logprobs import logprob_at
@@ -35,19 +36,6 @@ __all__ = ["DecodeAborted", "Decoder", "Job"]
 ECHO_CHUNK = 256  # prompt tokens a batch reads of a job scoring its prompt: each keeps a row of logits (the
 # vocabulary's floats, 0.6 MB for GLM-4), so a 2,048-token batch would hold 1.2 GB of them
 SHARE_MIN_TOKENS = 32  # a prefix another slot holds is shared with a new job from this many tokens more on
-
-
-@dataclass(eq=False)
-class _Added:
-    """What one slot put into a batch: `tokens` from its pending ones (from batch index `start`), then its
-    `draft`; `output`: the batch index of the first logits it samples from (None while a prompt is still
-    being read)."""
-
-    slot: Slot
-    start: int
-    tokens: int
-    output: int | None
-    draft: list[int] = field(default_factory=list)
 
 
 class Decoder:
@@ -97,6 +85,7 @@ class Decoder:
         self.step_costs = StepCosts()  # what a drafted token costs here, against what an accepted one saves
         self.acceptance = Acceptance()  # what drafts earned lately, where a new job's drafting starts
         self._changed = False
+        self._copying: set[int] = set()  # sequences whose buffers a queued copy reads or writes (see _copy_prefix)
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
         self._abort = threading.Event()  # set from another thread: the llama_decode under way stops
         self._abort_callback = ll.ggml_abort_callback(lambda _: self._abort.is_set())  # kept referenced
@@ -173,7 +162,7 @@ class Decoder:
         """One llama_decode over every active sequence; False when there was nothing to do. `abortable`:
         request_abort() from another thread stops the decode inside llama.cpp (DecodeAborted)."""
         self.prepare()
-        added = self._fill_batch()
+        added, filler_slots = self._fill_batch()
         if not added:
             return False
         started = time.perf_counter()
@@ -185,13 +174,17 @@ class Decoder:
             if abortable:  # only while asked: the callback costs a Python call per graph node
                 self._ll.llama_set_abort_callback(self.ctx, self._ll.ggml_abort_callback(), None)
         seconds = time.perf_counter() - started
+        for slot in filler_slots:  # a filler's cell was only there to keep the step one pass
+            self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
+        if status >= 0:  # llama.cpp has applied the queued copies between buffers (it does before computing)
+            self._copying.clear()
         self.decode_seconds += seconds
         self.decode_calls += 1
         if all(entry.tokens == 1 and entry.output is not None for entry in added):
             # a generating step, every row's logits computed (as a draft's are): what drafts are weighed by; a
             # prompt's tokens cost far less (one row of logits), so steps reading one are not counted
             self.step_costs.observe(self.batch.n_tokens, seconds)
-        self.decoded_tokens += self.batch.n_tokens
+        self.decoded_tokens += self.batch.n_tokens - len(filler_slots)
         if status == 2 and self._abort.is_set():
             self._abort.clear()
             for entry in added:  # what the aborted batch left in the cache is not the slot's
@@ -253,9 +246,7 @@ class Decoder:
         del slot.cached[keep:]
         slot.on_disk = min(slot.on_disk, keep)
         if not job.echo_logprobs:
-            keep = self._share(slot, job.prompt, keep)
-        if self.disk is not None and not job.echo_logprobs and len(job.prompt) - 1 - keep >= MIN_GAIN_TOKENS:
-            keep = self._load_from_disk(slot, job.prompt, keep)
+            keep = self._take_prefix(slot, job.prompt, keep)
         try:
             slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling)
         except Exception as e:  # a value llama.cpp refuses must end this job, never the loop
@@ -269,72 +260,89 @@ class Decoder:
         limit = self.slot_ctx - len(job.prompt)
         job.max_new_tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else limit
 
-    def _share(self, slot: Slot, prompt: list[int], keep: int) -> int:
-        """Copy into the slot the longest prefix of the prompt another slot holds (users with the same system
-        prompt and tools), when that beats what it keeps; the tokens now kept. In the one buffer all slots
-        share, a copy only marks the cells as the slot's too: nothing is read again, nothing duplicated."""
-        if not self.kv_unified:
-            return keep
-        limit = len(prompt) - 1  # the last one gives logits
-        shared = {id(s): min(common_prefix(s.cached, prompt), limit) for s in self._slots if s is not slot}
-        donor = max((s for s in self._slots if s is not slot), key=lambda s: shared[id(s)], default=None)
-        if donor is None or shared[id(donor)] < keep + SHARE_MIN_TOKENS:
-            return keep
-        count = shared[id(donor)]
-        self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
-        self._ll.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, 0, count)
+    def _take_prefix(self, slot: Slot, prompt: list[int], keep: int) -> int:
+        """Give the slot the longest prefix of the prompt to be had without reading it, another slot's (users
+        with the same system prompt and tools) or the disk's, when that beats the `keep` tokens it holds; the
+        tokens it holds then."""
+        donor, shared = self._donor(slot, prompt)
+        if shared < keep + SHARE_MIN_TOKENS:
+            donor, shared = None, keep
+        # a buffer with a copy pending is neither written nor read until the next decode applies the copy
+        if self.disk is not None and len(prompt) - 1 - shared >= MIN_GAIN_TOKENS and slot.seq not in self._copying:
+            restored = self.disk.restore(self._ll, self.ctx, self.memory, slot.seq, prompt, shared, *self._stream(slot))
+            if restored is not None:  # [] when llama.cpp refused the entry and the slot was emptied
+                slot.cached, slot.on_disk = restored, len(restored)
+                if restored or donor is None:
+                    return len(restored)
+        return self._copy_prefix(slot, donor, shared) if donor is not None else keep
+
+    def _donor(self, slot: Slot, prompt: list[int]) -> tuple[Slot | None, int]:
+        """The other slot holding the longest prefix of the prompt, and how many tokens of it (not the last
+        one, which gives logits)."""
+        limit, donor, count = len(prompt) - 1, None, 0
+        for other in self._slots:
+            shared = min(common_prefix(other.cached, prompt), limit) if other is not slot else 0
+            if shared > count:
+                donor, count = other, shared
+        return donor, count
+
+    def _copy_prefix(self, slot: Slot, donor: Slot, count: int) -> int:
+        """The donor's first `count` tokens as the slot's. In the one buffer all slots share, a copy only marks
+        the cells as the slot's too: nothing is read again, nothing duplicated. Between buffers of their own,
+        llama.cpp copies the whole buffer at the start of the next llama_decode (no call applies it sooner),
+        and the slot keeps the prefix's part."""
+        ll = self._ll
+        ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
+        if self.kv_unified:
+            ll.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, 0, count)
+        else:
+            ll.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, -1, -1)
+            ll.llama_memory_seq_rm(self.memory, slot.seq, count, -1)
+            self._copying.update((donor.seq, slot.seq))
         slot.cached, slot.on_disk = donor.cached[:count], 0
         return count
-
-    def _load_from_disk(self, slot: Slot, prompt: list[int], keep: int) -> int:
-        """Fill the slot from the disk entry sharing the longest prefix with the prompt, when that beats
-        what it holds; the tokens now kept."""
-        assert self.disk is not None
-        restored = self.disk.restore(self._ll, self.ctx, self.memory, slot.seq, prompt, keep)
-        if restored is not None:
-            slot.cached = restored
-            slot.on_disk = keep = len(restored)
-        return keep
 
     def _save_to_disk(self, slot: Slot) -> None:
         """Keep what the slot holds on disk once it has read MIN_SAVED_TOKENS more than the disk has: a
         long prompt read once is saved, and a long conversation every few thousand tokens (not every
         turn: an entry of a 9B model's 32K tokens is over a GiB)."""
-        if self.disk is None or len(slot.cached) - slot.on_disk < MIN_SAVED_TOKENS:
+        if self.disk is None or len(slot.cached) - slot.on_disk < MIN_SAVED_TOKENS or slot.seq in self._copying:
             return
-        self.disk.save(list(slot.cached), read_state(self._ll, self.ctx, slot.seq))
-        slot.on_disk = len(slot.cached)
+        state = read_state(self._ll, self.ctx, slot.seq, *self._stream(slot))
+        if state is not None:
+            self.disk.save(list(slot.cached), state)
+            slot.on_disk = len(slot.cached)
 
-    def _fill_batch(self) -> list[_Added]:
-        """What each busy slot puts into the batch: generating slots first, each its next token and a
-        draft behind it, then chunks of prompts being read."""
-        batch, budget, n = self.batch, self.n_batch, 0
-        added = []
+    def _stream(self, slot: Slot) -> tuple[int, int]:
+        """(KV buffers in the context, the slot's one): one shared, or a buffer each, numbered as the slots."""
+        return (1, 0) if self.kv_unified else (len(self._slots), slot.seq)
+
+    def _fill_batch(self) -> tuple[list[Placed], list[Slot]]:
+        """What each busy slot puts into the batch (generating slots first, each its next token and a draft
+        behind it, then chunks of prompts being read), laid out by sequence; and the filler rows' slots."""
+        budget, n = self.n_batch, 0
+        planned: list[Planned] = []
         busy = sorted((s for s in self._slots if s.job is not None and s.pending),
                       key=lambda s: (len(s.pending) > 1, s.job.started_at))  # type: ignore[union-attr]
         generating = sum(len(slot.pending) == 1 for slot in busy)
         saved = self.step_costs.saved(generating) if self.speculation.enabled else 0.0
+        if not (self.kv_unified or generating == 1):
+            # with a buffer per sequence a draft beside another sequence's token is a compute pass of its own: none
+            # is sent (a draft saving nothing is only scored, as a shadow)
+            saved = 0.0
         for order, slot in enumerate(busy):
             if n >= budget:
                 break
             scored = slot.job.echo_logprobs  # type: ignore[union-attr]
             take = min(len(slot.pending), budget - n, ECHO_CHUNK if scored else budget)
-            tokens = slot.pending[:take]
-            output = n + take - 1 if take == len(slot.pending) else None
+            samples = take == len(slot.pending)
             # the step's size without further drafts: what is placed, and one token of each generating slot left
-            planned = n + take + max(0, generating - order - 1)
-            draft = self._draft(slot, budget - n - take, saved, planned) if output is not None else []
-            position = len(slot.cached)
-            for i, token in enumerate(tokens + draft):
-                batch.token[n + i] = token
-                batch.pos[n + i] = position + i
-                batch.n_seq_id[n + i] = 1
-                batch.seq_id[n + i][0] = slot.seq
-                batch.logits[n + i] = scored or (output is not None and n + i >= output)
-            added.append(_Added(slot, n, take, output, draft))
+            planned_size = n + take + max(0, generating - order - 1)
+            draft = self._draft(slot, budget - n - take, saved, planned_size) if samples else []
+            planned.append(Planned(slot, take, draft, samples, scored))
             n += take + len(draft)
-        batch.n_tokens = n
-        return added
+        filler_slots = [] if self.kv_unified else fillers(planned, self._slots, self.slot_ctx, budget - n)
+        return lay_out(self.batch, planned, filler_slots), filler_slots
 
     def _draft(self, slot: Slot, budget: int, saved: float, planned: int) -> list[int]:
         """Prompt-lookup draft for a generating slot: never past max_new_tokens, the slot's context or
@@ -350,7 +358,7 @@ class Decoder:
             draft = draft[: slot.sampler.grammar_allows(draft)]
         return draft
 
-    def _sample(self, entry: _Added, now: float) -> None:
+    def _sample(self, entry: Placed, now: float) -> None:
         """Sample the slot's next token and verify its draft: every drafted position is sampled in order
         while the token sampled equals the draft (see core/llama/speculation.py); the cache keeps what
         was accepted, and the tokens go to the job one by one as without speculation."""
@@ -379,7 +387,7 @@ class Decoder:
                 return
         slot.pending = [tokens[-1]]
 
-    def _score_prompt(self, entry: _Added) -> None:
+    def _score_prompt(self, entry: Placed) -> None:
         """The log-probability of each prompt token the batch's logits predict (the token after each one read)."""
         slot, job = entry.slot, entry.slot.job
         assert job is not None
@@ -416,7 +424,7 @@ class Decoder:
                 slot.job.error = message
                 self._finish(slot, "error")
 
-    def _fail(self, added: list[_Added], message: str) -> None:
+    def _fail(self, added: list[Placed], message: str) -> None:
         for slot in (entry.slot for entry in added):
             self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)  # whatever half-happened is gone
             slot.cached.clear()

@@ -117,21 +117,26 @@ class PromptDiskCache:
                 best = (entry, shared)
         return best
 
-    def state_of(self, entry: Entry) -> bytearray | None:
-        """The entry's state bytes, checked whole; None (with a note) when the file is damaged."""
+    def state_of(self, entry: Entry, streams: int = 1, stream: int = 0) -> bytearray | None:
+        """The entry's state bytes, checked whole, laid out for a context of `streams` KV buffers whose
+        buffer `stream` is the sequence's (see in_streams); None (with a note) when the file is damaged."""
         parsed = read_header(entry.path)
         if parsed is None:
             return None
         header, offset = parsed
+        size = header["state_bytes"]
         try:
             with open_regular(entry.path, follow_links=False) as file:
+                whole = offset + 4 * header["n_tokens"] + size == os.fstat(file.fileno()).st_size
+                state = bytearray(size + 4 * (streams - 1) if whole else 0)  # never what a header merely claims
+                view = memoryview(state)[4 * stream: 4 * stream + size]
                 file.seek(offset)
                 tokens = file.read(4 * header["n_tokens"])
-                state = bytearray(file.read())
+                got = file.readinto(view) if whole else -1
         except (OSError, FileTextError):
             return None
-        if (len(state) != header["state_bytes"] or tokens != entry.tokens.tobytes()
-                or zlib.crc32(state, zlib.crc32(tokens)) != header["crc32"]):
+        if (got != size or tokens != entry.tokens.tobytes() or zlib.crc32(view, zlib.crc32(tokens)) != header["crc32"]
+                or size < STATE_HEAD + 4 or STREAM_COUNT.unpack_from(view, STATE_HEAD)[0] != 1):
             self.notify(f"prompt cache: {entry.path.name} is damaged (truncated or changed); ignored, the "
                         "prompt is read again")
             with contextlib.suppress(OSError):
@@ -139,14 +144,16 @@ class PromptDiskCache:
             return None
         with contextlib.suppress(OSError):
             os.utime(entry.path)  # recently used: evicted last
-        return state
+        return in_streams(state, streams, stream)
 
-    def restore(self, ll: Any, ctx: Any, memory: Any, seq: int, prompt: Sequence[int], have: int) -> list[int] | None:
-        """Load into sequence `seq` the entry sharing the longest prefix with `prompt` (if it beats the
-        `have` tokens the sequence holds), trimmed to that prefix; the tokens it now holds. None: nothing
-        better, or a damaged or refused entry (the sequence is then emptied, to be read again)."""
+    def restore(self, ll: Any, ctx: Any, memory: Any, seq: int, prompt: Sequence[int], have: int,
+                streams: int = 1, stream: int = 0) -> list[int] | None:
+        """Load into sequence `seq` (in KV buffer `stream` of `streams`) the entry sharing the longest prefix
+        with `prompt` (if it beats the `have` tokens the sequence holds), trimmed to that prefix; the tokens it
+        now holds. None: nothing better, or a damaged or refused entry (the sequence is then emptied, to be
+        read again)."""
         found = self.best(prompt, have)
-        state = self.state_of(found[0]) if found else None
+        state = self.state_of(found[0], streams, stream) if found else None
         if found is None or state is None:
             return None
         entry, shared = found
@@ -268,16 +275,49 @@ def evict(folder: Path, max_bytes: int) -> list[Path]:
     return removed
 
 
-def read_state(ll: Any, ctx: Any, seq: int) -> bytearray:
-    """A sequence's KV state, as llama.cpp serializes it."""
+def read_state(ll: Any, ctx: Any, seq: int, streams: int = 1, stream: int = 0) -> memoryview | None:
+    """A sequence's KV state, as llama.cpp serializes it in a context of one KV buffer (what entries hold,
+    whatever context wrote or reads them; see in_streams); None if it is not one sequence's."""
     size = int(ll.llama_state_seq_get_size(ctx, seq))
     buffer = bytearray(size)
     view = (ctypes.c_uint8 * size).from_buffer(buffer)
     written = int(ll.llama_state_seq_get_data(ctx, view, size, seq))
-    return buffer[:written]
+    return one_stream(buffer, written, streams, stream)
 
 
 def write_state(ll: Any, ctx: Any, seq: int, state: bytearray) -> bool:
     """Load a state into a sequence; False when llama.cpp refuses it (another layout, no room)."""
     view = (ctypes.c_uint8 * len(state)).from_buffer(state)
     return int(ll.llama_state_seq_set_data(ctx, view, len(state), seq)) == len(state)
+
+
+# llama.cpp's state of a sequence: a magic number and the sequence's id (8 bytes), its context's count of KV
+# buffers, then each buffer's count of the sequence's cells (their positions, keys and values follow that
+# count): zero for every buffer but the sequence's own. Entries hold it as a context of one buffer writes it,
+# so that a chat's entry loads into a server with a buffer a slot and back (llama.cpp refuses another count)
+STATE_HEAD = 8
+STREAM_COUNT = struct.Struct("<I")
+
+
+def one_stream(state: bytearray, size: int, streams: int, stream: int) -> memoryview | None:
+    """The first `size` bytes of a state written by a context of `streams` buffers, the sequence's in buffer
+    `stream`, as one of a single buffer writes it (in place: states are gigabytes)."""
+    counts, trailing = STATE_HEAD + 4, 4 * (streams - stream - 1)
+    if (size < counts + 4 * streams or STREAM_COUNT.unpack_from(state, STATE_HEAD)[0] != streams
+            or any(state[counts: counts + 4 * stream]) or any(state[size - trailing: size])):
+        return None
+    head, start = bytes(state[:STATE_HEAD]), 4 * stream
+    state[start: start + STATE_HEAD] = head
+    STREAM_COUNT.pack_into(state, start + STATE_HEAD, 1)
+    return memoryview(state)[start: size - trailing]
+
+
+def in_streams(state: bytearray, streams: int, stream: int) -> bytearray:
+    """A one-buffer state read into `state` from byte 4 × `stream` on, with 4 × (`streams` - 1) bytes of room
+    (zeros), laid out for a context of `streams` buffers, the sequence's in buffer `stream` (in place)."""
+    start = 4 * stream
+    head = bytes(state[start: start + STATE_HEAD])
+    state[start: start + STATE_HEAD + 4] = bytes(STATE_HEAD + 4)  # the other buffers' counts: none
+    state[:STATE_HEAD] = head
+    STREAM_COUNT.pack_into(state, STATE_HEAD, streams)
+    return state
