@@ -81,7 +81,9 @@ class Device:
         """A whole prompt batch in one compute pass (measured fastest on a CPU; on a GPU not measured yet,
         so it is the same there). Several slots get a KV buffer each, as llama-server's do: a sequence's
         attention then spans its own cells, not the other slots' (measured on a 2-core CPU,
-        benchmarks/kv_layout.py: steps 0.92-1.03× as long, mostly shorter, with flash attention or without)."""
+        benchmarks/kv_layout.py: four streams' steps 0.94-0.96× as long, with flash attention or without; one
+        stream beside three idle slots' caches 0.91-1.02×; an idle slot between busy ones, given a filler row,
+        0.97-1.03×)."""
         return ContextSettings(batch, batch, self.threads(threads), kv_unified=slots == 1)
 
 
