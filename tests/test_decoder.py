@@ -278,3 +278,18 @@ def test_a_buffer_awaiting_a_copy_is_not_loaded_from_disk(make_gguf: Callable[..
     decoder.forget()
     run_all(decoder, [again])
     assert again.evaluated_tokens < 256 and again.generated == alone[1].generated
+
+
+def test_fillers_close_every_gap_or_none() -> None:
+    """A filler helps only if every gap between the step's sequences gets one: with too little room in the
+    batch, or a gap whose buffer is full, none is added (the pass is split either way)."""
+    from glm4_local.core.llama.batch_layout import Planned, fillers
+    from glm4_local.core.llama.jobs import Slot
+
+    slots = [Slot(i, cached=[1] * 10) for i in range(5)]
+    step = [Planned(slots[0], 1), Planned(slots[3], 1)]
+    assert [s.seq for s in fillers(step, slots, slot_ctx=64, room=8)] == [1, 2]
+    assert fillers(step, slots, slot_ctx=64, room=1) == []
+    assert fillers([Planned(slots[4], 1)], slots, slot_ctx=64, room=8) == []  # one sequence: one pass anyway
+    slots[2].cached = [1] * 64
+    assert fillers(step, slots, slot_ctx=64, room=8) == []

@@ -48,14 +48,15 @@ class Placed:
 
 
 def fillers(planned: list[Planned], slots: list[Slot], slot_ctx: int, room: int) -> list[Slot]:
-    """The slots between the lowest and highest sequence of the step that have no token in it (and a free
-    cell for one), at most `room` of them: given a filler token each, the step is one compute pass."""
+    """The slots between the lowest and highest sequence of the step that have no token in it: given a filler
+    token each, the step is one compute pass. None when the batch has no `room` for them all or one has no
+    free cell (a gap left open splits the pass anyway)."""
     present = {p.slot.seq for p in planned}
     if len(present) < 2:
         return []
     low, high = min(present), max(present)
-    gaps = [s for s in slots if low < s.seq < high and s.seq not in present and len(s.cached) < slot_ctx]
-    return gaps[:room] if len(gaps) <= room else []  # some gap left open: the pass is split anyway
+    gaps = [s for s in slots if low < s.seq < high and s.seq not in present]
+    return [] if len(gaps) > room or any(len(s.cached) >= slot_ctx for s in gaps) else gaps
 
 
 def lay_out(batch: Any, planned: list[Planned], filler_slots: list[Slot]) -> list[Placed]:
