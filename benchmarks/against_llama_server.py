@@ -105,12 +105,16 @@ def stories(width: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"Tell me story number {i}."}] for i in range(width)]
 
 
+def real_vocab_q8_0(folder: Path, shape: factory.Shape) -> tuple[str, Path]:
+    """A q8_0 GGUF of `shape` (random bf16 weights) with GLM-4's real vocabulary: its name ("4x512") and path."""
+    name = f"{shape.n_layer}x{shape.n_embd}"
+    factory.build_checkpoint(folder / name, factory.Spec(dtype="bf16", shape=shape, real_tokenizer=True))
+    return name, convert(str(folder / name), OUT_TYPES["q8_0"], output=folder / f"{name}-q8_0.gguf").path
+
+
 def plain(binary: Path, folder: Path, shapes: list[factory.Shape], rounds: int) -> None:
     for shape in shapes:
-        spec = factory.Spec(dtype="bf16", shape=shape, real_tokenizer=True)
-        name = f"{shape.n_layer}x{shape.n_embd}"
-        factory.build_checkpoint(folder / name, spec)
-        model = convert(str(folder / name), OUT_TYPES["q8_0"], output=folder / f"{name}-q8_0.gguf").path
+        name, model = real_vocab_q8_0(folder, shape)
         servers = {"glm4-local": ours(model, folder), "llama-server": theirs(binary, model),
                    "llama-server -fa off": theirs(binary, model, "-fa", "off"),
                    "glm4-local --no-flash-attn": ours(model, folder, "--no-flash-attn"),

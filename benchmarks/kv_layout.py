@@ -20,20 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers import factory
+from against_llama_server import BIG, SLOT_CTX, SLOTS, SMALL, THREADS, TOKENS, real_vocab_q8_0
 
-from glm4_local.convert.outtypes import OUT_TYPES
-from glm4_local.convert.pipeline import convert
 from glm4_local.core.llama import door
 from glm4_local.core.llama.decoder import Decoder, Job
 from glm4_local.core.llama.device import ContextSettings
 from glm4_local.core.llama.sampling import SamplerSettings
 from glm4_local.core.llama.speculation import SpeculationSettings
 
-SLOTS, SLOT_CTX, THREADS, TOKENS = 4, 1024, 2, 128
-SHAPES = {"4x512": factory.Shape(n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=1536, context=8192),
-          "12x1024": factory.Shape(n_layer=12, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128, n_ff=2816,
-                                   context=8192)}
 CASES = ("1 stream, 3 idle caches", "4 streams", "3 streams, idle slot between")
 
 
@@ -99,9 +93,8 @@ def main() -> None:
         measure(args.model, args.model.name, args.rounds)
         return
     with tempfile.TemporaryDirectory() as folder:
-        for name, shape in list(SHAPES.items())[: 1 if args.small else None]:
-            factory.build_checkpoint(Path(folder) / name, factory.Spec(dtype="bf16", shape=shape, real_tokenizer=True))
-            path = convert(str(Path(folder) / name), OUT_TYPES["q8_0"], output=Path(folder) / f"{name}.gguf").path
+        for shape in [SMALL] if args.small else [SMALL, BIG]:
+            name, path = real_vocab_q8_0(Path(folder), shape)
             measure(path, name, args.rounds)
 
 
