@@ -293,3 +293,24 @@ def test_fillers_close_every_gap_or_none() -> None:
     assert fillers([Planned(slots[4], 1)], slots, slot_ctx=64, room=8) == []  # one sequence: one pass anyway
     slots[2].cached = [1] * 64
     assert fillers(step, slots, slot_ctx=64, room=8) == []
+
+
+def test_logit_rows_are_what_llama_cpp_holds_as_its_output_buffer_grows(make_gguf: Callable[..., Path]) -> None:
+    """The decoder's cached views of logits rows read llama.cpp's rows exactly: before, while and after
+    llama.cpp reallocates its output buffer for a batch with more rows of logits than any before."""
+    import ctypes
+
+    import llama_cpp as ll
+    import numpy as np
+
+    decoder = runtime(make_gguf("f32"), slots=1, ctx=256).decoder
+    for outputs in (1, 3, 64, 2):  # 64 rows: more than the buffer held so far
+        ll.llama_memory_clear(decoder.memory, True)
+        tokens = (ll.llama_token * 64)(*range(10, 74))
+        batch = ll.llama_batch_get_one(tokens, 64)
+        wanted = (ctypes.c_int8 * 64)(*([0] * (64 - outputs) + [1] * outputs))
+        batch.logits = ctypes.cast(wanted, type(batch.logits))
+        assert ll.llama_decode(decoder.ctx, batch) == 0
+        for index in range(64 - outputs, 64):
+            held = np.ctypeslib.as_array(ll.llama_get_logits_ith(decoder.ctx, index), shape=(decoder.n_vocab,))
+            assert np.array_equal(decoder.logit_rows.at(decoder.ctx, index), held)

@@ -1,8 +1,9 @@
-"""How the server's decoder thread hands tokens to the requests' event loop (server/scheduler.py)."""
+"""How the server's decoder thread hands tokens to the requests' event loop (server/scheduler.py, outbox.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,32 +11,36 @@ import pytest
 
 from glm4_local.core.llama.decoder import Job
 from glm4_local.core.llama.sampling import SamplerSettings
-from glm4_local.server import scheduler as scheduling
+from glm4_local.server.outbox import Outbox
 from glm4_local.server.scheduler import Scheduler
 
 TOKENS = 20
-PROMPT_BATCH_AT = 10  # the step before which another job starts reading a long prompt
+WAIT = 10  # seconds before a hung hand-over fails the test
 
 
 class ScriptedDecoder:
-    """A decoder whose job gets one token a step; before step PROMPT_BATCH_AT another job's prompt is read,
-    and that job goes on generating (for nobody here) after the first has ended."""
+    """A decoder whose job gets one token a step (token k at step k). After a token in `wait_for_reader` its
+    next step waits, as a long llama_decode would, until the request has read that token."""
 
     slot_count, active, queued = 4, 0, 0
 
-    def __init__(self) -> None:
+    def __init__(self, wait_for_reader: set[int]) -> None:
         self.jobs: list[Job] = []
         self.steps = 0
+        self.wait_for_reader = wait_for_reader
+        self.read: list[int] = []
+        self.read_more = threading.Condition()
+        self.stalled = False  # a wait ran out: the token never reached the reader
 
     def submit(self, job: Job) -> None:
         self.jobs.append(job)
 
-    def prepare(self) -> bool:
-        return bool(self.jobs) and self.steps == PROMPT_BATCH_AT
-
     def step(self, abortable: bool = False) -> bool:
         if not self.jobs:
-            return self.steps >= PROMPT_BATCH_AT  # the other job's step
+            return False
+        if (last := self.steps - 1) in self.wait_for_reader:
+            with self.read_more:
+                self.stalled |= not self.read_more.wait_for(lambda: last in self.read, WAIT)
         job = self.jobs[0]
         job.on_token(self.steps)  # type: ignore[misc]
         self.steps += 1
@@ -47,47 +52,67 @@ class ScriptedDecoder:
 
     def cancel_all(self) -> None:
         self.jobs.clear()
-        self.steps = 0
 
 
-def handed_over(monkeypatch: pytest.MonkeyPatch, seconds: float) -> tuple[list[int], list[list[int | None]]]:
-    """The tokens a request read, and what each wake-up of its event loop brought."""
-    deliveries: list[list[int | None]] = []
-    deliver = scheduling._deliver
+def handed_over(monkeypatch: pytest.MonkeyPatch, seconds: float,
+                wait_for_reader: set[int] = frozenset()) -> tuple[list[int], list[list[Any]], ScriptedDecoder]:
+    """The tokens a request read, and what each fetch by its event loop brought ("woken" first where the
+    decoder thread asked for the fetch, "timer" where the loop's own timer did)."""
+    fetches: list[list[Any]] = []
+    fetch = Outbox.fetch
 
-    def counted(items: list[Any]) -> None:
-        deliveries.append([token for _, token in items])
-        deliver(items)
+    def counted(self: Outbox, loop: asyncio.AbstractEventLoop) -> None:
+        box = self._boxes[loop]
+        fetches.append(["woken" if box.woken else "timer", *(token for _, token in box.pending)])
+        fetch(self, loop)
 
-    monkeypatch.setattr(scheduling, "_deliver", counted)
-    runtime = SimpleNamespace(decoder=ScriptedDecoder(), vocab=SimpleNamespace(stop_ids=()))
+    monkeypatch.setattr(Outbox, "fetch", counted)
+    decoder = ScriptedDecoder(set(wait_for_reader))
+    runtime = SimpleNamespace(decoder=decoder, vocab=SimpleNamespace(stop_ids=()))
     scheduler = Scheduler(runtime, hand_over_seconds=seconds)  # type: ignore[arg-type]
     plan = SimpleNamespace(prompt=[1, 2, 3], sampler=SamplerSettings(), max_new_tokens=TOKENS, stream=True,
                            top_logprobs=None, echo=False)
 
     async def read() -> list[int]:
         _, stream = scheduler.submit(plan, asyncio.get_running_loop())  # type: ignore[arg-type]
-        return [token async for token in stream]
+        tokens = []
+        async for token in stream:
+            tokens.append(token)
+            with decoder.read_more:
+                decoder.read.append(token)
+                decoder.read_more.notify_all()
+        return tokens
 
     scheduler.start()
     try:
-        tokens = asyncio.run(asyncio.wait_for(read(), 10))
+        tokens = asyncio.run(asyncio.wait_for(read(), WAIT))
     finally:
         scheduler.stop()
-    return tokens, deliveries
+    assert not decoder.stalled
+    return tokens, [f for f in fetches if len(f) > 1], decoder
 
 
-def test_tokens_reach_the_event_loop_in_few_wake_ups_yet_the_first_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Held back (an hour here: no hand-over falls due by time), a reply's tokens still come: its first
-    token at once, what came before a prompt batch before that batch, the rest with its end (while the
-    decoder goes on with another job)."""
-    tokens, deliveries = handed_over(monkeypatch, 3600.0)
+def test_the_decoder_wakes_the_loop_only_for_a_replys_first_token_and_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held back (an hour here: the loop's own timer never fires), a reply's tokens still come: its first at
+    once (time to first token), the rest with its end; the decoder thread asks for nothing else."""
+    tokens, fetches, _ = handed_over(monkeypatch, 3600.0, wait_for_reader={0})
     assert tokens == list(range(TOKENS))
-    assert deliveries == [[0], list(range(1, PROMPT_BATCH_AT)), [*range(PROMPT_BATCH_AT, TOKENS), None]]
+    assert fetches == [["woken", 0], ["woken", *range(1, TOKENS), None]]
 
 
-def test_without_holding_back_every_step_is_handed_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`hand_over_seconds=0` (engines in other processes): each step's token as it comes."""
-    tokens, deliveries = handed_over(monkeypatch, 0.0)
+def test_the_loop_fetches_tokens_on_its_own_timer_while_the_decoder_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 6's llama_decode (here: a wait) lasts until the request has read tokens 1-5, which the decoder
+    thread never hands over itself: only the loop's timer can bring them, before the reply ends."""
+    tokens, fetches, _ = handed_over(monkeypatch, 0.01, wait_for_reader={0, 5})
     assert tokens == list(range(TOKENS))
-    assert deliveries == [[t] for t in range(TOKENS - 1)] + [[TOKENS - 1, None]]
+    assert fetches[0] == ["woken", 0]
+    middle = [fetch for fetch in fetches if set(fetch) & {1, 2, 3, 4, 5}]
+    assert {fetch[0] for fetch in middle} == {"timer"} and [t for f in middle for t in f[1:]] == [1, 2, 3, 4, 5]
+
+
+def test_without_holding_back_every_step_wakes_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hand_over_seconds=0` (engines in other processes, no timer): each step's token reaches the request
+    before the next step (every step here waits until it has)."""
+    tokens, fetches, _ = handed_over(monkeypatch, 0.0, wait_for_reader=set(range(TOKENS - 1)))
+    assert tokens == list(range(TOKENS))
+    assert fetches == [["woken", t] for t in range(TOKENS - 1)] + [["woken", TOKENS - 1, None]]

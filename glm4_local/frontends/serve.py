@@ -182,8 +182,9 @@ def _serve_while_loading(facts: ModelFacts, decoding: str, loading: _Loading, em
 
     from glm4_local.frontends.tool_setup import server_tools
     from glm4_local.server.app import Loaded, ServerState, create_app
+    from glm4_local.server.outbox import HAND_OVER_SECONDS
     from glm4_local.server.request_log import LineWriter
-    from glm4_local.server.scheduler import HAND_OVER_SECONDS, Scheduler
+    from glm4_local.server.scheduler import Scheduler
     from glm4_local.server.timeouts import MAX_CONNECTIONS, timed_protocol
 
     if warning := exposure_warning(options.host, options.api_key):

@@ -13,10 +13,11 @@ from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.core.llama.decoder import Job
 from glm4_local.core.llama.logprobs import TokenLogprob
 from glm4_local.server.logprob_shapes import TokenNames
+from glm4_local.server.outbox import TokenStream
 from glm4_local.server.plan import Plan
 from glm4_local.server.protocol import ApiError
 from glm4_local.server.replies import Outcome, ReplyAssembler
-from glm4_local.server.scheduler import Scheduler, TokenStream
+from glm4_local.server.scheduler import Scheduler
 from glm4_local.server.shapes import Envelope, Events, sse, tool_call_object, usage
 
 DISCONNECT_POLL_SECONDS = 0.25

@@ -28,7 +28,7 @@ from glm4_local.core.llama.device import ContextSettings
 from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
 from glm4_local.core.llama.logprobs import logprob_at
 from glm4_local.core.llama.prompt_cache import MIN_GAIN_TOKENS, MIN_SAVED_TOKENS, PromptDiskCache, read_state
-from glm4_local.core.llama.sampling import DecodeError, Sampler
+from glm4_local.core.llama.sampling import DecodeError, LogitRows, Sampler
 from glm4_local.core.llama.speculation import Acceptance, Drafter, SpeculationSettings, StepCosts
 
 __all__ = ["DecodeAborted", "Decoder", "Job"]
@@ -75,6 +75,7 @@ class Decoder:
         self.batch = ll.llama_batch_init(self.n_batch, 0, 1)
         self.vocab = model.vocab
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self.logit_rows = LogitRows(self.n_vocab)
         self._slots = [Slot(i) for i in range(slots)]
         self._waiting: collections.deque[Job] = collections.deque()
         self.decode_calls = 0  # llama_decode calls, and the tokens they carried (for /metrics)
@@ -248,7 +249,7 @@ class Decoder:
         if not job.echo_logprobs:
             keep = self._take_prefix(slot, job.prompt, keep)
         try:
-            slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling)
+            slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling, self.logit_rows)
         except Exception as e:  # a value llama.cpp refuses must end this job, never the loop
             job.error = str(e) or type(e).__name__
             self._end(job, "error")
@@ -381,7 +382,7 @@ class Decoder:
         job.last_token_at = now
         for i, token in enumerate(tokens):
             if job.top_logprobs is not None:
-                job.logprobs.append(logprob_at(self._ll, self.ctx, entry.output + i, self.n_vocab, token,
+                job.logprobs.append(logprob_at(self.logit_rows.at(self.ctx, entry.output + i), token,
                                                job.top_logprobs))
             if not self._take(slot, job, token):
                 return
@@ -395,7 +396,7 @@ class Decoder:
         for i in range(entry.tokens):
             following = first + i + 1
             if following < len(job.prompt):
-                job.prompt_logprobs.append(logprob_at(self._ll, self.ctx, entry.start + i, self.n_vocab,
+                job.prompt_logprobs.append(logprob_at(self.logit_rows.at(self.ctx, entry.start + i),
                                                       job.prompt[following], job.top_logprobs or 0))
 
     def _take(self, slot: Slot, job: Job, token: int) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -23,9 +22,9 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
 
 
-def logprob_at(ll: Any, ctx: Any, index: int, n_vocab: int, token: int, top: int) -> TokenLogprob:
-    """`token`'s log-probability under the logits of batch output `index`, with the `top` likeliest."""
-    logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+def logprob_at(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability under `logits` (one position's), with the `top` likeliest."""
+    n_vocab = len(logits)
     shift = float(logits.max())
     # summed in float64: 151,552 float32 terms lose digits an evaluation compares
     log_total = shift + math.log(float(np.exp(logits - shift).sum(dtype=np.float64)))
