@@ -54,10 +54,11 @@ class ScriptedDecoder:
         self.jobs.clear()
 
 
-def handed_over(monkeypatch: pytest.MonkeyPatch, seconds: float,
-                wait_for_reader: set[int] = frozenset()) -> tuple[list[int], list[list[Any]], ScriptedDecoder]:
-    """The tokens a request read, and what each fetch by its event loop brought ("woken" first where the
-    decoder thread asked for the fetch, "timer" where the loop's own timer did)."""
+def handed_over(monkeypatch: pytest.MonkeyPatch, seconds: float, wait_for_reader: set[int] = frozenset(),
+                stream: bool = True) -> tuple[list[int], list[list[Any]], bool]:
+    """The tokens a request read, what each fetch by its event loop brought ("woken" first where the
+    decoder thread asked for the fetch, "timer" where the loop's own timer did), and whether the loop
+    had a timer set for it. `stream`: a streamed reply, else a whole one without stop strings."""
     fetches: list[list[Any]] = []
     fetch = Outbox.fetch
 
@@ -70,13 +71,17 @@ def handed_over(monkeypatch: pytest.MonkeyPatch, seconds: float,
     decoder = ScriptedDecoder(set(wait_for_reader))
     runtime = SimpleNamespace(decoder=decoder, vocab=SimpleNamespace(stop_ids=()))
     scheduler = Scheduler(runtime, hand_over_seconds=seconds)  # type: ignore[arg-type]
-    plan = SimpleNamespace(prompt=[1, 2, 3], sampler=SamplerSettings(), max_new_tokens=TOKENS, stream=True,
-                           top_logprobs=None, echo=False)
+    plan = SimpleNamespace(prompt=[1, 2, 3], sampler=SamplerSettings(), max_new_tokens=TOKENS, stream=stream,
+                           stop_strings=[], top_logprobs=None, echo=False)
+    timed = []
 
     async def read() -> list[int]:
-        _, stream = scheduler.submit(plan, asyncio.get_running_loop())  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        _, tokens_of = scheduler.submit(plan, loop)  # type: ignore[arg-type]
+        box = scheduler._outbox._boxes.get(loop)
+        timed.append(box is not None and box.timer is not None)
         tokens = []
-        async for token in stream:
+        async for token in tokens_of:
             tokens.append(token)
             with decoder.read_more:
                 decoder.read.append(token)
@@ -89,7 +94,7 @@ def handed_over(monkeypatch: pytest.MonkeyPatch, seconds: float,
     finally:
         scheduler.stop()
     assert not decoder.stalled
-    return tokens, [f for f in fetches if len(f) > 1], decoder
+    return tokens, [f for f in fetches if len(f) > 1], timed[0]
 
 
 def test_the_decoder_wakes_the_loop_only_for_a_replys_first_token_and_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,11 +105,18 @@ def test_the_decoder_wakes_the_loop_only_for_a_replys_first_token_and_its_end(mo
     assert fetches == [["woken", 0], ["woken", *range(1, TOKENS), None]]
 
 
+def test_a_whole_reply_without_stop_strings_is_handed_over_once_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing reads such a reply's tokens before its end: no timer runs for it, no wake-up brings its first."""
+    tokens, fetches, timed = handed_over(monkeypatch, 0.01, stream=False)
+    assert tokens == list(range(TOKENS))
+    assert fetches == [["woken", *range(TOKENS), None]] and not timed
+
+
 def test_the_loop_fetches_tokens_on_its_own_timer_while_the_decoder_computes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Step 6's llama_decode (here: a wait) lasts until the request has read tokens 1-5, which the decoder
     thread never hands over itself: only the loop's timer can bring them, before the reply ends."""
-    tokens, fetches, _ = handed_over(monkeypatch, 0.01, wait_for_reader={0, 5})
-    assert tokens == list(range(TOKENS))
+    tokens, fetches, timed = handed_over(monkeypatch, 0.01, wait_for_reader={0, 5})
+    assert tokens == list(range(TOKENS)) and timed
     assert fetches[0] == ["woken", 0]
     middle = [fetch for fetch in fetches if set(fetch) & {1, 2, 3, 4, 5}]
     assert {fetch[0] for fetch in middle} == {"timer"} and [t for f in middle for t in f[1:]] == [1, 2, 3, 4, 5]

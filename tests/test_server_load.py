@@ -152,6 +152,22 @@ def test_a_client_that_goes_away_frees_its_slot(endless_server: Server) -> None:
     assert reply.choices[0].finish_reason == "length"
 
 
+@pytest.mark.parametrize("stop", [None, ["never said"]])
+def test_a_client_that_leaves_before_its_whole_reply_frees_its_slot(endless_server: Server,
+                                                                   stop: list[str] | None) -> None:
+    """A client waiting for a whole (not streamed) reply goes away: the server hears it (nothing is sent it
+    meanwhile) and ends the job, with stop strings to look for or without."""
+    before = endless_server.metrics()
+    connection = http.client.HTTPConnection("127.0.0.1", endless_server.port, timeout=30)
+    body = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 60000, "stop": stop}
+    connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    wait_for(endless_server, "glm4_local_slots_busy", 1)
+    connection.close()
+    wait_for(endless_server, "glm4_local_slots_busy", 0)
+    after = endless_server.metrics()
+    assert after["glm4_local_requests_cancelled_total"] == before["glm4_local_requests_cancelled_total"] + 1
+
+
 def test_a_full_queue_answers_503_with_retry_after(endless_server: Server) -> None:
     streaming = open_stream(endless_server)  # takes the only slot
     waiting: list[Any] = []

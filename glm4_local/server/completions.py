@@ -20,18 +20,18 @@ from glm4_local.server.replies import Outcome, ReplyAssembler
 from glm4_local.server.scheduler import Scheduler
 from glm4_local.server.shapes import Envelope, Events, sse, tool_call_object, usage
 
-DISCONNECT_POLL_SECONDS = 0.25
 CONTENT, REASONING, ECHO = "content", "reasoning", "echo"  # the channels of a reply's deltas
 
 
 async def watch(request: Request, abandon: Callable[[], None], over: Callable[[], bool] = lambda: False) -> None:
-    """Call `abandon` when the client of a whole (not streamed) response leaves before it is `over`
-    (a stream learns it from its own closing instead)."""
-    while not over():
-        if await request.is_disconnected():
-            abandon()
-            return
-        await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+    """Call `abandon` when the client of a whole (not streamed) response leaves before it is `over` (a stream
+    learns it from its own closing instead). The request's body is read: what the server tells the app next is
+    that the client is gone, so this waits for that message (polling for it every 0.25 s was a tenth of the event
+    loop's Python in a 4-stream run). Cancelled by the caller once the response is made."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass  # the rest of a body nobody reads
+    if not over():
+        abandon()
 
 
 class Run:

@@ -4,9 +4,11 @@ Waking an event loop from the decoder thread is what costs: the woken thread tak
 whose cores all compute, the decoder thread's) and the GIL, and the decoder waits for both before its
 next llama_decode. Measured on 2 cores, 12 × 1024 q8_0, 4 streams: 0.55 ms a wake-up, 1.4% of the
 run at one wake-up every 40 ms. So the decoder thread wakes a loop only for what someone waits on (a
-reply's first token, its end); the rest each loop fetches on its own timer, which fires while the
-decoder is inside llama_decode with the GIL released. Every take happens on the loop's own thread, so a
-stream's tokens arrive in order whichever way they were fetched.
+streamed reply's first token, a reply's end); the rest of a timely stream's tokens (a streamed reply, or
+one with stop strings to find) each loop fetches on its own timer, which fires while the decoder is
+inside llama_decode with the GIL released. A whole reply without stop strings needs none until its end,
+and costs its loop nothing meanwhile. Every take happens on the loop's own thread, so a stream's tokens
+arrive in order whichever way they were fetched.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ HAND_OVER_SECONDS = 0.04  # how often a loop fetches tokens while it has replies
 class _LoopBox:
     pending: list[tuple[TokenStream, int | None]] = field(default_factory=list)  # under Outbox._lock
     woken: bool = False  # a fetch is queued on the loop by the decoder thread (under Outbox._lock)
-    open_streams: int = 0  # the loop's own thread only, as is `timer`
+    open_streams: int = 0  # timely streams not ended (the loop's own thread only, as is `timer`)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -47,7 +49,7 @@ class Outbox:
     def put(self, stream: TokenStream, token: int | None, urgent: bool) -> None:
         with self._lock:
             self._box(stream.loop).pending.append((stream, token))
-            if urgent or not self.seconds:  # nothing waits for the loop's timer
+            if urgent or (not self.seconds and stream.timely):  # no loop timer fetches them
                 self._urgent.add(stream.loop)
 
     def wake(self, everyone: bool = False) -> None:
@@ -64,7 +66,9 @@ class Outbox:
 
     # -- each event loop's thread ----------------------------------------------------------------------
     def opened(self, stream: TokenStream) -> None:
-        """A job of `stream` was submitted: its loop fetches on its timer until the stream ends."""
+        """A job of `stream` was submitted: a timely stream's loop fetches on its timer until the stream ends."""
+        if not stream.timely:
+            return
         with self._lock:
             box = self._box(stream.loop)
         box.open_streams += 1
@@ -85,20 +89,22 @@ class Outbox:
             items, box.pending, box.woken = box.pending, [], False
         for stream, token in items:
             stream.queue.put_nowait(token)
-            box.open_streams -= token is None
+            box.open_streams -= token is None and stream.timely
 
 
 class TokenStream:
-    """One job's tokens, handed from the decoder thread to the request's event loop through the Outbox."""
+    """One job's tokens, handed from the decoder thread to the request's event loop through the Outbox.
+    `timely`: its reader uses tokens as they come (a stream, stop strings), not only at the end."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, outbox: Outbox) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, outbox: Outbox, timely: bool = True) -> None:
         self.loop = loop
         self.outbox = outbox
+        self.timely = timely
         self.queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._started = False
 
     def on_token(self, token: int) -> bool:
-        self.outbox.put(self, token, urgent=not self._started)
+        self.outbox.put(self, token, urgent=self.timely and not self._started)
         self._started = True
         return True
 

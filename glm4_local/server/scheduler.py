@@ -71,7 +71,7 @@ class Scheduler:
 
     def submit(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> tuple[Job, TokenStream]:
         """Queue a job for `plan`; ApiError 503 (Retry-After) when the waiting queue is full."""
-        stream = TokenStream(loop, self._outbox)
+        stream = TokenStream(loop, self._outbox, timely=plan.stream or bool(plan.stop_strings))
         job = Job(plan.prompt, plan.sampler, plan.max_new_tokens, frozenset(self.runtime.vocab.stop_ids),
                   on_token=stream.on_token, on_done=stream.on_done, watched=plan.stream,
                   top_logprobs=plan.top_logprobs, echo_logprobs=plan.echo and plan.top_logprobs is not None)
