@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -128,3 +129,67 @@ def test_without_holding_back_every_step_wakes_the_loop(monkeypatch: pytest.Monk
     tokens, fetches, _ = handed_over(monkeypatch, 0.0, wait_for_reader=set(range(TOKENS - 1)))
     assert tokens == list(range(TOKENS))
     assert fetches == [["woken", t] for t in range(TOKENS - 1)] + [["woken", TOKENS - 1, None]]
+
+
+class BurstDecoder(ScriptedDecoder):
+    """Ends every job at its first step; remembers how many jobs that first step had."""
+
+    def __init__(self, generating: int = 0) -> None:
+        super().__init__(set())
+        self.active = generating  # slots generating (none reading a prompt)
+        self.first_step: int | None = None
+        self.stepped = threading.Event()
+
+    def reading(self) -> list[tuple[int, int]]:
+        return []
+
+    def step(self, abortable: bool = False) -> bool:
+        if self.jobs and self.first_step is None:
+            self.first_step = len(self.jobs)
+            self.stepped.set()
+        for job in self.jobs:
+            job.finish = "length"
+            job.on_done(job)  # type: ignore[misc]
+        worked, self.jobs = bool(self.jobs), []
+        return worked
+
+
+PLAN = SimpleNamespace(prompt=[1, 2, 3], sampler=SamplerSettings(), max_new_tokens=TOKENS, stream=False,
+                       stop_strings=[], top_logprobs=None, echo=False)
+
+
+def test_an_idle_decoder_waits_for_a_request_being_planned_and_starts_both_together() -> None:
+    """A burst of requests to an idle server: the first submitted waits (here up to WAIT) for the one still
+    being planned, and both read their prompts in one step."""
+    decoder = BurstDecoder()
+    scheduler = Scheduler(SimpleNamespace(decoder=decoder, vocab=SimpleNamespace(stop_ids=())),  # type: ignore[arg-type]
+                          hand_over_seconds=0.01, coalesce_seconds=WAIT)
+    either = threading.Event()  # the decoder thread waits for the arrival, or (wrongly) steps the first job alone
+    wait = scheduler._arrived.wait
+    scheduler._arrived.wait = lambda timeout=None: (either.set(), wait(timeout))[1]  # type: ignore[method-assign]
+    threading.Thread(target=lambda: decoder.stepped.wait(WAIT) and either.set(), daemon=True).start()
+
+    async def burst() -> None:
+        loop = asyncio.get_running_loop()
+        with scheduler.arriving():
+            _, first = scheduler.submit(PLAN, loop)  # type: ignore[arg-type]
+            assert await asyncio.to_thread(either.wait, WAIT)
+            _, second = scheduler.submit(PLAN, loop)  # type: ignore[arg-type]
+        assert [t async for t in first] == [] and [t async for t in second] == []
+
+    scheduler.start()
+    try:
+        asyncio.run(asyncio.wait_for(burst(), WAIT))
+    finally:
+        scheduler.stop()
+    assert decoder.first_step == 2
+
+
+def test_a_generating_decoder_never_waits_for_arrivals() -> None:
+    decoder = BurstDecoder(generating=1)
+    scheduler = Scheduler(SimpleNamespace(decoder=decoder, vocab=SimpleNamespace(stop_ids=())),  # type: ignore[arg-type]
+                          coalesce_seconds=WAIT)
+    with scheduler.arriving():
+        started = time.monotonic()
+        scheduler._await_arrivals()
+        assert time.monotonic() - started < WAIT / 2

@@ -184,7 +184,7 @@ def _serve_while_loading(facts: ModelFacts, decoding: str, loading: _Loading, em
     from glm4_local.server.app import Loaded, ServerState, create_app
     from glm4_local.server.outbox import HAND_OVER_SECONDS
     from glm4_local.server.request_log import LineWriter
-    from glm4_local.server.scheduler import Scheduler
+    from glm4_local.server.scheduler import COALESCE_SECONDS, Scheduler
     from glm4_local.server.timeouts import MAX_CONNECTIONS, timed_protocol
 
     if warning := exposure_warning(options.host, options.api_key):
@@ -213,8 +213,10 @@ def _serve_while_loading(facts: ModelFacts, decoding: str, loading: _Loading, em
     def load() -> None:
         try:
             loaded = loading.take()
-            # tokens from engines come over HTTP, no llama_decode here waits on the event loop: handed over at once
-            scheduler = Scheduler(loaded, options.max_queue, 0.0 if options.engines else HAND_OVER_SECONDS)
+            # tokens from engines come over HTTP, no llama_decode here waits on the event loop: handed over at once;
+            # the engines gather their own arrivals
+            scheduler = Scheduler(loaded, options.max_queue, *((0.0, 0.0) if options.engines else
+                                                                (HAND_OVER_SECONDS, COALESCE_SECONDS)))
             scheduler.start()
             state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts), embedder)
             if options.engines:

@@ -185,9 +185,11 @@ def create_app(state: ServerState) -> Starlette:
         tokenizing in a worker thread: a custom template runs in a child process); large bodies a few at a
         time, so their memory stays bounded."""
         body = await read_body(request, config.max_body, config.client_timeout)
+        arriving = state.loaded.scheduler.arriving() if state.loaded is not None else contextlib.nullcontext()
         async with large_requests if len(body) > LARGE_BODY else contextlib.nullcontext():
-            asked = read(decode_json(body))
-            return asked, await run_in_threadpool(make_plan, asked)
+            with arriving:
+                asked = read(decode_json(body))
+                return asked, await run_in_threadpool(make_plan, asked)
 
     async def chat_completions(request: Request) -> Response:
         loaded = state.model()
