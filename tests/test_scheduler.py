@@ -171,13 +171,13 @@ def test_an_idle_decoder_waits_for_a_request_being_planned_and_starts_both_toget
 
     async def burst() -> None:
         loop = asyncio.get_running_loop()
-        with scheduler.arriving():
+        with scheduler.arriving():  # from before the decoder's first look, so no step can come between
+            scheduler.start()
             _, first = scheduler.submit(PLAN, loop)  # type: ignore[arg-type]
             assert await asyncio.to_thread(either.wait, WAIT)
             _, second = scheduler.submit(PLAN, loop)  # type: ignore[arg-type]
         assert [t async for t in first] == [] and [t async for t in second] == []
 
-    scheduler.start()
     try:
         asyncio.run(asyncio.wait_for(burst(), WAIT))
     finally:
