@@ -215,8 +215,9 @@ def _serve_while_loading(facts: ModelFacts, decoding: str, loading: _Loading, em
             loaded = loading.take()
             # tokens from engines come over HTTP, no llama_decode here waits on the event loop: handed over at once;
             # the engines gather their own arrivals
-            scheduler = Scheduler(loaded, options.max_queue, *((0.0, 0.0) if options.engines else
-                                                                (HAND_OVER_SECONDS, COALESCE_SECONDS)))
+            in_process = not options.engines
+            scheduler = Scheduler(loaded, options.max_queue, HAND_OVER_SECONDS if in_process else 0.0,
+                                  COALESCE_SECONDS if in_process else 0.0)
             scheduler.start()
             state.loaded = Loaded(facts, loaded, scheduler, model_sampling(facts), embedder)
             if options.engines:

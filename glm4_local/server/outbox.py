@@ -27,7 +27,8 @@ HAND_OVER_SECONDS = 0.04  # how often a loop fetches tokens while it has replies
 @dataclass
 class _LoopBox:
     pending: list[tuple[TokenStream, int | None]] = field(default_factory=list)  # under Outbox._lock
-    woken: bool = False  # a fetch is queued on the loop by the decoder thread (under Outbox._lock)
+    urgent: bool = False  # something pending is waited for (under Outbox._lock, as is `woken`)
+    woken: bool = False  # a fetch is queued on the loop by the decoder thread
     open_streams: int = 0  # timely streams not ended (the loop's own thread only, as is `timer`)
     timer: asyncio.TimerHandle | None = None
 
@@ -40,7 +41,6 @@ class Outbox:
         self.seconds = seconds
         self._lock = threading.Lock()
         self._boxes: dict[asyncio.AbstractEventLoop, _LoopBox] = {}
-        self._urgent: set[asyncio.AbstractEventLoop] = set()
 
     def _box(self, loop: asyncio.AbstractEventLoop) -> _LoopBox:
         return self._boxes.setdefault(loop, _LoopBox())
@@ -48,16 +48,15 @@ class Outbox:
     # -- the decoder thread ----------------------------------------------------------------------------
     def put(self, stream: TokenStream, token: int | None, urgent: bool) -> None:
         with self._lock:
-            self._box(stream.loop).pending.append((stream, token))
-            if urgent or (not self.seconds and stream.timely):  # no loop timer fetches them
-                self._urgent.add(stream.loop)
+            box = self._box(stream.loop)
+            box.pending.append((stream, token))
+            box.urgent |= urgent or (not self.seconds and stream.timely)  # no loop timer fetches them
 
     def wake(self, everyone: bool = False) -> None:
         """After a step: queue a fetch on each loop with something urgent (`everyone`: with anything)."""
         with self._lock:
-            loops = [loop for loop, box in self._boxes.items() if box.pending] if everyone else list(self._urgent)
-            self._urgent.clear()
-            loops = [loop for loop in loops if not self._boxes[loop].woken]
+            loops = [loop for loop, box in self._boxes.items()
+                     if box.pending and not box.woken and (everyone or box.urgent)]
             for loop in loops:
                 self._boxes[loop].woken = True
         for loop in loops:
@@ -86,7 +85,7 @@ class Outbox:
         """Hand what waits for `loop` to its streams."""
         with self._lock:
             box = self._boxes[loop]
-            items, box.pending, box.woken = box.pending, [], False
+            items, box.pending, box.urgent, box.woken = box.pending, [], False, False
         for stream, token in items:
             stream.queue.put_nowait(token)
             box.open_streams -= token is None and stream.timely
