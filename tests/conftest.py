@@ -95,6 +95,8 @@ SCRIPTS: dict[str, dict[str, object]] = {
     # a long trained context so that a reply can run for seconds (Ctrl-C tests)
     "endless": {"script": (("<|assistant|>", "\n"), ("\n", " day"), (" day", " day")),
                 "shape": factory.Shape(context=65536)},
+    # endless too, without GLM-4's leading newline (what other GGUFs, or a prefilled reply, write)
+    "unled": {"script": (("<|assistant|>", "Sunny"), ("Sunny", " day"), (" day", " day"))},
 }
 
 

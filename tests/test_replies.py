@@ -39,5 +39,13 @@ def test_reply_text_hides_metadata_and_holds_calls() -> None:
     assert prefilled.feed("{}") == "" and prefilled.held
 
 
+def test_a_first_line_streams_once_it_cannot_name_a_tool() -> None:
+    untooled = ReplyText(None)
+    assert [untooled.feed(p) for p in ("  ", "lookup", " more", "\nnext")] == ["", "  lookup", " more", "\nnext"]
+    tooled = ReplyText(TOOLS)
+    assert [tooled.feed(p) for p in ("look", "up", " is", " it")] == ["", "", "lookup is", " it"]
+    assert not tooled.held and tooled.end() == ""
+
+
 def _ended(reply: ReplyText, text: str) -> str:
     return reply.feed(text) + reply.end()

@@ -73,6 +73,24 @@ def test_stop_strings_and_max_tokens(answer_server: Server) -> None:
     assert (short.choices[0].message.content, short.choices[0].finish_reason) == ("Sunny", "length")
 
 
+def test_a_reply_without_the_leading_newline_ends_at_its_stop_string(scripted_gguf: Callable[[str], Path],
+                                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Its first line is text from its first word on: a stop string in it ends the job there, and usage counts
+    the tokens up to it (not max_tokens), streamed or whole."""
+    server = Server(scripted_gguf("unled"), tmp_path_factory.mktemp("serve"), "--ctx", "1024")
+    try:
+        client = server.client()
+        cut = client.chat.completions.create(model="m", messages=ASK, stop=[" day day"], max_tokens=200)
+        assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("Sunny", "stop")
+        assert cut.usage.completion_tokens == 3
+        chunks = list(client.chat.completions.create(model="m", messages=ASK, stop=[" day day"], max_tokens=200,
+                                                     stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Sunny"
+        assert chunks[-1].usage.completion_tokens == 3
+    finally:
+        server.stop()
+
+
 def test_text_completion_of_a_raw_prompt(answer_server: Server) -> None:
     reply = answer_server.client().completions.create(model="m", prompt="[gMASK]<sop><|user|>\nhi<|assistant|>")
     assert (reply.choices[0].text, reply.choices[0].finish_reason) == ("\nSunny day", "stop")

@@ -61,6 +61,11 @@ class ReplyText:
             return ""
         metadata, newline, rest = self.head.partition("\n")
         if not newline:
+            # a first line that can no longer name a tool is text now: held to its newline, its tokens
+            # would stream as one chunk and stop strings in it would end nothing until then
+            if metadata.strip() and not may_be_call(metadata, self.tools):
+                self.mode = "text"
+                return self.head
             return ""
         if not metadata.strip():
             self.mode = "text"
