@@ -85,3 +85,14 @@ def test_llama_cpp_puts_the_weights_where_the_choice_says(make_gguf: Callable[..
         door.cpu_repacking.cache_clear()
     extra = [line for line in lines if re.search(r"\b(AMX|CPU_REPACK) model buffer size", line)]
     assert bool(extra) is (chosen == "1")
+
+
+@pytest.mark.parametrize(("mmap", "mlock", "said"), [(True, False, "mmap"), (False, False, "none"),
+                                                      (True, True, "mmap+mlock"), (False, True, "mlock")])
+def test_the_mmap_and_mlock_choices_reach_llama_cpp(make_gguf: Callable[..., Path], mmap: bool, mlock: bool,
+                                                    said: str) -> None:
+    """`--no-mmap` and `--mlock` as llama.cpp hears them: its load line names the mode it loads in."""
+    lines: list[str] = []
+    with door.listening(lines.append):
+        door.load_model(make_gguf("f32", dtype="f32"), use_mmap=mmap, use_mlock=mlock)
+    assert next(line for line in lines if "load_mode = " in line).rstrip().endswith(f"(load_mode = {said})")

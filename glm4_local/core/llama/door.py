@@ -147,6 +147,16 @@ def load(path: Path, header: GGUFHeader | None = None, n_ctx: int = 512, logits_
         )
 
 
+def load_mode(use_mmap: bool, use_mlock: bool) -> int:
+    """llama.cpp's one load mode for the two choices (it has no separate mmap and mlock flags any more: setting
+    those on its model parameters is silently nothing)."""
+    import llama_cpp as ll
+
+    modes = {(True, False): ll.LLAMA_LOAD_MODE_MMAP, (True, True): ll.LLAMA_LOAD_MODE_MMAP_MLOCK,
+             (False, True): ll.LLAMA_LOAD_MODE_MLOCK, (False, False): ll.LLAMA_LOAD_MODE_NONE}
+    return int(modes[use_mmap, use_mlock])
+
+
 def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int = 0, use_mmap: bool = True,
                use_mlock: bool = False, vocab_only: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
     """The weights and vocabulary alone (no context): for decoder.py's contexts; `vocab_only`: the vocabulary
@@ -156,7 +166,8 @@ def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int =
 
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
-    params.use_mmap, params.use_mlock, params.vocab_only = use_mmap, use_mlock, vocab_only
+    params.load_mode = load_mode(use_mmap, use_mlock)
+    params.vocab_only = vocab_only
     params.use_extra_bufts = cpu_repacking()[0]
     with _loading(path, header):
         # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
