@@ -12,7 +12,7 @@ import pytest
 
 from glm4_local.core.llama.decoder import Job
 from glm4_local.core.llama.sampling import SamplerSettings
-from glm4_local.server.outbox import Outbox
+from glm4_local.server.outbox import Outbox, TokenStream
 from glm4_local.server.scheduler import Scheduler
 
 TOKENS = 20
@@ -158,31 +158,63 @@ PLAN = SimpleNamespace(prompt=[1, 2, 3], sampler=SamplerSettings(), max_new_toke
                        stop_strings=[], top_logprobs=None, echo=False)
 
 
-def test_an_idle_decoder_waits_for_a_request_being_planned_and_starts_both_together() -> None:
-    """A burst of requests to an idle server: the first submitted waits (here up to WAIT) for the one still
-    being planned, and both read their prompts in one step."""
-    decoder = BurstDecoder()
+def burst_scheduler(decoder: BurstDecoder, coalesce_seconds: float = WAIT) -> tuple[Scheduler, threading.Event]:
+    """A scheduler over `decoder`, and an event set as its thread waits for an arrival, or steps."""
     scheduler = Scheduler(SimpleNamespace(decoder=decoder, vocab=SimpleNamespace(stop_ids=())),  # type: ignore[arg-type]
-                          hand_over_seconds=0.01, coalesce_seconds=WAIT)
-    either = threading.Event()  # the decoder thread waits for the arrival, or (wrongly) steps the first job alone
+                          hand_over_seconds=0.01, coalesce_seconds=coalesce_seconds)
+    either = threading.Event()
     wait = scheduler._arrived.wait
     scheduler._arrived.wait = lambda timeout=None: (either.set(), wait(timeout))[1]  # type: ignore[method-assign]
     threading.Thread(target=lambda: decoder.stepped.wait(WAIT) and either.set(), daemon=True).start()
+    return scheduler, either
+
+
+def test_an_idle_decoder_waits_for_a_request_being_planned_until_it_is_submitted() -> None:
+    """A burst of requests to an idle server: the first submitted waits (here up to WAIT) for the other, whose
+    plan is made but not yet submitted (its handler waits for the event loop meanwhile), and both read their
+    prompts in one step."""
+    decoder = BurstDecoder()
+    scheduler, either = burst_scheduler(decoder)
 
     async def burst() -> None:
         loop = asyncio.get_running_loop()
-        with scheduler.arriving():  # from before the decoder's first look, so no step can come between
-            scheduler.start()
-            _, first = scheduler.submit(PLAN, loop)  # type: ignore[arg-type]
-            assert await asyncio.to_thread(either.wait, WAIT)
-            _, second = scheduler.submit(PLAN, loop)  # type: ignore[arg-type]
-        assert [t async for t in first] == [] and [t async for t in second] == []
+        planned, go = asyncio.Event(), asyncio.Event()
+
+        async def second() -> TokenStream:  # its own task, as every request is
+            with scheduler.arriving():
+                pass  # rendered and tokenized
+            planned.set()
+            await go.wait()
+            return scheduler.submit(PLAN, loop)[1]  # type: ignore[arg-type]
+
+        task = asyncio.create_task(second())
+        await planned.wait()  # from before the decoder's first look, so no step can come between
+        scheduler.start()
+        _, first = scheduler.submit(PLAN, loop)  # type: ignore[arg-type]
+        assert await asyncio.to_thread(either.wait, WAIT)
+        go.set()
+        assert [t async for t in first] == [] and [t async for t in await task] == []
 
     try:
         asyncio.run(asyncio.wait_for(burst(), WAIT))
     finally:
         scheduler.stop()
     assert decoder.first_step == 2
+
+
+def test_an_arrival_never_submitted_is_waited_for_only_while_young() -> None:
+    """A request that fails after its plan never submits a job: the decoder stops waiting for it once it is
+    coalesce_seconds old, and never waits for it again."""
+    decoder = BurstDecoder()
+    scheduler, either = burst_scheduler(decoder, coalesce_seconds=0.2)
+    with scheduler.arriving():
+        pass
+    scheduler._await_arrivals()
+    assert either.is_set()  # it waited, once
+    either.clear()
+    scheduler._await_arrivals()
+    assert not either.is_set()
+    decoder.stepped.set()  # ends the watching thread
 
 
 def test_a_generating_decoder_never_waits_for_arrivals() -> None:

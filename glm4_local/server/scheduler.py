@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -29,6 +30,8 @@ RETRY_AFTER_SECONDS = 2
 # how long an idle decoder waits for requests still being planned to be submitted, so that a burst of them
 # reads its prompts in one step and generates in step (their template and tokens take milliseconds each)
 COALESCE_SECONDS = 0.05
+# the arrival (see Scheduler.arriving) of the request this asyncio task handles, until its job is submitted
+_ARRIVAL: contextvars.ContextVar[float | None] = contextvars.ContextVar("glm4_local_arrival", default=None)
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="glm4-local-decoder", daemon=True)
         self._outbox = Outbox(hand_over_seconds)
         self.coalesce_seconds = coalesce_seconds
-        self._arriving = 0  # requests being planned (see arriving())
+        self._arrivals: list[float] = []  # when each request arriving (see arriving()) began
         self._arrived = threading.Condition()
 
     def start(self) -> None:
@@ -65,28 +68,51 @@ class Scheduler:
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
-        """Around planning a request whose job is submitted right after (body read: rendering, tokenizing).
-        Four requests sent at once to an idle server were planned one after another on the event loop, and
-        the decoder started the first two alone: the other two read their prompts a step later and trailed
-        by a step to the end of their replies (2 cores, 12 × 1024 q8_0: ~20 ms of a 4.5 s round of 128
-        tokens each; 1.005× in 12 interleaved rounds). An idle decoder now waits for what is arriving, up to
-        `coalesce_seconds`; one that is generating never waits."""
+        """Around planning a request (body read: rendering, tokenizing); the arrival lasts until this task
+        submits the request's job, or the block fails. Four requests sent at once to an idle server were
+        planned one after another on the event loop, and the decoder started the first alone: the others read
+        their prompts a step later and trailed by a step to the end of their replies (2 cores, 12 × 1024 q8_0:
+        ~1% of a 4.5 s round of 128 tokens each). An idle decoder waits for what is arriving, up to
+        `coalesce_seconds`; one that is generating never waits. An arrival that ended with its plan, not its
+        submission, let the decoder start in between: after a quiet spell the event loop waited up to 5 ms for
+        the GIL before submitting. One whose job is never submitted (a request failing after its plan) is not
+        waited for once `coalesce_seconds` old."""
+        since = time.monotonic()
         with self._arrived:
-            self._arriving += 1
+            self._forget_arrivals_before(since - self.coalesce_seconds)
+            self._arrivals.append(since)
+        _ARRIVAL.set(since)
         try:
             yield
-        finally:
-            with self._arrived:
-                self._arriving -= 1
-                self._arrived.notify_all()
+        except BaseException:
+            self._arrived_one()
+            raise
+
+    def _arrived_one(self) -> None:
+        """This task's arrival, if it has one open, is over."""
+        since = _ARRIVAL.get()
+        if since is None:
+            return
+        _ARRIVAL.set(None)
+        with self._arrived:
+            if since in self._arrivals:  # not aged out meanwhile
+                self._arrivals.remove(since)
+            self._arrived.notify_all()
 
     def _await_arrivals(self) -> None:
-        if not self._arriving or self.decoder.active > len(self.decoder.reading()):  # someone is generating
+        if not self._arrivals or self.decoder.active > len(self.decoder.reading()):  # someone is generating
             return
         deadline = time.monotonic() + self.coalesce_seconds
         with self._arrived:
-            while self._arriving and not self._stopping and (left := deadline - time.monotonic()) > 0:
+            while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                self._forget_arrivals_before(time.monotonic() - self.coalesce_seconds)
+                if not self._arrivals:
+                    return
                 self._arrived.wait(left)
+
+    def _forget_arrivals_before(self, oldest: float) -> None:
+        """Arrivals older than this were never submitted: nothing waits for them (holding _arrived)."""
+        self._arrivals[:] = [since for since in self._arrivals if since >= oldest]
 
     def _run(self) -> None:
         while not self._stopping:
@@ -106,6 +132,12 @@ class Scheduler:
 
     def submit(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> tuple[Job, TokenStream]:
         """Queue a job for `plan`; ApiError 503 (Retry-After) when the waiting queue is full."""
+        try:
+            return self._submit(plan, loop)
+        finally:
+            self._arrived_one()  # after the job is queued: the decoder, woken, finds it
+
+    def _submit(self, plan: Plan, loop: asyncio.AbstractEventLoop) -> tuple[Job, TokenStream]:
         stream = TokenStream(loop, self._outbox, timely=plan.stream or bool(plan.stop_strings))
         job = Job(plan.prompt, plan.sampler, plan.max_new_tokens, frozenset(self.runtime.vocab.stop_ids),
                   on_token=stream.on_token, on_done=stream.on_done, watched=plan.stream,
