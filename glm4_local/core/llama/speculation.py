@@ -115,12 +115,11 @@ class Drafter:
         # any length, where a scan of the context cost ~10 µs at 150 tokens and grew with it; ~400 bytes a
         # token of context (1% of GLM-4-9B's f16 KV cache)
         self._latest: list[dict[tuple[int, ...], int]] = [{} for _ in NGRAM_SIZES]
+        self._unindexed = 0  # the first n-gram end not yet indexed: indexing waits for a draft to need it
         self.extend(prompt)
 
     def extend(self, tokens: list[int]) -> None:
-        first = max(len(self._tokens) - 1, 0)  # the first n-gram end not yet indexed
         self._tokens += tokens
-        self._index(first)
         for token in tokens:
             if not self.shadow:
                 break
@@ -131,9 +130,12 @@ class Drafter:
             self.record(len(self.shadow), self._shadow_hits)  # what sending it would have earned
             self.shadow, self._shadow_hits = [], 0
 
-    def _index(self, first: int) -> None:
-        """Enter the n-grams ending at positions `first` to the one before the last token."""
-        tokens, last = self._tokens, len(self._tokens) - 2
+    def _index(self) -> None:
+        """Enter the n-grams not yet entered, up to the one ending before the last token: each generated token
+        while one reply drafts, all since at once when it drafts again (while several replies generate in
+        buffers of their own none drafts)."""
+        tokens, first, last = self._tokens, self._unindexed, len(self._tokens) - 2
+        self._unindexed = max(last + 1, first)
         for n, latest in zip(NGRAM_SIZES, self._latest, strict=True):  # later occurrences overwrite earlier ones
             start = max(first, n - 1)
             if last - start < 8:  # a generated token or a few (1 µs each)
@@ -150,6 +152,7 @@ class Drafter:
         limit = min(self.draft_max, room)
         if limit <= 0 or self.shadow:
             return []
+        self._index()
         start = self._latest_match()
         if start is None:
             return []
