@@ -108,7 +108,8 @@ class Scheduler:
                 self._forget_arrivals_before(time.monotonic() - self.coalesce_seconds)
                 if not self._arrivals:
                     return
-                self._arrived.wait(left)
+                young_until = max(self._arrivals) + self.coalesce_seconds  # then none is waited for
+                self._arrived.wait(min(left, young_until - time.monotonic()))
 
     def _forget_arrivals_before(self, oldest: float) -> None:
         """Arrivals older than this were never submitted: nothing waits for them (holding _arrived)."""
