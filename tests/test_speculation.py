@@ -20,6 +20,7 @@ from glm4_local.core.llama.speculation import (
     NGRAM_MIN,
     Acceptance,
     Drafter,
+    Promises,
     SpeculationSettings,
     StepCosts,
     speculation_of,
@@ -146,6 +147,34 @@ def test_a_new_job_starts_from_what_its_decoders_drafts_earned() -> None:
     drafter = Drafter([1, 2] * 8, SpeculationSettings(), Acceptance(9.0, 1.0))  # right 90% of the time
     assert len(drafter.draft(16, 1.0, costing(0.5))) == 6  # 0.9^6 ≥ 0.5 > 0.9^7
     assert drafter.draft(16, 1.0, costing(0.95)) == [] and drafter.shadow  # not even one pays
+
+
+def test_drafts_that_keep_less_than_their_estimate_promised_are_trusted_less() -> None:
+    """An estimate is acted on at its peaks, so what sent drafts keep against what it promised scales what a kept
+    token is worth, decoder-wide; drafts that keep their promise (a passage being copied) win the trust back."""
+    promises = Promises()
+    assert promises.factor == 1.0
+
+    def drafter() -> Drafter:
+        return Drafter([1, 2] * 8, SpeculationSettings(), Acceptance(9.0, 1.0), promises)  # p = 0.9 to start
+
+    first = drafter()
+    assert len(first.draft(16, 1.0, costing(0.5))) == 6  # 0.9^6 ≥ 0.5 > 0.9^7, as without promises
+    first.settle(6, 0)
+    promised = sum(0.9**k for k in range(1, 7))
+    assert (promises.promised, promises.kept) == pytest.approx((0.9 * 4.0 + promised, 0.9 * 4.0))
+    for _ in range(3):
+        drafter().settle(6, 1)  # six tokens sent at p = 0.9 promise 3.7 kept; one was
+    assert promises.factor == 0.5  # the least it is trusted
+    later = drafter()
+    assert later.draft(16, 1.0, costing(0.5)) == [] and later.shadow  # 0.5 × 0.9 of a step < half a step
+    assert len(drafter().draft(16, 1.0, costing(0.4))) == 2  # 0.5 × 0.9² ≥ 0.4 > 0.5 × 0.9³
+    copying = Drafter([1, 2] * 8, SpeculationSettings(), Acceptance(1.0, 0.0), promises)  # p = 1
+    for _ in range(12):
+        assert len(copying.draft(16, 1.0, costing(0.4))) == 16
+        copying.settle(16, 16)
+        copying.extend([1, 2] * 8)
+    assert promises.factor > 0.95 and len(drafter().draft(16, 1.0, costing(0.5))) == 6
 
 
 def test_the_cli_words_for_speculation() -> None:

@@ -29,7 +29,7 @@ from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
 from glm4_local.core.llama.logprobs import logprob_at
 from glm4_local.core.llama.prompt_cache import MIN_GAIN_TOKENS, MIN_SAVED_TOKENS, PromptDiskCache, read_state
 from glm4_local.core.llama.sampling import DecodeError, LogitRows, Sampler
-from glm4_local.core.llama.speculation import Acceptance, Drafter, SpeculationSettings, StepCosts
+from glm4_local.core.llama.speculation import Acceptance, Drafter, Promises, SpeculationSettings, StepCosts
 
 __all__ = ["DecodeAborted", "Decoder", "Job"]
 
@@ -85,6 +85,7 @@ class Decoder:
         self.accepted_tokens = 0
         self.step_costs = StepCosts()  # what a drafted token costs here, against what an accepted one saves
         self.acceptance = Acceptance()  # what drafts earned lately, where a new job's drafting starts
+        self.promises = Promises()  # what sent drafts kept against their estimates' promise
         self._changed = False
         self._copying: set[int] = set()  # sequences whose buffers a queued copy reads or writes (see _copy_prefix)
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
@@ -255,7 +256,8 @@ class Decoder:
             self._end(job, "error")
             return
         slot.job, slot.pending = job, job.prompt[keep:]
-        slot.drafter = Drafter(job.prompt, self.speculation, self.acceptance) if self.speculation.enabled else None
+        enabled = self.speculation.enabled
+        slot.drafter = Drafter(job.prompt, self.speculation, self.acceptance, self.promises) if enabled else None
         slot.used_at = job.started_at = time.perf_counter()
         job.evaluated_tokens = len(slot.pending)
         limit = self.slot_ctx - len(job.prompt)
@@ -376,7 +378,7 @@ class Decoder:
             self.drafted_tokens += len(draft)
             self.accepted_tokens += accepted
             if slot.drafter is not None:
-                slot.drafter.record(len(draft), accepted)
+                slot.drafter.settle(len(draft), accepted)
         if not job.generated:
             job.first_token_at = now
         job.last_token_at = now
