@@ -5,9 +5,9 @@ one buffer they share). Every `step()` is one `llama_decode` whose batch carries
 sequence that is generating, then chunks of prompts waiting to be evaluated (laid out as core/llama/
 batch_layout.py says); each sequence is then sampled by its own C sampler chain. Behind
 a generating sequence's token the batch may carry a prompt-lookup draft (core/llama/speculation.py):
-the tokens the model confirms are kept, the rest leave the KV cache before the step ends. A job
-goes to the free slot whose cache shares the longest prefix with its prompt (when that reuses most of
-the slot's cache), so a conversation's next turn evaluates only its new tokens. The chat (one slot,
+the tokens the model confirms are kept, the rest leave the KV cache before the step ends. Which slot a
+job goes to, and the prefix of its prompt it takes from another slot or the disk instead of reading it, is
+core/llama/slot_caches.py's: a conversation's next turn evaluates only its new tokens. The chat (one slot,
 stepped by its own thread) and the server (many slots, stepped by a worker thread) both run this loop.
 
 One of the modules of core/llama/, the only ones importing llama_cpp.
@@ -27,15 +27,15 @@ from glm4_local.core.llama.batch_layout import Placed, Planned, fillers, lay_out
 from glm4_local.core.llama.device import ContextSettings
 from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
 from glm4_local.core.llama.logprobs import logprob_at
-from glm4_local.core.llama.prompt_cache import MIN_GAIN_TOKENS, MIN_SAVED_TOKENS, PromptDiskCache, read_state
+from glm4_local.core.llama.prompt_cache import PromptDiskCache
 from glm4_local.core.llama.sampling import DecodeError, LogitRows, Sampler
+from glm4_local.core.llama.slot_caches import SlotCaches
 from glm4_local.core.llama.speculation import Acceptance, Drafter, Promises, SpeculationSettings, StepCosts
 
 __all__ = ["DecodeAborted", "Decoder", "Job"]
 
 ECHO_CHUNK = 256  # prompt tokens a batch reads of a job scoring its prompt: each keeps a row of logits (the
 # vocabulary's floats, 0.6 MB for GLM-4), so a 2,048-token batch would hold 1.2 GB of them
-SHARE_MIN_TOKENS = 32  # a prefix another slot holds is shared with a new job from this many tokens more on
 
 
 class Decoder:
@@ -77,6 +77,7 @@ class Decoder:
         self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
         self.logit_rows = LogitRows(self.n_vocab)
         self._slots = [Slot(i) for i in range(slots)]
+        self.caches = SlotCaches(ll, self.ctx, self.memory, self._slots, self.kv_unified, disk)
         self._waiting: collections.deque[Job] = collections.deque()
         self.decode_calls = 0  # llama_decode calls, and the tokens they carried (for /metrics)
         self.decoded_tokens = 0
@@ -87,7 +88,6 @@ class Decoder:
         self.acceptance = Acceptance()  # what drafts earned lately, where a new job's drafting starts
         self.promises = Promises()  # what sent drafts kept against their estimates' promise
         self._changed = False
-        self._copying: set[int] = set()  # sequences whose buffers a queued copy reads or writes (see _copy_prefix)
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
         self._abort = threading.Event()  # set from another thread: the llama_decode under way stops
         self._abort_callback = ll.ggml_abort_callback(lambda _: self._abort.is_set())  # kept referenced
@@ -179,7 +179,7 @@ class Decoder:
         for slot in filler_slots:  # a filler's cell was only there to keep the step one pass
             self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
         if status >= 0:  # llama.cpp has applied the queued copies between buffers (it does before computing)
-            self._copying.clear()
+            self.caches.copying.clear()
         self.decode_seconds += seconds
         self.decode_calls += 1
         if all(entry.tokens == 1 and entry.output is not None for entry in added):
@@ -228,27 +228,14 @@ class Decoder:
                 self._waiting.remove(job)
             self._assign(job, free)
 
-    @staticmethod
-    def _choose(free: list[Slot], prompt: list[int]) -> Slot:
-        """The free slot whose cache shares the longest prefix with the prompt, if that reuses at least
-        half of what the slot holds (a conversation's next turn); else the least recently used one, so
-        that a new conversation which merely shares a system prompt does not evict a live one."""
-        shared = {id(s): common_prefix(s.cached, prompt) for s in free}
-        best = max(free, key=lambda s: (shared[id(s)], -s.used_at))
-        if shared[id(best)] * 2 >= len(best.cached) > 0:
-            return best
-        return min(free, key=lambda s: s.used_at)
-
     def _assign(self, job: Job, free: list[Slot]) -> None:
-        slot = self._choose(free, job.prompt)
+        slot = self.caches.choose(free, job.prompt)
         keep = min(common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)  # the last one gives logits
         if job.echo_logprobs:
             keep = 0  # every prompt token is scored, so every one is read
-        self._ll.llama_memory_seq_rm(self.memory, slot.seq, keep, -1)
-        del slot.cached[keep:]
-        slot.on_disk = min(slot.on_disk, keep)
+        self.caches.keep(slot, keep)
         if not job.echo_logprobs:
-            keep = self._take_prefix(slot, job.prompt, keep)
+            keep = self.caches.take_prefix(slot, job.prompt, keep)
         try:
             slot.sampler = Sampler(self.vocab, self.n_vocab, job.sampling, self.logit_rows)
         except Exception as e:  # a value llama.cpp refuses must end this job, never the loop
@@ -262,63 +249,6 @@ class Decoder:
         job.evaluated_tokens = len(slot.pending)
         limit = self.slot_ctx - len(job.prompt)
         job.max_new_tokens = min(job.max_new_tokens, limit) if job.max_new_tokens > 0 else limit
-
-    def _take_prefix(self, slot: Slot, prompt: list[int], keep: int) -> int:
-        """Give the slot the longest prefix of the prompt to be had without reading it, another slot's (users
-        with the same system prompt and tools) or the disk's, when that beats the `keep` tokens it holds; the
-        tokens it holds then."""
-        donor, shared = self._donor(slot, prompt)
-        if shared < keep + SHARE_MIN_TOKENS:
-            donor, shared = None, keep
-        # a buffer with a copy pending is neither written nor read until the next decode applies the copy
-        if self.disk is not None and len(prompt) - 1 - shared >= MIN_GAIN_TOKENS and slot.seq not in self._copying:
-            restored = self.disk.restore(self._ll, self.ctx, self.memory, slot.seq, prompt, shared, *self._stream(slot))
-            if restored is not None:  # [] when llama.cpp refused the entry and the slot was emptied
-                slot.cached, slot.on_disk = restored, len(restored)
-                if restored or donor is None:
-                    return len(restored)
-        return self._copy_prefix(slot, donor, shared) if donor is not None else keep
-
-    def _donor(self, slot: Slot, prompt: list[int]) -> tuple[Slot | None, int]:
-        """The other slot holding the longest prefix of the prompt, and how many tokens of it (not the last
-        one, which gives logits)."""
-        limit, donor, count = len(prompt) - 1, None, 0
-        for other in self._slots:
-            shared = min(common_prefix(other.cached, prompt), limit) if other is not slot else 0
-            if shared > count:
-                donor, count = other, shared
-        return donor, count
-
-    def _copy_prefix(self, slot: Slot, donor: Slot, count: int) -> int:
-        """The donor's first `count` tokens as the slot's. In the one buffer all slots share, a copy only marks
-        the cells as the slot's too: nothing is read again, nothing duplicated. Between buffers of their own,
-        llama.cpp copies the whole buffer at the start of the next llama_decode (no call applies it sooner),
-        and the slot keeps the prefix's part."""
-        ll = self._ll
-        ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
-        if self.kv_unified:
-            ll.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, 0, count)
-        else:
-            ll.llama_memory_seq_cp(self.memory, donor.seq, slot.seq, -1, -1)
-            ll.llama_memory_seq_rm(self.memory, slot.seq, count, -1)
-            self._copying.update((donor.seq, slot.seq))
-        slot.cached, slot.on_disk = donor.cached[:count], 0
-        return count
-
-    def _save_to_disk(self, slot: Slot) -> None:
-        """Keep what the slot holds on disk once it has read MIN_SAVED_TOKENS more than the disk has: a
-        long prompt read once is saved, and a long conversation every few thousand tokens (not every
-        turn: an entry of a 9B model's 32K tokens is over a GiB)."""
-        if self.disk is None or len(slot.cached) - slot.on_disk < MIN_SAVED_TOKENS or slot.seq in self._copying:
-            return
-        state = read_state(self._ll, self.ctx, slot.seq, *self._stream(slot))
-        if state is not None:
-            self.disk.save(list(slot.cached), state)
-            slot.on_disk = len(slot.cached)
-
-    def _stream(self, slot: Slot) -> tuple[int, int]:
-        """(KV buffers in the context, the slot's one): one shared, or a buffer each, numbered as the slots."""
-        return (1, 0) if self.kv_unified else (len(self._slots), slot.seq)
 
     def _fill_batch(self) -> tuple[list[Placed], list[Slot]]:
         """What each busy slot puts into the batch (generating slots first, each its next token and a draft
@@ -439,7 +369,7 @@ class Decoder:
         self._changed = True  # a slot is free for whoever waits
         job = slot.job
         if job is not None and reason in ("stop", "length"):
-            self._save_to_disk(slot)
+            self.caches.save(slot)
         slot.job, slot.pending, slot.drafter = None, [], None
         if slot.sampler:
             slot.sampler.free()
