@@ -2,21 +2,25 @@
 interleaved; every figure a ratio measured in this run.
 
 1. plain decoding: aggregate tokens/s of 1, 4 and 8 concurrent greedy requests of 128 tokens on q8_0
-   models with GLM-4's real 151,552-token vocabulary (4 layers × 512 and 12 × 1024; `--small`: the first
-   alone), both servers at their defaults, and each with flash attention off; every cell where glm4-local
-   at its defaults is below llama-server at its defaults is named (ratios: medians of the rounds' ratios);
+   models with GLM-4's real 151,552-token vocabulary (4 layers × 512 and 12 × 1024; `--models`, `--streams`:
+   some of them), both servers at their defaults, and each with flash attention off; every cell where
+   glm4-local at its defaults is below llama-server at its defaults is named (ratios: medians of the rounds'
+   ratios, with the interval the rounds allow for that median: a cell is short or ahead only where the whole
+   interval is);
 2. speculation (prompt lookup): a scripted model that repeats a 120-token passage of its prompt, and a
    random model asked to continue text already in its prompt; glm4-local with `--speculate auto` and
    `off`, llama-server with `--spec-type ngram-simple` and without.
 
     bash benchmarks/build_llama_server.sh             # once; optional step, ~8 minutes on 2 cores
-    python benchmarks/against_llama_server.py [--llama-server PATH] [--rounds 3] [--small] [--only plain|spec]
+    python benchmarks/against_llama_server.py [--llama-server PATH] [--rounds 3] [--only plain|spec]
+        [--models small,big] [--streams 1,4,8]       # e.g. one cell, many rounds: --models big --streams 1
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import re
 import statistics
 import sys
@@ -43,6 +47,8 @@ SLOT_CTX = 1024
 TOKENS = 128
 SMALL = factory.Shape(n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=1536, context=8192)
 BIG = factory.Shape(n_layer=12, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128, n_ff=2816, context=8192)
+MODELS = {"small": SMALL, "big": BIG}
+CONFIDENCE = 0.95
 
 Ask = Callable[[list[dict[str, str]], int], dict[str, Any]]
 
@@ -101,6 +107,25 @@ def paired(ours: list[float], theirs: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
 
 
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """An interval holding the median of what `values` sample with at least `confidence`, free of any
+    assumed distribution: the k-th smallest and k-th largest value, k the largest whose coverage
+    1 - 2·P(Binomial(n, ½) < k) reaches it; with too few values, the smallest and largest and their coverage."""
+    ordered, n = sorted(values), len(values)
+
+    def coverage(k: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k < n // 2 and coverage(k + 1) >= confidence:
+        k += 1
+    return ordered[k - 1], ordered[n - k], coverage(k)
+
+
+def ratios(ours: list[float], theirs: list[float]) -> list[float]:
+    return [a / b for a, b in zip(ours, theirs, strict=True)]
+
+
 def stories(width: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"Tell me story number {i}."}] for i in range(width)]
 
@@ -112,26 +137,32 @@ def real_vocab_q8_0(folder: Path, shape: factory.Shape) -> tuple[str, Path]:
     return name, convert(str(folder / name), OUT_TYPES["q8_0"], output=folder / f"{name}-q8_0.gguf").path
 
 
-def plain(binary: Path, folder: Path, shapes: list[factory.Shape], rounds: int) -> None:
+def plain(binary: Path, folder: Path, shapes: list[factory.Shape], widths: list[int], rounds: int) -> None:
     for shape in shapes:
         name, model = real_vocab_q8_0(folder, shape)
         servers = {"glm4-local": ours(model, folder), "llama-server": theirs(binary, model),
                    "llama-server -fa off": theirs(binary, model, "-fa", "off"),
                    "glm4-local --no-flash-attn": ours(model, folder, "--no-flash-attn"),
                    "glm4-local --speculate off": ours(model, folder, "--speculate", "off")}
-        result = compare(servers, stories, list(WIDTHS), rounds, TOKENS)
-        short = []
-        for width in WIDTHS:
-            ratio = paired(result[("glm4-local", width)], result[("llama-server", width)])
+        result = compare(servers, stories, widths, rounds, TOKENS)
+        verdicts: dict[str, list[str]] = {"short": [], "level": [], "ahead": []}
+        for width in widths:
+            each = ratios(result[("glm4-local", width)], result[("llama-server", width)])
+            low, high, coverage = median_interval(each)
             off = paired(result[("glm4-local --no-flash-attn", width)], result[("llama-server -fa off", width)])
             plain_only = paired(result[("glm4-local --speculate off", width)], result[("llama-server", width)])
             line = ", ".join(f"{n} {statistics.median(result[(n, width)]):.1f}" for n in servers)
-            print(f"{name}, {width} stream(s), tok/s (medians): {line}; glm4-local/llama-server {ratio:.3f} "
-                  f"(defaults), {off:.2f} (both without flash attention), {plain_only:.2f} "
+            print(f"{name}, {width} stream(s), tok/s (medians): {line}; glm4-local/llama-server "
+                  f"{statistics.median(each):.3f} (defaults; {low:.3f}-{high:.3f} holds the median with "
+                  f"{coverage:.0%}), {off:.2f} (both without flash attention), {plain_only:.2f} "
                   "(glm4-local --speculate off; each a median of the rounds' ratios)")
-            if ratio < 1.0:
-                short.append(f"{name} × {width}")
-        print(f"{name}: below llama-server at defaults: {', '.join(short) or 'none'}")
+            cell = f"{name} × {width}"
+            verdicts["short" if high < 1.0 else "ahead" if low >= 1.0 else "level"].append(cell)
+            if statistics.median(each) < 1.0:
+                print(f"  {cell}: below llama-server at defaults in this run's median")
+        listed = {verdict: ", ".join(cells) or "none" for verdict, cells in verdicts.items()}
+        print(f"{name}: short of llama-server at defaults (whole interval below 1): {listed['short']}; "
+              f"ahead: {listed['ahead']}; not told apart in {rounds} rounds: {listed['level']}")
 
 
 def passage_words(real: bool) -> tuple[str, ...]:
@@ -232,9 +263,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--llama-server", type=Path, default=DEFAULT_BINARY)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--small", action="store_true", help="only the 4 × 512 model")
+    parser.add_argument("--small", action="store_true", help="only the 4 × 512 model (as --models small)")
+    parser.add_argument("--models", default="small,big",
+                        help="plain decoding's models: small (4 × 512), big (12 × 1024)")
+    parser.add_argument("--streams", default=",".join(map(str, WIDTHS)), help="plain decoding's concurrent requests")
     parser.add_argument("--only", choices=("plain", "spec"))
     args = parser.parse_args()
+    try:
+        shapes = [MODELS[m] for m in ("small" if args.small else args.models).split(",")]
+        widths = [int(w) for w in args.streams.split(",")]
+    except (KeyError, ValueError) as e:
+        sys.exit(f"--models takes {', '.join(MODELS)}; --streams numbers, comma-separated ({e})")
     if not args.llama_server.is_file() and args.only != "spec":
         sys.exit(f"{args.llama_server}: no llama-server; build it with benchmarks/build_llama_server.sh "
                  "(or run --only spec, which then measures glm4-local alone)")
@@ -244,7 +283,7 @@ def main() -> None:
             if not factory.REAL_TOKENIZER.is_file():
                 print("plain: skipped (GLM-4's tokenizer.model not found in ../shared)")
             else:
-                plain(args.llama_server, folder, [SMALL] if args.small else [SMALL, BIG], args.rounds)
+                plain(args.llama_server, folder, shapes, widths, args.rounds)
         if args.only in (None, "spec"):
             speculation(args.llama_server if args.llama_server.is_file() else None, folder, args.rounds)
 
