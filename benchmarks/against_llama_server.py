@@ -86,15 +86,19 @@ def rate(ask: Ask, prompts: list[list[dict[str, str]]], n: int) -> float:
 
 def compare(servers: dict[str, tuple[Callable[[], object], Ask]], prompts: Callable[[int], list[list[dict[str, str]]]],
             widths: list[int], rounds: int, n: int) -> dict[tuple[str, int], list[float]]:
-    """Tokens/s of each round per (server, width), rounds interleaved across servers so noise hits all alike."""
+    """Tokens/s of each round per (server, width), rounds interleaved across servers so noise hits all alike,
+    each round starting one server further on (a Latin square over as many rounds as servers), so that no
+    server is always the one measured first after a change of width."""
     rates: dict[tuple[str, int], list[float]] = {}
+    names = list(servers)
     try:
         for _, ask in servers.values():
             ask(prompts(1)[0], 4)  # warm up
-        for _ in range(rounds):
+        for round_number in range(rounds):
+            turn = names[round_number % len(names):] + names[: round_number % len(names)]
             for width in widths:
-                for name, (_, ask) in servers.items():
-                    rates.setdefault((name, width), []).append(rate(ask, prompts(width), n))
+                for name in turn:
+                    rates.setdefault((name, width), []).append(rate(servers[name][1], prompts(width), n))
     finally:
         for stop, _ in servers.values():
             stop()
