@@ -164,7 +164,9 @@ def test_drafts_that_keep_less_than_their_estimate_promised_are_trusted_less() -
     promised = sum(0.9**k for k in range(1, 7))
     assert (promises.promised, promises.kept) == pytest.approx((0.9 * 4.0 + promised, 0.9 * 4.0))
     for _ in range(3):
-        drafter().settle(6, 1)  # six tokens sent at p = 0.9 promise 3.7 kept; one was
+        sent = drafter()
+        assert sent.draft(16, 1.0, costing(0.0))  # free: sent however little it is trusted
+        sent.settle(6, 1)  # six of its tokens, sent at p = 0.9, promised 3.7 kept; one was
     assert promises.factor == 0.5  # the least it is trusted
     later = drafter()
     assert later.draft(16, 1.0, costing(0.5)) == [] and later.shadow  # 0.5 × 0.9 of a step < half a step
