@@ -105,10 +105,14 @@ def compare(servers: dict[str, tuple[Callable[[], object], Ask]], prompts: Calla
     return rates
 
 
+def ratios(ours: list[float], theirs: list[float]) -> list[float]:
+    return [a / b for a, b in zip(ours, theirs, strict=True)]
+
+
 def paired(ours: list[float], theirs: list[float]) -> float:
     """The median of the rounds' ratios: each round's two measurements are seconds apart, so the machine's
     drift over the run (±20% here in minutes) cancels, where a ratio of medians would keep it."""
-    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+    return statistics.median(ratios(ours, theirs))
 
 
 def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -124,10 +128,6 @@ def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tupl
     while k < n // 2 and coverage(k + 1) >= confidence:
         k += 1
     return ordered[k - 1], ordered[n - k], coverage(k)
-
-
-def ratios(ours: list[float], theirs: list[float]) -> list[float]:
-    return [a / b for a, b in zip(ours, theirs, strict=True)]
 
 
 def stories(width: int) -> list[list[dict[str, str]]]:

@@ -178,8 +178,8 @@ class Decoder:
         seconds = time.perf_counter() - started
         for slot in filler_slots:  # a filler's cell was only there to keep the step one pass
             self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
-        if status >= 0:  # llama.cpp has applied the queued copies between buffers (it does before computing)
-            self.caches.copying.clear()
+        if status >= 0:
+            self.caches.copies_applied()
         self.decode_seconds += seconds
         self.decode_calls += 1
         if all(entry.tokens == 1 and entry.output is not None for entry in added):

@@ -85,6 +85,10 @@ class SlotCaches:
         slot.cached, slot.on_disk = donor.cached[:count], 0
         return count
 
+    def copies_applied(self) -> None:
+        """A llama_decode has run: llama.cpp applied the queued copies between buffers before computing."""
+        self.copying.clear()
+
     def save(self, slot: Slot) -> None:
         """Keep what the slot holds on disk once it has read MIN_SAVED_TOKENS more than the disk has: a
         long prompt read once is saved, and a long conversation every few thousand tokens (not every
