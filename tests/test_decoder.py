@@ -76,6 +76,23 @@ def test_a_continued_prompt_goes_back_to_its_slot_and_reuses_it(make_gguf: Calla
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_short_prompts_sent_again_go_back_to_the_slots_that_hold_them(make_gguf: Callable[..., Path],
+                                                                       layout: str) -> None:
+    """Four short prompts differing near their end, each answered at more length than it has, are sent again
+    in another order (a retry, a regenerated reply): each returns to the slot holding it and reads only its
+    last token (the oldest slot held another prompt: 3 tokens to read, and unequal counts compute in two passes)."""
+    rt = runtime(make_gguf("f32"), slots=4, ctx=256, layout=layout)
+    prompts = [[5, 17, 42, 9, 60 + i, 11, 12] for i in range(4)]
+    run_all(rt.decoder, [Job(p, SamplerSettings(), 20, frozenset()) for p in prompts])
+    again = [Job(p, SamplerSettings(), 20, frozenset()) for p in reversed(prompts)]
+    run_all(rt.decoder, again)
+    assert [job.evaluated_tokens for job in again] == [1, 1, 1, 1]
+    follow_up = Job([5, 17, 42, 9, 99, 11, 12], SamplerSettings(), 5, frozenset())  # new: still the oldest slot's
+    run_all(rt.decoder, [follow_up])
+    assert follow_up.evaluated_tokens == 3
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_prefix_another_slot_holds_is_shared_not_read_again(make_gguf: Callable[..., Path], layout: str) -> None:
     """Users with the same long system prompt: a new job in a free slot takes the shared prefix from the slot
     that holds it (running or done), and answers as it does alone. Between buffers of their own the copy is

@@ -28,14 +28,22 @@ class SlotCaches:
 
     @staticmethod
     def choose(free: list[Slot], prompt: list[int]) -> Slot:
-        """The free slot whose cache shares the longest prefix with the prompt, if that reuses at least
-        half of what the slot holds (a conversation's next turn); else the least recently used one, so
-        that a new conversation which merely shares a system prompt does not evict a live one."""
-        shared = {id(s): common_prefix(s.cached, prompt) for s in free}
+        """The free slot whose cache shares the longest prefix with the prompt, if that reuses at least half of
+        what the slot holds (a conversation's next turn) or the whole prompt where no copy would bring it to
+        another slot (the same short request again: a retry, a regenerated reply, which replaces the old one);
+        else the least recently used one, so that a new conversation which merely shares a system prompt does
+        not evict a live one."""
+        usable = len(prompt) - 1  # the last token is read for its logits whatever the cache holds
+        shared = {id(s): min(common_prefix(s.cached, prompt), usable) for s in free}
         best = max(free, key=lambda s: (shared[id(s)], -s.used_at))
+        oldest = min(free, key=lambda s: s.used_at)
         if shared[id(best)] * 2 >= len(best.cached) > 0:
             return best
-        return min(free, key=lambda s: s.used_at)
+        # four short requests sent again read 1, 3, 3 and 3 tokens from the oldest slots, and llama.cpp computes
+        # unequal counts in buffers of their own in passes of equal ones: two passes where one does
+        if shared[id(best)] == usable and usable < shared[id(oldest)] + SHARE_MIN_TOKENS:
+            return best
+        return oldest
 
     def keep(self, slot: Slot, tokens: int) -> None:
         """The slot keeps the first `tokens` of its cache and drops the rest."""
