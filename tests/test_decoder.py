@@ -15,7 +15,9 @@ from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.core.llama.decoder import Decoder, Job
+from glm4_local.core.llama.jobs import Slot
 from glm4_local.core.llama.sampling import SamplerSettings
+from glm4_local.core.llama.slot_caches import SlotCaches
 
 LAYOUTS = ["shared", "per-sequence"]  # the KV cache: one buffer for all slots, or (the default) a buffer each
 
@@ -90,6 +92,26 @@ def test_short_prompts_sent_again_go_back_to_the_slots_that_hold_them(make_gguf:
     follow_up = Job([5, 17, 42, 9, 99, 11, 12], SamplerSettings(), 5, frozenset())  # new: still the oldest slot's
     run_all(rt.decoder, [follow_up])
     assert follow_up.evaluated_tokens == 3
+
+
+def test_the_slot_a_job_takes_keeps_live_conversations_and_reads_least() -> None:
+    """Which free slot a prompt goes to: its conversation's; a slot holding all of a short prompt (sent again);
+    otherwise the least recently used, also for a long prompt another slot holds whole (a copy brings it)."""
+    system = list(range(100, 140))
+
+    def slots(*caches: list[int]) -> list[Slot]:
+        return [Slot(seq, cached=list(cache), used_at=float(seq)) for seq, cache in enumerate(caches)]
+
+    def chosen(prompt: list[int], *caches: list[int]) -> int:
+        return SlotCaches.choose(slots(*caches), prompt).seq
+
+    short, reply = [1, 2, 3, 4, 5], list(range(500, 520))
+    long_prompt = [*system, 7, 8]
+    assert chosen([*short, *reply, 9], [9, 9], [*short, *reply]) == 1  # the conversation's next turn
+    assert chosen(short, [9, 9], [*short, *reply]) == 1  # sent again: 4 tokens kept, no copy would be made
+    assert chosen([1, 2, 3, 6, 5], [9, 9], [*short, *reply]) == 0  # a new prompt: the oldest slot
+    assert chosen(long_prompt, [9, 9], [*long_prompt, *reply * 3]) == 0  # 41 tokens: copied, the slot kept
+    assert chosen([*system, 30, 31], [9, 9], [*system, 20, 21, *reply * 3]) == 0  # a shared system prompt alone
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -33,15 +33,15 @@ class SlotCaches:
         another slot (the same short request again: a retry, a regenerated reply, which replaces the old one);
         else the least recently used one, so that a new conversation which merely shares a system prompt does
         not evict a live one."""
-        usable = len(prompt) - 1  # the last token is read for its logits whatever the cache holds
-        shared = {id(s): min(common_prefix(s.cached, prompt), usable) for s in free}
+        shared = {id(s): common_prefix(s.cached, prompt) for s in free}
         best = max(free, key=lambda s: (shared[id(s)], -s.used_at))
         oldest = min(free, key=lambda s: s.used_at)
         if shared[id(best)] * 2 >= len(best.cached) > 0:
             return best
         # four short requests sent again read 1, 3, 3 and 3 tokens from the oldest slots, and llama.cpp computes
         # unequal counts in buffers of their own in passes of equal ones: two passes where one does
-        if shared[id(best)] == usable and usable < shared[id(oldest)] + SHARE_MIN_TOKENS:
+        usable = len(prompt) - 1  # the last token is read for its logits whatever the cache holds
+        if shared[id(best)] >= usable and usable < min(shared[id(oldest)], usable) + SHARE_MIN_TOKENS:
             return best
         return oldest
 
