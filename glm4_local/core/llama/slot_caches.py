@@ -35,13 +35,13 @@ class SlotCaches:
         not evict a live one."""
         shared = {id(s): common_prefix(s.cached, prompt) for s in free}
         best = max(free, key=lambda s: (shared[id(s)], -s.used_at))
-        oldest = min(free, key=lambda s: s.used_at)
         if shared[id(best)] * 2 >= len(best.cached) > 0:
             return best
+        oldest = min(free, key=lambda s: s.used_at)
         # four short requests sent again read 1, 3, 3 and 3 tokens from the oldest slots, and llama.cpp computes
         # unequal counts in buffers of their own in passes of equal ones: two passes where one does
         usable = len(prompt) - 1  # the last token is read for its logits whatever the cache holds
-        if shared[id(best)] >= usable and usable < min(shared[id(oldest)], usable) + SHARE_MIN_TOKENS:
+        if shared[id(best)] >= usable and not _copy_pays(usable, min(shared[id(oldest)], usable)):
             return best
         return oldest
 
@@ -55,7 +55,7 @@ class SlotCaches:
         """Give the slot the longest prefix of the prompt to be had without reading it, another slot's or the
         disk's, when that beats the `keep` tokens it holds; the tokens it holds then."""
         donor, shared = self._donor(slot, prompt)
-        if shared < keep + SHARE_MIN_TOKENS:
+        if not _copy_pays(shared, keep):
             donor, shared = None, keep
         # a buffer with a copy pending is neither written nor read until the next decode applies the copy
         if self.disk is not None and len(prompt) - 1 - shared >= MIN_GAIN_TOKENS and slot.seq not in self.copying:
@@ -111,3 +111,8 @@ class SlotCaches:
     def _stream(self, slot: Slot) -> tuple[int, int]:
         """(KV buffers in the context, the slot's one): one shared, or a buffer each, numbered as the slots."""
         return (1, 0) if self.kv_unified else (len(self._slots), slot.seq)
+
+
+def _copy_pays(shared: int, kept: int) -> bool:
+    """Whether a slot keeping `kept` tokens of a prompt should take `shared` of them from another slot instead."""
+    return shared >= kept + SHARE_MIN_TOKENS
