@@ -6,7 +6,9 @@ interleaved; every figure a ratio measured in this run.
    some of them), both servers at their defaults, and each with flash attention off; every cell where
    glm4-local at its defaults is below llama-server at its defaults is named (ratios: medians of the rounds'
    ratios, with the interval the rounds allow for that median: a cell is short or ahead only where the whole
-   interval is);
+   interval is); `--starts K` starts the servers K times (--rounds rounds each) and pools the rounds: a
+   process keeps a speed of its own from start to stop, so one start is one draw of that however many rounds
+   it runs; `--twin` adds a second llama-server process, whose ratio to the first is the spread of two alike;
 2. speculation (prompt lookup): a scripted model that repeats a 120-token passage of its prompt, and a
    random model asked to continue text already in its prompt; glm4-local with `--speculate auto` and
    `off`, llama-server with `--spec-type ngram-simple` and without.
@@ -14,11 +16,13 @@ interleaved; every figure a ratio measured in this run.
     bash benchmarks/build_llama_server.sh             # once; optional step, ~8 minutes on 2 cores
     python benchmarks/against_llama_server.py [--llama-server PATH] [--rounds 3] [--only plain|spec]
         [--models small,big] [--streams 1,4,8]       # e.g. one cell, many rounds: --models big --streams 1
+        [--starts 4] [--twin] [--defaults-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import re
@@ -49,6 +53,7 @@ SMALL = factory.Shape(n_layer=4, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
 BIG = factory.Shape(n_layer=12, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128, n_ff=2816, context=8192)
 MODELS = {"small": SMALL, "big": BIG}
 CONFIDENCE = 0.95
+TWIN = "llama-server, second process"
 
 Ask = Callable[[list[dict[str, str]], int], dict[str, Any]]
 
@@ -141,32 +146,88 @@ def real_vocab_q8_0(folder: Path, shape: factory.Shape) -> tuple[str, Path]:
     return name, convert(str(folder / name), OUT_TYPES["q8_0"], output=folder / f"{name}-q8_0.gguf").path
 
 
-def plain(binary: Path, folder: Path, shapes: list[factory.Shape], widths: list[int], rounds: int) -> None:
+def plain_servers(binary: Path, model: Path, folder: Path, variants: bool,
+                  twin: bool) -> dict[str, tuple[Callable[[], object], Ask]]:
+    """Both servers at their defaults; `twin`: a second llama-server process alike, `variants`: each without
+    flash attention and ours without drafts. Started one by one: if one fails, those already up are stopped."""
+    wanted: dict[str, Callable[[], tuple[Callable[[], object], Ask]]] = {
+        "glm4-local": lambda: ours(model, folder), "llama-server": lambda: theirs(binary, model)}
+    if twin:
+        wanted[TWIN] = lambda: theirs(binary, model)
+    if variants:
+        wanted |= {"llama-server -fa off": lambda: theirs(binary, model, "-fa", "off"),
+                   "glm4-local --no-flash-attn": lambda: ours(model, folder, "--no-flash-attn"),
+                   "glm4-local --speculate off": lambda: ours(model, folder, "--speculate", "off")}
+    servers: dict[str, tuple[Callable[[], object], Ask]] = {}
+    try:
+        for name, start in wanted.items():
+            servers[name] = start()
+    except BaseException:
+        for stop, _ in servers.values():
+            stop()
+        raise
+    return servers
+
+
+def over_starts(start_servers: Callable[[], dict[str, tuple[Callable[[], object], Ask]]], widths: list[int],
+                rounds: int, starts: int) -> list[dict[tuple[str, int], list[float]]]:
+    """compare()'s rates of each start of the servers, each a fresh set of processes: a process keeps a speed of its
+    own from start to stop (two identical llama-server processes measured 0.950-1.071 of each other over 4 rounds
+    here), which no number of rounds of the same processes averages out."""
+    return [compare(start_servers(), stories, widths, rounds, TOKENS) for _ in range(starts)]
+
+
+def pooled(each_start: list[dict[tuple[str, int], list[float]]], key: tuple[str, int]) -> list[float]:
+    return [rate for result in each_start for rate in result[key]]
+
+
+def twin_line(result: dict[str, list[float]], each_start: list[dict[tuple[str, int], list[float]]], width: int) -> str:
+    """Ours against the second llama-server process, and that process against the first (per start too)."""
+    line = (f"  glm4-local / a second llama-server process: {paired(result['glm4-local'], result[TWIN]):.3f}; "
+            f"that process / the first: {paired(result[TWIN], result['llama-server']):.3f}")
+    if len(each_start) > 1:
+        line += " (each start: " + ", ".join(
+            f"{paired(r[(TWIN, width)], r[('llama-server', width)]):.3f}" for r in each_start) + ")"
+    return line
+
+
+def report_cell(cell: str, width: int, each_start: list[dict[tuple[str, int], list[float]]], variants: bool,
+                twin: bool) -> str:
+    """Print one model × streams cell over all starts; its verdict: short, level or ahead."""
+    names = list(dict.fromkeys(server for server, _ in each_start[0]))
+    result = {n: pooled(each_start, (n, width)) for n in names}
+    each = ratios(result["glm4-local"], result["llama-server"])
+    low, high, coverage = median_interval(each)
+    line = ", ".join(f"{n} {statistics.median(result[n]):.1f}" for n in names)
+    print(f"{cell}, tok/s (medians): {line}; glm4-local/llama-server {statistics.median(each):.3f} (defaults; "
+          f"{low:.3f}-{high:.3f} holds the median with {coverage:.0%}; a median of the rounds' ratios)")
+    if variants:
+        off = paired(result["glm4-local --no-flash-attn"], result["llama-server -fa off"])
+        plain_only = paired(result["glm4-local --speculate off"], result["llama-server"])
+        print(f"  both without flash attention {off:.2f}, glm4-local --speculate off / llama-server {plain_only:.2f}")
+    if len(each_start) > 1:
+        print("  each start of the servers: " + ", ".join(
+            f"{paired(r[('glm4-local', width)], r[('llama-server', width)]):.3f}" for r in each_start))
+    if twin:
+        print(twin_line(result, each_start, width))
+    if statistics.median(each) < 1.0:
+        print(f"  {cell}: below llama-server at defaults in this run's median")
+    return "short" if high < 1.0 else "ahead" if low >= 1.0 else "level"
+
+
+def plain(binary: Path, folder: Path, shapes: list[factory.Shape], widths: list[int], rounds: int, starts: int = 1,
+          variants: bool = True, twin: bool = False) -> None:
     for shape in shapes:
         name, model = real_vocab_q8_0(folder, shape)
-        servers = {"glm4-local": ours(model, folder), "llama-server": theirs(binary, model),
-                   "llama-server -fa off": theirs(binary, model, "-fa", "off"),
-                   "glm4-local --no-flash-attn": ours(model, folder, "--no-flash-attn"),
-                   "glm4-local --speculate off": ours(model, folder, "--speculate", "off")}
-        result = compare(servers, stories, widths, rounds, TOKENS)
+        each_start = over_starts(functools.partial(plain_servers, binary, model, folder, variants, twin), widths,
+                                 rounds, starts)
         verdicts: dict[str, list[str]] = {"short": [], "level": [], "ahead": []}
         for width in widths:
-            each = ratios(result[("glm4-local", width)], result[("llama-server", width)])
-            low, high, coverage = median_interval(each)
-            off = paired(result[("glm4-local --no-flash-attn", width)], result[("llama-server -fa off", width)])
-            plain_only = paired(result[("glm4-local --speculate off", width)], result[("llama-server", width)])
-            line = ", ".join(f"{n} {statistics.median(result[(n, width)]):.1f}" for n in servers)
-            print(f"{name}, {width} stream(s), tok/s (medians): {line}; glm4-local/llama-server "
-                  f"{statistics.median(each):.3f} (defaults; {low:.3f}-{high:.3f} holds the median with "
-                  f"{coverage:.0%}), {off:.2f} (both without flash attention), {plain_only:.2f} "
-                  "(glm4-local --speculate off; each a median of the rounds' ratios)")
             cell = f"{name} × {width}"
-            verdicts["short" if high < 1.0 else "ahead" if low >= 1.0 else "level"].append(cell)
-            if statistics.median(each) < 1.0:
-                print(f"  {cell}: below llama-server at defaults in this run's median")
+            verdicts[report_cell(cell, width, each_start, variants, twin)].append(cell)
         listed = {verdict: ", ".join(cells) or "none" for verdict, cells in verdicts.items()}
         print(f"{name}: short of llama-server at defaults (whole interval below 1): {listed['short']}; "
-              f"ahead: {listed['ahead']}; not told apart in {rounds} rounds: {listed['level']}")
+              f"ahead: {listed['ahead']}; not told apart in {rounds * starts} rounds: {listed['level']}")
 
 
 def passage_words(real: bool) -> tuple[str, ...]:
@@ -272,6 +333,12 @@ def main() -> None:
                         help="plain decoding's models: small (4 × 512), big (12 × 1024)")
     parser.add_argument("--streams", default=",".join(map(str, WIDTHS)), help="plain decoding's concurrent requests")
     parser.add_argument("--only", choices=("plain", "spec"))
+    parser.add_argument("--starts", type=int, default=1,
+                        help="plain decoding: start the servers this many times, --rounds rounds each")
+    parser.add_argument("--twin", action="store_true",
+                        help="plain decoding: also a second llama-server process, to show how far two alike differ")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="plain decoding: only both servers at their defaults (no flash-attention-off variants)")
     args = parser.parse_args()
     try:
         shapes = [MODELS[m] for m in ("small" if args.small else args.models).split(",")]
@@ -287,7 +354,8 @@ def main() -> None:
             if not factory.REAL_TOKENIZER.is_file():
                 print("plain: skipped (GLM-4's tokenizer.model not found in ../shared)")
             else:
-                plain(args.llama_server, folder, shapes, widths, args.rounds)
+                plain(args.llama_server, folder, shapes, widths, args.rounds, max(1, args.starts),
+                      not args.defaults_only, args.twin)
         if args.only in (None, "spec"):
             speculation(args.llama_server if args.llama_server.is_file() else None, folder, args.rounds)
 
