@@ -3,7 +3,10 @@ the loader ask."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +14,15 @@ import pytest
 from helpers import factory
 
 from glm4_local.core.llama import door
-from glm4_local.core.llama.device import Device, Memory, ram, this_machine
+from glm4_local.core.llama.device import (
+    HUGE_PAGE_TUNABLE,
+    Device,
+    Memory,
+    huge_page_advice,
+    huge_pages,
+    ram,
+    this_machine,
+)
 
 
 def device(*backends: str, offload: bool = True, cores: int = 8) -> Device:
@@ -96,3 +107,45 @@ def test_the_mmap_and_mlock_choices_reach_llama_cpp(make_gguf: Callable[..., Pat
     with door.listening(lines.append):
         door.load_model(make_gguf("f32", dtype="f32"), use_mmap=mmap, use_mlock=mlock)
     assert next(line for line in lines if "load_mode = " in line).rstrip().endswith(f"(load_mode = {said})")
+
+
+@pytest.mark.parametrize(("mode_line", "tunables", "advice"), [
+    (None, "", "none here"),
+    ("always madvise [never]\n", HUGE_PAGE_TUNABLE, "off in the kernel"),
+    ("[always] madvise never\n", "", "--no-mmap puts the weights in 2 MiB pages"),
+    ("always [madvise] never\n", "", f"GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} with --no-mmap puts"),
+    ("always [madvise] never\n", f"glibc.malloc.check=0:{HUGE_PAGE_TUNABLE}", "--no-mmap puts the weights"),
+    ("always [madvise] never\n", "glibc.malloc.hugetlb=0", f"GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} with"),
+])
+def test_huge_page_advice_follows_the_kernel_mode_and_glibc(mode_line: str | None, tunables: str,
+                                                            advice: str) -> None:
+    assert huge_page_advice(mode_line, tunables).startswith(advice)
+
+
+HUGE_PAGES_OF_A_LOAD = """
+import re, sys
+from pathlib import Path
+from glm4_local.core.llama import door
+model = door.load_model(Path(sys.argv[1]), use_mmap=sys.argv[2] == "mmap")
+print(re.search(r"AnonHugePages:\\s+(\\d+) kB", Path("/proc/self/smaps_rollup").read_text()).group(1))
+"""
+
+
+def test_what_doctor_advises_puts_the_weights_in_huge_pages(make_gguf: Callable[..., Path]) -> None:
+    """Doctor's line is true here: with its environment, `--no-mmap` loads the weights into 2 MiB pages (the
+    process's anonymous huge pages grow by most of the model), and mapped weights are not in them."""
+    advice = huge_pages()
+    if not advice.startswith(("--no-mmap", "GLIBC_TUNABLES")):
+        pytest.skip(f"no transparent huge pages for the weights here: {advice}")
+    shape = factory.Shape(n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=2048)
+    model = make_gguf("f32", dtype="f32", shape=shape)
+    env = {**os.environ, "GLIBC_TUNABLES": HUGE_PAGE_TUNABLE} if advice.startswith("GLIBC_TUNABLES") else None
+
+    def huge_kib(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_OF_A_LOAD, str(model), mode], env=env,
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        return int(out.split()[-1])
+
+    weights_kib = model.stat().st_size // 1024
+    assert weights_kib > 16 * 1024
+    assert huge_kib("read") - huge_kib("mmap") >= weights_kib // 2
