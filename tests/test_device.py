@@ -3,7 +3,6 @@ the loader ask."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,17 +11,11 @@ from pathlib import Path
 
 import pytest
 from helpers import factory
+from helpers.serving import Server
 
-from glm4_local.core.llama import door
-from glm4_local.core.llama.device import (
-    HUGE_PAGE_TUNABLE,
-    Device,
-    Memory,
-    huge_page_advice,
-    huge_pages,
-    ram,
-    this_machine,
-)
+from glm4_local.chat.options import parse_huge_pages
+from glm4_local.core.llama import door, huge_pages
+from glm4_local.core.llama.device import Device, Memory, ram, this_machine
 
 
 def device(*backends: str, offload: bool = True, cores: int = 8) -> Device:
@@ -109,43 +102,59 @@ def test_the_mmap_and_mlock_choices_reach_llama_cpp(make_gguf: Callable[..., Pat
     assert next(line for line in lines if "load_mode = " in line).rstrip().endswith(f"(load_mode = {said})")
 
 
-@pytest.mark.parametrize(("mode_line", "tunables", "advice"), [
-    (None, "", "none here"),
-    ("always madvise [never]\n", HUGE_PAGE_TUNABLE, "off in the kernel"),
-    ("[always] madvise never\n", "", "--no-mmap puts the weights in 2 MiB pages"),
-    ("always [madvise] never\n", "", f"GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} with --no-mmap puts"),
-    ("always [madvise] never\n", f"glibc.malloc.check=0:{HUGE_PAGE_TUNABLE}", "--no-mmap puts the weights"),
-    ("always [madvise] never\n", "glibc.malloc.hugetlb=0", f"GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} with"),
+
+@pytest.mark.parametrize(("mode_line", "mode", "advice"), [
+    (None, None, "none here"),
+    ("always madvise [never]\n", "never", "off in the kernel (transparent huge pages: never)"),
+    ("[always] madvise never\n", "always", "--huge-pages reads the weights into 2 MiB pages"),
+    ("always [madvise] never\n", "madvise", "--huge-pages reads the weights into 2 MiB pages"),
 ])
-def test_huge_page_advice_follows_the_kernel_mode_and_glibc(mode_line: str | None, tunables: str,
-                                                            advice: str) -> None:
-    assert huge_page_advice(mode_line, tunables).startswith(advice)
+def test_huge_pages_follow_the_kernel_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode_line: str | None,
+                                           mode: str | None, advice: str) -> None:
+    """doctor's line and what `--huge-pages` says where the kernel has none, from its sysfs line."""
+    sysfs = tmp_path / "enabled"
+    if mode_line is not None:
+        sysfs.write_text(mode_line)
+    monkeypatch.setattr(huge_pages, "THP_MODE", sysfs)
+    assert huge_pages.thp_mode() == mode
+    assert huge_pages.advice(mode).startswith(advice)
+    if huge_pages.available(mode):
+        assert parse_huge_pages(True) is True
+    else:
+        with pytest.raises(ValueError, match="needs the kernel's transparent huge pages, which "):
+            parse_huge_pages(True)
+    assert parse_huge_pages(False) is False
 
 
 HUGE_PAGES_OF_A_LOAD = """
-import re, sys
+import sys
 from pathlib import Path
-from glm4_local.core.llama import door
-model = door.load_model(Path(sys.argv[1]), use_mmap=sys.argv[2] == "mmap")
-print(re.search(r"AnonHugePages:\\s+(\\d+) kB", Path("/proc/self/smaps_rollup").read_text()).group(1))
+from glm4_local.core.llama import door, huge_pages
+model = door.load_model(Path(sys.argv[1]), use_mmap=False, huge_pages=sys.argv[2] == "huge")
+print(huge_pages.huge_page_bytes())
 """
 
 
-def test_what_doctor_advises_puts_the_weights_in_huge_pages(make_gguf: Callable[..., Path]) -> None:
-    """Doctor's line is true here: with its environment, `--no-mmap` loads the weights into 2 MiB pages (the
-    process's anonymous huge pages grow by most of the model), and mapped weights are not in them."""
-    advice = huge_pages()
-    if not advice.startswith(("--no-mmap", "GLIBC_TUNABLES")):
-        pytest.skip(f"no transparent huge pages for the weights here: {advice}")
-    shape = factory.Shape(n_embd=512, n_head=8, n_head_kv=2, head_dim=64, n_ff=2048)
-    model = make_gguf("f32", dtype="f32", shape=shape)
-    env = {**os.environ, "GLIBC_TUNABLES": HUGE_PAGE_TUNABLE} if advice.startswith("GLIBC_TUNABLES") else None
+def test_huge_pages_hold_the_weights(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
+    """Where the kernel has them: the weights read with `huge_pages` lie in 2 MiB pages (the process's anonymous
+    huge pages grow by most of the model), read without it they do not; and `serve --huge-pages` holds them so."""
+    mode = huge_pages.thp_mode()
+    if not huge_pages.available(mode):
+        pytest.skip(huge_pages.advice(mode))
+    model = make_gguf("f32", dtype="f32", shape=factory.Shape(n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
+                                                                n_ff=2048))
+    weights = model.stat().st_size
+    assert weights > 16 << 20
 
-    def huge_kib(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_OF_A_LOAD, str(model), mode], env=env,
-                             capture_output=True, text=True, timeout=120, check=True).stdout
+    def huge_bytes(how: str) -> int:
+        out = subprocess.run([sys.executable, "-c", HUGE_PAGES_OF_A_LOAD, str(model), how], capture_output=True,
+                             text=True, timeout=120, check=True).stdout
         return int(out.split()[-1])
 
-    weights_kib = model.stat().st_size // 1024
-    assert weights_kib > 16 * 1024
-    assert huge_kib("read") - huge_kib("mmap") >= weights_kib // 2
+    assert huge_bytes("huge") - huge_bytes("read") >= weights // 2
+    server = Server(model, tmp_path, "--ctx", "256", "--huge-pages")
+    try:
+        rollup = Path(f"/proc/{server.process.pid}/smaps_rollup").read_text()
+    finally:
+        server.stop()
+    assert int(re.search(r"^AnonHugePages:\s+(\d+) kB", rollup, re.MULTILINE).group(1)) * 1024 >= weights // 2

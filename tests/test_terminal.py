@@ -157,7 +157,7 @@ def test_help_and_messages(tmp_path: Path) -> None:
     chat_help = run_cli("chat", "--help", cwd=tmp_path).stdout
     assert "/set NAME VALUE" in chat_help and "defaults come from the GGUF" in chat_help
     for flag in ("--top-p", "--top-k", "--min-p", "--repeat-penalty", "--seed", "--threads", "--flash-attn",
-                 "--mlock", "--no-mmap"):
+                 "--mlock", "--no-mmap", "--huge-pages"):
         line = next(line for line in chat_help.splitlines() if line.strip().startswith(flag))
         assert len(line.split(flag, 1)[1].strip()) > 10, line  # a description follows the flag
     missing = run_cli("chat", cwd=tmp_path, stdin="hello")

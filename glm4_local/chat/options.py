@@ -12,6 +12,7 @@ from typing import Literal
 
 import gguf
 
+from glm4_local.core.llama import huge_pages
 from glm4_local.core.llama.door import CACHE_TYPES
 from glm4_local.core.llama.speculation import SpeculationSettings
 
@@ -51,6 +52,17 @@ def parse_cache_type(text: str) -> gguf.GGMLQuantizationType:
         raise ValueError(f"{text!r}: choose one of {', '.join(CACHE_TYPES)}") from None
 
 
+def parse_huge_pages(asked: bool) -> bool:
+    """`--huge-pages` where the kernel can give them; elsewhere why not (a ValueError)."""
+    if not asked:
+        return False
+    mode = huge_pages.thp_mode()
+    if not huge_pages.available(mode):
+        where = "which this system does not have" if mode is None else f"which are set to {mode!r} here"
+        raise ValueError(f"needs the kernel's transparent huge pages, {where}")
+    return True
+
+
 def cache_type_name(qtype: gguf.GGMLQuantizationType) -> str:
     return next(name for name, t in CACHE_TYPES.items() if t == qtype)
 
@@ -67,6 +79,7 @@ class RuntimeOptions:
     cache_type_v: gguf.GGMLQuantizationType = CACHE_TYPES["f16"]
     mlock: bool = False
     mmap: bool = True
+    huge_pages: bool = False  # weights read into 2 MiB pages (core/llama/huge_pages.py); implies no mmap
     prompt_cache: Path | None = None  # a folder keeping long prompts' KV state on disk (None: none)
     prompt_cache_bytes: int = 8 * 2**30  # its size bound
     speculation: SpeculationSettings = field(default_factory=SpeculationSettings)

@@ -88,7 +88,7 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
     n_ctx = options.context_size(facts.hparams.context_length)
     device = this_machine()
     model = door.load_model(facts.path, header=facts.header, n_gpu_layers=device.gpu_layers(options.gpu_layers),
-                            use_mmap=options.mmap, use_mlock=options.mlock)
+                            use_mmap=options.mmap, use_mlock=options.mlock, huge_pages=options.huge_pages)
     vocab = Vocabulary(model, facts.family)
     settings = device.context_settings(options.batch, options.threads, 1 if shared_kv else slots)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, settings=settings,

@@ -20,8 +20,8 @@ from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type_for_file_type
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
-from glm4_local.core.llama import door
-from glm4_local.core.llama.device import huge_pages, ram, this_machine
+from glm4_local.core.llama import door, huge_pages
+from glm4_local.core.llama.device import ram, this_machine
 from glm4_local.core.paths import store_dir
 from glm4_local.store.catalog import DEFAULT_MODEL
 from glm4_local.store.pull import HEADER_ROOM
@@ -48,7 +48,7 @@ class Report:
     extras: dict[str, list[str]]  # optional feature -> its packages, with versions or "missing"
     model_contexts: str | None = None  # for the model found: the largest context per KV type
     cpu_repacking: str = "on"  # whether llama.cpp's extra CPU weight buffers are used, and why
-    huge_pages: str = ""  # whether --no-mmap puts the weights in 2 MiB pages, or what would
+    huge_pages: str = ""  # whether --huge-pages can put the weights in 2 MiB pages here
 
 
 def collect() -> Report:
@@ -58,7 +58,8 @@ def collect() -> Report:
                   list(device.cpu_features), total, available, os.cpu_count() or 1,
                   device.threads(RuntimeOptions().threads), _free_disk(store_dir()), searched(),
                   sessions_dir(), *_sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
-                  _model_contexts(available or total), door.cpu_repacking()[1], huge_pages())
+                  _model_contexts(available or total), door.cpu_repacking()[1],
+                  huge_pages.advice(huge_pages.thp_mode()))
 
 
 def _model_contexts(free: int | None) -> str | None:

@@ -156,7 +156,8 @@ def _local_decoding(plan: ModelPlan, shared_kv: bool) -> str:
 # what the engines' own flags decide when serve decodes on engines: these are not used then
 _ENGINE_DECIDES = {"ctx_given": "--ctx", "gpu_layers": "--gpu-layers", "flash_attn": "--flash-attn",
                    "cache_type_k": "--cache-type-k", "cache_type_v": "--cache-type-v", "prompt_cache": "--cache-dir",
-                   "speculation": "--speculate", "mlock": "--mlock", "mmap": "--no-mmap", "batch": "--batch"}
+                   "speculation": "--speculate", "mlock": "--mlock", "mmap": "--no-mmap", "batch": "--batch",
+                   "huge_pages": "--huge-pages"}
 
 
 def _engine_front(model_path: Path, runtime: RuntimeOptions, options: ServeOptions,

@@ -129,31 +129,3 @@ def gpu_free() -> int | None:
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 
-
-THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"  # glibc's malloc then asks the kernel for 2 MiB pages
-
-
-def huge_page_advice(thp_mode_line: str | None, glibc_tunables: str) -> str:
-    """Whether `--no-mmap` puts CPU weights in 2 MiB pages here, and what would where it does not: from the
-    kernel's transparent huge page line (the mode in brackets; None where there is none) and $GLIBC_TUNABLES.
-    A q8_0 decode step streams every weight once; from 2 MiB pages it measured 2-8% faster (README)."""
-    chosen = re.search(r"\[(\w+)\]", thp_mode_line or "")
-    mode = chosen.group(1) if chosen else None
-    if mode is None:
-        return "none here (no transparent huge pages)"
-    if mode == "never":
-        return "off in the kernel (transparent huge pages: never)"
-    cost = "(CPU decoding measured 2-8% faster; the kernel can then not drop them under memory pressure)"
-    if mode == "always" or HUGE_PAGE_TUNABLE in glibc_tunables.split(":"):
-        return f"--no-mmap puts the weights in 2 MiB pages {cost}"
-    return f"GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} with --no-mmap puts the weights in 2 MiB pages {cost}"
-
-
-def huge_pages() -> str:
-    """huge_page_advice for this machine and this process's environment."""
-    try:
-        line: str | None = THP_MODE.read_text()
-    except OSError:
-        line = None
-    return huge_page_advice(line, os.environ.get("GLIBC_TUNABLES", ""))

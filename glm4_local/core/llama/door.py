@@ -23,6 +23,7 @@ import numpy as np
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
+from glm4_local.core.llama.huge_pages import WeightBuffers
 
 Q = gguf.GGMLQuantizationType
 # KV-cache types a user can choose: name -> ggml type
@@ -158,17 +159,24 @@ def load_mode(use_mmap: bool, use_mlock: bool) -> int:
 
 
 def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int = 0, use_mmap: bool = True,
-               use_mlock: bool = False, vocab_only: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
+               use_mlock: bool = False, vocab_only: bool = False,
+               huge_pages: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
     """The weights and vocabulary alone (no context): for decoder.py's contexts; `vocab_only`: the vocabulary
-    alone (a front whose engines hold the weights). GGUFFileError as load()."""
+    alone (a front whose engines hold the weights); `huge_pages`: the weights read (not mapped) into 2 MiB
+    pages where the kernel gives them (core/llama/huge_pages.py). GGUFFileError as load()."""
     import llama_cpp
     from llama_cpp._internals import LlamaModel
 
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
-    params.load_mode = load_mode(use_mmap, use_mlock)
+    params.load_mode = load_mode(use_mmap and not huge_pages, use_mlock)
     params.vocab_only = vocab_only
     params.use_extra_bufts = cpu_repacking()[0]
+    if huge_pages:
+        buffers = WeightBuffers()
+        # first called once the weight buffers exist and before any weight is read into them
+        advise = llama_cpp.llama_progress_callback(lambda progress, user_data: buffers.advise() >= 0)
+        params.progress_callback = advise
     with _loading(path, header):
         # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
         # it loads, which swallows what other threads print meanwhile (serve loads as it starts); llama.cpp's

@@ -1,0 +1,96 @@
+"""Model weights in 2 MiB pages (Linux transparent huge pages): a decode step on the CPU streams every weight
+once, and from 2 MiB pages instead of 4 KiB ones it measured 2-8% faster (README, "Weights in huge pages").
+
+A mapped model file is not put in them (file pages need a kernel built for it; on the VM measured,
+MADV_COLLAPSE on the mapping answered EINVAL, and collapsing read weights cost ~3 s a GiB), so `--huge-pages` reads
+the weights into memory, and asks for huge pages on llama.cpp's freshly allocated weight buffers before any
+weight is written into them: llama.cpp's load progress is first reported after the buffers are allocated and
+before the first tensor is read (llama_model_loader::load_all_data), which is where WeightBuffers.advise runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from pathlib import Path
+
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+HUGE_PAGE = 2 << 20
+MADV_HUGEPAGE = 14  # <linux/mman.h>
+
+
+def thp_mode(line: str | None = None) -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise", "never"), None where it has none."""
+    if line is None:
+        try:
+            line = THP_MODE.read_text()
+        except OSError:
+            return None
+    chosen = re.search(r"\[(\w+)\]", line)
+    return chosen.group(1) if chosen else None
+
+
+def available(mode: str | None) -> bool:
+    return mode in ("always", "madvise")
+
+
+def advice(mode: str | None) -> str:
+    """doctor's line: whether `--huge-pages` can put the weights in 2 MiB pages here."""
+    if mode is None:
+        return "none here (no transparent huge pages)"
+    if not available(mode):
+        return f"off in the kernel (transparent huge pages: {mode})"
+    return ("--huge-pages reads the weights into 2 MiB pages (CPU decoding measured 2-8% faster; the kernel can "
+            "then not drop them under memory pressure, as it can a mapped file's pages)")
+
+
+def _anonymous_regions() -> set[tuple[int, int]]:
+    """(start, end) of this process's private writable mappings backed by no file (none where /proc has no maps)."""
+    regions: set[tuple[int, int]] = set()
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return regions
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 5 and fields[1].startswith("rw"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            regions.add((start, end))
+    return regions
+
+
+class WeightBuffers:
+    """The anonymous mappings that appear between its creation and advise(): llama.cpp's weight buffers when
+    created just before a load; advise() asks for huge pages on each (whole 2 MiB pages of it) once."""
+
+    def __init__(self) -> None:
+        self.before = _anonymous_regions()
+        self.advised = 0  # bytes
+        self.done = False
+
+    def advise(self) -> int:
+        """Bytes advised. Never raises: it runs inside llama.cpp's load, where an exception would abort it."""
+        if self.done:
+            return self.advised
+        self.done = True
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            return 0
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        for start, end in sorted(_anonymous_regions() - self.before):
+            first, last = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
+            if last - first >= HUGE_PAGE and libc.madvise(first, last - first, MADV_HUGEPAGE) == 0:
+                self.advised += last - first
+        return self.advised
+
+
+def huge_page_bytes() -> int:
+    """This process's memory in transparent huge pages (AnonHugePages), 0 where the kernel does not say."""
+    try:
+        text = Path(f"/proc/{os.getpid()}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^AnonHugePages:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else 0
