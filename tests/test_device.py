@@ -102,7 +102,6 @@ def test_the_mmap_and_mlock_choices_reach_llama_cpp(make_gguf: Callable[..., Pat
     assert next(line for line in lines if "load_mode = " in line).rstrip().endswith(f"(load_mode = {said})")
 
 
-
 @pytest.mark.parametrize(("mode_line", "mode", "advice"), [
     (None, None, "none here"),
     ("always madvise [never]\n", "never", "off in the kernel (transparent huge pages: never)"),
@@ -116,7 +115,7 @@ def test_huge_pages_follow_the_kernel_mode(tmp_path: Path, monkeypatch: pytest.M
     if mode_line is not None:
         sysfs.write_text(mode_line)
     monkeypatch.setattr(huge_pages, "THP_MODE", sysfs)
-    assert huge_pages.thp_mode() == mode
+    assert huge_pages.thp_mode() == mode  # this process may have them (a container could turn them off)
     assert huge_pages.advice(mode).startswith(advice)
     if huge_pages.available(mode):
         assert parse_huge_pages(True) is True
@@ -137,7 +136,8 @@ print(huge_pages.huge_page_bytes())
 
 def test_huge_pages_hold_the_weights(make_gguf: Callable[..., Path], tmp_path: Path) -> None:
     """Where the kernel has them: the weights read with `huge_pages` lie in 2 MiB pages (the process's anonymous
-    huge pages grow by most of the model), read without it they do not; and `serve --huge-pages` holds them so."""
+    huge pages hold at least half the model), read without it they do not (in "madvise" mode); and
+    `serve --huge-pages` holds them so."""
     mode = huge_pages.thp_mode()
     if not huge_pages.available(mode):
         pytest.skip(huge_pages.advice(mode))
@@ -151,7 +151,9 @@ def test_huge_pages_hold_the_weights(make_gguf: Callable[..., Path], tmp_path: P
                              text=True, timeout=120, check=True).stdout
         return int(out.split()[-1])
 
-    assert huge_bytes("huge") - huge_bytes("read") >= weights // 2
+    assert huge_bytes("huge") >= weights // 2
+    if mode == "madvise":  # under "always" the kernel gives read weights huge pages unasked
+        assert huge_bytes("read") < weights // 2
     server = Server(model, tmp_path, "--ctx", "256", "--huge-pages")
     try:
         rollup = Path(f"/proc/{server.process.pid}/smaps_rollup").read_text()
