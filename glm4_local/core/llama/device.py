@@ -128,4 +128,3 @@ def gpu_free() -> int | None:
         return int(out.split()[0]) * 2**20
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
-

@@ -99,10 +99,11 @@ class WeightBuffers:
         return self.advised
 
 
-def huge_page_bytes() -> int:
-    """This process's memory in transparent huge pages (AnonHugePages), 0 where the kernel does not say."""
+def huge_page_bytes(pid: int | None = None) -> int:
+    """A process's memory in transparent huge pages (AnonHugePages; this one's by default), 0 where the kernel
+    does not say."""
     try:
-        text = Path(f"/proc/{os.getpid()}/smaps_rollup").read_text()
+        text = Path(f"/proc/{pid or os.getpid()}/smaps_rollup").read_text()
     except OSError:
         return 0
     found = re.search(r"^AnonHugePages:\s+(\d+) kB", text, re.MULTILINE)
