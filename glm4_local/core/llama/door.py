@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import re
 import threading
@@ -23,6 +24,7 @@ import numpy as np
 from glm4_local.core.errors import GGUFFileError, Glm4LocalError
 from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
+from glm4_local.core.llama import file_pages
 from glm4_local.core.llama.huge_pages import WeightBuffers
 
 Q = gguf.GGMLQuantizationType
@@ -163,7 +165,8 @@ def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int =
                huge_pages: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
     """The weights and vocabulary alone (no context): for decoder.py's contexts; `vocab_only`: the vocabulary
     alone (a front whose engines hold the weights); `huge_pages`: the weights read (not mapped) into 2 MiB
-    pages where the kernel gives them (core/llama/huge_pages.py). GGUFFileError as load()."""
+    pages where the kernel gives them (core/llama/huge_pages.py). Mapped weights that stay on the CPU are first
+    settled in 2 MiB page-cache folios where they are not (core/llama/file_pages.py). GGUFFileError as load()."""
     import llama_cpp
     from llama_cpp._internals import LlamaModel
 
@@ -177,7 +180,11 @@ def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int =
         # first called once the weight buffers exist and before any weight is read into them
         advise = llama_cpp.llama_progress_callback(lambda progress, user_data: buffers.advise() >= 0)
         params.progress_callback = advise
+    mapped_on_cpu = use_mmap and not huge_pages and not vocab_only \
+        and not (n_gpu_layers < 0 and gpu_offload_available())
     with _loading(path, header):
+        if mapped_on_cpu and not os.environ.get("NOSETTLE"):
+            logging.getLogger(__name__).debug("%s: %s", path, file_pages.settle(path))
         # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
         # it loads, which swallows what other threads print meanwhile (serve loads as it starts); llama.cpp's
         # own log comes to capture_logs() either way

@@ -1,11 +1,12 @@
-"""Model weights in 2 MiB pages (Linux transparent huge pages): a decode step on the CPU streams every weight
-once, and from 2 MiB pages instead of 4 KiB ones it measured 2-8% faster (README, "Weights in huge pages").
+"""Model weights read into 2 MiB pages (Linux transparent huge pages): a decode step on the CPU streams every
+weight once, and from 2 MiB pages instead of 4 KiB ones it runs faster (README, "Weights in huge pages").
 
-A mapped model file is not put in them (file pages need a kernel built for it; on the VM measured,
-MADV_COLLAPSE on the mapping answered EINVAL, and collapsing read weights cost ~3 s a GiB), so `--huge-pages` reads
-the weights into memory, and asks for huge pages on llama.cpp's freshly allocated weight buffers before any
-weight is written into them: llama.cpp's load progress is first reported after the buffers are allocated and
-before the first tensor is read (llama_model_loader::load_all_data), which is where WeightBuffers.advise runs.
+A mapped model file lies in 2 MiB pages where its filesystem keeps it in 2 MiB page-cache folios, which loading
+sees to (core/llama/file_pages.py). Where it does not (tmpfs, older kernels, filesystems without large folios),
+`--huge-pages` reads the weights into memory, and asks for huge pages on llama.cpp's freshly allocated weight
+buffers before any weight is written into them: llama.cpp's load progress is first reported after the buffers
+are allocated and before the first tensor is read (llama_model_loader::load_all_data), which is where
+WeightBuffers.advise runs.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def advice(mode: str | None) -> str:
         return "off for this process (its transparent huge pages were turned off, e.g. by its container)"
     if not available(mode):
         return f"off in the kernel (transparent huge pages: {mode})"
-    return ("--huge-pages reads the weights into 2 MiB pages (CPU decoding measured 2-8% faster; the kernel can "
-            "then not drop them under memory pressure, as it can a mapped file's pages)")
+    return ("--huge-pages reads the weights into 2 MiB pages, for a filesystem that keeps a mapped model in 4 KiB "
+            "ones (elsewhere loading settles the mapped file in 2 MiB pages; the kernel cannot drop read weights "
+            "under memory pressure, as it can a mapped file's pages)")
 
 
 def _anonymous_regions() -> set[tuple[int, int]]:
@@ -99,12 +101,12 @@ class WeightBuffers:
         return self.advised
 
 
-def huge_page_bytes(pid: int | None = None) -> int:
-    """A process's memory in transparent huge pages (AnonHugePages; this one's by default), 0 where the kernel
-    does not say."""
+def huge_page_bytes(pid: int | None = None, kind: str = "AnonHugePages") -> int:
+    """A process's memory in transparent huge pages (this one's by default): "AnonHugePages", its own memory, or
+    "FilePmdMapped", files it maps; 0 where the kernel does not say."""
     try:
         text = Path(f"/proc/{pid or os.getpid()}/smaps_rollup").read_text()
     except OSError:
         return 0
-    found = re.search(r"^AnonHugePages:\s+(\d+) kB", text, re.MULTILINE)
+    found = re.search(rf"^{kind}:\s+(\d+) kB", text, re.MULTILINE)
     return int(found.group(1)) * 1024 if found else 0
