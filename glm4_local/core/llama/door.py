@@ -183,7 +183,7 @@ def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int =
     mapped_on_cpu = use_mmap and not huge_pages and not vocab_only \
         and not (n_gpu_layers < 0 and gpu_offload_available())
     with _loading(path, header):
-        if mapped_on_cpu and not os.environ.get("NOSETTLE"):
+        if mapped_on_cpu:
             logging.getLogger(__name__).debug("%s: %s", path, file_pages.settle(path))
         # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
         # it loads, which swallows what other threads print meanwhile (serve loads as it starts); llama.cpp's

@@ -70,7 +70,7 @@ def _settle_file(libc: ctypes.CDLL, fd: int, size: int, mend: bool) -> Settled:
     if span == 0:
         return Settled(why_not="smaller than a 2 MiB page")
     before = after = reread = 0
-    helps: bool | None = None if mend else False  # unknown until a first piece is read again
+    helps: bool | None = None if mend else False  # unknown until a piece not all in 2 MiB folios is tried
     for offset in range(0, span, PIECE):
         length = min(PIECE, span - offset)
         with _Piece(libc, fd, offset, length) as piece:
