@@ -36,7 +36,7 @@ from llama_server import DEFAULT_BINARY, binary_env
 from glm4_local.core.llama import file_pages
 
 PROMPT, BENCH_TOKENS = 256, 256
-REPETITIONS = 3  # llama-bench's own, averaged: one process is one draw of a speed it keeps (README, "Speed")
+REPETITIONS = 3  # llama-bench's own, averaged inside its one process; the rounds are the separate draws
 
 
 def llama_bench(binary: Path, model: Path) -> dict[str, float]:
