@@ -51,9 +51,10 @@ DraftMax = Annotated[int, typer.Option("--draft-max", metavar="K", help="Most to
                                        "speculating.")]
 NoMmap = Annotated[bool, typer.Option("--no-mmap", help="Read the whole model into memory instead of "
                                       "mapping the file.")]
-HugePages = Annotated[bool, typer.Option("--huge-pages", help="Read the weights into 2 MiB pages (Linux; "
-                                         "faster CPU decoding, but the kernel can no longer drop them under "
-                                         "memory pressure; `glm4-local doctor` says if this machine has them).")]
+HugePages = Annotated[bool, typer.Option("--huge-pages", help="Read the weights into 2 MiB pages (Linux; for a "
+                                         "filesystem that keeps a mapped model in 4 KiB ones, e.g. tmpfs; the "
+                                         "kernel can then no longer drop them under memory pressure; `glm4-local "
+                                         "doctor` says if this machine has them).")]
 
 
 def _option(name: str, annotation: object, default: object) -> inspect.Parameter:
