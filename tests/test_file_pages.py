@@ -62,6 +62,10 @@ def test_settle_leaves_what_it_cannot_use(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo.gguf")  # opened without a writer, it would hang a load
     assert file_pages.settle(tmp_path / "fifo.gguf").why_not == "not a regular file"
     assert file_pages.settle(tmp_path).why_not == "not a regular file"
+    larger = tmp_path / "larger.gguf"
+    larger.write_bytes(bytes(4 << 20))
+    assert file_pages.settle(larger, room=2 << 20) == file_pages.Settled(why_not="larger than the memory available")
+    assert file_pages.settle(larger, room=8 << 20).span == 4 << 20
 
 
 def test_serve_maps_a_small_folio_copy_in_huge_pages(weights: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from glm4_local.core.gguf.checks import check_model
 from glm4_local.core.gguf.header import GGUFHeader
 from glm4_local.core.llama import door
 from glm4_local.core.llama.decoder import Decoder
-from glm4_local.core.llama.device import this_machine
+from glm4_local.core.llama.device import ram, this_machine
 from glm4_local.core.llama.prompt_cache import PromptDiskCache, model_identity
 from glm4_local.core.llama.sampling import SamplerSettings
 
@@ -88,7 +88,8 @@ def load_runtime(facts: ModelFacts, options: RuntimeOptions, slots: int = 1,
     n_ctx = options.context_size(facts.hparams.context_length)
     device = this_machine()
     model = door.load_model(facts.path, header=facts.header, n_gpu_layers=device.gpu_layers(options.gpu_layers),
-                            use_mmap=options.mmap, use_mlock=options.mlock, huge_pages=options.huge_pages)
+                            use_mmap=options.mmap, use_mlock=options.mlock, huge_pages=options.huge_pages,
+                            memory_available=ram()[1])
     vocab = Vocabulary(model, facts.family)
     settings = device.context_settings(options.batch, options.threads, 1 if shared_kv else slots)
     decoder = Decoder(model, slots=slots, slot_ctx=n_ctx, settings=settings,

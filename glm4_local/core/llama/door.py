@@ -161,12 +161,13 @@ def load_mode(use_mmap: bool, use_mlock: bool) -> int:
 
 
 def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int = 0, use_mmap: bool = True,
-               use_mlock: bool = False, vocab_only: bool = False,
-               huge_pages: bool = False) -> Any:  # llama_cpp._internals.LlamaModel
+               use_mlock: bool = False, vocab_only: bool = False, huge_pages: bool = False,
+               memory_available: int | None = None) -> Any:  # llama_cpp._internals.LlamaModel
     """The weights and vocabulary alone (no context): for decoder.py's contexts; `vocab_only`: the vocabulary
     alone (a front whose engines hold the weights); `huge_pages`: the weights read (not mapped) into 2 MiB
     pages where the kernel gives them (core/llama/huge_pages.py). Mapped weights that stay on the CPU are first
-    settled in 2 MiB page-cache folios where they are not (core/llama/file_pages.py). GGUFFileError as load()."""
+    settled in 2 MiB page-cache folios where they are not and the file fits `memory_available` (where known;
+    core/llama/file_pages.py). GGUFFileError as load()."""
     import llama_cpp
     from llama_cpp._internals import LlamaModel
 
@@ -184,7 +185,7 @@ def load_model(path: Path, header: GGUFHeader | None = None, n_gpu_layers: int =
         and not (n_gpu_layers < 0 and gpu_offload_available())
     with _loading(path, header):
         if mapped_on_cpu:
-            logging.getLogger(__name__).debug("%s: %s", path, file_pages.settle(path))
+            logging.getLogger(__name__).debug("%s: %s", path, file_pages.settle(path, room=memory_available))
         # verbose: llama-cpp-python's quiet mode points the whole process's stdout and stderr at /dev/null while
         # it loads, which swallows what other threads print meanwhile (serve loads as it starts); llama.cpp's
         # own log comes to capture_logs() either way

@@ -42,9 +42,11 @@ class Settled:
     why_not: str = ""  # why it did nothing, where it did nothing
 
 
-def settle(path: Path, mend: bool = True) -> Settled:
+def settle(path: Path, mend: bool = True, room: int | None = None) -> Settled:
     """Make the page cache hold `path` in 2 MiB folios where this kernel and filesystem can (see the module);
-    `mend=False`: only say how much it holds so. Never raises: a model loads the same without it."""
+    `mend=False`: only say how much it holds so; `room`: the memory available, where known (a larger file is left
+    alone: the cache cannot hold it whole, and reading it here would only read it twice). Never raises: a model
+    loads the same without it."""
     if sys.platform != "linux":
         return Settled(why_not="not Linux")
     started = time.monotonic()
@@ -56,6 +58,8 @@ def settle(path: Path, mend: bool = True) -> Settled:
         found = os.fstat(fd)
         if not stat.S_ISREG(found.st_mode):
             return Settled(why_not="not a regular file")
+        if room is not None and found.st_size > room:
+            return Settled(why_not="larger than the memory available")
         settled = _settle_file(_libc(), fd, found.st_size, mend)
     except OSError as e:
         return Settled(why_not=f"{type(e).__name__}: {e}")
