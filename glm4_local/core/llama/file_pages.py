@@ -20,13 +20,14 @@ import os
 import stat
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-HUGE_PAGE = 2 << 20
+from glm4_local.core.llama.huge_pages import HUGE_PAGE, MADV_HUGEPAGE, memory_calls
+
 PIECE = 128 * HUGE_PAGE  # mapped, measured and mended one at a time (measured alone: one mapping, no merging)
 PROT_READ, MAP_SHARED = 1, 1  # <sys/mman.h>
-MADV_DONTNEED, MADV_HUGEPAGE, MADV_POPULATE_READ = 4, 14, 22
+MADV_DONTNEED, MADV_POPULATE_READ = 4, 22
 _FAILED = ctypes.c_void_p(-1).value
 
 
@@ -60,13 +61,12 @@ def settle(path: Path, mend: bool = True, room: int | None = None) -> Settled:
             return Settled(why_not="not a regular file")
         if room is not None and found.st_size > room:
             return Settled(why_not="larger than the memory available")
-        settled = _settle_file(_libc(), fd, found.st_size, mend)
+        settled = _settle_file(memory_calls(), fd, found.st_size, mend)
     except OSError as e:
         return Settled(why_not=f"{type(e).__name__}: {e}")
     finally:
         os.close(fd)
-    return Settled(settled.span, settled.huge_before, settled.huge_after, settled.reread,
-                   time.monotonic() - started, settled.why_not)
+    return replace(settled, seconds=time.monotonic() - started)
 
 
 def _settle_file(libc: ctypes.CDLL, fd: int, size: int, mend: bool) -> Settled:
@@ -143,15 +143,6 @@ class _Piece:
         os.posix_fadvise(fd, self.offset, self.length, os.POSIX_FADV_DONTNEED)
         self._touch()
         return self.huge_bytes()
-
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return libc
 
 
 def _file_pmd_mapped(address: int) -> int:

@@ -60,6 +60,16 @@ def advice(mode: str | None) -> str:
             "under memory pressure, as it can a mapped file's pages)")
 
 
+def memory_calls() -> ctypes.CDLL:
+    """The C library, with mmap, madvise and munmap typed (addresses and sizes as pointers and size_t)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
 def _anonymous_regions() -> set[tuple[int, int]]:
     """(start, end) of this process's private writable mappings backed by no file (none where /proc has no maps)."""
     regions: set[tuple[int, int]] = set()
@@ -90,10 +100,9 @@ class WeightBuffers:
             return self.advised
         self.done = True
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
+            libc = memory_calls()
         except OSError:
             return 0
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         for start, end in sorted(_anonymous_regions() - self.before):
             first, last = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
             if last - first >= HUGE_PAGE and libc.madvise(first, last - first, MADV_HUGEPAGE) == 0:
