@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import factory
+from helpers.cli import invoke
 from helpers.pages import small_folio_copy
 from helpers.serving import Server
 
@@ -78,3 +79,18 @@ def test_serve_maps_a_small_folio_copy_in_huge_pages(weights: Path, tmp_path: Pa
     finally:
         server.stop()
     assert mapped >= copy.stat().st_size // 2
+
+
+def test_doctor_says_whether_models_in_the_store_lie_in_2_mib_pages(tmp_path: Path) -> None:
+    """The probe file doctor writes in the store (here: the nearest folder above the store, which does not exist
+    yet) tells what the independent probe tells, and leaves no trace; a path that is not a folder cannot be
+    probed, and says why."""
+    (tmp_path / "probe").mkdir()
+    expected = mapped_in_huge_pages(tmp_path / "probe")
+    assert file_pages.folder_keeps_huge_folios(tmp_path)[0] is expected
+    before = sorted(tmp_path.iterdir())
+    shown = invoke(["doctor"]).stdout  # the store is under this test's own GLM4_LOCAL_HOME, in tmp_path
+    assert f"Model file pages  {'2 MiB' if expected else '4 KiB'}: files in {tmp_path}" in shown
+    assert sorted(tmp_path.iterdir()) == before
+    assert file_pages.folder_keeps_huge_folios(tmp_path / "probe" / "probe") == (None, "NotADirectoryError: "
+                                                                                  "Not a directory")

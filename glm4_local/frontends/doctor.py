@@ -20,7 +20,7 @@ from glm4_local.convert.outtypes import DEFAULT_OUT_TYPE, out_type_for_file_type
 from glm4_local.core.errors import Glm4LocalError
 from glm4_local.core.families.family import ModelFamily
 from glm4_local.core.families.registry import FAMILIES
-from glm4_local.core.llama import door, huge_pages
+from glm4_local.core.llama import door, file_pages, huge_pages
 from glm4_local.core.llama.device import ram, this_machine
 from glm4_local.core.paths import store_dir
 from glm4_local.store.catalog import DEFAULT_MODEL
@@ -49,6 +49,7 @@ class Report:
     model_contexts: str | None = None  # for the model found: the largest context per KV type
     cpu_repacking: str = "on"  # whether llama.cpp's extra CPU weight buffers are used, and why
     huge_pages: str = ""  # whether --huge-pages can put the weights in 2 MiB pages here
+    model_pages: str = ""  # whether a model mapped from the store lies in 2 MiB pages (a probe file written there)
 
 
 def collect() -> Report:
@@ -59,7 +60,7 @@ def collect() -> Report:
                   device.threads(RuntimeOptions().threads), _free_disk(store_dir()), searched(),
                   sessions_dir(), *_sandbox(), {extra: _versions(names) for extra, names in EXTRAS.items()},
                   _model_contexts(available or total), door.cpu_repacking()[1],
-                  huge_pages.advice(huge_pages.thp_mode()))
+                  huge_pages.advice(huge_pages.thp_mode()), model_pages(store_dir()))
 
 
 def _model_contexts(free: int | None) -> str | None:
@@ -115,14 +116,32 @@ def _versions(names: tuple[str, ...]) -> list[str]:
     return found
 
 
+def _existing(folder: Path) -> Path | None:
+    """`folder`, or the nearest existing folder above it (where it will be made)."""
+    return next((candidate for candidate in (folder, *folder.absolute().parents) if candidate.is_dir()), None)
+
+
 def _free_disk(folder: Path) -> int | None:
-    for candidate in (folder, *folder.absolute().parents):
-        if candidate.is_dir():
-            try:
-                return shutil.disk_usage(candidate).free
-            except OSError:
-                return None
-    return None
+    existing = _existing(folder)
+    try:
+        return None if existing is None else shutil.disk_usage(existing).free
+    except OSError:
+        return None
+
+
+def model_pages(store: Path) -> str:
+    """doctor's line: whether a model kept in `store` is mapped in 2 MiB pages once loading has settled it."""
+    folder = _existing(store)
+    if folder is None:
+        return ""
+    huge, why = file_pages.folder_keeps_huge_folios(folder)
+    if huge:
+        return f"2 MiB: files in {folder} are {why}, so loading settles a mapped model there in 2 MiB pages"
+    if huge is None:
+        return f"unknown: no probe file could be read in {folder} ({why})"
+    instead = "; --huge-pages reads the weights into 2 MiB pages instead" \
+        if huge_pages.available(huge_pages.thp_mode()) else ""
+    return f"4 KiB: files in {folder} are {why}, so a mapped model there lies in 4 KiB pages{instead}"
 
 
 def fits(budget: int, family: ModelFamily = FAMILIES[0]) -> list[tuple[str, float, int]]:
@@ -161,6 +180,7 @@ def render(report: Report) -> list[str]:
         f"CPU features      {' '.join(report.cpu_features) or 'none reported'}",
         f"Weight repacking  {report.cpu_repacking}",
         *([f"Huge pages        {report.huge_pages}"] if report.huge_pages else []),
+        *([f"Model file pages  {report.model_pages}"] if report.model_pages else []),
         f"GPU offload       {'yes (' + ', '.join(report.backends) + ')' if report.gpu_offload else 'no (CPU only)'}",
     ]
     if report.ram_total:

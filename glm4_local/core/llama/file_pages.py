@@ -19,6 +19,7 @@ import ctypes
 import os
 import stat
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,6 +68,27 @@ def settle(path: Path, mend: bool = True, room: int | None = None) -> Settled:
     finally:
         os.close(fd)
     return replace(settled, seconds=time.monotonic() - started)
+
+
+def folder_keeps_huge_folios(folder: Path) -> tuple[bool | None, str]:
+    """Whether a file in `folder` is read into 2 MiB page-cache folios, i.e. whether a model kept there can be settled
+    in 2 MiB pages (for doctor): 2 MiB written to an unnamed file there, synced, dropped from the cache and read
+    through a mapping that asks for huge pages. (None, why) where it cannot be told. Never raises."""
+    if sys.platform != "linux":
+        return None, "not Linux"
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:  # unnamed where the filesystem can (O_TMPFILE): no trace
+            probe.write(bytes(HUGE_PAGE))
+            probe.flush()
+            os.fsync(probe.fileno())  # written pages are dropped from the cache only once on disk
+            with _Piece(memory_calls(), probe.fileno(), 0, HUGE_PAGE) as piece:
+                if piece.address % HUGE_PAGE:
+                    return False, "the kernel does not align its files' mappings to 2 MiB"
+                if piece.rereading_helps(probe.fileno()):
+                    return True, "read into 2 MiB folios"
+                return False, "read into small folios (tmpfs, a filesystem without large folios, or huge pages off)"
+    except OSError as e:
+        return None, f"{type(e).__name__}: {e.strerror or e}"
 
 
 def _settle_file(libc: ctypes.CDLL, fd: int, size: int, mend: bool) -> Settled:
