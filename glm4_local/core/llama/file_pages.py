@@ -73,7 +73,8 @@ def settle(path: Path, mend: bool = True, room: int | None = None) -> Settled:
 def folder_keeps_huge_folios(folder: Path) -> tuple[bool | None, str]:
     """Whether a file in `folder` is read into 2 MiB page-cache folios, i.e. whether a model kept there can be settled
     in 2 MiB pages (for doctor): 2 MiB written to an unnamed file there, synced, dropped from the cache and read
-    through a mapping that asks for huge pages. (None, why) where it cannot be told. Never raises."""
+    through a mapping that asks for huge pages. `why` completes "files there are ..."; (None, why) where it cannot
+    be told. Never raises."""
     if sys.platform != "linux":
         return None, "not Linux"
     try:
@@ -83,7 +84,7 @@ def folder_keeps_huge_folios(folder: Path) -> tuple[bool | None, str]:
             os.fsync(probe.fileno())  # written pages are dropped from the cache only once on disk
             with _Piece(memory_calls(), probe.fileno(), 0, HUGE_PAGE) as piece:
                 if piece.address % HUGE_PAGE:
-                    return False, "the kernel does not align its files' mappings to 2 MiB"
+                    return False, "mapped at addresses not aligned to 2 MiB (as tmpfs maps files)"
                 if piece.rereading_helps(probe.fileno()):
                     return True, "read into 2 MiB folios"
                 return False, "read into small folios (tmpfs, a filesystem without large folios, or huge pages off)"
