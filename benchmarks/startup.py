@@ -8,7 +8,11 @@ context, slots and threads, rounds interleaved; every figure a ratio measured in
 3. peak resident memory (VmHWM) of each server after that request.
 
     bash benchmarks/build_llama_server.sh             # once; optional step, ~8 minutes on 2 cores
-    python benchmarks/startup.py [--llama-server PATH] [--rounds 5] [--model GGUF]
+    python benchmarks/startup.py [--llama-server PATH] [--rounds 5] [--model GGUF] [--other-python PYTHON]
+
+`--other-python`: glm4-local run by another interpreter too (a virtual environment with other versions of the
+dependencies, e.g. `python -m venv --system-site-packages V && V/bin/pip install "typer==0.29.*"`), interleaved
+with the rest, and compared with this one's.
 """
 
 from __future__ import annotations
@@ -64,20 +68,21 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def serve_command(which: str, binary: Path, model: Path, port: int) -> list[str]:
-    if which == "glm4-local":
-        return [sys.executable, "-m", "glm4_local", "serve", str(model), "--port", str(port), "--ctx", str(CTX),
+def serve_command(which: str, binary: Path, model: Path, port: int, python: str = sys.executable) -> list[str]:
+    if which != "llama-server":
+        return [python, "-m", "glm4_local", "serve", str(model), "--port", str(port), "--ctx", str(CTX),
                 "--parallel", "1", "--threads", str(THREADS), "--quiet"]
     return [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", str(CTX), "-np", "1",
             "-t", str(THREADS), "-tb", str(THREADS), "--no-webui"]
 
 
-def one_server_run(which: str, binary: Path, model: Path, home: Path) -> tuple[float, float, float]:
+def one_server_run(which: str, binary: Path, model: Path, home: Path, python: str = sys.executable
+                   ) -> tuple[float, float, float]:
     """(seconds to the first /health 200, seconds to the first token, peak RSS in MiB) of one launch."""
     port = free_port()
     env = {**binary_env(binary), "GLM4_LOCAL_HOME": str(home)}
     started = time.perf_counter()
-    process = subprocess.Popen(serve_command(which, binary, model, port), env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(serve_command(which, binary, model, port, python), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         while _health(port) != 200:
@@ -109,6 +114,14 @@ def chat_first_token(model: Path, home: Path) -> tuple[float, float]:
     return answered, time.perf_counter() - started
 
 
+def command_seconds(python: str, home: Path) -> float:
+    """Seconds from launching `glm4-local list` (the CLI parsed, the model store read) to its exit."""
+    started = time.perf_counter()
+    subprocess.run([python, "-m", "glm4_local", "list"], env={**os.environ, "GLM4_LOCAL_HOME": str(home)},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
 def build_model(folder: Path) -> Path:
     spec = factory.Spec(dtype="bf16", shape=SMALL, real_tokenizer=True)
     factory.build_checkpoint(folder / "small", spec)
@@ -120,18 +133,26 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path, default=DEFAULT_BINARY)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", type=Path, help="a GGUF to use instead of the generated one")
+    parser.add_argument("--other-python", help="also run glm4-local with this interpreter, and compare")
     args = parser.parse_args()
+    other = f"glm4-local ({args.other_python})"
+    pythons = {"glm4-local": sys.executable, other: args.other_python, "llama-server": sys.executable}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model = args.model or build_model(folder)
         runs: dict[str, list[tuple[float, float, float]]] = {"glm4-local": [], "llama-server": []}
+        if args.other_python:
+            runs[other] = []
         chats: list[tuple[float, float]] = []
+        commands: dict[str, list[float]] = {python: [] for python in (sys.executable, args.other_python) if python}
         for which in runs:  # warm the page cache for both
-            one_server_run(which, args.llama_server, model, folder / "home")
+            one_server_run(which, args.llama_server, model, folder / "home", pythons[which])
         for _ in range(args.rounds):
             for which in runs:
-                runs[which].append(one_server_run(which, args.llama_server, model, folder / "home"))
+                runs[which].append(one_server_run(which, args.llama_server, model, folder / "home", pythons[which]))
             chats.append(chat_first_token(model, folder / "home"))
+            for python, seconds in commands.items():
+                seconds.append(command_seconds(python, folder / "home"))
     median = {which: [statistics.median(r[i] for r in values) for i in range(3)] for which, values in runs.items()}
     ours, theirs = median["glm4-local"], median["llama-server"]
     print(f"model {model.name}, context {CTX}, {THREADS} threads, {args.rounds} rounds (medians)")
@@ -142,6 +163,14 @@ def main() -> None:
           f"{answered / theirs[1]:.2f} (the process ends at {ended:.2f} s)")
     print(f"peak RSS: glm4-local {ours[2]:.0f} MiB, llama-server {theirs[2]:.0f} MiB; "
           f"difference {ours[2] - theirs[2]:+.0f} MiB")
+    for python, seconds in commands.items():
+        print(f"launch → exit of `glm4-local list` with {python}: {statistics.median(seconds):.2f} s")
+    if args.other_python:
+        mine = [r[0] for r in runs["glm4-local"]]
+        print(f"launch → /health 200 with {args.other_python}: {median[other][0]:.2f} s; ratio to llama-server "
+              f"{median[other][0] / theirs[0]:.2f}; this interpreter's over it, per round: "
+              + ", ".join(f"{a / b[0]:.2f}" for a, b in zip(mine, runs[other], strict=True))
+              + f" (median {statistics.median(a / b[0] for a, b in zip(mine, runs[other], strict=True)):.2f})")
 
 
 if __name__ == "__main__":
