@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from against_llama_server import SMALL, stories
 from helpers import factory
 from helpers.serving import Server
-from llama_server import DEFAULT_BINARY, LlamaServer
+from llama_server import DEFAULT_BINARY, LlamaServer, exit_unless_built
 
 from glm4_local.chat.runtime import Vocabulary
 from glm4_local.chat.setup import ModelFacts
@@ -98,10 +98,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not args.llama_server.is_file():
-        sys.exit(f"{args.llama_server}: no llama-server; build it with benchmarks/build_llama_server.sh")
-    if not factory.REAL_TOKENIZER.is_file():
-        sys.exit("GLM-4's tokenizer.model not found in ../shared")
+    exit_unless_built(args.llama_server, factory.REAL_TOKENIZER)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         factory.build_checkpoint(folder / "model", factory.Spec(dtype="bf16", shape=SMALL, real_tokenizer=True))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from against_llama_server import MODELS, THREADS, TOKENS, median_interval, ours, rate, real_vocab_q8_0, stories, theirs
 from helpers import factory
 from helpers.pages import small_folio_copy
-from llama_server import DEFAULT_BINARY, binary_env
+from llama_server import DEFAULT_BINARY, binary_env, exit_unless_built
 
 from glm4_local.core.llama import file_pages
 
@@ -104,10 +104,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--servers", action="store_true", help="llama-server and glm4-local serve on a fresh copy")
     args = parser.parse_args()
-    if not args.llama_bench.is_file():
-        sys.exit(f"{args.llama_bench}: no llama-bench; build it with benchmarks/build_llama_server.sh")
-    if not factory.REAL_TOKENIZER.is_file():
-        sys.exit("GLM-4's tokenizer.model not found in ../shared")
+    exit_unless_built(args.llama_bench, factory.REAL_TOKENIZER)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for model in args.models.split(","):

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,15 @@ READY_TIMEOUT = 120.0
 _CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 DEFAULT_BINARY = Path(os.environ.get("LLAMA_SERVER") or _CACHE / "glm4-local" /
                       f"llama-server-{importlib.metadata.version('llama-cpp-python')}" / "llama-server")
+
+
+def exit_unless_built(binary: Path, tokenizer: Path) -> None:
+    """End a benchmark that runs llama.cpp's own binaries with one line where it cannot run: `binary` not built, or
+    GLM-4's tokenizer (which the models it builds take their vocabulary from) not in ../shared."""
+    if not binary.is_file():
+        sys.exit(f"{binary}: no {binary.name}; build it with benchmarks/build_llama_server.sh")
+    if not tokenizer.is_file():
+        sys.exit("GLM-4's tokenizer.model not found in ../shared")
 
 
 def free_port() -> int:

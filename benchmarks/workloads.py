@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from against_llama_server import SMALL, complete, passage_script, passage_words
 from helpers import factory
 from helpers.serving import Server
-from llama_server import DEFAULT_BINARY, LlamaServer
+from llama_server import DEFAULT_BINARY, LlamaServer, exit_unless_built
 
 from glm4_local.chat.runtime import Vocabulary
 from glm4_local.chat.setup import ModelFacts
@@ -236,10 +236,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default="1,2,3,4")
     args = parser.parse_args()
-    if not args.llama_server.is_file():
-        sys.exit(f"{args.llama_server}: no llama-server; build it with benchmarks/build_llama_server.sh")
-    if not factory.REAL_TOKENIZER.is_file():
-        sys.exit("GLM-4's tokenizer.model not found in ../shared")
+    exit_unless_built(args.llama_server, factory.REAL_TOKENIZER)
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
