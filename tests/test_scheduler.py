@@ -51,6 +51,9 @@ class ScriptedDecoder:
             self.jobs.clear()
         return True
 
+    def calibrate(self) -> bool:
+        return False  # nothing to measure while idle
+
     def cancel_all(self) -> None:
         self.jobs.clear()
 

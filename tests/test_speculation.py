@@ -179,6 +179,24 @@ def test_drafts_that_keep_less_than_their_estimate_promised_are_trusted_less() -
     assert promises.factor > 0.95 and len(drafter().draft(16, 1.0, costing(0.5))) == 6
 
 
+def test_shadows_that_keep_their_promise_win_the_trust_back() -> None:
+    """Trust lost to early misses: scored on sent drafts alone, it never came back (no draft was sent to win it
+    back) and a reply that went on to copy its own lines drafted no more. A shadow keeps its promise or breaks it
+    as a sent draft does."""
+    promises = Promises(promised=8.0, kept=0.0)
+    assert promises.factor == 0.5  # the least it is trusted
+    drafter = Drafter([1, 2] * 8, SpeculationSettings(), Acceptance(9.0, 1.0), promises)  # p = 0.9
+    assert drafter.draft(16, 1.0, costing(0.5)) == [] and drafter.shadow == [1, 2] * 8
+    drafter.extend([1, 2] * 8)  # the reply copies on, as the shadow said
+    assert drafter.shadow == [] and promises.factor == 1.0  # kept more than the 7.4 promised
+    assert len(drafter.draft(16, 1.0, costing(0.5))) == 16
+    trusted = Promises()
+    misses = Drafter([1, 2] * 8, SpeculationSettings(), Acceptance(9.0, 1.0), trusted)
+    assert misses.draft(16, 1.0, costing(0.95)) == [] and misses.shadow  # a token must be kept 95% of the time
+    misses.extend([3])  # the shadow was wrong at once
+    assert trusted.factor < 1.0
+
+
 def test_the_cli_words_for_speculation() -> None:
     assert speculation_of("off").enabled is False and speculation_of("auto", 4).draft_max == 4
     assert speculation_of("auto", 0).enabled is False

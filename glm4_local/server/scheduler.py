@@ -120,12 +120,13 @@ class Scheduler:
             try:
                 self._await_arrivals()
                 worked = self.decoder.step()
+                idle = not worked and not self.decoder.calibrate()  # measures step costs while nothing runs
             except Exception as e:  # a bug must not kill the server's only decoder, nor hang its clients
                 log.exception("decoder step failed")
                 self.decoder.abort(f"internal error ({type(e).__name__})")
-                worked = False
+                worked, idle = False, True
             self._outbox.wake(everyone=not worked)
-            if not worked:
+            if idle:
                 self._wake.wait(0.5)
                 self._wake.clear()
         self.decoder.cancel_all()

@@ -24,6 +24,7 @@ from typing import Any
 import gguf
 
 from glm4_local.core.llama.batch_layout import Placed, Planned, fillers, lay_out
+from glm4_local.core.llama.calibration import Calibration, write_trial
 from glm4_local.core.llama.device import ContextSettings
 from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
 from glm4_local.core.llama.logprobs import logprob_at
@@ -51,20 +52,10 @@ class Decoder:
         self.disk = disk  # long prompts read once are kept there, and loaded instead of read again
         self.model = model  # keeps the llama_model alive as long as the context
         self.speculation = speculation or SpeculationSettings()
-        params = ll.llama_context_default_params()
-        params.n_ctx = slot_ctx * slots
-        params.n_seq_max = slots
         # with one buffer for all sequences, jobs are held to `slot_ctx` tokens each, so the slots' caches
         # together never outgrow it
-        params.kv_unified = self.kv_unified = settings.kv_unified
-        params.n_batch = max(1, min(settings.n_batch, slot_ctx * slots))
-        params.n_ubatch = max(1, min(settings.n_ubatch, params.n_batch))
-        params.n_threads = params.n_threads_batch = settings.threads
-        params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.no_perf = True
-        for name, qtype in (("type_k", type_k), ("type_v", type_v)):
-            if qtype is not None:
-                setattr(params, name, int(qtype))
+        self.kv_unified = settings.kv_unified
+        params = settings.params(ll, slots, slot_ctx, flash_attn, type_k, type_v)
         self.ctx = ll.llama_init_from_model(model.model, params)
         if not self.ctx:
             raise DecodeError(f"llama.cpp could not make a context of {slots} × {slot_ctx} tokens "
@@ -86,7 +77,11 @@ class Decoder:
         self.accepted_tokens = 0
         self.step_costs = StepCosts()  # what a drafted token costs here, against what an accepted one saves
         self.acceptance = Acceptance()  # what drafts earned lately, where a new job's drafting starts
-        self.promises = Promises()  # what sent drafts kept against their estimates' promise
+        self.promises = Promises()  # what drafts (sent or shadows) kept against their estimates' promise
+        # every step size a draft can make (behind one generating token, or each of the slots' in one buffer)
+        largest = self.speculation.draft_max + (slots if self.kv_unified else 1) if self.speculation.enabled else 0
+        self.calibration = Calibration(min(largest, self.n_batch))
+        self._calibrating = False
         self._changed = False
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
         self._abort = threading.Event()  # set from another thread: the llama_decode under way stops
@@ -102,6 +97,8 @@ class Decoder:
         with self._lock:
             self._waiting.append(job)
             self._changed = True
+            if self._calibrating:  # an idle step measuring costs: the job goes first
+                self._abort.set()
 
     def cancel(self, job: Job) -> None:
         """Stop a job (from any thread); its slot is freed at the next step or release_cancelled()."""
@@ -167,15 +164,7 @@ class Decoder:
         added, filler_slots = self._fill_batch()
         if not added:
             return False
-        started = time.perf_counter()
-        if abortable:
-            self._ll.llama_set_abort_callback(self.ctx, self._abort_callback, None)
-        try:
-            status = self._ll.llama_decode(self.ctx, self.batch)
-        finally:
-            if abortable:  # only while asked: the callback costs a Python call per graph node
-                self._ll.llama_set_abort_callback(self.ctx, self._ll.ggml_abort_callback(), None)
-        seconds = time.perf_counter() - started
+        status, seconds = self._decode(abortable)
         for slot in filler_slots:  # a filler's cell was only there to keep the step one pass
             self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
         if status >= 0:
@@ -193,7 +182,7 @@ class Decoder:
                 self._ll.llama_memory_seq_rm(self.memory, entry.slot.seq, len(entry.slot.cached), -1)
             raise DecodeAborted("stopped while reading the prompt")
         if status != 0:
-            self._fail(added, f"llama.cpp could not evaluate the batch (code {status})")
+            self._fail([entry.slot for entry in added], f"llama.cpp could not evaluate the batch (code {status})")
             return True
         now = time.perf_counter()
         for entry in added:
@@ -208,9 +197,48 @@ class Decoder:
                 self._sample(entry, now)
         return True
 
+    def _decode(self, abortable: bool) -> tuple[int, float]:
+        """llama_decode of the batch: its status, and the seconds it took."""
+        started = time.perf_counter()
+        if abortable:
+            self._ll.llama_set_abort_callback(self.ctx, self._abort_callback, None)
+        try:
+            status = self._ll.llama_decode(self.ctx, self.batch)
+        finally:
+            if abortable:  # only while asked: the callback costs a Python call per graph node
+                self._ll.llama_set_abort_callback(self.ctx, self._ll.ggml_abort_callback(), None)
+        return status, time.perf_counter() - started
+
     def request_abort(self) -> None:
         """Stop the abortable llama_decode under way (from another thread)."""
         self._abort.set()
+
+    def calibrate(self) -> bool:
+        """While no job runs or waits (the server's idle worker thread): one step of the next size that drafts
+        can make whose cost is not measured yet (core/llama/calibration.py); False when none is left or the step
+        did not end whole. A job submitted meanwhile stops it inside llama.cpp."""
+        size = self.calibration.next_size
+        free = [s for s in self._slots if s.job is None and self.slot_ctx - len(s.cached) >= (size or 0)]
+        if size is None or not free or self.has_work():
+            return False
+        slot = free[0]
+        write_trial(self.batch, slot.seq, len(slot.cached), size)
+        with self._lock:
+            if self._waiting:
+                return False
+            self._calibrating = True
+        status, seconds = self._decode(abortable=True)
+        with self._lock:
+            self._calibrating = False
+            stopped = self._abort.is_set()
+            self._abort.clear()
+        self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
+        if status >= 0:
+            self.caches.copies_applied()
+        if status != 0 or stopped:
+            return False
+        self.calibration.measured(seconds, self.step_costs)
+        return True
 
     def reading(self) -> list[tuple[int, int]]:
         """(prompt tokens computed, to compute) of each job still reading its prompt (for /health)."""
@@ -350,15 +378,10 @@ class Decoder:
 
     def abort(self, message: str) -> None:
         """End every running job with an error (after an unexpected failure in a step)."""
-        for slot in self._slots:
-            if slot.job is not None:
-                self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)
-                slot.cached.clear()
-                slot.job.error = message
-                self._finish(slot, "error")
+        self._fail([slot for slot in self._slots if slot.job is not None], message)
 
-    def _fail(self, added: list[Placed], message: str) -> None:
-        for slot in (entry.slot for entry in added):
+    def _fail(self, slots: list[Slot], message: str) -> None:
+        for slot in slots:
             self._ll.llama_memory_seq_rm(self.memory, slot.seq, 0, -1)  # whatever half-happened is gone
             slot.cached.clear()
             if slot.job is not None:

@@ -15,8 +15,12 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from glm4_local.core.llama import door
+
+if TYPE_CHECKING:
+    import gguf
 
 BACKENDS = ("CUDA", "METAL", "VULKAN", "HIP", "SYCL")  # llama.cpp's GPU backends, as its system info names them
 
@@ -43,6 +47,23 @@ class ContextSettings:
     n_ubatch: int  # tokens one compute pass takes
     threads: int
     kv_unified: bool = True  # one KV buffer for all sequences; False: a buffer per sequence
+
+    def params(self, ll: Any, slots: int, slot_ctx: int, flash_attn: bool, type_k: gguf.GGMLQuantizationType | None,
+               type_v: gguf.GGMLQuantizationType | None) -> Any:
+        """llama_context_params for `slots` sequences of `slot_ctx` tokens (`ll`: llama_cpp)."""
+        params = ll.llama_context_default_params()
+        params.n_ctx = slot_ctx * slots
+        params.n_seq_max = slots
+        params.kv_unified = self.kv_unified
+        params.n_batch = max(1, min(self.n_batch, slot_ctx * slots))
+        params.n_ubatch = max(1, min(self.n_ubatch, params.n_batch))
+        params.n_threads = params.n_threads_batch = self.threads
+        params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.no_perf = True
+        for name, qtype in (("type_k", type_k), ("type_v", type_v)):
+            if qtype is not None:
+                setattr(params, name, int(qtype))
+        return params
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ With none worth sending the continuation is kept as a shadow, scored against the
 generates at the cost of a lookup, so drafting resumes within a few tokens of a reply starting to quote its
 document, and text that does not repeat costs nothing. A job starts from what its decoder's recent drafts earned.
 Drafts are sent when that estimate is high, which on text repeating now and then is as often luck as a pattern:
-what sent drafts kept against what their estimate promised (Promises, decoder-wide) scales what a kept token is
+what drafts kept against what their estimate promised (Promises, decoder-wide) scales what a kept token is
 worth, so such text stops paying for its drafts while a copied passage, which keeps its promise, drafts as before.
+Shadows keep or break their promise too: scored on sent drafts alone, a few early misses held the factor down for
+good (no draft was sent to raise it again), and replies that later copied their own lines drafted no more.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ MEMORY = 0.9  # per drafted token scored: a job's estimate follows its last ~10 
 SHARED_MEMORY = 0.98  # the decoder-wide estimate follows its last ~50
 PRIOR = 4.0  # drafted tokens' worth of the decoder-wide estimate a new job starts from
 MIN_WORTH = 0.1  # a drafted token kept less often than this is never sent, whatever the step costs say
-PROMISE_MEMORY = 0.9  # per draft sent: what drafts keep against their promise follows the last ~10
+PROMISE_MEMORY = 0.9  # per draft scored (sent or shadow): what drafts keep against their promise follows the last ~10
 PROMISE_PRIOR = 4.0  # tokens' worth of promises kept to the letter a decoder starts from
-PROMISE_RANGE = (0.5, 1.5)  # never trusted less than half (drafts of a copied passage still go out, and win it back)
+# never trusted less than half (drafts of a copied passage still go out, and win it back), nor more than the estimate
+# says: shadows weighed at a low estimate keep far more than it promised, which drafts at a high one cannot
+PROMISE_RANGE = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,8 @@ class Acceptance:
 
 
 class Promises:
-    """What sent drafts kept against what their estimate promised (the sum of p^k over their tokens), decoder-wide.
+    """What drafts (sent or shadows) kept against what their estimate promised (the sum of p^k over their tokens),
+    decoder-wide.
 
     A draft is sent when a job's estimate is high, and an estimate over its last ~10 tokens is high as often by
     luck as by a text that repeats: chosen at its peaks it promises more than the text then keeps (2 cores,
@@ -136,7 +141,7 @@ class Drafter:
         self.draft_max = settings.draft_max
         self._shared = shared or Acceptance()
         self._promises = promises or Promises()
-        self._sent_p = 1.0  # the estimate the latest draft sent was weighed with
+        self._weighed_p = 1.0  # the estimate the latest draft (sent or shadow) was weighed with
         prior = self._shared.p
         self.acceptance = Acceptance(PRIOR * prior, PRIOR * (1 - prior), MEMORY)
         self.shadow: list[int] = []  # a draft not sent, scored against the tokens that follow
@@ -159,7 +164,8 @@ class Drafter:
             self._shadow_hits += hit
             if hit and self._shadow_hits < len(self.shadow):
                 continue
-            self.record(len(self.shadow), self._shadow_hits)  # what sending it would have earned
+            self._keep_promise(len(self.shadow), self._shadow_hits)  # what sending it would have earned
+            self.record(len(self.shadow), self._shadow_hits)
             self.shadow, self._shadow_hits = [], 0
 
     def _index(self) -> None:
@@ -191,8 +197,8 @@ class Drafter:
         follows = self._tokens[start:]
         continuation = (follows * (limit // len(follows) + 1))[:limit]  # a copy at that offset repeats
         worth = self.acceptance.worth(limit, saved * self._promises.factor, extra_cost)
+        self._weighed_p = self.acceptance.p
         if worth:
-            self._sent_p = self.acceptance.p
             return continuation[:worth]
         self.shadow = continuation
         return []
@@ -210,9 +216,12 @@ class Drafter:
     def settle(self, drafted: int, accepted: int) -> None:
         """Score a draft sent (`drafted` tokens of it, after any cut): as any draft, and what it kept against
         what its estimate promised."""
-        p = self._sent_p
-        self._promises.score(sum(p**k for k in range(1, drafted + 1)), accepted)
+        self._keep_promise(drafted, accepted)
         self.record(drafted, accepted)
+
+    def _keep_promise(self, drafted: int, accepted: int) -> None:
+        p = self._weighed_p
+        self._promises.score(sum(p**k for k in range(1, drafted + 1)), accepted)
 
     def record(self, drafted: int, accepted: int) -> None:
         """Score a draft (sent or shadow) of which the first `accepted` of `drafted` tokens were right."""
@@ -245,6 +254,11 @@ class StepCosts:
         if w >= 4 and spread > 1e-9 * max(w * nn, 1.0):
             per_token = (w * nt - n * t) / spread
             self._line = ((t - per_token * n) / w, per_token)
+
+    @property
+    def sizes(self) -> set[int]:
+        """The step sizes seen."""
+        return set(self._mean)
 
     def cost(self, tokens: int) -> float | None:
         """Seconds a step of `tokens` tokens takes; None until a step of that size or a line is known."""
