@@ -4,11 +4,13 @@ weighs one; a job arriving stops the measuring step inside llama.cpp; the slots'
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from glm4_local.chat.options import RuntimeOptions
+from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts, load_runtime
 from glm4_local.core.llama.calibration import Calibration
 from glm4_local.core.llama.decoder import Decoder, Job
@@ -127,3 +129,58 @@ def test_where_drafts_cannot_pay_a_new_decoder_that_measured_first_sends_none(ma
             run(decoder, Job(phrase * 4, GREEDY, 30, frozenset()))
         drafted[measure] = decoder.drafted_tokens
     assert drafted[False] > 0 and drafted[True] == 0
+
+
+class Watched(Calibration):
+    """Says when every size is measured."""
+
+    def __init__(self, largest: int) -> None:
+        super().__init__(largest)
+        self.done = threading.Event()
+
+    def measured(self, seconds: float, costs: StepCosts) -> None:
+        super().measured(seconds, costs)
+        if self.next_size is None:
+            self.done.set()
+
+
+def chat_runtime(path: Path) -> ChatRuntime:
+    return load_runtime(ModelFacts.read(path), RuntimeOptions(ctx=256, threads=2, speculation=DRAFTS), slots=1)
+
+
+def test_the_chat_measures_while_the_user_writes(make_gguf: Callable[..., Path]) -> None:
+    runtime = chat_runtime(make_gguf("f32"))
+    decoder = runtime.decoder
+    assert isinstance(decoder, Decoder)
+    decoder.calibration = Watched(7)
+    with runtime.idle():
+        assert decoder.calibration.done.wait(60)
+    assert decoder.step_costs.sizes >= set(range(1, 8)) and not decoder.calibrate()  # held once the user sent
+
+
+def test_a_message_sent_stops_the_measuring_step_and_the_reply_is_exact(make_gguf: Callable[..., Path]) -> None:
+    """The user sends while a step is being measured: the step stops inside llama.cpp, nothing of it is kept, and
+    the stop it asked for is spent (the reply's own abortable prompt batch runs whole)."""
+    path = make_gguf("f32")
+    runtime = chat_runtime(path)
+    decoder = runtime.decoder
+    assert isinstance(decoder, Decoder)
+    started, asked_to_stop = threading.Event(), []
+
+    def until_stopped() -> None:
+        started.set()
+        asked_to_stop.append(decoder._abort.wait(60))  # the block's end asks the step to stop
+
+    decoder._ll = Spy(decoder._ll, until_stopped)
+    with runtime.idle():
+        assert started.wait(60)
+    assert asked_to_stop == [True] and decoder.step_costs.sizes == set() and decoder.calibration.next_size == 1
+    assert not decoder._abort.is_set()  # spent: the reply's own abortable batch is not stopped by it
+    decoder._ll.before_decode = lambda: None
+    job = Job([3, 1, 4, 1, 5, 9, 2, 6], GREEDY, 12, frozenset())
+    decoder.submit(job)
+    while decoder.has_work():
+        decoder.step(abortable=True)
+    fresh = chat_runtime(path).decoder
+    assert isinstance(fresh, Decoder)
+    assert (job.generated, job.finish) == run(fresh, Job(list(job.prompt), GREEDY, 12, frozenset()))[:2]

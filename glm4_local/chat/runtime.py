@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +169,20 @@ class ChatRuntime:
         """Tokens of context one conversation (one slot) has."""
         return self.decoder.slot_ctx
 
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Around a wait for the user (the chat's prompt): meanwhile the decoder measures what its steps cost
+        (Decoder.calibrate) in a thread of its own, stopped, and its step under way with it, before the block ends."""
+        decoder = self.decoder
+        decoder.hold_calibration(False)
+        worker = threading.Thread(target=_calibrate_all, args=(decoder,), name="measuring-steps", daemon=True)
+        worker.start()
+        try:
+            yield
+        finally:
+            decoder.hold_calibration(True)
+            worker.join()
+
     def generate(self, prompt: Sequence[int], sampling: SamplerSettings, max_tokens: int | None) -> Generation:
         """Stream a reply, stepping the decoder in this thread (the chat's way)."""
         if len(prompt) >= self.n_ctx:
@@ -201,6 +216,11 @@ class ChatRuntime:
                 decoder.cancel(job)
                 decoder.release_cancelled()
             _record_timings(job, gen, cut, self.vocab.stop_ids)
+
+
+def _calibrate_all(decoder: Decoding) -> None:
+    while decoder.calibrate():
+        pass
 
 
 def _step_interruptibly(decoder: Decoding) -> None:

@@ -136,7 +136,8 @@ class Repl:
     def run(self) -> None:
         self.banner()
         while True:
-            line = self.prompt.prompt("› ")
+            with self.engine.runtime.idle():  # step costs are measured while the user writes
+                line = self.prompt.prompt("› ")
             if line is self.EXIT:
                 self.goodbye()
                 return

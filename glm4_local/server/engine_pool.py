@@ -241,6 +241,9 @@ class EnginePool:
         """Nothing to measure here: the engines weigh their own steps."""
         return False
 
+    def hold_calibration(self, held: bool) -> None:
+        pass  # nothing is measured here
+
     def close(self) -> None:
         self.cancel_all()
         if self._loop.is_running():

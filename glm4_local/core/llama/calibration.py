@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from glm4_local.core.llama.speculation import StepCosts
+from glm4_local.core.llama.speculation import SpeculationSettings, StepCosts
 
 TRIAL_TOKEN = 0  # what a trial step's rows hold: their keys and values are removed after it, their logits unread
 
@@ -27,6 +27,14 @@ class Calibration:
         # a first step of one token, not kept: it may read the weights from disk into the page cache
         self._sizes = [1, *range(1, largest + 1)] if largest > 0 else []
         self._warm = False
+
+    @classmethod
+    def of_drafts(cls, speculation: SpeculationSettings, slots: int, kv_unified: bool, n_batch: int) -> Calibration:
+        """Every step size a draft can make: behind one generating token, or (in one KV buffer for all) behind
+        each slot's; none without drafts."""
+        if not speculation.enabled:
+            return cls(0)
+        return cls(min(speculation.draft_max + (slots if kv_unified else 1), n_batch))
 
     @property
     def next_size(self) -> int | None:

@@ -27,7 +27,7 @@ from glm4_local.core.llama.batch_layout import Placed, Planned, fillers, lay_out
 from glm4_local.core.llama.calibration import Calibration, write_trial
 from glm4_local.core.llama.device import ContextSettings
 from glm4_local.core.llama.jobs import DecodeAborted, Job, Slot, common_prefix
-from glm4_local.core.llama.logprobs import logprob_at
+from glm4_local.core.llama.logprobs import logprob_at, prompt_logprobs
 from glm4_local.core.llama.prompt_cache import PromptDiskCache
 from glm4_local.core.llama.sampling import DecodeError, LogitRows, Sampler
 from glm4_local.core.llama.slot_caches import SlotCaches
@@ -78,10 +78,8 @@ class Decoder:
         self.step_costs = StepCosts()  # what a drafted token costs here, against what an accepted one saves
         self.acceptance = Acceptance()  # what drafts earned lately, where a new job's drafting starts
         self.promises = Promises()  # what drafts (sent or shadows) kept against their estimates' promise
-        # every step size a draft can make (behind one generating token, or each of the slots' in one buffer)
-        largest = self.speculation.draft_max + (slots if self.kv_unified else 1) if self.speculation.enabled else 0
-        self.calibration = Calibration(min(largest, self.n_batch))
-        self._calibrating = False
+        self.calibration = Calibration.of_drafts(self.speculation, slots, self.kv_unified, self.n_batch)
+        self._calibrating = self._calibration_held = False  # a measuring step is under way; measuring is held
         self._changed = False
         self._lock = threading.Lock()  # guards `waiting` and `cancelled` flags against other threads
         self._abort = threading.Event()  # set from another thread: the llama_decode under way stops
@@ -187,8 +185,10 @@ class Decoder:
         now = time.perf_counter()
         for entry in added:
             slot = entry.slot
-            if slot.job is not None and slot.job.echo_logprobs:
-                self._score_prompt(entry)
+            if slot.job is not None and slot.job.echo_logprobs:  # the prompt tokens after each one read
+                slot.job.prompt_logprobs += prompt_logprobs(lambda row: self.logit_rows.at(self.ctx, row), entry.start,
+                                                            slot.job.prompt, len(slot.cached), entry.tokens,
+                                                            slot.job.top_logprobs or 0)
             slot.cached += slot.pending[: entry.tokens]
             del slot.pending[: entry.tokens]
             if slot.job is not None and not slot.job.first_token_at:
@@ -224,7 +224,7 @@ class Decoder:
         slot = free[0]
         write_trial(self.batch, slot.seq, len(slot.cached), size)
         with self._lock:
-            if self._waiting:
+            if self._waiting or self._calibration_held:
                 return False
             self._calibrating = True
         status, seconds = self._decode(abortable=True)
@@ -239,6 +239,13 @@ class Decoder:
             return False
         self.calibration.measured(seconds, self.step_costs)
         return True
+
+    def hold_calibration(self, held: bool) -> None:
+        """While held (from any thread), calibrate() measures nothing and a measuring step under way stops."""
+        with self._lock:
+            self._calibration_held = held
+            if held and self._calibrating:
+                self._abort.set()
 
     def reading(self) -> list[tuple[int, int]]:
         """(prompt tokens computed, to compute) of each job still reading its prompt (for /health)."""
@@ -347,17 +354,6 @@ class Decoder:
             if not self._take(slot, job, token):
                 return
         slot.pending = [tokens[-1]]
-
-    def _score_prompt(self, entry: Placed) -> None:
-        """The log-probability of each prompt token the batch's logits predict (the token after each one read)."""
-        slot, job = entry.slot, entry.slot.job
-        assert job is not None
-        first = len(slot.cached)  # the prompt position of the batch's first token of this slot
-        for i in range(entry.tokens):
-            following = first + i + 1
-            if following < len(job.prompt):
-                job.prompt_logprobs.append(logprob_at(self.logit_rows.at(self.ctx, entry.start + i),
-                                                      job.prompt[following], job.top_logprobs or 0))
 
     def _take(self, slot: Slot, job: Job, token: int) -> bool:
         """Give the job one token; False when that ended it."""

@@ -6,6 +6,7 @@ One of the modules of core/llama/, the only ones reading llama.cpp's buffers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,3 +35,10 @@ def logprob_at(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
         picked = picked[np.argsort(-logits[picked], kind="stable")]
         best = tuple((int(t), float(logits[t]) - log_total) for t in picked)
     return TokenLogprob(token, float(logits[token]) - log_total, best)
+
+
+def prompt_logprobs(row: Callable[[int], np.ndarray], start: int, prompt: list[int], first: int, count: int,
+                    top: int) -> list[TokenLogprob]:
+    """The log-probability of each prompt token that a batch's rows of logits predict: `count` rows from batch
+    index `start` hold the logits after prompt positions `first` onwards (the last prompt token predicts none)."""
+    return [logprob_at(row(start + i), prompt[first + i + 1], top) for i in range(count) if first + i + 1 < len(prompt)]
