@@ -219,8 +219,9 @@ class ChatRuntime:
 
 
 def _calibrate_all(decoder: Decoding) -> None:
-    while decoder.calibrate():
-        pass
+    with contextlib.suppress(Exception):  # an optimisation: sizes not measured are learnt from the replies' steps
+        while decoder.calibrate():
+            pass
 
 
 def _step_interruptibly(decoder: Decoding) -> None:

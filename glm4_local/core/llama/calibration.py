@@ -4,9 +4,10 @@ Speculation sends a draft when what its tokens are expected to save outweighs wh
 (core/llama/speculation.py, StepCosts). A step size never seen was counted as free, so a new server's first
 drafts went out on the acceptance estimate alone: at the prior (0.75) 8 tokens behind the one, where on 2 cores
 (12 × 1024 q8_0) a step of 2 tokens costs 1.7 times one, and of 3 tokens 2.8 times; at one stream a fresh
-server's first replies were 2.7% slower for it. Every size a draft can make is measured once after the start,
-as llama-server's warm-up measures one, on an idle slot's sequence past its cache; a request arriving stops
-the step inside llama.cpp, and the size is measured again when the decoder is next idle.
+server's first replies were 2.7% slower for it. Every size a draft can make is measured once, as llama-server's
+warm-up measures one, while the decoder is idle (the server's worker thread when no request runs, the terminal
+chat while the user writes), on an idle slot's sequence past its cache; a request arriving (or the message
+being sent) stops the step inside llama.cpp, and the size is measured again when the decoder is next idle.
 
 One of the modules of core/llama/, the only ones touching llama_cpp's structures.
 """
