@@ -5,7 +5,9 @@ one buffer they share). Every `step()` is one `llama_decode` whose batch carries
 sequence that is generating, then chunks of prompts waiting to be evaluated (laid out as core/llama/
 batch_layout.py says); each sequence is then sampled by its own C sampler chain. Behind
 a generating sequence's token the batch may carry a prompt-lookup draft (core/llama/speculation.py):
-the tokens the model confirms are kept, the rest leave the KV cache before the step ends. Which slot a
+the tokens the model confirms are kept, the rest leave the KV cache before the step ends; what a draft adds to
+a step is known from steps of each size measured while the decoder is idle (`calibrate()`,
+core/llama/calibration.py). Which slot a
 job goes to, and the prefix of its prompt it takes from another slot or the disk instead of reading it, is
 core/llama/slot_caches.py's: a conversation's next turn evaluates only its new tokens. The chat (one slot,
 stepped by its own thread) and the server (many slots, stepped by a worker thread) both run this loop.
