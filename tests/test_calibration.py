@@ -100,6 +100,21 @@ def test_a_job_arriving_stops_the_measuring_step_and_is_served_exactly(make_gguf
     assert calibrated(decoder) == 8  # measured once idle again, and the stop asked for is spent
 
 
+class Refusing(Spy):
+    """llama_decode answering 1 ("no room in the KV cache") without computing."""
+
+    def llama_decode(self, ctx: Any, batch: Any) -> int:
+        self.decodes += 1
+        return 1
+
+
+def test_a_measuring_step_llama_cpp_refuses_is_not_tried_again(make_gguf: Callable[..., Path]) -> None:
+    decoder = decoder_of(make_gguf("f32"))
+    spy = decoder._ll = Refusing(decoder._ll)
+    assert not decoder.calibrate() and decoder.calibration.next_size is None
+    assert not decoder.calibrate() and spy.decodes == 1 and decoder.step_costs.sizes == set()
+
+
 def test_without_drafts_nothing_is_measured(make_gguf: Callable[..., Path]) -> None:
     decoder = decoder_of(make_gguf("f32"), SpeculationSettings("off"))
     spy = decoder._ll = Spy(decoder._ll)

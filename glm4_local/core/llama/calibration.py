@@ -41,6 +41,10 @@ class Calibration:
     def next_size(self) -> int | None:
         return self._sizes[0] if self._sizes else None
 
+    def abandon(self) -> None:
+        """Measure nothing more (the sizes left are learnt from the steps themselves)."""
+        self._sizes.clear()
+
     def measured(self, seconds: float, costs: StepCosts) -> None:
         """The step of `next_size` tokens took `seconds` (whole: not stopped by a request)."""
         size = self._sizes.pop(0)

@@ -237,6 +237,8 @@ class Decoder:
         self._ll.llama_memory_seq_rm(self.memory, slot.seq, len(slot.cached), -1)
         if status >= 0:
             self.caches.copies_applied()
+        if status != 0 and not stopped:  # llama.cpp refused it: not tried again at every idle moment
+            self.calibration.abandon()
         if status != 0 or stopped:
             return False
         self.calibration.measured(seconds, self.step_costs)
