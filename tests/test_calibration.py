@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from helpers.step_costs import ComputeBound
+
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import ChatRuntime
 from glm4_local.chat.setup import ModelFacts, load_runtime
@@ -119,13 +121,6 @@ def test_without_drafts_nothing_is_measured(make_gguf: Callable[..., Path]) -> N
     decoder = decoder_of(make_gguf("f32"), SpeculationSettings("off"))
     spy = decoder._ll = Spy(decoder._ll)
     assert calibrated(decoder) == 0 and spy.decodes == 0
-
-
-class ComputeBound(StepCosts):
-    """Steps that cost 4 ms a token and nothing more, whatever this machine took."""
-
-    def observe(self, tokens: int, seconds: float) -> None:
-        super().observe(tokens, 0.004 * tokens)
 
 
 def test_where_drafts_cannot_pay_a_new_decoder_that_measured_first_sends_none(make_gguf: Callable[..., Path]) -> None:

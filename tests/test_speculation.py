@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers.step_costs import ComputeBound
 
 from glm4_local.chat.options import RuntimeOptions
 from glm4_local.chat.runtime import ChatRuntime
@@ -220,13 +221,6 @@ def test_random_model_greedy_tokens_are_identical_with_and_without_speculation(m
     run_all(fast.decoder, got)
     assert [outcome(j) for j in got] == [outcome(j) for j in expected]
     assert fast.decoder.drafted_tokens > 0 and plain.decoder.drafted_tokens == 0
-
-
-class ComputeBound(StepCosts):
-    """Steps that cost 4 ms a token and nothing more, whatever this machine took."""
-
-    def observe(self, tokens: int, seconds: float) -> None:
-        super().observe(tokens, 0.004 * tokens)
 
 
 def test_where_drafts_cannot_pay_none_is_sent_and_the_tokens_are_unchanged(make_gguf: Callable[..., Path]) -> None:
