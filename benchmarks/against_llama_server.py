@@ -6,9 +6,11 @@ interleaved; every figure a ratio measured in this run.
    some of them), both servers at their defaults, and each with flash attention off; every cell where
    glm4-local at its defaults is below llama-server at its defaults is named (ratios: medians of the rounds'
    ratios, with the interval the rounds allow for that median: a cell is short or ahead only where the whole
-   interval is); `--starts K` starts the servers K times (--rounds rounds each) and pools the rounds: a
-   process keeps a speed of its own from start to stop, so one start is one draw of that however many rounds
-   it runs; `--twin` adds a second llama-server process, whose ratio to the first is the spread of two alike;
+   interval is); `--stream` has every reply streamed, read event by event as a chat page or an SDK client with
+   `stream=True` reads it (tokens counted from its final usage chunk); `--starts K` starts the servers K times
+   (--rounds rounds each) and pools the rounds: a process keeps a speed of its own from start to stop, so one
+   start is one draw of that however many rounds it runs; `--twin` adds a second llama-server process, whose
+   ratio to the first is the spread of two alike;
 2. speculation (prompt lookup): a scripted model that repeats a 120-token passage of its prompt, and a
    random model asked to continue text already in its prompt; glm4-local with `--speculate auto` and
    `off`, llama-server with `--spec-type ngram-simple` and without.
@@ -16,14 +18,16 @@ interleaved; every figure a ratio measured in this run.
     bash benchmarks/build_llama_server.sh             # once; optional step, ~8 minutes on 2 cores
     python benchmarks/against_llama_server.py [--llama-server PATH] [--rounds 3] [--only plain|spec]
         [--models small,big] [--streams 1,4,8]       # e.g. one cell, many rounds: --models big --streams 1
-        [--starts 4] [--twin] [--defaults-only]
+        [--starts 4] [--twin] [--defaults-only] [--stream]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import itertools
+import json
 import math
 import re
 import statistics
@@ -58,26 +62,41 @@ TWIN = "llama-server, second process"
 Ask = Callable[[list[dict[str, str]], int], dict[str, Any]]
 
 
-def ours(model: Path, workdir: Path, *args: str) -> tuple[Callable[[], object], Ask]:
+def ours(model: Path, workdir: Path, *args: str, stream: bool = False) -> tuple[Callable[[], object], Ask]:
     server = Server(model, workdir, "--ctx", str(SLOT_CTX), "--parallel", str(SLOTS), "--threads", str(THREADS),
                     *args)
-
-    def ask(messages: list[dict[str, str]], n: int) -> dict[str, Any]:
-        body = {"messages": messages, "max_tokens": n, "temperature": 0}
-        return server.json("POST", "/v1/chat/completions", body)[1]
-
-    return server.stop, ask
+    return server.stop, asker(server.port, {}, stream)
 
 
-def theirs(binary: Path, model: Path, *args: str) -> tuple[Callable[[], object], Ask]:
+def theirs(binary: Path, model: Path, *args: str, stream: bool = False) -> tuple[Callable[[], object], Ask]:
     server = LlamaServer(binary, model, "-c", str(SLOT_CTX * SLOTS), "-np", str(SLOTS), "-t", str(THREADS),
                          "-tb", str(THREADS), *args)
+    return server.stop, asker(server.port, {"cache_prompt": True}, stream)
+
+
+def asker(port: int, extra: dict[str, Any], stream: bool) -> Ask:
+    """A greedy chat request to the server at `port`: the whole reply, or (`stream`) the reply streamed and read
+    event by event as a client reads one, down to its final usage chunk."""
 
     def ask(messages: list[dict[str, str]], n: int) -> dict[str, Any]:
-        body = {"messages": messages, "max_tokens": n, "temperature": 0, "cache_prompt": True}
-        return server.json("POST", "/v1/chat/completions", body)[1]
+        body = {"messages": messages, "max_tokens": n, "temperature": 0, **extra}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        try:
+            connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            if not stream:
+                return json.loads(response.read())
+            usage = None
+            for line in response:  # one server-sent event a line, each parsed as a client parses it
+                if line.startswith(b"data: {"):
+                    usage = json.loads(line[6:]).get("usage") or usage
+            return {"usage": usage}
+        finally:
+            connection.close()
 
-    return server.stop, ask
+    return ask
 
 
 def rate(ask: Ask, prompts: list[list[dict[str, str]]], n: int) -> float:
@@ -146,18 +165,20 @@ def real_vocab_q8_0(folder: Path, shape: factory.Shape) -> tuple[str, Path]:
     return name, convert(str(folder / name), OUT_TYPES["q8_0"], output=folder / f"{name}-q8_0.gguf").path
 
 
-def plain_servers(binary: Path, model: Path, folder: Path, variants: bool,
-                  twin: bool) -> dict[str, tuple[Callable[[], object], Ask]]:
+def plain_servers(binary: Path, model: Path, folder: Path, variants: bool, twin: bool,
+                  stream: bool) -> dict[str, tuple[Callable[[], object], Ask]]:
     """Both servers at their defaults; `twin`: a second llama-server process alike, `variants`: each without
-    flash attention and ours without drafts. Started one by one: if one fails, those already up are stopped."""
-    wanted: dict[str, Callable[[], tuple[Callable[[], object], Ask]]] = {
-        "glm4-local": lambda: ours(model, folder), "llama-server": lambda: theirs(binary, model)}
+    flash attention and ours without drafts; `stream`: replies streamed. Started one by one: if one fails,
+    those already up are stopped."""
+    mine = functools.partial(ours, model, folder, stream=stream)
+    yours = functools.partial(theirs, binary, model, stream=stream)
+    wanted: dict[str, Callable[[], tuple[Callable[[], object], Ask]]] = {"glm4-local": mine, "llama-server": yours}
     if twin:
-        wanted[TWIN] = lambda: theirs(binary, model)
+        wanted[TWIN] = yours
     if variants:
-        wanted |= {"llama-server -fa off": lambda: theirs(binary, model, "-fa", "off"),
-                   "glm4-local --no-flash-attn": lambda: ours(model, folder, "--no-flash-attn"),
-                   "glm4-local --speculate off": lambda: ours(model, folder, "--speculate", "off")}
+        wanted |= {"llama-server -fa off": lambda: yours("-fa", "off"),
+                   "glm4-local --no-flash-attn": lambda: mine("--no-flash-attn"),
+                   "glm4-local --speculate off": lambda: mine("--speculate", "off")}
     servers: dict[str, tuple[Callable[[], object], Ask]] = {}
     try:
         for name, start in wanted.items():
@@ -216,11 +237,13 @@ def report_cell(cell: str, width: int, each_start: list[dict[tuple[str, int], li
 
 
 def plain(binary: Path, folder: Path, shapes: list[factory.Shape], widths: list[int], rounds: int, starts: int = 1,
-          variants: bool = True, twin: bool = False) -> None:
+          variants: bool = True, twin: bool = False, stream: bool = False) -> None:
+    if stream:
+        print("every reply streamed, read event by event")
     for shape in shapes:
         name, model = real_vocab_q8_0(folder, shape)
-        each_start = over_starts(functools.partial(plain_servers, binary, model, folder, variants, twin), widths,
-                                 rounds, starts)
+        each_start = over_starts(functools.partial(plain_servers, binary, model, folder, variants, twin, stream),
+                                 widths, rounds, starts)
         verdicts: dict[str, list[str]] = {"short": [], "level": [], "ahead": []}
         for width in widths:
             cell = f"{name} × {width}"
@@ -339,6 +362,8 @@ def main() -> None:
                         help="plain decoding: also a second llama-server process, to show how far two alike differ")
     parser.add_argument("--defaults-only", action="store_true",
                         help="plain decoding: only both servers at their defaults (no flash-attention-off variants)")
+    parser.add_argument("--stream", action="store_true",
+                        help="plain decoding: every reply streamed, as a chat page or an SDK client with stream=True")
     args = parser.parse_args()
     try:
         shapes = [MODELS[m] for m in ("small" if args.small else args.models).split(",")]
@@ -355,7 +380,7 @@ def main() -> None:
                 print("plain: skipped (GLM-4's tokenizer.model not found in ../shared)")
             else:
                 plain(args.llama_server, folder, shapes, widths, args.rounds, max(1, args.starts),
-                      not args.defaults_only, args.twin)
+                      not args.defaults_only, args.twin, args.stream)
         if args.only in (None, "spec"):
             speculation(args.llama_server if args.llama_server.is_file() else None, folder, args.rounds)
 
