@@ -92,6 +92,8 @@ def asker(port: int, extra: dict[str, Any], stream: bool) -> Ask:
             for line in response:  # one server-sent event a line, each parsed as a client parses it
                 if line.startswith(b"data: {"):
                     usage = json.loads(line[6:]).get("usage") or usage
+            if usage is None:
+                raise RuntimeError(f"the server on port {port} streamed no usage chunk (HTTP {response.status})")
             return {"usage": usage}
         finally:
             connection.close()
