@@ -6,7 +6,9 @@ needs, it is named), rounds interleaved, every figure a ratio measured in this r
    the document; the document already read, as for a follow-up question): glm4-local's prompt-lookup
    speculation (on by default) against llama-server at its defaults, and with `--spec-type ngram-simple`;
 2. a long conversation resumed after a restart of the server: time to the first token of the next turn,
-   glm4-local with `--cache-dir` (its disk prompt cache) against llama-server, which reads it again;
+   glm4-local with `--cache-dir` (its disk prompt cache) against llama-server, which reads it again, and
+   against llama-server with `--slot-save-path`, its slot saved before the restart and restored after it by
+   the client's own calls to `/slots` (timed with the next turn);
 3. four users at once with the same long system prompt and tools, after a first user: the time until all four
    have their replies (glm4-local shares the prefix one slot holds with the others);
 4. a tool-calling agent loop of five calls with their observations: glm4-local parses GLM-4's calls itself
@@ -23,6 +25,7 @@ random (2, 3).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import statistics
 import sys
@@ -124,31 +127,49 @@ def job_resume(binary: Path, model: Path, folder: Path, rounds: int) -> None:
     history = [{"role": "user", "content": filler(vocab, CONVERSATION_TOKENS, 2)},
                {"role": "assistant", "content": "Noted."}]
     turn = [*history, {"role": "user", "content": "And what follows from it?"}]
-    cache = folder / "prompt-cache"
+    cache, saved_slots = folder / "prompt-cache", folder / "slots"
+    saved_slots.mkdir(exist_ok=True)
+    # llama-server at its best: its slot saved to disk before the restart and restored after it, by hand
+    # (--slot-save-path and its /slots API), the requests pinned to that slot
+    by_hand = {"id_slot": 0}
+    restore = {"filename": "conversation.bin"}
 
-    def ours() -> Any:
-        return Server(model, folder, "--cache-dir", str(cache))
+    def ask(server: Any, messages: list[dict[str, str]], extra: dict[str, Any]) -> None:
+        status, answer = server.json("POST", "/v1/chat/completions",
+                                     {"messages": messages, "max_tokens": 1, "temperature": 0, **extra})
+        assert status == 200, answer
 
-    def theirs() -> Any:
-        return LlamaServer(binary, model, *THREADS, "--jinja")
+    def slot(server: Any, action: str) -> None:
+        status, answer = server.json("POST", f"/slots/0?action={action}", restore)
+        assert status == 200, answer
 
-    def first_token(server: Any) -> float:
-        return timed(lambda: server.json("POST", "/v1/chat/completions",
-                                         {"messages": turn, "max_tokens": 1, "temperature": 0}))
+    def resume(server: Any, extra: dict[str, Any]) -> None:
+        if extra:
+            slot(server, "restore")
+        ask(server, turn, extra)
 
-    seconds: dict[str, list[float]] = {"glm4-local --cache-dir": [], "llama-server": []}
+    variants: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
+        "glm4-local --cache-dir": (lambda: Server(model, folder, "--cache-dir", str(cache)), {}),
+        "llama-server": (lambda: LlamaServer(binary, model, *THREADS, "--jinja"), {}),
+        "llama-server, slot saved by hand": (lambda: LlamaServer(binary, model, *THREADS, "--jinja",
+                                                                 "--slot-save-path", str(saved_slots)), by_hand)}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for name, start in (("glm4-local --cache-dir", ours), ("llama-server", theirs)):
-            server = start()
-            server.json("POST", "/v1/chat/completions", {"messages": history[:1], "max_tokens": 1, "temperature": 0})
-            server.stop()  # the restart: the conversation is only where each keeps it
+        for name, (start, extra) in variants.items():
             server = start()
             try:
-                seconds[name].append(first_token(server))
+                ask(server, history[:1], extra)
+                if extra:
+                    slot(server, "save")
+            finally:
+                server.stop()  # the restart: the conversation is only where each keeps it
+            server = start()
+            try:
+                seconds[name].append(timed(functools.partial(resume, server, extra)))
             finally:
                 server.stop()
     report(f"2. time to the first token of a {CONVERSATION_TOKENS:,}-token conversation resumed after a restart",
-           seconds, "glm4-local --cache-dir", ["llama-server"])
+           seconds, "glm4-local --cache-dir", ["llama-server", "llama-server, slot saved by hand"])
 
 
 def job_shared_system(binary: Path, model: Path, folder: Path, rounds: int) -> None:

@@ -315,3 +315,23 @@ def test_accepted_connections_send_small_replies_at_once() -> None:
 
     asyncio.run(run())
     assert delays == [1]
+
+
+def test_a_fresh_servers_first_request_imports_nothing(scripted_gguf: Callable[[str], Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a first chat request would import or compile (anyio's worker-thread backend, the chat template) is
+    done while the model loads, not in that request's time to first token."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # the server writes a line for every module it imports
+    server = Server(scripted_gguf("answer"), tmp_path, "--ctx", "1024")
+    try:
+        assert server.json("GET", "/health")[0] == 200  # uvicorn's own imports are over once it answers
+        reply = server.client().chat.completions.create(model="m", messages=ASK)
+    finally:
+        _, output = server.stop()
+    assert reply.choices[0].message.content == "Sunny day"
+    lines = output.splitlines()
+    assert any(line.startswith("import time:") for line in lines)  # the server does say what it imports
+    healthy = next(i for i, line in enumerate(lines) if "GET /health 200" in line)
+    answered = next(i for i, line in enumerate(lines) if "POST /v1/chat/completions 200" in line)
+    assert healthy < answered
+    assert not [line for line in lines[healthy:answered] if line.startswith("import time:")]

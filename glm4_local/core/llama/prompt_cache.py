@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import mmap
 import os
 import stat
 import struct
@@ -44,6 +45,9 @@ SUFFIX = ".kvcache"
 MIN_SAVED_TOKENS = 2048  # new tokens worth a save: fewer are read again faster than a state is written and read
 PREVIEW_CHARS = 60  # of the prompt's first words, kept in the header for `glm4-local cache`
 MIN_GAIN_TOKENS = 256  # load from disk only when it saves at least this much reading
+READ_CHUNK = 4 << 20  # a state is read and checked this much at a time
+
+StateBuffer = bytearray | mmap.mmap  # a sequence's state, writable (its header is laid out in place)
 
 
 def model_identity(path: Path, extra: str) -> str:
@@ -117,7 +121,7 @@ class PromptDiskCache:
                 best = (entry, shared)
         return best
 
-    def state_of(self, entry: Entry, streams: int = 1, stream: int = 0) -> bytearray | None:
+    def state_of(self, entry: Entry, streams: int = 1, stream: int = 0) -> StateBuffer | None:
         """The entry's state bytes, checked whole, laid out for a context of `streams` KV buffers whose
         buffer `stream` is the sequence's (see in_streams); None (with a note) when the file is damaged."""
         parsed = read_header(entry.path)
@@ -128,14 +132,14 @@ class PromptDiskCache:
         try:
             with open_regular(entry.path, follow_links=False) as file:
                 whole = offset + 4 * header["n_tokens"] + size == os.fstat(file.fileno()).st_size
-                state = bytearray(size + 4 * (streams - 1) if whole else 0)  # never what a header merely claims
+                state = _room(size + 4 * (streams - 1) if whole else 0)  # never what a header merely claims
                 view = memoryview(state)[4 * stream: 4 * stream + size]
                 file.seek(offset)
                 tokens = file.read(4 * header["n_tokens"])
-                got = file.readinto(view) if whole else -1
+                got, crc = _read_checked(file, view, zlib.crc32(tokens)) if whole else (-1, -1)
         except (OSError, FileTextError):
             return None
-        if (got != size or tokens != entry.tokens.tobytes() or zlib.crc32(view, zlib.crc32(tokens)) != header["crc32"]
+        if (got != size or tokens != entry.tokens.tobytes() or crc != header["crc32"]
                 or size < STATE_HEAD + 4 or STREAM_COUNT.unpack_from(view, STATE_HEAD)[0] != 1):
             self.notify(f"prompt cache: {entry.path.name} is damaged (truncated or changed); ignored, the "
                         "prompt is read again")
@@ -213,6 +217,29 @@ class PromptDiskCache:
         self.writer.shutdown(wait=True)
 
 
+def _room(size: int) -> StateBuffer:
+    """Writable room for `size` bytes of state. Where the system has MAP_POPULATE, an anonymous mapping whose
+    pages are all made at once: a fresh buffer takes a page fault every 4 KiB as a state is read into it, and
+    a 9B model's state of a few thousand tokens is hundreds of MB."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if size == 0 or not populate:
+        return bytearray(size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+
+
+def _read_checked(file: Any, view: memoryview, crc: int) -> tuple[int, int]:
+    """Fill `view` from `file` a chunk at a time, each chunk's CRC taken while it is still in the CPU's caches:
+    (bytes read, the CRC continued from `crc`)."""
+    got = 0
+    while got < len(view):
+        count = file.readinto(view[got: got + READ_CHUNK])
+        if not count:
+            break
+        crc = zlib.crc32(view[got: got + count], crc)
+        got += count
+    return got, crc
+
+
 def read_header(path: Path) -> tuple[dict[str, Any], int] | None:
     """(header, where the tokens start) of an entry file of ours, None when it is not one: every field
     of the right type and range (a file shorter or longer than they say is damaged: state_of says so)."""
@@ -285,7 +312,7 @@ def read_state(ll: Any, ctx: Any, seq: int, streams: int = 1, stream: int = 0) -
     return one_stream(buffer, written, streams, stream)
 
 
-def write_state(ll: Any, ctx: Any, seq: int, state: bytearray) -> bool:
+def write_state(ll: Any, ctx: Any, seq: int, state: StateBuffer) -> bool:
     """Load a state into a sequence; False when llama.cpp refuses it (another layout, no room)."""
     view = (ctypes.c_uint8 * len(state)).from_buffer(state)
     return int(ll.llama_state_seq_set_data(ctx, view, len(state), seq)) == len(state)
@@ -312,7 +339,7 @@ def one_stream(state: bytearray, size: int, streams: int, stream: int) -> memory
     return memoryview(state)[start: size - trailing]
 
 
-def in_streams(state: bytearray, streams: int, stream: int) -> bytearray:
+def in_streams(state: StateBuffer, streams: int, stream: int) -> StateBuffer:
     """A one-buffer state read into `state` from byte 4 × `stream` on, with 4 × (`streams` - 1) bytes of room
     (zeros), laid out for a context of `streams` buffers, the sequence's in buffer `stream` (in place)."""
     start = 4 * stream
