@@ -65,40 +65,43 @@ Ask = Callable[[list[dict[str, str]], int], dict[str, Any]]
 def ours(model: Path, workdir: Path, *args: str, stream: bool = False) -> tuple[Callable[[], object], Ask]:
     server = Server(model, workdir, "--ctx", str(SLOT_CTX), "--parallel", str(SLOTS), "--threads", str(THREADS),
                     *args)
-    return server.stop, asker(server.port, {}, stream)
+    return server.stop, asker(server, {}, stream)
 
 
 def theirs(binary: Path, model: Path, *args: str, stream: bool = False) -> tuple[Callable[[], object], Ask]:
     server = LlamaServer(binary, model, "-c", str(SLOT_CTX * SLOTS), "-np", str(SLOTS), "-t", str(THREADS),
                          "-tb", str(THREADS), *args)
-    return server.stop, asker(server.port, {"cache_prompt": True}, stream)
+    return server.stop, asker(server, {"cache_prompt": True}, stream)
 
 
-def asker(port: int, extra: dict[str, Any], stream: bool) -> Ask:
-    """A greedy chat request to the server at `port`: the whole reply, or (`stream`) the reply streamed and read
-    event by event as a client reads one, down to its final usage chunk."""
+def asker(server: Server | LlamaServer, extra: dict[str, Any], stream: bool) -> Ask:
+    """A greedy chat request to `server`: the whole reply, or (`stream`) the reply streamed and read event by
+    event as a client reads one, down to its final usage chunk."""
 
     def ask(messages: list[dict[str, str]], n: int) -> dict[str, Any]:
         body = {"messages": messages, "max_tokens": n, "temperature": 0, **extra}
-        if stream:
-            body |= {"stream": True, "stream_options": {"include_usage": True}}
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        try:
-            connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            if not stream:
-                return json.loads(response.read())
-            usage = None
-            for line in response:  # one server-sent event a line, each parsed as a client parses it
-                if line.startswith(b"data: {"):
-                    usage = json.loads(line[6:]).get("usage") or usage
-            if usage is None:
-                raise RuntimeError(f"the server on port {port} streamed no usage chunk (HTTP {response.status})")
-            return {"usage": usage}
-        finally:
-            connection.close()
+        return streamed(server.port, body) if stream else server.json("POST", "/v1/chat/completions", body)[1]
 
     return ask
+
+
+def streamed(port: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A chat request to the server at `port` with its reply streamed, every event parsed as a client parses it:
+    the reply's usage (from its final chunk)."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        usage = None
+        for line in response:  # one server-sent event a line
+            if line.startswith(b"data: {"):
+                usage = json.loads(line[6:]).get("usage") or usage
+        if usage is None:
+            raise RuntimeError(f"the server on port {port} streamed no usage chunk (HTTP {response.status})")
+        return {"usage": usage}
+    finally:
+        connection.close()
 
 
 def rate(ask: Ask, prompts: list[list[dict[str, str]]], n: int) -> float:

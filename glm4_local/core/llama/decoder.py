@@ -220,15 +220,17 @@ class Decoder:
         can make whose cost is not measured yet (core/llama/calibration.py); False when none is left or the step
         did not end whole. A job submitted meanwhile stops it inside llama.cpp."""
         size = self.calibration.next_size
-        free = [s for s in self._slots if s.job is None and self.slot_ctx - len(s.cached) >= (size or 0)]
-        if size is None or not free or self.has_work():
+        if size is None or self.has_work():
             return False
-        slot = free[0]
-        write_trial(self.batch, slot.seq, len(slot.cached), size)
+        free = [s for s in self._slots if s.job is None and self.slot_ctx - len(s.cached) >= size]
+        if not free:
+            return False
         with self._lock:
             if self._waiting or self._calibration_held:
                 return False
             self._calibrating = True
+        slot = free[0]
+        write_trial(self.batch, slot.seq, len(slot.cached), size)
         status, seconds = self._decode(abortable=True)
         with self._lock:
             self._calibrating = False
